@@ -1,0 +1,139 @@
+"""Admin: edit stages (with their transitions inline) and look after tasks.
+
+Lifecycle fields are read-only; state changes go through admin actions that
+call the services, so the admin can never corrupt a lock or skip history.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils import timezone
+from django.utils.html import format_html
+
+from tasks_app import services
+from tasks_app.models import Stage, Task, TaskEvent, Transition
+
+
+class OutgoingTransitionInline(admin.TabularInline):
+    model = Transition
+    fk_name = "source"
+    extra = 1
+    autocomplete_fields = ["target"]
+    verbose_name = "outgoing transition"
+
+
+@admin.register(Stage)
+class StageAdmin(admin.ModelAdmin):
+    list_display = ["slug", "name", "kind", "handler", "lock_timeout", "max_attempts", "is_paused"]
+    list_filter = ["kind", "is_paused"]
+    search_fields = ["slug", "name", "handler"]
+    prepopulated_fields = {"slug": ["name"]}
+    inlines = [OutgoingTransitionInline]
+
+
+@admin.register(Transition)
+class TransitionAdmin(admin.ModelAdmin):
+    list_display = ["source", "task_type_display", "target"]
+    list_filter = ["source", "target"]
+    search_fields = ["source__slug", "target__slug", "task_type"]
+    autocomplete_fields = ["source", "target"]
+    list_select_related = ["source", "target"]
+
+    @admin.display(description="task type", ordering="task_type")
+    def task_type_display(self, obj: Transition) -> str:
+        return obj.task_type or "* (every type)"
+
+
+class TaskEventInline(admin.TabularInline):
+    model = TaskEvent
+    extra = 0
+    can_delete = False
+    fields = ["at", "kind", "actor", "details"]
+    readonly_fields = fields
+    ordering = ["id"]
+
+    def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+def _run_action(
+    modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Task], verb: str, action: Callable[..., Any]
+) -> None:
+    actor = f"user:{request.user.get_username()}"
+    done, refused = 0, []
+    for task_id in queryset.values_list("id", flat=True):
+        try:
+            action(task_id=task_id, actor=actor)
+            done += 1
+        except services.TaskError as exc:
+            refused.append(str(exc))
+    if done:
+        modeladmin.message_user(request, f"{verb} {done} task(s).", messages.SUCCESS)
+    if refused:
+        more = f" (and {len(refused) - 3} more)" if len(refused) > 3 else ""
+        modeladmin.message_user(request, " ".join(refused[:3]) + more, messages.WARNING)
+
+
+@admin.register(Task)
+class TaskAdmin(admin.ModelAdmin):
+    list_display = ["id", "type", "stage", "status_badge", "attempts", "source_stage", "created_at", "payload_preview"]
+    list_filter = ["status", "stage", "type"]
+    search_fields = ["=id", "type"]
+    date_hierarchy = "created_at"
+    list_select_related = ["stage", "source_stage"]
+    raw_id_fields = ["parent"]
+    readonly_fields = [
+        "status", "attempts", "lock_token", "locked_by", "locked_at", "locked_until",
+        "completed_at", "last_error", "created_at", "updated_at", "parent", "source_stage",
+    ]  # fmt: skip
+    inlines = [TaskEventInline]
+    actions = ["retry", "release", "mark_completed"]
+    show_full_result_count = False  # no COUNT(*) over the whole table on every page
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        fields = list(super().get_readonly_fields(request, obj))
+        if obj is not None:
+            # The stage and type of an existing task change only by sending it on.
+            fields += ["stage", "type"]
+        return fields
+
+    def save_model(self, request: HttpRequest, obj: Task, form: Any, change: bool) -> None:
+        actor = f"user:{request.user.get_username()}"
+        if not change:
+            created = services.task_create(stage=obj.stage, type=obj.type, payload=obj.payload, actor=actor)
+            obj.pk = created.pk
+            obj.refresh_from_db()
+        elif "payload" in form.changed_data:
+            services.task_edit_payload(task_id=obj.pk, payload=obj.payload, actor=actor)
+        # Other fields are read-only; nothing else to save.
+
+    @admin.display(description="status", ordering="status")
+    def status_badge(self, obj: Task) -> str:
+        colours = {"pending": "#b58900", "locked": "#268bd2", "completed": "#2aa198", "failed": "#dc322f"}
+        label = obj.get_status_display()
+        if obj.status == Task.Status.LOCKED and obj.is_lock_expired(timezone.now()):
+            label += " (lock expired)"
+        return format_html('<b style="color:{}">{}</b>', colours.get(obj.status, "#000"), label)
+
+    @admin.display(description="payload")
+    def payload_preview(self, obj: Task) -> str:
+        text = json.dumps(obj.payload, sort_keys=True)
+        return format_html("<code>{}</code>", text if len(text) <= 80 else text[:77] + "...")
+
+    @admin.action(description="Retry (completed or failed -> pending)", permissions=["change"])
+    def retry(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+        _run_action(self, request, queryset, "Retried", services.task_retry)
+
+    @admin.action(description="Release lock (locked -> pending)", permissions=["change"])
+    def release(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+        _run_action(self, request, queryset, "Released", services.task_force_release)
+
+    @admin.action(description="Mark completed", permissions=["change"])
+    def mark_completed(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+        _run_action(self, request, queryset, "Marked completed", services.task_mark_completed)

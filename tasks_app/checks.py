@@ -1,0 +1,30 @@
+"""System checks for the engine's settings."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core.checks import Error, register
+
+
+@register()
+def check_task_settings(app_configs: Any, **kwargs: Any) -> list[Error]:
+    errors = []
+    positive = [
+        "TASKS_LOCK_TIMEOUT",
+        "TASKS_POLL_INTERVAL",
+        "TASKS_RETRY_BACKOFF_MAX",
+        "TASKS_EXPIRE_INTERVAL",
+    ]
+    for name in positive:
+        value = getattr(settings, name)
+        if not isinstance(value, int | float) or value <= 0:
+            errors.append(Error(f"{name} must be a positive number", id="tasks_app.E001"))
+    base = settings.TASKS_RETRY_BACKOFF_BASE
+    if not isinstance(base, int | float) or base < 0:
+        errors.append(Error("TASKS_RETRY_BACKOFF_BASE must be >= 0", id="tasks_app.E002"))
+    jitter = settings.TASKS_RETRY_JITTER
+    if not isinstance(jitter, int | float) or not 0 <= jitter <= 1:
+        errors.append(Error("TASKS_RETRY_JITTER must be between 0 and 1", id="tasks_app.E003"))
+    return errors

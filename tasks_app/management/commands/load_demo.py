@@ -1,0 +1,20 @@
+"""Load (or refresh) the demo order workflow."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandParser
+
+from tasks_app.demo import load_demo
+
+
+class Command(BaseCommand):
+    help = "Create the demo order workflow (idempotent) and send a few sample orders."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--no-orders", action="store_true", help="Only the stages and transitions.")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        stages = load_demo(with_orders=not options["no_orders"])
+        self.stdout.write(f"demo workflow ready: {', '.join(stages)}")

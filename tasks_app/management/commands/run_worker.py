@@ -1,0 +1,79 @@
+"""Run a worker: claim tasks of script stages, run their handlers, complete them."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+from types import FrameType
+from typing import Any
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import connection
+
+from tasks_app.management.commands._args import positive_float, positive_int
+from tasks_app.models import Stage
+from tasks_app.services import MAX_CLAIM_BATCH
+from tasks_app.worker import Worker, default_worker_id
+
+
+def batch_size(raw: str) -> int:
+    value = positive_int(raw)
+    if value > MAX_CLAIM_BATCH:
+        raise argparse.ArgumentTypeError(f"must be at most {MAX_CLAIM_BATCH}, got {value}")
+    return value
+
+
+class Command(BaseCommand):
+    help = "Claim and run tasks of script stages until stopped (SIGTERM/SIGINT finish the current task)."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--stage", action="append", default=[], metavar="SLUG",
+                            help="Serve this stage (repeatable); default: every script stage.")
+        parser.add_argument("--batch-size", type=batch_size, default=10,
+                            help="Tasks claimed per statement (1-%d)." % MAX_CLAIM_BATCH)
+        parser.add_argument("--lock-timeout", type=positive_int, default=None,
+                            help="Seconds a claim holds a task; default: the stage's lock_timeout.")
+        parser.add_argument("--poll-interval", type=positive_float, default=None,
+                            help="Seconds to sleep when idle (default TASKS_POLL_INTERVAL).")
+        parser.add_argument("--once", action="store_true", help="Drain what is claimable, then exit.")
+        parser.add_argument("--max-tasks", type=positive_int, default=None, help="Exit after this many tasks.")
+        parser.add_argument("--worker-id", default=None, help="Name shown in locks and history (default host:pid).")
+
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        slugs = options["stage"]
+        if slugs:
+            known = set(Stage.objects.filter(slug__in=slugs).values_list("slug", flat=True))
+            unknown = [s for s in slugs if s not in known]
+            if unknown:
+                raise CommandError(f"unknown stage(s): {', '.join(unknown)}")
+        worker_id = options["worker_id"] or default_worker_id()
+        if not worker_id.strip():
+            raise CommandError("--worker-id must not be empty")
+        if connection.vendor == "postgresql":
+            # Shows the worker in pg_stat_activity; takes effect on the next connection.
+            connection.close()
+            settings.DATABASES["default"].setdefault("OPTIONS", {})["application_name"] = worker_id[:63]
+            connection.settings_dict.setdefault("OPTIONS", {})["application_name"] = worker_id[:63]
+        worker = Worker(
+            stage_slugs=slugs,
+            batch_size=options["batch_size"],
+            lock_timeout=options["lock_timeout"],
+            poll_interval=options["poll_interval"],
+            worker_id=worker_id,
+            max_tasks=options["max_tasks"],
+            stdout=self.stdout,
+        )
+
+        def on_signal(signum: int, frame: FrameType | None) -> None:
+            if worker.stop_requested:
+                # Second signal: leave now; held locks expire as usual.
+                os._exit(128 + signum)
+            self.stdout.write(f"signal {signum}: finishing the current task, then stopping")
+            worker.stop_requested = True
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+        worker.run(once=options["once"])

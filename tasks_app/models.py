@@ -1,0 +1,264 @@
+"""Stages, transitions, tasks and their history.
+
+Nothing outside tasks_app.services writes Task.status; see services/ for the
+lifecycle and the reasons behind each conditional UPDATE.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
+from django.db import models
+from django.db.models import CharField, Func, Q
+from django.db.models.lookups import Exact
+from django.utils import timezone
+
+TYPE_MAX_LENGTH = 100
+
+
+def default_lock_timeout() -> int:
+    return int(settings.TASKS_LOCK_TIMEOUT)
+
+
+def validate_payload(value: object) -> None:
+    if not isinstance(value, dict):
+        raise ValidationError(
+            "Payload must be a JSON object, not %(kind)s.",
+            code="payload_not_object",
+            params={"kind": type(value).__name__},
+        )
+
+
+def validate_task_type(value: object) -> None:
+    if not isinstance(value, str) or not value.strip():
+        raise ValidationError("Type must be a non-empty string.", code="type_empty")
+    if len(value) > TYPE_MAX_LENGTH:
+        raise ValidationError(
+            "Type must be at most %(max)d characters (got %(len)d).",
+            code="type_too_long",
+            params={"max": TYPE_MAX_LENGTH, "len": len(value)},
+        )
+
+
+class JSONTypeOf(Func):
+    """JSON type name of a value ('object', 'array', ...) on SQLite and PostgreSQL."""
+
+    function = "JSON_TYPE"
+    output_field = CharField()
+
+    def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> Any:
+        return super().as_sql(compiler, connection, function="JSONB_TYPEOF", **extra)
+
+
+class Stage(models.Model):
+    class Kind(models.TextChoices):
+        SCRIPT = "script", "Script"
+        FORM = "form", "Form"
+        HOOK = "hook", "Hook"
+        JOB = "job", "Job"
+
+    slug = models.SlugField(max_length=100, unique=True)
+    name = models.CharField(max_length=200)
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.SCRIPT)
+    handler = models.CharField(
+        max_length=255,
+        blank=True,
+        help_text="Dotted path of a Python callable handler(task), for script stages.",
+    )
+    lock_timeout = models.PositiveIntegerField(
+        default=default_lock_timeout,
+        validators=[MinValueValidator(1)],
+        help_text="Seconds a claimed task stays locked before it is retried.",
+    )
+    max_attempts = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Attempts before a task fails; blank means retry forever.",
+    )
+    is_paused = models.BooleanField(default=False, help_text="A paused stage hands out no tasks.")
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["slug"]
+        constraints = [
+            models.CheckConstraint(condition=Q(lock_timeout__gte=1), name="stage_lock_timeout_positive"),
+            models.CheckConstraint(
+                condition=Q(max_attempts__isnull=True) | Q(max_attempts__gte=1),
+                name="stage_max_attempts_positive",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.slug
+
+
+class Transition(models.Model):
+    source = models.ForeignKey(Stage, on_delete=models.CASCADE, related_name="outgoing")
+    target = models.ForeignKey(Stage, on_delete=models.CASCADE, related_name="incoming")
+    task_type = models.CharField(
+        max_length=TYPE_MAX_LENGTH,
+        blank=True,
+        help_text="Only tasks of this type pass; blank passes every type.",
+    )
+
+    class Meta:
+        ordering = ["source__slug", "task_type", "target__slug"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["source", "target", "task_type"], name="transition_unique_route"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.source.slug} -[{self.task_type or '*'}]-> {self.target.slug}"
+
+    def accepts(self, task_type: str) -> bool:
+        return self.task_type == "" or self.task_type == task_type
+
+
+class TaskQuerySet(models.QuerySet["Task"]):
+    def pending(self) -> TaskQuerySet:
+        return self.filter(status=Task.Status.PENDING)
+
+    def locked(self) -> TaskQuerySet:
+        return self.filter(status=Task.Status.LOCKED)
+
+    def for_stage(self, stage: Stage | int) -> TaskQuerySet:
+        return self.filter(stage=stage)
+
+    def lock_expired(self, now: datetime) -> TaskQuerySet:
+        return self.filter(status=Task.Status.LOCKED, locked_until__lt=now)
+
+    def claimable(self, now: datetime) -> TaskQuerySet:
+        """Pending and due, or locked with an expired lock (no reaper delay)."""
+        return self.filter(
+            Q(status=Task.Status.PENDING, available_at__lte=now)
+            | Q(status=Task.Status.LOCKED, locked_until__lt=now)
+        )
+
+
+class Task(models.Model):
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        LOCKED = "locked", "Locked"
+        COMPLETED = "completed", "Completed"
+        FAILED = "failed", "Failed"
+
+    stage = models.ForeignKey(Stage, on_delete=models.PROTECT, related_name="tasks")
+    type = models.CharField(max_length=TYPE_MAX_LENGTH, validators=[validate_task_type])
+    payload = models.JSONField(default=dict, validators=[validate_payload])
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    updated_at = models.DateTimeField(default=timezone.now)
+    available_at = models.DateTimeField(
+        default=timezone.now, help_text="Not claimable before this time."
+    )
+    attempts = models.PositiveIntegerField(default=0)
+    lock_token = models.CharField(max_length=64, blank=True)
+    locked_by = models.CharField(max_length=200, blank=True)
+    locked_at = models.DateTimeField(null=True, blank=True)
+    locked_until = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
+    )
+    source_stage = models.ForeignKey(
+        Stage, null=True, blank=True, on_delete=models.SET_NULL, related_name="sent_tasks"
+    )
+
+    objects = TaskQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-id"]
+        indexes = [
+            # Used by services.claim: WHERE stage_id = ? AND status IN (pending, locked)
+            # ORDER BY id LIMIT n. Completed and failed tasks (the bulk of a
+            # long-lived table) are not in it, so it stays small and hot.
+            models.Index(
+                fields=["stage", "id"],
+                condition=Q(status__in=["pending", "locked"]),
+                name="task_claim_idx",
+            ),
+            # Used by services.expire: locked tasks whose lock has passed.
+            models.Index(
+                fields=["locked_until"],
+                condition=Q(status="locked"),
+                name="task_lock_expiry_idx",
+            ),
+            models.Index(fields=["status", "stage"], name="task_status_stage_idx"),
+            models.Index(fields=["type"], name="task_type_idx"),
+            models.Index(fields=["created_at"], name="task_created_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(
+                condition=Q(status__in=["pending", "locked", "completed", "failed"]),
+                name="task_status_valid",
+            ),
+            models.CheckConstraint(condition=~Q(type=""), name="task_type_not_empty"),
+            # The services validate payloads first; this guards raw SQL and bulk loads.
+            models.CheckConstraint(
+                condition=Exact(JSONTypeOf("payload"), "object"), name="task_payload_is_object"
+            ),
+            models.CheckConstraint(
+                condition=~Q(status="locked")
+                | (~Q(lock_token="") & Q(locked_until__isnull=False)),
+                name="task_locked_has_token_and_deadline",
+            ),
+            models.CheckConstraint(
+                condition=~Q(status="completed") | Q(completed_at__isnull=False),
+                name="task_completed_has_completed_at",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Task {self.pk} ({self.type}) at {self.stage_id}"
+
+    def is_lock_expired(self, now: datetime | None = None) -> bool:
+        now = now or timezone.now()
+        return (
+            self.status == self.Status.LOCKED
+            and self.locked_until is not None
+            and self.locked_until < now
+        )
+
+
+class TaskEvent(models.Model):
+    class Kind(models.TextChoices):
+        CREATED = "created", "Created"
+        CLAIMED = "claimed", "Claimed"
+        COMPLETED = "completed", "Completed"
+        RELEASED = "released", "Released"
+        LOCK_EXTENDED = "lock_extended", "Lock extended"
+        LOCK_EXPIRED = "lock_expired", "Lock expired"
+        FAILED = "failed", "Failed"
+        RETRIED = "retried", "Retried"
+        FORCE_RELEASED = "force_released", "Force-released"
+        MARKED_COMPLETED = "marked_completed", "Marked completed"
+        DUPLICATED = "duplicated", "Duplicated"
+        EDITED = "edited", "Payload edited"
+
+    # The (task, id) index below serves lookups by task, so the FK needs no index of its own.
+    task = models.ForeignKey(
+        Task, on_delete=models.CASCADE, related_name="events", db_index=False
+    )
+    kind = models.CharField(max_length=20, choices=Kind.choices)
+    at = models.DateTimeField(default=timezone.now)
+    actor = models.CharField(
+        max_length=200, blank=True, help_text="Worker id, or user:<username> for people."
+    )
+    details = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["task", "id"]
+        indexes = [models.Index(fields=["task", "id"], name="taskevent_task_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} of task {self.task_id} at {self.at:%Y-%m-%d %H:%M:%S}"

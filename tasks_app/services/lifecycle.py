@@ -1,0 +1,246 @@
+"""Completing, releasing, failing and extending claimed tasks, and the expiry sweep.
+
+Every write restates the state it expects in its WHERE clause (status locked,
+this lock token); a rowcount of 0 means another worker or an operator got
+there first, and the caller gets TaskLockLost with nothing changed.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+from django.utils import timezone
+
+from tasks_app.models import Task, TaskEvent
+from tasks_app.services.errors import TaskLockLost
+from tasks_app.services.events import event_record
+from tasks_app.services.routing import Send, tasks_send_many, validate_task_input
+
+# Lock columns reset whenever a task goes back to pending.
+UNLOCKED: dict[str, Any] = {"lock_token": "", "locked_by": "", "locked_at": None, "locked_until": None}
+
+
+def retry_delay(attempts: int) -> float:
+    """Seconds before the next attempt: exponential in `attempts`, capped, with jitter."""
+    base = float(settings.TASKS_RETRY_BACKOFF_BASE)
+    cap = float(settings.TASKS_RETRY_BACKOFF_MAX)
+    delay = min(cap, base * 2 ** max(attempts - 1, 0))
+    jitter = float(settings.TASKS_RETRY_JITTER)
+    return delay * (1 - jitter * random.random())
+
+
+def _lock_lost(task_id: int, lock_token: str) -> TaskLockLost:
+    """Explain why a conditional update matched nothing (read after the fact)."""
+    row = Task.objects.filter(pk=task_id).values("status", "lock_token", "locked_by").first()
+    if row is None:
+        return TaskLockLost(f"Task {task_id} does not exist.")
+    if row["status"] != Task.Status.LOCKED:
+        return TaskLockLost(f"Task {task_id} is {row['status']}, not locked; nothing was changed.")
+    return TaskLockLost(
+        f"Task {task_id} is locked with another token (held by {row['locked_by'] or 'someone else'}); "
+        "its lock expired and it was claimed again. Nothing was changed."
+    )
+
+
+def _locked(task_id: int, lock_token: str) -> Any:
+    return Task.objects.filter(pk=task_id, status=Task.Status.LOCKED, lock_token=lock_token)
+
+
+def task_complete(
+    *,
+    task_id: int,
+    lock_token: str,
+    send: Iterable[Send] = (),
+    now: datetime | None = None,
+) -> list[Task]:
+    """Complete a locked task and send its successors, in one transaction."""
+    sends = list(send)
+    for type, payload in sends:
+        validate_task_input(type=type, payload=payload)
+    if not lock_token:
+        raise TaskLockLost(f"Task {task_id}: a lock token is required.")
+    now = now or timezone.now()
+    with transaction.atomic():
+        updated = _locked(task_id, lock_token).update(
+            status=Task.Status.COMPLETED,
+            completed_at=now,
+            updated_at=now,
+            lock_token="",
+            locked_until=None,
+        )
+        if updated != 1:
+            raise _lock_lost(task_id, lock_token)
+        task = Task.objects.select_related("stage").get(pk=task_id)
+        # Raises NoRouteError (rolling back the completion) if a type has no route.
+        successors = tasks_send_many(
+            stage=task.stage, sends=sends, parent=task, actor=task.locked_by, now=now
+        )
+        event_record(
+            task_id=task_id,
+            kind=TaskEvent.Kind.COMPLETED,
+            at=now,
+            actor=task.locked_by,
+            details={
+                "attempt": task.attempts,
+                "duration": (now - task.locked_at).total_seconds() if task.locked_at else None,
+                "sent": [t.pk for t in successors],
+            },
+        )
+    return successors
+
+
+def task_release(
+    *,
+    task_id: int,
+    lock_token: str,
+    error: str = "",
+    traceback: str = "",
+    retry_in: float | None = None,
+    now: datetime | None = None,
+) -> Task:
+    """Give a locked task back after a failed attempt: pending after a backoff, or failed at max attempts."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        # Lock the row first, then decide from what we read under the lock.
+        task = (
+            _locked(task_id, lock_token)
+            .select_for_update(of=("self",))
+            .select_related("stage")
+            .first()
+        )
+        if task is None:
+            raise _lock_lost(task_id, lock_token)
+        max_attempts = task.stage.max_attempts
+        details: dict[str, Any] = {"attempt": task.attempts, "error": error, "traceback": traceback}
+        if max_attempts is not None and task.attempts >= max_attempts:
+            _locked(task_id, lock_token).update(
+                status=Task.Status.FAILED, updated_at=now, last_error=error, lock_token="", locked_until=None
+            )
+            details["reason"] = f"max attempts ({max_attempts}) reached"
+            kind = TaskEvent.Kind.FAILED
+        else:
+            delay = retry_delay(task.attempts) if retry_in is None else max(0.0, float(retry_in))
+            available_at = now + timedelta(seconds=delay)
+            _locked(task_id, lock_token).update(
+                status=Task.Status.PENDING, updated_at=now, available_at=available_at, last_error=error, **UNLOCKED
+            )
+            details["retry_at"] = available_at.isoformat()
+            kind = TaskEvent.Kind.RELEASED
+        event_record(task_id=task_id, kind=kind, at=now, actor=task.locked_by, details=details)
+    task.refresh_from_db()
+    return task
+
+
+def task_unclaim(*, task_id: int, lock_token: str, now: datetime | None = None) -> None:
+    """Hand back a claimed task whose handler never started (shutdown): pending at once, attempt not counted."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        row = _locked(task_id, lock_token).values("locked_by").first()
+        # A locked task has attempts >= 1 (the claim added it), so this stays >= 0.
+        updated = _locked(task_id, lock_token).update(
+            status=Task.Status.PENDING, updated_at=now, available_at=now, attempts=F("attempts") - 1, **UNLOCKED
+        )
+        if updated != 1 or row is None:
+            raise _lock_lost(task_id, lock_token)
+        event_record(
+            task_id=task_id,
+            kind=TaskEvent.Kind.RELEASED,
+            at=now,
+            actor=row["locked_by"],
+            details={"reason": "worker stopped before the handler started"},
+        )
+
+
+def task_fail(*, task_id: int, lock_token: str, error: str, traceback: str = "", now: datetime | None = None) -> None:
+    """Fail a locked task at once, without retries (a fault retrying cannot fix)."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        row = _locked(task_id, lock_token).values("locked_by", "attempts").first()
+        updated = _locked(task_id, lock_token).update(
+            status=Task.Status.FAILED, updated_at=now, last_error=error, lock_token="", locked_until=None
+        )
+        if updated != 1 or row is None:
+            raise _lock_lost(task_id, lock_token)
+        event_record(
+            task_id=task_id,
+            kind=TaskEvent.Kind.FAILED,
+            at=now,
+            actor=row["locked_by"],
+            details={"attempt": row["attempts"], "error": error, "traceback": traceback},
+        )
+
+
+def task_extend_lock(
+    *, task_id: int, lock_token: str, lock_timeout: int | None = None, now: datetime | None = None
+) -> datetime:
+    """Push a held lock's deadline to now + lock_timeout (a heartbeat); returns the new deadline."""
+    now = now or timezone.now()
+    if lock_timeout is None:
+        row = Task.objects.filter(pk=task_id).values("stage__lock_timeout").first()
+        lock_timeout = row["stage__lock_timeout"] if row else 1
+    if lock_timeout < 1:
+        raise ValueError(f"lock_timeout must be at least 1 second, got {lock_timeout}")
+    until = now + timedelta(seconds=lock_timeout)
+    with transaction.atomic():
+        updated = _locked(task_id, lock_token).update(locked_until=until, updated_at=now)
+        if updated != 1:
+            raise _lock_lost(task_id, lock_token)
+        event_record(
+            task_id=task_id, kind=TaskEvent.Kind.LOCK_EXTENDED, at=now, details={"locked_until": until.isoformat()}
+        )
+    return until
+
+
+def tasks_expire_locks(*, now: datetime | None = None, batch_size: int = 1000) -> int:
+    """Turn every task whose lock has passed back to pending (failed at max attempts); returns the count."""
+    now = now or timezone.now()
+    total = 0
+    while True:
+        with transaction.atomic():
+            rows = list(
+                Task.objects.lock_expired(now)
+                .select_for_update(skip_locked=True, of=("self",))
+                .order_by("id")
+                .values_list("id", "attempts", "locked_by", "stage__max_attempts")[:batch_size]
+            )
+            to_fail = [r for r in rows if r[3] is not None and r[1] >= r[3]]
+            to_pending = [r for r in rows if not (r[3] is not None and r[1] >= r[3])]
+            still_expired = Task.objects.lock_expired(now)
+            if to_pending:
+                still_expired.filter(id__in=[r[0] for r in to_pending]).update(
+                    status=Task.Status.PENDING, updated_at=now, available_at=now, **UNLOCKED
+                )
+            if to_fail:
+                still_expired.filter(id__in=[r[0] for r in to_fail]).update(
+                    status=Task.Status.FAILED,
+                    updated_at=now,
+                    last_error="Lock expired and max attempts reached.",
+                    lock_token="",
+                    locked_until=None,
+                )
+            TaskEvent.objects.bulk_create(
+                [
+                    TaskEvent(
+                        task_id=task_id,
+                        kind=TaskEvent.Kind.LOCK_EXPIRED,
+                        at=now,
+                        actor="expiry sweep",
+                        details={
+                            "locked_by": locked_by,
+                            "attempt": attempts,
+                            "now": "failed" if (max_attempts is not None and attempts >= max_attempts) else "pending",
+                        },
+                    )
+                    for task_id, attempts, locked_by, max_attempts in rows
+                ]
+            )
+        total += len(rows)
+        if len(rows) < batch_size:
+            return total
+

@@ -1,0 +1,101 @@
+"""Actions people take on tasks (admin, monitoring page, API). Each records
+an event naming the acting user."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from tasks_app.models import Task, TaskEvent
+from tasks_app.services.errors import TaskStateError
+from tasks_app.services.events import event_record
+from tasks_app.services.lifecycle import UNLOCKED
+from tasks_app.services.routing import validate_task_input
+
+S = Task.Status
+
+
+def _refuse(task_id: int, action: str, allowed: list[str]) -> TaskStateError:
+    status = Task.objects.filter(pk=task_id).values_list("status", flat=True).first()
+    if status is None:
+        return TaskStateError(f"Task {task_id} does not exist.")
+    return TaskStateError(f"Cannot {action} task {task_id}: it is {status} (allowed: {', '.join(allowed)}).")
+
+
+def _transition(
+    *, task_id: int, action: str, allowed: list[str], kind: str, actor: str, now: datetime | None, **changes: Any
+) -> None:
+    now = now or timezone.now()
+    with transaction.atomic():
+        previous = Task.objects.filter(pk=task_id, status__in=allowed).values_list("status", flat=True).first()
+        updated = Task.objects.filter(pk=task_id, status__in=allowed).update(updated_at=now, **changes)
+        if updated != 1:
+            raise _refuse(task_id, action, allowed)
+        event_record(task_id=task_id, kind=kind, at=now, actor=actor, details={"previous_status": previous})
+
+
+def task_retry(*, task_id: int, actor: str, now: datetime | None = None) -> None:
+    """Send a completed or failed task back to pending (attempts kept)."""
+    now = now or timezone.now()
+    _transition(
+        task_id=task_id, action="retry", allowed=[S.COMPLETED, S.FAILED], kind=TaskEvent.Kind.RETRIED,
+        actor=actor, now=now, status=S.PENDING, available_at=now, completed_at=None, **UNLOCKED,
+    )  # fmt: skip
+
+
+def task_force_release(*, task_id: int, actor: str, now: datetime | None = None) -> None:
+    """Take a locked task away from its worker and make it pending now; its old token stops working."""
+    now = now or timezone.now()
+    _transition(
+        task_id=task_id, action="release", allowed=[S.LOCKED], kind=TaskEvent.Kind.FORCE_RELEASED,
+        actor=actor, now=now, status=S.PENDING, available_at=now, **UNLOCKED,
+    )  # fmt: skip
+
+
+def task_mark_completed(*, task_id: int, actor: str, now: datetime | None = None) -> None:
+    """Mark a pending, locked or failed task completed by hand (sends no successors)."""
+    now = now or timezone.now()
+    _transition(
+        task_id=task_id, action="mark completed", allowed=[S.PENDING, S.LOCKED, S.FAILED],
+        kind=TaskEvent.Kind.MARKED_COMPLETED, actor=actor, now=now,
+        status=S.COMPLETED, completed_at=now, lock_token="", locked_until=None,
+    )  # fmt: skip
+
+
+def task_duplicate(*, task_id: int, actor: str, now: datetime | None = None) -> Task:
+    """Create a pending copy of a task at the same stage."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        original = Task.objects.filter(pk=task_id).first()
+        if original is None:
+            raise TaskStateError(f"Task {task_id} does not exist.")
+        copy = Task.objects.create(
+            stage_id=original.stage_id,
+            type=original.type,
+            payload=original.payload,
+            created_at=now,
+            updated_at=now,
+            available_at=now,
+            source_stage_id=original.source_stage_id,
+        )
+        event_record(task_id=copy.pk, kind=TaskEvent.Kind.CREATED, at=now, actor=actor, details={"duplicate_of": task_id})
+        event_record(task_id=task_id, kind=TaskEvent.Kind.DUPLICATED, at=now, actor=actor, details={"copy": copy.pk})
+    return copy
+
+
+def task_edit_payload(*, task_id: int, payload: dict[str, Any], actor: str, now: datetime | None = None) -> None:
+    """Replace the payload of a task that no worker holds."""
+    validate_task_input(type="x", payload=payload)
+    now = now or timezone.now()
+    allowed = [S.PENDING, S.FAILED, S.COMPLETED]
+    with transaction.atomic():
+        before = Task.objects.filter(pk=task_id, status__in=allowed).values_list("payload", flat=True).first()
+        updated = Task.objects.filter(pk=task_id, status__in=allowed).update(payload=payload, updated_at=now)
+        if updated != 1:
+            raise _refuse(task_id, "edit the payload of", allowed)
+        event_record(
+            task_id=task_id, kind=TaskEvent.Kind.EDITED, at=now, actor=actor, details={"before": before, "after": payload}
+        )
