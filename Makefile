@@ -1,0 +1,50 @@
+# The two commands: `make run` (app + worker on SQLite) and `make test`
+# (the whole suite on SQLite, then on a throwaway PostgreSQL).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+RUNTIME_STAMP := $(VENV)/.runtime-installed
+DEV_STAMP := $(VENV)/.dev-installed
+
+.PHONY: run test venv dev-venv lint test-sqlite test-postgres bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+
+$(RUNTIME_STAMP): requirements.txt | $(PY)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements.txt
+	touch $@
+
+$(DEV_STAMP): requirements.txt requirements-dev.txt | $(PY)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	touch $(RUNTIME_STAMP) $@
+
+venv: $(RUNTIME_STAMP)
+dev-venv: $(DEV_STAMP)
+
+run: $(RUNTIME_STAMP)
+	$(PY) manage.py migrate --noinput
+	$(PY) manage.py load_demo
+	$(PY) manage.py ensure_dev_admin
+	$(PY) scripts/run_dev.py
+
+lint: $(DEV_STAMP)
+	$(PY) manage.py check
+	$(PY) manage.py makemigrations --check --dry-run
+	$(PY) -m ruff check .
+
+test-sqlite: $(DEV_STAMP)
+	@echo "== test suite on SQLite =="
+	env -u DATABASE_URL $(PY) -m pytest
+
+test-postgres: $(DEV_STAMP)
+	@echo "== test suite on PostgreSQL =="
+	$(PY) scripts/with_postgres.py -- $(PY) -m pytest
+
+test: lint test-sqlite test-postgres
+
+bench: $(DEV_STAMP)
+	$(PY) scripts/with_postgres.py -- $(PY) bench/throughput.py
+
+clean:
+	rm -rf $(VENV) db.sqlite3* .test-db.sqlite3* .pytest_cache .ruff_cache

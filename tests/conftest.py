@@ -1,0 +1,112 @@
+"""One small named world for the tests: a checkout workflow, users, helpers.
+
+    intake --*--> review --approved--> ship
+                        --declined--> notify
+                        --approved--> audit   (fan-out: approved goes to two stages)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.db import connection
+
+from tasks_app.models import Stage, Task, Transition
+
+ROOT = Path(__file__).resolve().parent.parent
+IS_POSTGRES = os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # PostgreSQL-only tests are deselected (not skipped) on SQLite: the
+    # PostgreSQL run of `make test` executes them.
+    if IS_POSTGRES:
+        return
+    keep, drop = [], []
+    for item in items:
+        (drop if item.get_closest_marker("postgres") else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
+@pytest.fixture(autouse=True)
+def _fast_hashing(settings: Any) -> None:
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture
+def world(db: None) -> dict[str, Stage]:
+    stages = {
+        slug: Stage.objects.create(slug=slug, name=slug.title(), kind=kind, handler=handler)
+        for slug, kind, handler in [
+            ("intake", Stage.Kind.HOOK, ""),
+            ("review", Stage.Kind.SCRIPT, "tests.handlers.approve_small"),
+            ("ship", Stage.Kind.SCRIPT, "tests.handlers.noop"),
+            ("notify", Stage.Kind.SCRIPT, "tests.handlers.noop"),
+            ("audit", Stage.Kind.SCRIPT, "tests.handlers.noop"),
+        ]
+    }
+    for source, target, task_type in [
+        ("intake", "review", ""),
+        ("review", "ship", "approved"),
+        ("review", "notify", "declined"),
+        ("review", "audit", "approved"),
+    ]:
+        Transition.objects.create(source=stages[source], target=stages[target], task_type=task_type)
+    return stages
+
+
+@pytest.fixture
+def review(world: dict[str, Stage]) -> Stage:
+    return world["review"]
+
+
+@pytest.fixture
+def pending_task(review: Stage) -> Task:
+    from tasks_app.services import task_create
+
+    return task_create(stage=review, type="order", payload={"amount": 10})
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for a child process that must use this test run's database."""
+    env = dict(os.environ)
+    name = connection.settings_dict["NAME"]
+    if connection.vendor == "postgresql":
+        s = connection.settings_dict
+        env["DATABASE_URL"] = f"postgres://{s['USER']}@{s['HOST']}:{s['PORT']}/{name}"
+    else:
+        env["DATABASE_URL"] = f"sqlite:///{name}"
+    env["PYTHONPATH"] = str(ROOT)
+    env["DJANGO_SETTINGS_MODULE"] = "workflowsite.settings"
+    return env
+
+
+def start_worker(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "manage.py", "run_worker", *args],
+        cwd=ROOT,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        **kwargs,
+    )
+
+
+@pytest.fixture
+def workers() -> Iterator[list[subprocess.Popen[str]]]:
+    """Worker processes started by a test; killed at the end whatever happens."""
+    procs: list[subprocess.Popen[str]] = []
+    yield procs
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait(timeout=30)
