@@ -21,7 +21,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 
 
 def find_bindir() -> str | None:
@@ -79,7 +78,17 @@ def main(argv: list[str]) -> int:
     log = os.path.join(tmp, "server.log")
     try:
         subprocess.run(
-            [f"{bindir}/initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--locale=C.UTF-8" if has_c_utf8() else "--locale=C"],
+            [
+                f"{bindir}/initdb",
+                "-D",
+                data,
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--locale=C.UTF-8" if has_c_utf8() else "--locale=C",
+            ],
             check=True,
             stdout=subprocess.DEVNULL,
             **run_as,

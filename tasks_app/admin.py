@@ -10,6 +10,7 @@ import json
 from collections.abc import Callable
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
@@ -17,7 +18,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from tasks_app import services
-from tasks_app.models import Stage, Task, TaskEvent, Transition
+from tasks_app.models import Stage, Task, TaskEvent, Transition, validate_payload
 
 
 class OutgoingTransitionInline(admin.TabularInline):
@@ -80,8 +81,29 @@ def _run_action(
         modeladmin.message_user(request, " ".join(refused[:3]) + more, messages.WARNING)
 
 
+class TaskAdminForm(forms.ModelForm):
+    class Meta:
+        model = Task
+        fields = ["stage", "type", "payload", "available_at"]
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "payload" in self.fields:
+            # {} is a valid payload, but a form counts it as empty: don't require it.
+            self.fields["payload"].required = False
+
+    def clean_payload(self) -> Any:
+        raw = str(self.data.get(self.add_prefix("payload"), "")).strip()
+        if raw == "":
+            return {}
+        payload = self.cleaned_data.get("payload")
+        validate_payload(payload)  # "null" parses to None: say so rather than store {}
+        return payload
+
+
 @admin.register(Task)
 class TaskAdmin(admin.ModelAdmin):
+    form = TaskAdminForm
     list_display = ["id", "type", "stage", "status_badge", "attempts", "source_stage", "created_at", "payload_preview"]
     list_filter = ["status", "stage", "type"]
     search_fields = ["=id", "type"]
@@ -99,19 +121,29 @@ class TaskAdmin(admin.ModelAdmin):
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         fields = list(super().get_readonly_fields(request, obj))
         if obj is not None:
-            # The stage and type of an existing task change only by sending it on.
-            fields += ["stage", "type"]
+            # The stage and type of an existing task change only by sending it on;
+            # scheduling belongs to the lifecycle (retries and backoff).
+            fields += ["stage", "type", "available_at"]
+            if obj.status == Task.Status.LOCKED:
+                # A worker holds it: its handler is reading this payload right now.
+                fields.append("payload")
         return fields
 
     def save_model(self, request: HttpRequest, obj: Task, form: Any, change: bool) -> None:
         actor = f"user:{request.user.get_username()}"
         if not change:
-            created = services.task_create(stage=obj.stage, type=obj.type, payload=obj.payload, actor=actor)
+            created = services.task_create(
+                stage=obj.stage, type=obj.type, payload=obj.payload, actor=actor, available_at=obj.available_at
+            )
             obj.pk = created.pk
             obj.refresh_from_db()
         elif "payload" in form.changed_data:
-            services.task_edit_payload(task_id=obj.pk, payload=obj.payload, actor=actor)
-        # Other fields are read-only; nothing else to save.
+            try:
+                services.task_edit_payload(task_id=obj.pk, payload=obj.payload, actor=actor)
+            except services.TaskError as exc:
+                # A worker claimed it after the form was opened.
+                self.message_user(request, str(exc), messages.ERROR)
+        # Every other field is read-only on change; nothing else to save.
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: Task) -> str:

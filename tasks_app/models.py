@@ -24,12 +24,27 @@ def default_lock_timeout() -> int:
     return int(settings.TASKS_LOCK_TIMEOUT)
 
 
+def json_kind(value: object) -> str:
+    """The JSON name of a Python value's type, for error messages people read."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list | tuple):
+        return "an array"
+    return type(value).__name__
+
+
 def validate_payload(value: object) -> None:
     if not isinstance(value, dict):
         raise ValidationError(
             "Payload must be a JSON object, not %(kind)s.",
             code="payload_not_object",
-            params={"kind": type(value).__name__},
+            params={"kind": json_kind(value)},
         )
 
 
@@ -111,9 +126,7 @@ class Transition(models.Model):
     class Meta:
         ordering = ["source__slug", "task_type", "target__slug"]
         constraints = [
-            models.UniqueConstraint(
-                fields=["source", "target", "task_type"], name="transition_unique_route"
-            ),
+            models.UniqueConstraint(fields=["source", "target", "task_type"], name="transition_unique_route"),
         ]
 
     def __str__(self) -> str:
@@ -139,8 +152,7 @@ class TaskQuerySet(models.QuerySet["Task"]):
     def claimable(self, now: datetime) -> TaskQuerySet:
         """Pending and due, or locked with an expired lock (no reaper delay)."""
         return self.filter(
-            Q(status=Task.Status.PENDING, available_at__lte=now)
-            | Q(status=Task.Status.LOCKED, locked_until__lt=now)
+            Q(status=Task.Status.PENDING, available_at__lte=now) | Q(status=Task.Status.LOCKED, locked_until__lt=now)
         )
 
 
@@ -157,9 +169,7 @@ class Task(models.Model):
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(default=timezone.now)
-    available_at = models.DateTimeField(
-        default=timezone.now, help_text="Not claimable before this time."
-    )
+    available_at = models.DateTimeField(default=timezone.now, help_text="Not claimable before this time.")
     attempts = models.PositiveIntegerField(default=0)
     lock_token = models.CharField(max_length=64, blank=True)
     locked_by = models.CharField(max_length=200, blank=True)
@@ -167,12 +177,8 @@ class Task(models.Model):
     locked_until = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
-    parent = models.ForeignKey(
-        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children"
-    )
-    source_stage = models.ForeignKey(
-        Stage, null=True, blank=True, on_delete=models.SET_NULL, related_name="sent_tasks"
-    )
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
+    source_stage = models.ForeignKey(Stage, null=True, blank=True, on_delete=models.SET_NULL, related_name="sent_tasks")
 
     objects = TaskQuerySet.as_manager()
 
@@ -204,12 +210,9 @@ class Task(models.Model):
             ),
             models.CheckConstraint(condition=~Q(type=""), name="task_type_not_empty"),
             # The services validate payloads first; this guards raw SQL and bulk loads.
+            models.CheckConstraint(condition=Exact(JSONTypeOf("payload"), "object"), name="task_payload_is_object"),
             models.CheckConstraint(
-                condition=Exact(JSONTypeOf("payload"), "object"), name="task_payload_is_object"
-            ),
-            models.CheckConstraint(
-                condition=~Q(status="locked")
-                | (~Q(lock_token="") & Q(locked_until__isnull=False)),
+                condition=~Q(status="locked") | (~Q(lock_token="") & Q(locked_until__isnull=False)),
                 name="task_locked_has_token_and_deadline",
             ),
             models.CheckConstraint(
@@ -223,11 +226,7 @@ class Task(models.Model):
 
     def is_lock_expired(self, now: datetime | None = None) -> bool:
         now = now or timezone.now()
-        return (
-            self.status == self.Status.LOCKED
-            and self.locked_until is not None
-            and self.locked_until < now
-        )
+        return self.status == self.Status.LOCKED and self.locked_until is not None and self.locked_until < now
 
 
 class TaskEvent(models.Model):
@@ -246,14 +245,10 @@ class TaskEvent(models.Model):
         EDITED = "edited", "Payload edited"
 
     # The (task, id) index below serves lookups by task, so the FK needs no index of its own.
-    task = models.ForeignKey(
-        Task, on_delete=models.CASCADE, related_name="events", db_index=False
-    )
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="events", db_index=False)
     kind = models.CharField(max_length=20, choices=Kind.choices)
     at = models.DateTimeField(default=timezone.now)
-    actor = models.CharField(
-        max_length=200, blank=True, help_text="Worker id, or user:<username> for people."
-    )
+    actor = models.CharField(max_length=200, blank=True, help_text="Worker id, or user:<username> for people.")
     details = models.JSONField(default=dict, blank=True)
 
     class Meta:

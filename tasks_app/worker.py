@@ -74,8 +74,10 @@ def resolve_handler(stage: Stage, cache: dict[str, Callable[[HandlerTask], Any]]
     if path not in cache:
         try:
             handler = import_string(path)
-        except ImportError as exc:
-            raise HandlerImportError(f"Cannot import handler '{path}' of stage '{stage.slug}': {exc}") from exc
+        except Exception as exc:  # ImportError, or the module itself raising on import
+            raise HandlerImportError(
+                f"Cannot import handler '{path}' of stage '{stage.slug}': {type(exc).__name__}: {exc}"
+            ) from exc
         if not callable(handler):
             raise HandlerImportError(f"Handler '{path}' of stage '{stage.slug}' is not callable.")
         cache[path] = handler

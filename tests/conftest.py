@@ -1,8 +1,8 @@
 """One small named world for the tests: a checkout workflow, users, helpers.
 
-    intake --*--> review --approved--> ship
-                        --declined--> notify
-                        --approved--> audit   (fan-out: approved goes to two stages)
+intake --*--> review --approved--> ship
+                    --declined--> notify
+                    --approved--> audit   (fan-out: approved goes to two stages)
 """
 
 from __future__ import annotations

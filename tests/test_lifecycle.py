@@ -269,7 +269,9 @@ def test_release_records_error_and_backs_off(review: Stage, pending_task: Task, 
     settings.TASKS_RETRY_JITTER = 0
     now = timezone.now()
     [task] = task_claim(stage=review, worker_id="w1", now=now)
-    released = task_release(task_id=task.pk, lock_token=task.lock_token, error="KeyError: 'x'", traceback="Trace...", now=now)
+    released = task_release(
+        task_id=task.pk, lock_token=task.lock_token, error="KeyError: 'x'", traceback="Trace...", now=now
+    )
     assert released.status == Task.Status.PENDING
     assert released.available_at == now + timedelta(seconds=10)
     assert released.last_error == "KeyError: 'x'"
@@ -305,7 +307,9 @@ def test_release_at_max_attempts_fails_the_task(review: Stage, pending_task: Tas
     review.save()
     now = timezone.now()
     [task] = task_claim(stage=review, worker_id="w1", now=now)
-    assert task_release(task_id=task.pk, lock_token=task.lock_token, error="e1", retry_in=0, now=now).status == "pending"
+    assert (
+        task_release(task_id=task.pk, lock_token=task.lock_token, error="e1", retry_in=0, now=now).status == "pending"
+    )
     [task] = task_claim(stage=review, worker_id="w1", now=now)
     failed = task_release(task_id=task.pk, lock_token=task.lock_token, error="e2", now=now)
     assert failed.status == Task.Status.FAILED and failed.last_error == "e2" and failed.attempts == 2
@@ -334,7 +338,9 @@ def test_fail_marks_failed_at_once(review: Stage, pending_task: Task) -> None:
 def test_extend_pushes_the_deadline_and_keeps_the_lock(review: Stage, pending_task: Task) -> None:
     now = timezone.now()
     [task] = task_claim(stage=review, worker_id="w1", lock_timeout=10, now=now)
-    until = task_extend_lock(task_id=task.pk, lock_token=task.lock_token, lock_timeout=30, now=now + timedelta(seconds=8))
+    until = task_extend_lock(
+        task_id=task.pk, lock_token=task.lock_token, lock_timeout=30, now=now + timedelta(seconds=8)
+    )
     assert until == now + timedelta(seconds=38)
     # Past the original deadline the task is still ours.
     assert task_claim(stage=review, worker_id="w2", now=now + timedelta(seconds=20)) == []
@@ -426,3 +432,17 @@ def test_edit_payload_of_a_locked_task_is_refused(review: Stage, pending_task: T
     with pytest.raises(TaskStateError, match="locked"):
         task_edit_payload(task_id=pending_task.pk, payload={"x": 1}, actor="user:eve")
     assert Task.objects.get(pk=pending_task.pk).payload == {"amount": 10}
+
+
+def test_expired_lock_at_max_attempts_is_not_reclaimed_but_failed_by_the_sweep(
+    review: Stage, pending_task: Task
+) -> None:
+    review.max_attempts = 1
+    review.save()
+    now = timezone.now()
+    task_claim(stage=review, worker_id="w1", lock_timeout=5, now=now)
+    later = now + timedelta(seconds=6)
+    # The task has used its only attempt: no second run, however the lock ended.
+    assert task_claim(stage=review, worker_id="w2", now=later) == []
+    assert tasks_expire_locks(now=later) == 1
+    assert Task.objects.get(pk=pending_task.pk).status == Task.Status.FAILED

@@ -8,6 +8,7 @@ in the project, a development secret key.
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import dj_database_url
@@ -66,11 +67,7 @@ if not DEBUG and SECRET_KEY == DEV_SECRET_KEY:
     # Refuse to serve production traffic with a key that is in the repository.
     raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
 
-ALLOWED_HOSTS = [
-    h.strip()
-    for h in env_str("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",")
-    if h.strip()
-]
+ALLOWED_HOSTS = [h.strip() for h in env_str("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h.strip()]
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -132,8 +129,9 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
     # Tests that start worker processes need a test database that other
-    # processes can open, so it is a file rather than ":memory:".
-    _db["TEST"] = {"NAME": str(BASE_DIR / ".test-db.sqlite3")}
+    # processes can open, so it is a file rather than ":memory:"; one per
+    # test run, so concurrent runs don't share it.
+    _db["TEST"] = {"NAME": os.path.join(tempfile.gettempdir(), f"workflowsite-test-{os.getpid()}.sqlite3")}
 elif _db["ENGINE"] == "django.db.backends.postgresql":
     _db.setdefault("OPTIONS", {})
     # Shows up in pg_stat_activity; run_worker replaces it with the worker id.

@@ -13,6 +13,7 @@ is atomic.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db import connection, transaction
 from django.utils import timezone
@@ -23,11 +24,16 @@ MAX_CLAIM_BATCH = 1000
 
 # Shared by both backends and by the EXPLAIN test: the claimable predicate
 # and the order that the partial index task_claim_idx serves.
+# No separate "status IN (...)": PostgreSQL proves the index predicate from the
+# OR itself, and a redundant status filter makes it underestimate the matching
+# rows and pick a backlog-sized sort instead of the index (see the EXPLAIN test).
+# An expired lock whose task has used up its attempts is left for the expiry
+# sweep, which fails it, so a reclaim never runs a task beyond max_attempts.
 CLAIMABLE_WHERE = """
     stage_id = %(stage_id)s
-    AND status IN ('pending', 'locked')
     AND ((status = 'pending' AND available_at <= %(now)s)
-         OR (status = 'locked' AND locked_until < %(now)s))
+         OR (status = 'locked' AND locked_until < %(now)s
+             AND (%(max_attempts)s IS NULL OR attempts < %(max_attempts)s)))
 """
 
 PG_CLAIM_SQL = f"""
@@ -78,11 +84,22 @@ SET status = 'locked',
     locked_until = %(until)s,
     attempts = attempts + 1,
     updated_at = %(now)s
-WHERE id IN ({ids})
-  AND ((status = 'pending' AND available_at <= %(now)s)
-       OR (status = 'locked' AND locked_until < %(now)s))
+WHERE id IN ({ids}) AND {claimable}
 RETURNING *
 """
+
+
+def claim_params(*, stage: Stage, worker_id: str, limit: int, now: datetime, until: datetime) -> dict[str, Any]:
+    """Parameters of the claim SQL (shared with the EXPLAIN test)."""
+    ops = connection.ops
+    return {
+        "stage_id": stage.pk,
+        "now": ops.adapt_datetimefield_value(now),
+        "until": ops.adapt_datetimefield_value(until),
+        "limit": limit,
+        "max_attempts": stage.max_attempts,
+        "worker_id": worker_id,
+    }
 
 
 def task_claim(
@@ -102,14 +119,7 @@ def task_claim(
         return []
     now = now or timezone.now()
     until = now + timedelta(seconds=lock_timeout or stage.lock_timeout)
-    ops = connection.ops
-    params = {
-        "stage_id": stage.pk,
-        "now": ops.adapt_datetimefield_value(now),
-        "until": ops.adapt_datetimefield_value(until),
-        "limit": limit,
-        "worker_id": worker_id,
-    }
+    params = claim_params(stage=stage, worker_id=worker_id, limit=limit, now=now, until=until)
     with transaction.atomic():
         if connection.vendor == "postgresql":
             tasks = list(Task.objects.raw(PG_CLAIM_SQL, params))
@@ -128,7 +138,9 @@ def _claim_sqlite(params: dict[str, object], *, now: datetime, until: datetime) 
         return []
     previous = {row[0]: (row[1], row[2]) for row in picked}
     ids = ",".join(str(int(row[0])) for row in picked)
-    tasks = sorted(Task.objects.raw(SQLITE_CLAIM_SQL.format(ids=ids), params), key=lambda t: t.pk)
+    tasks = sorted(
+        Task.objects.raw(SQLITE_CLAIM_SQL.format(ids=ids, claimable=CLAIMABLE_WHERE), params), key=lambda t: t.pk
+    )
     events = []
     for task in tasks:
         old_status, old_locked_by = previous[task.pk]

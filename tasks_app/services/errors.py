@@ -30,6 +30,4 @@ class NoRouteError(TaskError):
             hint = "it has no outgoing transitions"
         else:
             hint = "its transitions accept: " + ", ".join(accepted)
-        super().__init__(
-            f"Stage '{stage_slug}' has no transition for task type '{task_type}' ({hint})."
-        )
+        super().__init__(f"Stage '{stage_slug}' has no transition for task type '{task_type}' ({hint}).")

@@ -78,9 +78,7 @@ def task_complete(
             raise _lock_lost(task_id, lock_token)
         task = Task.objects.select_related("stage").get(pk=task_id)
         # Raises NoRouteError (rolling back the completion) if a type has no route.
-        successors = tasks_send_many(
-            stage=task.stage, sends=sends, parent=task, actor=task.locked_by, now=now
-        )
+        successors = tasks_send_many(stage=task.stage, sends=sends, parent=task, actor=task.locked_by, now=now)
         event_record(
             task_id=task_id,
             kind=TaskEvent.Kind.COMPLETED,
@@ -108,12 +106,7 @@ def task_release(
     now = now or timezone.now()
     with transaction.atomic():
         # Lock the row first, then decide from what we read under the lock.
-        task = (
-            _locked(task_id, lock_token)
-            .select_for_update(of=("self",))
-            .select_related("stage")
-            .first()
-        )
+        task = _locked(task_id, lock_token).select_for_update(of=("self",)).select_related("stage").first()
         if task is None:
             raise _lock_lost(task_id, lock_token)
         max_attempts = task.stage.max_attempts
@@ -243,4 +236,3 @@ def tasks_expire_locks(*, now: datetime | None = None, batch_size: int = 1000) -
         total += len(rows)
         if len(rows) < batch_size:
             return total
-

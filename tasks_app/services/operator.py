@@ -81,7 +81,9 @@ def task_duplicate(*, task_id: int, actor: str, now: datetime | None = None) -> 
             available_at=now,
             source_stage_id=original.source_stage_id,
         )
-        event_record(task_id=copy.pk, kind=TaskEvent.Kind.CREATED, at=now, actor=actor, details={"duplicate_of": task_id})
+        event_record(
+            task_id=copy.pk, kind=TaskEvent.Kind.CREATED, at=now, actor=actor, details={"duplicate_of": task_id}
+        )
         event_record(task_id=task_id, kind=TaskEvent.Kind.DUPLICATED, at=now, actor=actor, details={"copy": copy.pk})
     return copy
 
@@ -97,5 +99,9 @@ def task_edit_payload(*, task_id: int, payload: dict[str, Any], actor: str, now:
         if updated != 1:
             raise _refuse(task_id, "edit the payload of", allowed)
         event_record(
-            task_id=task_id, kind=TaskEvent.Kind.EDITED, at=now, actor=actor, details={"before": before, "after": payload}
+            task_id=task_id,
+            kind=TaskEvent.Kind.EDITED,
+            at=now,
+            actor=actor,
+            details={"before": before, "after": payload},
         )

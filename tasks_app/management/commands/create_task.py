@@ -31,6 +31,8 @@ class Command(BaseCommand):
             payload = json.loads(options["payload"])
         except json.JSONDecodeError as exc:
             raise CommandError(f"--payload is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise CommandError("--payload is nested too deeply") from None
         stage = Stage.objects.filter(slug=options["stage"]).first()
         if stage is None:
             raise CommandError(f"unknown stage '{options['stage']}'")

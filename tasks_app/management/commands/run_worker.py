@@ -8,7 +8,6 @@ import signal
 from types import FrameType
 from typing import Any
 
-from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 
@@ -29,34 +28,55 @@ class Command(BaseCommand):
     help = "Claim and run tasks of script stages until stopped (SIGTERM/SIGINT finish the current task)."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--stage", action="append", default=[], metavar="SLUG",
-                            help="Serve this stage (repeatable); default: every script stage.")
-        parser.add_argument("--batch-size", type=batch_size, default=10,
-                            help="Tasks claimed per statement (1-%d)." % MAX_CLAIM_BATCH)
-        parser.add_argument("--lock-timeout", type=positive_int, default=None,
-                            help="Seconds a claim holds a task; default: the stage's lock_timeout.")
-        parser.add_argument("--poll-interval", type=positive_float, default=None,
-                            help="Seconds to sleep when idle (default TASKS_POLL_INTERVAL).")
+        parser.add_argument(
+            "--stage",
+            action="append",
+            default=[],
+            metavar="SLUG",
+            help="Serve this stage (repeatable); default: every script stage.",
+        )
+        parser.add_argument(
+            "--batch-size",
+            type=batch_size,
+            default=10,
+            help=f"Tasks claimed per statement (1-{MAX_CLAIM_BATCH}).",
+        )
+        parser.add_argument(
+            "--lock-timeout",
+            type=positive_int,
+            default=None,
+            help="Seconds a claim holds a task; default: the stage's lock_timeout.",
+        )
+        parser.add_argument(
+            "--poll-interval",
+            type=positive_float,
+            default=None,
+            help="Seconds to sleep when idle (default TASKS_POLL_INTERVAL).",
+        )
         parser.add_argument("--once", action="store_true", help="Drain what is claimable, then exit.")
         parser.add_argument("--max-tasks", type=positive_int, default=None, help="Exit after this many tasks.")
         parser.add_argument("--worker-id", default=None, help="Name shown in locks and history (default host:pid).")
 
-
     def handle(self, *args: Any, **options: Any) -> None:
         slugs = options["stage"]
         if slugs:
-            known = set(Stage.objects.filter(slug__in=slugs).values_list("slug", flat=True))
-            unknown = [s for s in slugs if s not in known]
+            kinds = dict(Stage.objects.filter(slug__in=slugs).values_list("slug", "kind"))
+            unknown = [s for s in slugs if s not in kinds]
             if unknown:
                 raise CommandError(f"unknown stage(s): {', '.join(unknown)}")
+            not_script = [s for s in slugs if kinds[s] != Stage.Kind.SCRIPT]
+            if not_script:
+                raise CommandError(
+                    f"not script stage(s): {', '.join(not_script)}; workers run the handlers of script stages only"
+                )
         worker_id = options["worker_id"] or default_worker_id()
         if not worker_id.strip():
             raise CommandError("--worker-id must not be empty")
         if connection.vendor == "postgresql":
-            # Shows the worker in pg_stat_activity; takes effect on the next connection.
-            connection.close()
-            settings.DATABASES["default"].setdefault("OPTIONS", {})["application_name"] = worker_id[:63]
+            # Shows the worker in pg_stat_activity, on this connection and on reconnects.
             connection.settings_dict.setdefault("OPTIONS", {})["application_name"] = worker_id[:63]
+            with connection.cursor() as cursor:
+                cursor.execute("SELECT set_config('application_name', %s, false)", [worker_id[:63]])
         worker = Worker(
             stage_slugs=slugs,
             batch_size=options["batch_size"],
