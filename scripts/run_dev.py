@@ -18,12 +18,20 @@ def main() -> int:
     password = os.environ.get("DEV_ADMIN_PASSWORD", "admin")
     print(f"\n  Open http://{HOST_PORT}/admin/ and log in as {user} / {password}")
     print("  Ctrl-C stops the web server and the worker.\n", flush=True)
+    # Own sessions: Ctrl-C reaches only this script, which stops each child
+    # once (a second signal would make the worker exit without finishing).
     procs = [
-        subprocess.Popen([py, "manage.py", "run_worker", "--worker-id", "dev-worker"]),
-        subprocess.Popen([py, "manage.py", "runserver", "--noreload", HOST_PORT]),
+        subprocess.Popen([py, "manage.py", "run_worker", "--worker-id", "dev-worker"], start_new_session=True),
+        subprocess.Popen([py, "manage.py", "runserver", "--noreload", HOST_PORT], start_new_session=True),
     ]
 
+    stopping = False
+
     def stop(signum: int, frame: object) -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)
