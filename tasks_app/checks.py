@@ -16,6 +16,8 @@ def check_task_settings(app_configs: Any, **kwargs: Any) -> list[Error]:
         "TASKS_POLL_INTERVAL",
         "TASKS_RETRY_BACKOFF_MAX",
         "TASKS_EXPIRE_INTERVAL",
+        "TASKS_WORKER_HEARTBEAT",
+        "TASKS_WORKER_DEAD_AFTER",
     ]
     for name in positive:
         value = getattr(settings, name)

@@ -95,6 +95,13 @@ class Stage(models.Model):
         validators=[MinValueValidator(1)],
         help_text="Attempts before a task fails; blank means retry forever.",
     )
+    max_run_time = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Seconds a handler may run before the worker abandons it and releases the task; "
+        "blank means no limit (heartbeats keep long handlers' locks alive).",
+    )
     is_paused = models.BooleanField(default=False, help_text="A paused stage hands out no tasks.")
     description = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
@@ -257,3 +264,33 @@ class TaskEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.kind} of task {self.task_id} at {self.at:%Y-%m-%d %H:%M:%S}"
+
+
+class WorkerProcess(models.Model):
+    """One run of `manage.py run_worker`: the registry behind the Workers page."""
+
+    worker_id = models.CharField(max_length=200, unique=True)
+    host = models.CharField(max_length=255)
+    pid = models.PositiveIntegerField()
+    stages = models.JSONField(default=list, blank=True, help_text="Slugs served; empty means every script stage.")
+    concurrency = models.PositiveIntegerField(default=1)
+    started_at = models.DateTimeField(default=timezone.now)
+    last_heartbeat = models.DateTimeField(default=timezone.now)
+    stopped_at = models.DateTimeField(null=True, blank=True)
+    tasks_done = models.PositiveIntegerField(default=0)
+    tasks_failed = models.PositiveIntegerField(default=0)
+    current_tasks = models.JSONField(default=list, blank=True, help_text="Ids of the tasks it holds now.")
+
+    class Meta:
+        ordering = ["-started_at"]
+        indexes = [models.Index(fields=["last_heartbeat"], name="workerprocess_heartbeat_idx")]
+
+    def __str__(self) -> str:
+        return self.worker_id
+
+    def is_alive(self, now: datetime | None = None) -> bool:
+        """Running and heard from within TASKS_WORKER_DEAD_AFTER seconds."""
+        if self.stopped_at is not None:
+            return False
+        now = now or timezone.now()
+        return (now - self.last_heartbeat).total_seconds() <= settings.TASKS_WORKER_DEAD_AFTER

@@ -182,3 +182,11 @@ TASKS_RETRY_BACKOFF_MAX = env_float("TASKS_RETRY_BACKOFF_MAX", 3600.0)
 TASKS_RETRY_JITTER = env_float("TASKS_RETRY_JITTER", 0.5)
 # How often a worker sweeps expired locks, in seconds.
 TASKS_EXPIRE_INTERVAL = env_float("TASKS_EXPIRE_INTERVAL", 30.0)
+# How often a worker updates its registry row, and after how long without an
+# update it is shown as dead, in seconds.
+TASKS_WORKER_HEARTBEAT = env_float("TASKS_WORKER_HEARTBEAT", 5.0)
+TASKS_WORKER_DEAD_AFTER = env_float("TASKS_WORKER_DEAD_AFTER", 60.0)
+# PostgreSQL: creating tasks notifies idle workers (LISTEN/NOTIFY); at most one
+# notification per stage per this many seconds from one process.
+TASKS_NOTIFY = env_bool("TASKS_NOTIFY", True)
+TASKS_NOTIFY_THROTTLE = env_float("TASKS_NOTIFY_THROTTLE", 0.05)

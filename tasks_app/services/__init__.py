@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 from tasks_app.services.claim import MAX_CLAIM_BATCH, task_claim
+from tasks_app.services.complete import (
+    BatchResult,
+    Completion,
+    task_complete,
+    task_extend_lock,
+    tasks_complete_batch,
+    tasks_extend_locks,
+)
 from tasks_app.services.errors import NoRouteError, TaskError, TaskLockLost, TaskStateError
 from tasks_app.services.lifecycle import (
     retry_delay,
-    task_complete,
-    task_extend_lock,
     task_fail,
     task_release,
     task_unclaim,
@@ -27,9 +33,17 @@ from tasks_app.services.routing import (
     tasks_send_many,
     validate_task_input,
 )
+from tasks_app.services.workers import worker_heartbeat, worker_register, worker_stopped
 
 __all__ = [
     "MAX_CLAIM_BATCH",
+    "BatchResult",
+    "Completion",
+    "tasks_complete_batch",
+    "tasks_extend_locks",
+    "worker_heartbeat",
+    "worker_register",
+    "worker_stopped",
     "NoRouteError",
     "TaskError",
     "TaskLockLost",

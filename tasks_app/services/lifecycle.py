@@ -8,19 +8,18 @@ there first, and the caller gets TaskLockLost with nothing changed.
 from __future__ import annotations
 
 import random
-from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import F
 from django.utils import timezone
 
 from tasks_app.models import Task, TaskEvent
 from tasks_app.services.errors import TaskLockLost
 from tasks_app.services.events import event_record
-from tasks_app.services.routing import Send, tasks_send_many, validate_task_input
+from tasks_app.services.notify import notify_stages
 
 # Lock columns reset whenever a task goes back to pending.
 UNLOCKED: dict[str, Any] = {"lock_token": "", "locked_by": "", "locked_at": None, "locked_until": None}
@@ -35,7 +34,7 @@ def retry_delay(attempts: int) -> float:
     return delay * (1 - jitter * random.random())
 
 
-def _lock_lost(task_id: int, lock_token: str) -> TaskLockLost:
+def lock_lost(task_id: int) -> TaskLockLost:
     """Explain why a conditional update matched nothing (read after the fact)."""
     row = Task.objects.filter(pk=task_id).values("status", "lock_token", "locked_by").first()
     if row is None:
@@ -50,47 +49,6 @@ def _lock_lost(task_id: int, lock_token: str) -> TaskLockLost:
 
 def _locked(task_id: int, lock_token: str) -> Any:
     return Task.objects.filter(pk=task_id, status=Task.Status.LOCKED, lock_token=lock_token)
-
-
-def task_complete(
-    *,
-    task_id: int,
-    lock_token: str,
-    send: Iterable[Send] = (),
-    now: datetime | None = None,
-) -> list[Task]:
-    """Complete a locked task and send its successors, in one transaction."""
-    sends = list(send)
-    for type, payload in sends:
-        validate_task_input(type=type, payload=payload)
-    if not lock_token:
-        raise TaskLockLost(f"Task {task_id}: a lock token is required.")
-    now = now or timezone.now()
-    with transaction.atomic():
-        updated = _locked(task_id, lock_token).update(
-            status=Task.Status.COMPLETED,
-            completed_at=now,
-            updated_at=now,
-            lock_token="",
-            locked_until=None,
-        )
-        if updated != 1:
-            raise _lock_lost(task_id, lock_token)
-        task = Task.objects.select_related("stage").get(pk=task_id)
-        # Raises NoRouteError (rolling back the completion) if a type has no route.
-        successors = tasks_send_many(stage=task.stage, sends=sends, parent=task, actor=task.locked_by, now=now)
-        event_record(
-            task_id=task_id,
-            kind=TaskEvent.Kind.COMPLETED,
-            at=now,
-            actor=task.locked_by,
-            details={
-                "attempt": task.attempts,
-                "duration": (now - task.locked_at).total_seconds() if task.locked_at else None,
-                "sent": [t.pk for t in successors],
-            },
-        )
-    return successors
 
 
 def task_release(
@@ -108,7 +66,7 @@ def task_release(
         # Lock the row first, then decide from what we read under the lock.
         task = _locked(task_id, lock_token).select_for_update(of=("self",)).select_related("stage").first()
         if task is None:
-            raise _lock_lost(task_id, lock_token)
+            raise lock_lost(task_id)
         max_attempts = task.stage.max_attempts
         details: dict[str, Any] = {"attempt": task.attempts, "error": error, "traceback": traceback}
         if max_attempts is not None and task.attempts >= max_attempts:
@@ -125,6 +83,8 @@ def task_release(
             )
             details["retry_at"] = available_at.isoformat()
             kind = TaskEvent.Kind.RELEASED
+            if delay == 0:
+                notify_stages([task.stage_id])
         event_record(task_id=task_id, kind=kind, at=now, actor=task.locked_by, details=details)
     task.refresh_from_db()
     return task
@@ -134,13 +94,13 @@ def task_unclaim(*, task_id: int, lock_token: str, now: datetime | None = None) 
     """Hand back a claimed task whose handler never started (shutdown): pending at once, attempt not counted."""
     now = now or timezone.now()
     with transaction.atomic():
-        row = _locked(task_id, lock_token).values("locked_by").first()
+        row = _locked(task_id, lock_token).values("locked_by", "stage_id").first()
         # A locked task has attempts >= 1 (the claim added it), so this stays >= 0.
         updated = _locked(task_id, lock_token).update(
             status=Task.Status.PENDING, updated_at=now, available_at=now, attempts=F("attempts") - 1, **UNLOCKED
         )
         if updated != 1 or row is None:
-            raise _lock_lost(task_id, lock_token)
+            raise lock_lost(task_id)
         event_record(
             task_id=task_id,
             kind=TaskEvent.Kind.RELEASED,
@@ -148,6 +108,7 @@ def task_unclaim(*, task_id: int, lock_token: str, now: datetime | None = None) 
             actor=row["locked_by"],
             details={"reason": "worker stopped before the handler started"},
         )
+        notify_stages([row["stage_id"]])
 
 
 def task_fail(*, task_id: int, lock_token: str, error: str, traceback: str = "", now: datetime | None = None) -> None:
@@ -159,7 +120,7 @@ def task_fail(*, task_id: int, lock_token: str, error: str, traceback: str = "",
             status=Task.Status.FAILED, updated_at=now, last_error=error, lock_token="", locked_until=None
         )
         if updated != 1 or row is None:
-            raise _lock_lost(task_id, lock_token)
+            raise lock_lost(task_id)
         event_record(
             task_id=task_id,
             kind=TaskEvent.Kind.FAILED,
@@ -169,25 +130,20 @@ def task_fail(*, task_id: int, lock_token: str, error: str, traceback: str = "",
         )
 
 
-def task_extend_lock(
-    *, task_id: int, lock_token: str, lock_timeout: int | None = None, now: datetime | None = None
-) -> datetime:
-    """Push a held lock's deadline to now + lock_timeout (a heartbeat); returns the new deadline."""
-    now = now or timezone.now()
-    if lock_timeout is None:
-        row = Task.objects.filter(pk=task_id).values("stage__lock_timeout").first()
-        lock_timeout = row["stage__lock_timeout"] if row else 1
-    if lock_timeout < 1:
-        raise ValueError(f"lock_timeout must be at least 1 second, got {lock_timeout}")
-    until = now + timedelta(seconds=lock_timeout)
-    with transaction.atomic():
-        updated = _locked(task_id, lock_token).update(locked_until=until, updated_at=now)
-        if updated != 1:
-            raise _lock_lost(task_id, lock_token)
-        event_record(
-            task_id=task_id, kind=TaskEvent.Kind.LOCK_EXTENDED, at=now, details={"locked_until": until.isoformat()}
-        )
-    return until
+# Key of the PostgreSQL advisory lock that makes the expiry sweep one-at-a-time.
+SWEEP_LOCK_KEY = 0x7A5C_0001
+
+
+def _sweep_lock() -> bool:
+    """Take the sweep's transaction-scoped advisory lock, if free (PostgreSQL).
+
+    SQLite needs none: its transactions begin IMMEDIATE, so sweeps serialise.
+    """
+    if connection.vendor != "postgresql":
+        return True
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [SWEEP_LOCK_KEY])
+        return bool(cursor.fetchone()[0])
 
 
 def tasks_expire_locks(*, now: datetime | None = None, batch_size: int = 1000) -> int:
@@ -196,11 +152,13 @@ def tasks_expire_locks(*, now: datetime | None = None, batch_size: int = 1000) -
     total = 0
     while True:
         with transaction.atomic():
+            if not _sweep_lock():
+                return total  # another worker is sweeping right now
             rows = list(
                 Task.objects.lock_expired(now)
                 .select_for_update(skip_locked=True, of=("self",))
                 .order_by("id")
-                .values_list("id", "attempts", "locked_by", "stage__max_attempts")[:batch_size]
+                .values_list("id", "attempts", "locked_by", "stage__max_attempts", "stage_id")[:batch_size]
             )
             to_fail = [r for r in rows if r[3] is not None and r[1] >= r[3]]
             to_pending = [r for r in rows if not (r[3] is not None and r[1] >= r[3])]
@@ -230,9 +188,10 @@ def tasks_expire_locks(*, now: datetime | None = None, batch_size: int = 1000) -
                             "now": "failed" if (max_attempts is not None and attempts >= max_attempts) else "pending",
                         },
                     )
-                    for task_id, attempts, locked_by, max_attempts in rows
+                    for task_id, attempts, locked_by, max_attempts, _ in rows
                 ]
             )
+            notify_stages({r[4] for r in to_pending})
         total += len(rows)
         if len(rows) < batch_size:
             return total

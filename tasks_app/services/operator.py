@@ -13,6 +13,7 @@ from tasks_app.models import Task, TaskEvent
 from tasks_app.services.errors import TaskStateError
 from tasks_app.services.events import event_record
 from tasks_app.services.lifecycle import UNLOCKED
+from tasks_app.services.notify import notify_stages
 from tasks_app.services.routing import validate_task_input
 
 S = Task.Status
@@ -35,6 +36,9 @@ def _transition(
         if updated != 1:
             raise _refuse(task_id, action, allowed)
         event_record(task_id=task_id, kind=kind, at=now, actor=actor, details={"previous_status": previous})
+        if changes.get("status") == S.PENDING:
+            stage_id = Task.objects.filter(pk=task_id).values_list("stage_id", flat=True).get()
+            notify_stages([stage_id])
 
 
 def task_retry(*, task_id: int, actor: str, now: datetime | None = None) -> None:
@@ -85,6 +89,7 @@ def task_duplicate(*, task_id: int, actor: str, now: datetime | None = None) -> 
             task_id=copy.pk, kind=TaskEvent.Kind.CREATED, at=now, actor=actor, details={"duplicate_of": task_id}
         )
         event_record(task_id=task_id, kind=TaskEvent.Kind.DUPLICATED, at=now, actor=actor, details={"copy": copy.pk})
+        notify_stages([copy.stage_id])
     return copy
 
 

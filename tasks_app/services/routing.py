@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from tasks_app.models import Stage, Task, TaskEvent, Transition, validate_payload, validate_task_type
 from tasks_app.services.errors import NoRouteError
+from tasks_app.services.notify import notify_stages
 
 Send = tuple[str, dict[str, Any]]
 
@@ -60,6 +61,8 @@ def task_create(
             available_at=available_at or now,
         )
         TaskEvent.objects.create(task=task, kind=TaskEvent.Kind.CREATED, at=now, actor=actor)
+        if task.available_at <= now:
+            notify_stages([stage.pk])
     return task
 
 
@@ -97,6 +100,7 @@ def _send_one(
     TaskEvent.objects.bulk_create(
         [TaskEvent(task=t, kind=TaskEvent.Kind.CREATED, at=now, actor=actor, details=details) for t in tasks]
     )
+    notify_stages({t.stage_id for t in tasks})
     return tasks
 
 

@@ -1,0 +1,206 @@
+"""Completing claimed tasks and extending their locks, one task or a whole batch.
+
+A batch is one transaction: one conditional UPDATE for all the tasks (each
+row must still be locked with *its* token), one INSERT for the successors
+and one for the history. A task whose token no longer matches (its lock
+expired and another worker claimed it) is simply not in the UPDATE's
+RETURNING: it is reported as lost and nothing is sent for it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.db import connection, transaction
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from tasks_app.models import Stage, Task, TaskEvent, Transition
+from tasks_app.services.errors import NoRouteError, TaskLockLost
+from tasks_app.services.lifecycle import lock_lost
+from tasks_app.services.notify import notify_stages
+from tasks_app.services.routing import Send, validate_task_input
+
+
+@dataclass
+class Completion:
+    task_id: int
+    lock_token: str
+    send: Sequence[Send] = ()
+
+
+@dataclass
+class BatchResult:
+    completed: list[int] = field(default_factory=list)
+    lost: list[int] = field(default_factory=list)
+    successors: list[Task] = field(default_factory=list)
+
+
+def _held(items: Sequence[tuple[int, str]]) -> tuple[str, list[Any]]:
+    """WHERE clause matching rows still locked with the given (id, token) pairs.
+
+    `id IN (...)` lets the planner use the primary key; the row-value IN
+    then checks each row against its own token.
+    """
+    ids = ", ".join(["%s"] * len(items))
+    pairs = ", ".join(["(%s, %s)"] * len(items))
+    sql = f"id IN ({ids}) AND status = 'locked' AND (id, lock_token) IN (VALUES {pairs})"
+    params: list[Any] = [task_id for task_id, _ in items]
+    for task_id, token in items:
+        params += [task_id, token]
+    return sql, params
+
+
+def _as_datetime(value: Any) -> datetime | None:
+    """A timestamp read with raw SQL: SQLite gives naive UTC (or text), PostgreSQL aware."""
+    if isinstance(value, str):
+        value = parse_datetime(value)
+    if isinstance(value, datetime) and value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value
+
+
+def _routes(stage_ids: Iterable[int]) -> dict[int, list[Transition]]:
+    routes: dict[int, list[Transition]] = {sid: [] for sid in stage_ids}
+    for t in Transition.objects.filter(source_id__in=routes.keys()).order_by("id"):
+        routes[t.source_id].append(t)
+    return routes
+
+
+def _no_route(stage_id: int, task_type: str, transitions: list[Transition]) -> NoRouteError:
+    slug = Stage.objects.filter(pk=stage_id).values_list("slug", flat=True).first() or str(stage_id)
+    accepted = sorted({t.task_type or "*" for t in transitions})
+    return NoRouteError(stage_slug=slug, task_type=task_type, accepted=accepted)
+
+
+def tasks_complete_batch(*, items: Sequence[Completion], now: datetime | None = None) -> BatchResult:
+    """Complete many locked tasks and send their successors in one transaction.
+
+    Raises NoRouteError (rolling everything back) if any sent type has no route.
+    """
+    for item in items:
+        for type, payload in item.send:
+            validate_task_input(type=type, payload=payload)
+    result = BatchResult()
+    if not items:
+        return result
+    now = now or timezone.now()
+    by_id = {item.task_id: item for item in items}
+    adapt = connection.ops.adapt_datetimefield_value
+    where, params = _held([(item.task_id, item.lock_token) for item in items])
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "UPDATE tasks_app_task SET status = 'completed', completed_at = %s, updated_at = %s,"
+                f" lock_token = '', locked_until = NULL WHERE {where}"
+                " RETURNING id, stage_id, locked_by, locked_at, attempts",
+                [adapt(now), adapt(now), *params],
+            )
+            rows = sorted(cursor.fetchall())
+        routes = _routes({row[1] for row in rows if by_id[row[0]].send})
+        children: dict[int, list[Task]] = {}
+        for task_id, stage_id, _, _, _ in rows:
+            for type, payload in by_id[task_id].send:
+                matching = [t for t in routes[stage_id] if t.accepts(type)]
+                if not matching:
+                    raise _no_route(stage_id, type, routes[stage_id])
+                children.setdefault(task_id, []).extend(
+                    Task(
+                        stage_id=t.target_id,
+                        type=type,
+                        payload=payload,
+                        created_at=now,
+                        updated_at=now,
+                        available_at=now,
+                        parent_id=task_id,
+                        source_stage_id=stage_id,
+                    )
+                    for t in matching
+                )
+        successors = [child for kids in children.values() for child in kids]
+        if successors:
+            Task.objects.bulk_create(successors)
+        events = []
+        for task_id, _stage_id, locked_by, locked_at, attempts in rows:
+            started = _as_datetime(locked_at)
+            kids = children.get(task_id, [])
+            events.append(
+                TaskEvent(
+                    task_id=task_id,
+                    kind=TaskEvent.Kind.COMPLETED,
+                    at=now,
+                    actor=locked_by,
+                    details={
+                        "attempt": attempts,
+                        "duration": (now - started).total_seconds() if started else None,
+                        "sent": [k.pk for k in kids],
+                    },
+                )
+            )
+            events += [
+                TaskEvent(
+                    task_id=k.pk, kind=TaskEvent.Kind.CREATED, at=now, actor=locked_by, details={"parent": task_id}
+                )
+                for k in kids
+            ]
+        TaskEvent.objects.bulk_create(events)
+        notify_stages({k.stage_id for k in successors})
+    result.completed = [row[0] for row in rows]
+    done = set(result.completed)
+    result.lost = [item.task_id for item in items if item.task_id not in done]
+    result.successors = successors
+    return result
+
+
+def task_complete(
+    *, task_id: int, lock_token: str, send: Iterable[Send] = (), now: datetime | None = None
+) -> list[Task]:
+    """Complete a locked task and send its successors, in one transaction."""
+    if not lock_token:
+        raise TaskLockLost(f"Task {task_id}: a lock token is required.")
+    result = tasks_complete_batch(items=[Completion(task_id, lock_token, list(send))], now=now)
+    if result.lost:
+        raise lock_lost(task_id)
+    return result.successors
+
+
+def tasks_extend_locks(
+    *, items: Sequence[tuple[int, str]], lock_timeout: int, now: datetime | None = None
+) -> list[int]:
+    """Heartbeat: push the deadline of held locks to now + lock_timeout; returns the ids still held."""
+    if lock_timeout < 1:
+        raise ValueError(f"lock_timeout must be at least 1 second, got {lock_timeout}")
+    if not items:
+        return []
+    now = now or timezone.now()
+    until = now + timedelta(seconds=lock_timeout)
+    adapt = connection.ops.adapt_datetimefield_value
+    where, params = _held(items)
+    with transaction.atomic():
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE tasks_app_task SET locked_until = %s, updated_at = %s WHERE {where} RETURNING id",
+                [adapt(until), adapt(now), *params],
+            )
+            extended = sorted(row[0] for row in cursor.fetchall())
+        TaskEvent.objects.bulk_create(
+            TaskEvent(task_id=i, kind=TaskEvent.Kind.LOCK_EXTENDED, at=now, details={"locked_until": until.isoformat()})
+            for i in extended
+        )
+    return extended
+
+
+def task_extend_lock(
+    *, task_id: int, lock_token: str, lock_timeout: int | None = None, now: datetime | None = None
+) -> datetime:
+    """Push one held lock's deadline to now + lock_timeout (default: its stage's); returns the new deadline."""
+    now = now or timezone.now()
+    if lock_timeout is None:
+        row = Task.objects.filter(pk=task_id).values("stage__lock_timeout").first()
+        lock_timeout = row["stage__lock_timeout"] if row else 1
+    if not tasks_extend_locks(items=[(task_id, lock_token)], lock_timeout=lock_timeout, now=now):
+        raise lock_lost(task_id)
+    return now + timedelta(seconds=lock_timeout)
