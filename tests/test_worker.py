@@ -45,14 +45,14 @@ def test_worker_skips_paused_and_non_script_stages(world: dict[str, Stage]) -> N
 
 def test_stop_requested_mid_batch_unclaims_unstarted_tasks(world: dict[str, Stage]) -> None:
     tasks = [task_create(stage=world["ship"], type="t", payload={}) for _ in range(3)]
-    worker = Worker(stage_slugs=["ship"], batch_size=3)
-    original = worker.process
+    worker = Worker(stage_slugs=["ship"], batch_size=3, concurrency=1)
+    original = worker.dispatch
 
-    def process_then_stop(task: Task) -> None:
-        original(task)
-        worker.stop_requested = True  # as if SIGTERM arrived during the first task
+    def dispatch_then_stop() -> None:
+        original()
+        worker.stop_requested = True  # as if SIGTERM arrived while the first handler ran
 
-    worker.process = process_then_stop  # type: ignore[method-assign]
+    worker.dispatch = dispatch_then_stop  # type: ignore[method-assign]
     worker.run_once()
     statuses = list(Task.objects.filter(pk__in=[t.pk for t in tasks]).order_by("id").values_list("status", "attempts"))
     # The running task finished; the two claimed-but-unstarted ones are pending again at once,

@@ -11,7 +11,7 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 
-from tasks_app.management.commands._args import positive_float, positive_int
+from tasks_app.management.commands._args import non_negative_float, positive_float, positive_int
 from tasks_app.models import Stage
 from tasks_app.services import MAX_CLAIM_BATCH
 from tasks_app.worker import Worker, default_worker_id
@@ -53,9 +53,28 @@ class Command(BaseCommand):
             default=None,
             help="Seconds to sleep when idle (default TASKS_POLL_INTERVAL).",
         )
+        parser.add_argument(
+            "--concurrency",
+            type=positive_int,
+            default=1,
+            help="Handler slots (threads) in this process; run more processes for CPU-bound handlers.",
+        )
+        parser.add_argument(
+            "--no-listen",
+            action="store_true",
+            help="Don't LISTEN for new-work notifications (PgBouncer in transaction mode); poll only.",
+        )
+        parser.add_argument(
+            "--progress-interval",
+            type=non_negative_float,
+            default=10.0,
+            help="Seconds between progress lines (0 = none).",
+        )
         parser.add_argument("--once", action="store_true", help="Drain what is claimable, then exit.")
         parser.add_argument("--max-tasks", type=positive_int, default=None, help="Exit after this many tasks.")
-        parser.add_argument("--worker-id", default=None, help="Name shown in locks and history (default host:pid).")
+        parser.add_argument(
+            "--worker-id", default=None, help="Name shown in locks, history and the registry (default host:pid:random)."
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         slugs = options["stage"]
@@ -84,6 +103,9 @@ class Command(BaseCommand):
             poll_interval=options["poll_interval"],
             worker_id=worker_id,
             max_tasks=options["max_tasks"],
+            concurrency=options["concurrency"],
+            listen=not options["no_listen"],
+            progress_interval=options["progress_interval"],
             stdout=self.stdout,
         )
 
@@ -91,7 +113,7 @@ class Command(BaseCommand):
             if worker.stop_requested:
                 # Second signal: leave now; held locks expire as usual.
                 os._exit(128 + signum)
-            self.stdout.write(f"signal {signum}: finishing the current task, then stopping")
+            self.stdout.write(f"signal {signum}: stopping: running handlers finish, unstarted tasks are handed back")
             worker.stop_requested = True
 
         signal.signal(signal.SIGTERM, on_signal)

@@ -1,0 +1,488 @@
+"""The worker behind `manage.py run_worker`: claim, run, complete, in batches.
+
+One coordinator (the main thread) does all the bookkeeping and every
+database write of the lifecycle: it claims batches, hands tasks to handler
+slots (threads), extends the locks of the tasks it holds (heartbeats),
+abandons handlers that overrun `max_run_time`, and records results, many
+completions per transaction. Delivery is at-least-once: if the process dies
+between a handler and the commit of its completion, the task runs again
+after its lock expires, so handlers must be idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import secrets
+import socket
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import IO
+
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections, connection
+
+from tasks_app import services
+from tasks_app.models import Stage, Task, Transition
+from tasks_app.worker.handlers import Handler, HandlerImportError, HandlerTask, Outcome, resolve_handler
+from tasks_app.worker.listener import Listener
+from tasks_app.worker.slots import Job, SlotPool
+
+logger = logging.getLogger("tasks_app.worker")
+
+STAGE_REFRESH = 1.0  # seconds between re-reads of the stages (pauses, new handlers)
+FLUSH_AFTER = 0.5  # longest a finished task waits for its batch's commit
+MAX_BACKOFF = 30.0  # longest pause after database errors
+
+
+def default_worker_id() -> str:
+    """host:pid plus a random suffix, so that every start has its own id."""
+    return f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(2)}"
+
+
+@dataclass
+class Stats:
+    claimed: int = 0
+    done: int = 0
+    failed: int = 0
+    released: int = 0
+    lost: int = 0
+
+    @property
+    def processed(self) -> int:
+        return self.done + self.failed + self.released + self.lost
+
+
+@dataclass
+class Held:
+    """A task this worker holds the lock of."""
+
+    task: Task
+    lock_timeout: int
+    extended_at: float  # monotonic time of the claim or the last heartbeat
+    started_at: float | None = None
+    outcome: Outcome | None = None
+    finished_at: float = 0.0
+
+
+@dataclass
+class Worker:
+    stage_slugs: Sequence[str] = ()
+    batch_size: int = 10
+    concurrency: int = 1
+    lock_timeout: int | None = None
+    poll_interval: float | None = None
+    worker_id: str = ""
+    max_tasks: int | None = None
+    listen: bool = True
+    progress_interval: float = 10.0
+    stdout: IO[str] | None = None
+
+    stop_requested: bool = field(default=False, init=False)
+    stats: Stats = field(default_factory=Stats, init=False)
+
+    def __post_init__(self) -> None:
+        self.worker_id = self.worker_id or default_worker_id()
+        if self.poll_interval is None:
+            self.poll_interval = float(settings.TASKS_POLL_INTERVAL)
+        self.held: dict[int, Held] = {}
+        self.waiting: deque[int] = deque()  # claimed, handler not started
+        self.running: set[int] = set()
+        self._handlers: dict[str, Handler] = {}
+        self._stages: list[Stage] = []
+        self._routes: dict[int, list[Transition]] = {}
+        self._stages_read = -STAGE_REFRESH
+        self._rotation = 0
+        self._next_expiry = 0.0
+        self._next_registry = 0.0
+        self._next_progress = time.monotonic() + self.progress_interval
+        self._progress_mark = (time.monotonic(), 0)
+        self._db_backoff = 0.0
+        self._next_conn_check = 0.0
+        self._pool: SlotPool | None = None
+        self._listener: Listener | None = None
+
+    # -- stages and claiming ---------------------------------------------
+    def stages(self) -> list[Stage]:
+        """The script stages served, re-read at most every STAGE_REFRESH s."""
+        now = time.monotonic()
+        if now - self._stages_read >= STAGE_REFRESH:
+            qs = Stage.objects.filter(kind=Stage.Kind.SCRIPT, is_paused=False)
+            if self.stage_slugs:
+                qs = qs.filter(slug__in=self.stage_slugs)
+            self._stages = list(qs.order_by("id"))
+            self._routes = {s.pk: [] for s in self._stages}
+            for t in Transition.objects.filter(source__in=self._stages).order_by("id"):
+                self._routes[t.source_id].append(t)
+            self._stages_read = now
+        return self._stages
+
+    def _room(self) -> int:
+        room = self.batch_size
+        if self.max_tasks is not None:
+            room = min(room, self.max_tasks - self.stats.processed - len(self.held))
+        return max(room, 0)
+
+    def claim(self) -> int:
+        """Claim up to one batch, visiting the stages in turn; returns how many were claimed."""
+        stages = self.stages()
+        claimed = 0
+        if not stages:
+            return 0
+        self._rotation = (self._rotation + 1) % len(stages)
+        for stage in stages[self._rotation :] + stages[: self._rotation]:
+            room = self._room() - claimed
+            if room <= 0 or self.stop_requested:
+                break
+            timeout = self.lock_timeout or stage.lock_timeout
+            tasks = services.task_claim(stage=stage, worker_id=self.worker_id, limit=room, lock_timeout=timeout)
+            now = time.monotonic()
+            for task in tasks:
+                self.held[task.pk] = Held(task=task, lock_timeout=timeout, extended_at=now)
+                self.waiting.append(task.pk)
+            claimed += len(tasks)
+        self.stats.claimed += claimed
+        return claimed
+
+    # -- running handlers ---------------------------------------------------
+    def dispatch(self) -> None:
+        """Start waiting tasks while slots are free."""
+        assert self._pool is not None
+        while self.waiting and len(self.running) < self.concurrency and not self.stop_requested:
+            task_id = self.waiting.popleft()
+            held = self.held[task_id]
+            task = held.task
+            held.started_at = time.monotonic()
+            try:
+                handler = resolve_handler(task.stage, self._handlers)
+            except HandlerImportError as exc:
+                self._finish(task_id, Outcome.from_exception(exc, permanent=True))
+                continue
+            view = HandlerTask(
+                id=task.pk,
+                type=task.type,
+                payload=task.payload,  # already a private copy: it was just read from the database
+                stage=task.stage.slug,
+                attempts=task.attempts,
+                created_at=task.created_at,
+                parent_id=task.parent_id,
+                _stage=task.stage,
+                _routes=self._routes.get(task.stage_id),
+            )
+            self.running.add(task_id)
+            self._pool.submit(Job(task_id=task_id, lock_token=task.lock_token, handler=handler, view=view))
+
+    def _finish(self, task_id: int, outcome: Outcome) -> None:
+        held = self.held[task_id]
+        held.outcome = outcome
+        held.finished_at = time.monotonic()
+        self.running.discard(task_id)
+
+    def collect(self, timeout: float) -> None:
+        """Take finished handler runs (waiting up to `timeout` for the first)."""
+        assert self._pool is not None
+        result = self._pool.get(timeout)
+        while result is not None:
+            job, outcome = result
+            held = self.held.get(job.task_id)
+            # Ignore results of abandoned runs (the task was released, maybe re-claimed).
+            if held is not None and held.task.lock_token == job.lock_token and job.task_id in self.running:
+                self._finish(job.task_id, outcome)
+            result = self._pool.get(0)
+
+    # -- recording outcomes -------------------------------------------------
+    def finished(self) -> list[Held]:
+        return [h for h in self.held.values() if h.outcome is not None]
+
+    def flush_due(self) -> bool:
+        done = self.finished()
+        if not done:
+            return False
+        if self.stop_requested or not self.waiting or len(done) >= self.batch_size:
+            return True
+        return time.monotonic() - min(h.finished_at for h in done) >= FLUSH_AFTER
+
+    def record(self) -> None:
+        """Write every finished outcome: completions in one batch, failures one by one."""
+        done = self.finished()
+        ok = [h for h in done if h.outcome is not None and h.outcome.kind == "ok"]
+        if ok:
+            items = [services.Completion(h.task.pk, h.task.lock_token, h.outcome.sent) for h in ok if h.outcome]
+            try:
+                result = services.tasks_complete_batch(items=items)
+                self.stats.done += len(result.completed)
+                self._lost(result.lost)
+            except services.NoRouteError:
+                # A transition changed under us: complete one by one so that
+                # only the task whose type lost its route fails.
+                for item, h in zip(items, ok, strict=True):
+                    self._complete_one(item, h)
+            for h in ok:
+                self.held.pop(h.task.pk, None)
+        for h in done:
+            if h.outcome is not None and h.outcome.kind != "ok":
+                self._record_failure(h)
+                self.held.pop(h.task.pk, None)
+
+    def _complete_one(self, item: services.Completion, h: Held) -> None:
+        try:
+            result = services.tasks_complete_batch(items=[item])
+            self.stats.done += len(result.completed)
+            self._lost(result.lost)
+        except services.NoRouteError as exc:
+            h.outcome = Outcome.from_exception(exc, permanent=True)
+            self._record_failure(h)
+
+    def _lost(self, task_ids: Sequence[int]) -> None:
+        for task_id in task_ids:
+            # Our lock expired and someone else holds the task now; their run counts.
+            logger.warning("task %s: lock lost before completion; another worker has it", task_id)
+        self.stats.lost += len(task_ids)
+
+    def _record_failure(self, h: Held) -> None:
+        outcome = h.outcome
+        assert outcome is not None
+        task = h.task
+        try:
+            if outcome.kind == "fail":
+                logger.error("task %s failed permanently: %s", task.pk, outcome.error)
+                services.task_fail(
+                    task_id=task.pk, lock_token=task.lock_token, error=outcome.error, traceback=outcome.traceback
+                )
+                self.stats.failed += 1
+            else:
+                logger.warning("task %s: handler raised %s; released for retry", task.pk, outcome.error)
+                released = services.task_release(
+                    task_id=task.pk, lock_token=task.lock_token, error=outcome.error, traceback=outcome.traceback
+                )
+                if released.status == Task.Status.FAILED:
+                    self.stats.failed += 1
+                else:
+                    self.stats.released += 1
+        except services.TaskLockLost:
+            self._lost([task.pk])
+
+    # -- heartbeats, run-time limits, upkeep ---------------------------------
+    def heartbeat(self) -> None:
+        """Extend the locks of held tasks whose lock is half used up."""
+        now = time.monotonic()
+        due: dict[int, list[Held]] = {}
+        for h in self.held.values():
+            if now - h.extended_at >= h.lock_timeout / 2:
+                due.setdefault(h.lock_timeout, []).append(h)
+        for timeout, group in due.items():
+            kept = set(
+                services.tasks_extend_locks(items=[(h.task.pk, h.task.lock_token) for h in group], lock_timeout=timeout)
+            )
+            for h in group:
+                if h.task.pk in kept:
+                    h.extended_at = now
+                else:
+                    self._drop_lost(h.task.pk)
+
+    def _drop_lost(self, task_id: int) -> None:
+        self._lost([task_id])
+        self.held.pop(task_id, None)
+        self.running.discard(task_id)
+        if task_id in self.waiting:
+            self.waiting.remove(task_id)
+
+    def enforce_max_run_time(self) -> None:
+        """Abandon handlers running longer than their stage's max_run_time and release their tasks."""
+        assert self._pool is not None
+        now = time.monotonic()
+        for task_id in list(self.running):
+            h = self.held[task_id]
+            limit = h.task.stage.max_run_time
+            if limit and h.started_at is not None and now - h.started_at > limit:
+                logger.error("task %s: handler exceeded max_run_time (%ss); abandoned", task_id, limit)
+                self._pool.retire(task_id)
+                self.running.discard(task_id)
+                self.held.pop(task_id, None)
+                try:
+                    released = services.task_release(
+                        task_id=task_id,
+                        lock_token=h.task.lock_token,
+                        error=f"Handler exceeded the stage's max_run_time of {limit}s and was abandoned.",
+                    )
+                    if released.status == Task.Status.FAILED:
+                        self.stats.failed += 1
+                    else:
+                        self.stats.released += 1
+                except services.TaskLockLost:
+                    self.stats.lost += 1
+
+    def unclaim_waiting(self) -> None:
+        """Shutdown: hand back claimed tasks whose handler never started, at once."""
+        while self.waiting:
+            task_id = self.waiting.popleft()
+            h = self.held.pop(task_id)
+            try:
+                services.task_unclaim(task_id=task_id, lock_token=h.task.lock_token)
+            except services.TaskLockLost:
+                pass
+
+    def upkeep(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_expiry:
+            self._next_expiry = now + float(settings.TASKS_EXPIRE_INTERVAL)
+            count = services.tasks_expire_locks()
+            if count:
+                logger.info("expired %d lock(s)", count)
+        if now >= self._next_registry:
+            self._next_registry = now + float(settings.TASKS_WORKER_HEARTBEAT)
+            services.worker_heartbeat(
+                worker_id=self.worker_id,
+                done=self.stats.done,
+                failed=self.stats.failed,
+                current=sorted(self.held),
+            )
+        if self.progress_interval > 0 and now >= self._next_progress:
+            self._next_progress = now + self.progress_interval
+            mark_time, mark_done = self._progress_mark
+            rate = (self.stats.done - mark_done) / max(now - mark_time, 1e-9)
+            self._progress_mark = (now, self.stats.done)
+            s = self.stats
+            self._say(
+                f"{self.worker_id}: {rate:.1f} tasks/s, done {s.done}, failed {s.failed}, "
+                f"released {s.released}, claimed {s.claimed}, holding {len(self.held)}"
+            )
+
+    # -- the loop -------------------------------------------------------------
+    def step(self) -> bool:
+        """One coordinator step; returns True if any task was claimed, running or finished."""
+        if self.flush_due():
+            self.record()
+        self.heartbeat()
+        self.enforce_max_run_time()
+        self.upkeep()
+        if self.stop_requested:
+            self.unclaim_waiting()
+        elif not self.waiting and len(self.running) < self.concurrency:
+            self.claim()
+        self.dispatch()
+        if self.running:
+            self.collect(timeout=0.05)
+        elif self.finished():
+            pass  # record them on the next step
+        elif not self.held:
+            return False
+        return True
+
+    def run_once(self) -> bool:
+        """Claim, run and record one batch; True if any task was claimed."""
+        self._start_pool()
+        claimed = self.claim()
+        while self.held:
+            self.dispatch()
+            self.collect(timeout=0.05)
+            self.heartbeat()
+            self.enforce_max_run_time()
+            if self.stop_requested:
+                self.unclaim_waiting()
+            if not self.running and not self.waiting:
+                self.record()
+        return claimed > 0
+
+    def run(self, *, once: bool = False) -> Stats:
+        """Work until stopped (or, with once=True, until nothing is claimable and nothing is held)."""
+        self._start_pool()
+        if self.listen and connection.vendor == "postgresql":
+            self._listener = Listener(self.worker_id)
+        services.worker_register(worker_id=self.worker_id, stages=self.stage_slugs, concurrency=self.concurrency)
+        self._say(
+            f"worker {self.worker_id} started (batch {self.batch_size}, concurrency {self.concurrency}, "
+            f"{'listening' if self._listener else 'polling'})"
+        )
+        try:
+            while True:
+                self._maybe_close_old_connections()
+                try:
+                    busy = self.step()
+                    self._db_backoff = 0.0
+                except DatabaseError as exc:
+                    if self.stop_requested:
+                        logger.error("database error while stopping (%s); held locks will expire", exc)
+                        break
+                    self._database_trouble(exc)
+                    continue
+                if self.stop_requested and not self.held:
+                    break
+                if self.max_tasks is not None and self.stats.processed >= self.max_tasks and not self.held:
+                    break
+                if not busy:
+                    if once:
+                        break
+                    self._idle()
+        finally:
+            self._shutdown()
+        return self.stats
+
+    def _maybe_close_old_connections(self) -> None:
+        # Once a second, not every step: with health checks on, the next query
+        # after close_old_connections() pays an extra round trip.
+        now = time.monotonic()
+        if now >= self._next_conn_check and not connection.in_atomic_block:
+            self._next_conn_check = now + 1.0
+            close_old_connections()
+
+    def _database_trouble(self, exc: Exception) -> None:
+        self._db_backoff = min(MAX_BACKOFF, max(0.5, self._db_backoff * 2))
+        logger.error("database error (%s); reconnecting in %.1fs", exc, self._db_backoff)
+        try:
+            connection.close()
+        except DatabaseError:
+            pass
+        self._sleep(self._db_backoff, stop_early=False)
+
+    def _idle(self) -> None:
+        """Wait for work: a notification (PostgreSQL) or the poll interval with jitter."""
+        wait = (self.poll_interval or 1.0) * random.uniform(0.8, 1.2)
+        deadline = time.monotonic() + wait
+        while not self.stop_requested:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            chunk = min(left, 1.0)
+            if self._listener is not None:
+                notified = self._listener.wait(chunk)
+                if notified:
+                    return
+                if notified is not None:
+                    continue
+            time.sleep(min(chunk, 0.25))
+
+    def _sleep(self, seconds: float, *, stop_early: bool = True) -> None:
+        deadline = time.monotonic() + seconds
+        while not (stop_early and self.stop_requested):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, 0.25))
+
+    def _start_pool(self) -> None:
+        if self._pool is None:
+            self._pool = SlotPool(self.concurrency, self.worker_id)
+
+    def _shutdown(self) -> None:
+        try:
+            if self.held:
+                self.record()
+            services.worker_stopped(worker_id=self.worker_id, done=self.stats.done, failed=self.stats.failed)
+        except DatabaseError:
+            logger.exception("could not record the worker's exit")
+        if self._pool is not None:
+            self._pool.stop()
+        if self._listener is not None:
+            self._listener.close()
+        s = self.stats
+        self._say(f"worker {self.worker_id} stopped: {s.done} done, {s.failed} failed, {s.released} released")
+
+    def _say(self, line: str) -> None:
+        logger.debug(line)
+        if self.stdout is not None:
+            self.stdout.write(line + "\n")
+            self.stdout.flush()

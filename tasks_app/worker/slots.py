@@ -1,0 +1,90 @@
+"""Handler slots: the threads that run handlers for one worker process.
+
+Threads, not processes: handlers are mostly I/O (HTTP calls, queries,
+files), which release the GIL, and threads share the worker's imports,
+database settings and memory. CPU-bound handlers scale with more worker
+processes instead (`run_worker` several times, or on several machines).
+A slot whose handler overran the stage's max_run_time is *retired*: the
+coordinator releases its task and starts a fresh slot; the old thread
+finishes (or hangs) on its own and takes no more work.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import connection
+
+from tasks_app.worker.handlers import Handler, HandlerTask, Outcome, run_handler
+
+
+@dataclass
+class Job:
+    task_id: int
+    lock_token: str
+    handler: Handler
+    view: HandlerTask
+
+
+class Slot(threading.Thread):
+    def __init__(self, work: queue.Queue[Job | None], results: queue.Queue[tuple[Job, Outcome]], name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.work = work
+        self.results = results
+        self.retired = False
+        self.current: Job | None = None
+
+    def run(self) -> None:
+        try:
+            while not self.retired:
+                job = self.work.get()
+                if job is None:
+                    return
+                self.current = job
+                outcome = run_handler(job.handler, job.view)
+                self.current = None
+                self.results.put((job, outcome))
+        finally:
+            connection.close()
+
+
+class SlotPool:
+    def __init__(self, size: int, worker_id: str) -> None:
+        self.size = size
+        self.worker_id = worker_id
+        self.work: queue.Queue[Job | None] = queue.Queue()
+        self.results: queue.Queue[tuple[Job, Outcome]] = queue.Queue()
+        self._count = 0
+        self.slots = [self._start() for _ in range(size)]
+
+    def _start(self) -> Slot:
+        self._count += 1
+        slot = Slot(self.work, self.results, name=f"{self.worker_id}-slot-{self._count}")
+        slot.start()
+        return slot
+
+    def submit(self, job: Job) -> None:
+        self.work.put(job)
+
+    def retire(self, task_id: int) -> None:
+        """Give up on the slot running `task_id` and start a replacement."""
+        for i, slot in enumerate(self.slots):
+            if slot.current is not None and slot.current.task_id == task_id:
+                slot.retired = True
+                self.slots[i] = self._start()
+                return
+
+    def get(self, timeout: float) -> tuple[Job, Outcome] | None:
+        try:
+            return self.results.get(timeout=timeout) if timeout > 0 else self.results.get_nowait()
+        except queue.Empty:
+            return None
+
+    def stop(self, wait: float = 5.0, **_: Any) -> None:
+        for _slot in self.slots:
+            self.work.put(None)
+        for slot in self.slots:
+            slot.join(timeout=wait)
