@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 
@@ -31,3 +32,18 @@ def mutate_payload(task: Any) -> None:
 
 def sleep(task: Any) -> None:
     time.sleep(float(task.payload.get("seconds", 1)))
+
+
+def sleep_and_mark(task: Any) -> None:
+    """Sleep like `sleep`, leaving <dir>/<id>.started and <dir>/<id>.finished files so a test sees which ran."""
+    folder = Path(task.payload["dir"])
+    (folder / f"{task.id}.started").write_text(repr(time.time()))
+    time.sleep(float(task.payload.get("seconds", 1)))
+    (folder / f"{task.id}.finished").write_text(repr(time.time()))
+
+
+def timed_sleep_send(task: Any) -> None:
+    """Sleep, then send a successor of type "timed" carrying when this run started and ended (time.time())."""
+    start = time.time()
+    time.sleep(float(task.payload.get("seconds", 0.5)))
+    task.send("timed", {"task": task.id, "start": start, "end": time.time()})

@@ -43,16 +43,21 @@ def test_worker_skips_paused_and_non_script_stages(world: dict[str, Stage]) -> N
     assert Task.objects.filter(pk__in=[task.pk, hook_task.pk], status="pending").count() == 2
 
 
+RUNNING_WORKER: list[Worker] = []
+
+
+def request_stop(task: object) -> None:
+    """Handler: ask the running worker to stop (as SIGTERM would), then keep working a moment."""
+    RUNNING_WORKER[0].stop_requested = True
+    time.sleep(0.3)
+
+
 def test_stop_requested_mid_batch_unclaims_unstarted_tasks(world: dict[str, Stage]) -> None:
+    world["ship"].handler = "tests.test_worker.request_stop"
+    world["ship"].save()
     tasks = [task_create(stage=world["ship"], type="t", payload={}) for _ in range(3)]
     worker = Worker(stage_slugs=["ship"], batch_size=3, concurrency=1)
-    original = worker.dispatch
-
-    def dispatch_then_stop() -> None:
-        original()
-        worker.stop_requested = True  # as if SIGTERM arrived while the first handler ran
-
-    worker.dispatch = dispatch_then_stop  # type: ignore[method-assign]
+    RUNNING_WORKER[:] = [worker]
     worker.run_once()
     statuses = list(Task.objects.filter(pk__in=[t.pk for t in tasks]).order_by("id").values_list("status", "attempts"))
     # The running task finished; the two claimed-but-unstarted ones are pending again at once,

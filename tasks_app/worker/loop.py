@@ -17,7 +17,6 @@ import random
 import secrets
 import socket
 import time
-from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import IO
@@ -35,6 +34,7 @@ logger = logging.getLogger("tasks_app.worker")
 
 STAGE_REFRESH = 1.0  # seconds between re-reads of the stages (pauses, new handlers)
 FLUSH_AFTER = 0.5  # longest a finished task waits for its batch's commit
+HEARTBEAT_CHECK = 0.25  # seconds between looks for locks that need extending
 MAX_BACKOFF = 30.0  # longest pause after database errors
 
 
@@ -56,14 +56,13 @@ class Stats:
         return self.done + self.failed + self.released + self.lost
 
 
-@dataclass
+@dataclass(eq=False)
 class Held:
     """A task this worker holds the lock of."""
 
     task: Task
     lock_timeout: int
     extended_at: float  # monotonic time of the claim or the last heartbeat
-    started_at: float | None = None
     outcome: Outcome | None = None
     finished_at: float = 0.0
 
@@ -88,9 +87,10 @@ class Worker:
         self.worker_id = self.worker_id or default_worker_id()
         if self.poll_interval is None:
             self.poll_interval = float(settings.TASKS_POLL_INTERVAL)
-        self.held: dict[int, Held] = {}
-        self.waiting: deque[int] = deque()  # claimed, handler not started
-        self.running: set[int] = set()
+        self.held: dict[int, Held] = {}  # every task whose lock we hold
+        self.in_flight: set[int] = set()  # handed to the slots, handler not finished
+        self.done: list[Held] = []  # handler finished, outcome not yet written
+        self._next_heartbeat_check = 0.0
         self._handlers: dict[str, Handler] = {}
         self._stages: list[Stage] = []
         self._routes: dict[int, list[Transition]] = {}
@@ -142,29 +142,26 @@ class Worker:
             now = time.monotonic()
             for task in tasks:
                 self.held[task.pk] = Held(task=task, lock_timeout=timeout, extended_at=now)
-                self.waiting.append(task.pk)
             claimed += len(tasks)
+            self.dispatch([self.held[t.pk] for t in tasks])
         self.stats.claimed += claimed
         return claimed
 
     # -- running handlers ---------------------------------------------------
-    def dispatch(self) -> None:
-        """Start waiting tasks while slots are free."""
+    def dispatch(self, held: list[Held]) -> None:
+        """Queue claimed tasks for the handler slots (they start as slots free up)."""
         assert self._pool is not None
-        while self.waiting and len(self.running) < self.concurrency and not self.stop_requested:
-            task_id = self.waiting.popleft()
-            held = self.held[task_id]
-            task = held.task
-            held.started_at = time.monotonic()
+        for h in held:
+            task = h.task
             try:
                 handler = resolve_handler(task.stage, self._handlers)
             except HandlerImportError as exc:
-                self._finish(task_id, Outcome.from_exception(exc, permanent=True))
+                self._finish(task.pk, Outcome.from_exception(exc, permanent=True))
                 continue
             view = HandlerTask(
                 id=task.pk,
                 type=task.type,
-                payload=task.payload,  # already a private copy: it was just read from the database
+                payload=task.payload,  # a private copy: it was just read from the database
                 stage=task.stage.slug,
                 attempts=task.attempts,
                 created_at=task.created_at,
@@ -172,14 +169,15 @@ class Worker:
                 _stage=task.stage,
                 _routes=self._routes.get(task.stage_id),
             )
-            self.running.add(task_id)
-            self._pool.submit(Job(task_id=task_id, lock_token=task.lock_token, handler=handler, view=view))
+            self.in_flight.add(task.pk)
+            self._pool.submit(Job(task_id=task.pk, lock_token=task.lock_token, handler=handler, view=view))
 
     def _finish(self, task_id: int, outcome: Outcome) -> None:
         held = self.held[task_id]
         held.outcome = outcome
         held.finished_at = time.monotonic()
-        self.running.discard(task_id)
+        self.in_flight.discard(task_id)
+        self.done.append(held)
 
     def collect(self, timeout: float) -> None:
         """Take finished handler runs (waiting up to `timeout` for the first)."""
@@ -189,43 +187,45 @@ class Worker:
             job, outcome = result
             held = self.held.get(job.task_id)
             # Ignore results of abandoned runs (the task was released, maybe re-claimed).
-            if held is not None and held.task.lock_token == job.lock_token and job.task_id in self.running:
+            if held is not None and held.task.lock_token == job.lock_token and job.task_id in self.in_flight:
                 self._finish(job.task_id, outcome)
             result = self._pool.get(0)
 
     # -- recording outcomes -------------------------------------------------
-    def finished(self) -> list[Held]:
-        return [h for h in self.held.values() if h.outcome is not None]
-
     def flush_due(self) -> bool:
-        done = self.finished()
-        if not done:
+        if not self.done:
             return False
-        if self.stop_requested or not self.waiting or len(done) >= self.batch_size:
+        assert self._pool is not None
+        if self.stop_requested or len(self.done) >= self.batch_size or self._pool.idle():
             return True
-        return time.monotonic() - min(h.finished_at for h in done) >= FLUSH_AFTER
+        return time.monotonic() - self.done[0].finished_at >= FLUSH_AFTER
 
     def record(self) -> None:
         """Write every finished outcome: completions in one batch, failures one by one."""
-        done = self.finished()
+        done, self.done = self.done, []
         ok = [h for h in done if h.outcome is not None and h.outcome.kind == "ok"]
-        if ok:
-            items = [services.Completion(h.task.pk, h.task.lock_token, h.outcome.sent) for h in ok if h.outcome]
-            try:
-                result = services.tasks_complete_batch(items=items)
-                self.stats.done += len(result.completed)
-                self._lost(result.lost)
-            except services.NoRouteError:
-                # A transition changed under us: complete one by one so that
-                # only the task whose type lost its route fails.
-                for item, h in zip(items, ok, strict=True):
-                    self._complete_one(item, h)
-            for h in ok:
-                self.held.pop(h.task.pk, None)
+        try:
+            if ok:
+                items = [services.Completion(h.task.pk, h.task.lock_token, h.outcome.sent) for h in ok if h.outcome]
+                try:
+                    result = services.tasks_complete_batch(items=items)
+                    self.stats.done += len(result.completed)
+                    self._lost(result.lost)
+                except services.NoRouteError:
+                    # A transition changed under us: complete one by one so that
+                    # only the task whose type lost its route fails.
+                    for item, h in zip(items, ok, strict=True):
+                        self._complete_one(item, h)
+            for h in done:
+                if h.outcome is not None and h.outcome.kind != "ok":
+                    self._record_failure(h)
+        except DatabaseError:
+            # Keep the outcomes: they are written once the database is back
+            # (a completion that did commit is then reported as lost, not repeated).
+            self.done = done + self.done
+            raise
         for h in done:
-            if h.outcome is not None and h.outcome.kind != "ok":
-                self._record_failure(h)
-                self.held.pop(h.task.pk, None)
+            self.held.pop(h.task.pk, None)
 
     def _complete_one(self, item: services.Completion, h: Held) -> None:
         try:
@@ -264,11 +264,15 @@ class Worker:
                     self.stats.released += 1
         except services.TaskLockLost:
             self._lost([task.pk])
+        h.outcome = None  # recorded: never written twice, even if a later write fails
 
     # -- heartbeats, run-time limits, upkeep ---------------------------------
     def heartbeat(self) -> None:
         """Extend the locks of held tasks whose lock is half used up."""
         now = time.monotonic()
+        if now < self._next_heartbeat_check:
+            return
+        self._next_heartbeat_check = now + HEARTBEAT_CHECK
         due: dict[int, list[Held]] = {}
         for h in self.held.values():
             if now - h.extended_at >= h.lock_timeout / 2:
@@ -285,43 +289,49 @@ class Worker:
 
     def _drop_lost(self, task_id: int) -> None:
         self._lost([task_id])
-        self.held.pop(task_id, None)
-        self.running.discard(task_id)
-        if task_id in self.waiting:
-            self.waiting.remove(task_id)
+        held = self.held.pop(task_id, None)
+        self.in_flight.discard(task_id)
+        if held is not None and held in self.done:
+            self.done.remove(held)
 
     def enforce_max_run_time(self) -> None:
         """Abandon handlers running longer than their stage's max_run_time and release their tasks."""
         assert self._pool is not None
         now = time.monotonic()
-        for task_id in list(self.running):
-            h = self.held[task_id]
+        for job in self._pool.running():
+            h = self.held.get(job.task_id)
+            if h is None or job.task_id not in self.in_flight or job.started_at is None:
+                continue
             limit = h.task.stage.max_run_time
-            if limit and h.started_at is not None and now - h.started_at > limit:
-                logger.error("task %s: handler exceeded max_run_time (%ss); abandoned", task_id, limit)
-                self._pool.retire(task_id)
-                self.running.discard(task_id)
-                self.held.pop(task_id, None)
-                try:
-                    released = services.task_release(
-                        task_id=task_id,
-                        lock_token=h.task.lock_token,
-                        error=f"Handler exceeded the stage's max_run_time of {limit}s and was abandoned.",
-                    )
-                    if released.status == Task.Status.FAILED:
-                        self.stats.failed += 1
-                    else:
-                        self.stats.released += 1
-                except services.TaskLockLost:
-                    self.stats.lost += 1
-
-    def unclaim_waiting(self) -> None:
-        """Shutdown: hand back claimed tasks whose handler never started, at once."""
-        while self.waiting:
-            task_id = self.waiting.popleft()
-            h = self.held.pop(task_id)
+            if not limit or now - job.started_at <= limit:
+                continue
+            logger.error("task %s: handler exceeded max_run_time (%ss); abandoned", job.task_id, limit)
+            self._pool.retire(job.task_id)
+            self.in_flight.discard(job.task_id)
+            self.held.pop(job.task_id, None)
             try:
-                services.task_unclaim(task_id=task_id, lock_token=h.task.lock_token)
+                released = services.task_release(
+                    task_id=job.task_id,
+                    lock_token=h.task.lock_token,
+                    error=f"Handler exceeded the stage's max_run_time of {limit}s and was abandoned.",
+                )
+                if released.status == Task.Status.FAILED:
+                    self.stats.failed += 1
+                else:
+                    self.stats.released += 1
+            except services.TaskLockLost:
+                self.stats.lost += 1
+
+    def unclaim_unstarted(self) -> None:
+        """Shutdown: hand back claimed tasks whose handler never started, at once."""
+        assert self._pool is not None
+        for job in self._pool.take_unstarted():
+            self.in_flight.discard(job.task_id)
+            h = self.held.pop(job.task_id, None)
+            if h is None:
+                continue
+            try:
+                services.task_unclaim(task_id=job.task_id, lock_token=h.task.lock_token)
             except services.TaskLockLost:
                 pass
 
@@ -354,36 +364,31 @@ class Worker:
     # -- the loop -------------------------------------------------------------
     def step(self) -> bool:
         """One coordinator step; returns True if any task was claimed, running or finished."""
+        assert self._pool is not None
         if self.flush_due():
             self.record()
         self.heartbeat()
         self.enforce_max_run_time()
         self.upkeep()
         if self.stop_requested:
-            self.unclaim_waiting()
-        elif not self.waiting and len(self.running) < self.concurrency:
+            self.unclaim_unstarted()
+        elif self._pool.idle() and len(self.in_flight) < self.concurrency:
             self.claim()
-        self.dispatch()
-        if self.running:
+        if self.in_flight:
             self.collect(timeout=0.05)
-        elif self.finished():
-            pass  # record them on the next step
-        elif not self.held:
-            return False
-        return True
+        return bool(self.held)
 
     def run_once(self) -> bool:
         """Claim, run and record one batch; True if any task was claimed."""
         self._start_pool()
         claimed = self.claim()
         while self.held:
-            self.dispatch()
             self.collect(timeout=0.05)
             self.heartbeat()
             self.enforce_max_run_time()
             if self.stop_requested:
-                self.unclaim_waiting()
-            if not self.running and not self.waiting:
+                self.unclaim_unstarted()
+            if not self.in_flight:
                 self.record()
         return claimed > 0
 
@@ -469,7 +474,7 @@ class Worker:
 
     def _shutdown(self) -> None:
         try:
-            if self.held:
+            if self.done:
                 self.record()
             services.worker_stopped(worker_id=self.worker_id, done=self.stats.done, failed=self.stats.failed)
         except DatabaseError:

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from dataclasses import dataclass
-from typing import Any
 
 from django.db import connection
 
@@ -27,6 +27,7 @@ class Job:
     lock_token: str
     handler: Handler
     view: HandlerTask
+    started_at: float | None = None  # set by the slot that takes it
 
 
 class Slot(threading.Thread):
@@ -43,6 +44,7 @@ class Slot(threading.Thread):
                 job = self.work.get()
                 if job is None:
                     return
+                job.started_at = time.monotonic()
                 self.current = job
                 outcome = run_handler(job.handler, job.view)
                 self.current = None
@@ -77,13 +79,31 @@ class SlotPool:
                 self.slots[i] = self._start()
                 return
 
+    def take_unstarted(self) -> list[Job]:
+        """Remove and return the jobs no slot has taken yet (shutdown)."""
+        jobs = []
+        while True:
+            try:
+                job = self.work.get_nowait()
+            except queue.Empty:
+                return jobs
+            if job is not None:
+                jobs.append(job)
+
+    def idle(self) -> bool:
+        """True when every submitted job has been taken by a slot."""
+        return self.work.empty()
+
+    def running(self) -> list[Job]:
+        return [job for slot in self.slots if (job := slot.current) is not None]
+
     def get(self, timeout: float) -> tuple[Job, Outcome] | None:
         try:
             return self.results.get(timeout=timeout) if timeout > 0 else self.results.get_nowait()
         except queue.Empty:
             return None
 
-    def stop(self, wait: float = 5.0, **_: Any) -> None:
+    def stop(self, wait: float = 5.0) -> None:
         for _slot in self.slots:
             self.work.put(None)
         for slot in self.slots:
