@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.utils.html import format_html
 
 from tasks_app import services
-from tasks_app.models import Stage, Task, TaskEvent, Transition, validate_payload
+from tasks_app.models import Stage, Task, TaskEvent, Transition, WorkerProcess, validate_payload
 
 
 class OutgoingTransitionInline(admin.TabularInline):
@@ -169,3 +169,30 @@ class TaskAdmin(admin.ModelAdmin):
     @admin.action(description="Mark completed", permissions=["change"])
     def mark_completed(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
         _run_action(self, request, queryset, "Marked completed", services.task_mark_completed)
+
+
+@admin.register(WorkerProcess)
+class WorkerProcessAdmin(admin.ModelAdmin):
+    """The worker registry, read-only: workers write it, people read it."""
+
+    list_display = [
+        "worker_id", "host", "pid", "alive", "concurrency", "started_at", "last_heartbeat",
+        "tasks_done", "tasks_failed", "held",
+    ]  # fmt: skip
+    list_filter = ["host"]
+    search_fields = ["worker_id", "host"]
+    ordering = ["-last_heartbeat"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    @admin.display(description="alive", boolean=True)
+    def alive(self, obj: WorkerProcess) -> bool:
+        return obj.is_alive()
+
+    @admin.display(description="holding")
+    def held(self, obj: WorkerProcess) -> int:
+        return len(obj.current_tasks)

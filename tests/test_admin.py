@@ -657,3 +657,23 @@ def test_anonymous_action_post_is_redirected_to_login_and_changes_nothing(
     assert response.status_code == 302
     assert response["Location"].startswith("/admin/login/")
     assert snapshot(task) == before
+
+
+def test_worker_registry_lists_live_and_dead_workers_read_only(boss_client: Client, settings: Any) -> None:
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from tasks_app.models import WorkerProcess
+
+    settings.TASKS_WORKER_DEAD_AFTER = 60
+    now = timezone.now()
+    WorkerProcess.objects.create(worker_id="live-one", host="h1", pid=11, last_heartbeat=now, current_tasks=[1, 2])
+    WorkerProcess.objects.create(worker_id="silent-one", host="h2", pid=12, last_heartbeat=now - timedelta(minutes=5))
+    response = boss_client.get("/admin/tasks_app/workerprocess/")
+    assert response.status_code == 200
+    html = response.content.decode()
+    assert "live-one" in html and "silent-one" in html
+    assert html.count('alt="True"') == 1 and html.count('alt="False"') == 1
+    # Workers write the registry; people can't add or edit rows.
+    assert boss_client.get("/admin/tasks_app/workerprocess/add/").status_code == 403

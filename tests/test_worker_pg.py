@@ -109,22 +109,32 @@ def status_count(stage: Stage, status: str) -> int:
     return Task.objects.filter(stage=stage, status=status).count()
 
 
-def session_idle(application_name: str, query_fragment: str) -> bool:
-    """Is a session of that name idle, its last statement containing `query_fragment`? (pg_stat_activity)"""
+def session_quiet(application_name: str, seconds: float, query_fragment: str = "") -> bool:
+    """Has a session of that name been idle for `seconds` (its last statement containing `query_fragment`)?"""
     with connection.cursor() as cur:
         cur.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state = 'idle' AND query LIKE %s",
-            [application_name, f"%{query_fragment}%"],
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s AND state = 'idle'"
+            " AND state_change < now() - make_interval(secs => %s) AND query LIKE %s",
+            [application_name, seconds, f"%{query_fragment}%"],
         )
         row = cur.fetchone()
     return bool(row and row[0])
 
 
+def wait_until_idle(worker_id: str, stage: Stage) -> None:
+    """Wait until a worker has made its claims and waits for work.
+
+    A canary task, completed, proves it claimed; its database session then
+    staying quiet for 0.5 s proves it went on to wait (busy, it queries
+    every few milliseconds).
+    """
+    canary = task_create(stage=stage, type="canary", payload={})
+    assert wait_for(lambda: Task.objects.filter(pk=canary.pk, status=S.COMPLETED).exists(), timeout=30)
+    assert wait_for(lambda: session_quiet(worker_id, 0.5), timeout=30)
+
+
 def worker_row(worker_id: str) -> WorkerProcess | None:
     return WorkerProcess.objects.filter(worker_id=worker_id).first()
-
-
-CLAIM_SQL_FRAGMENT = "picked AS MATERIALIZED"  # in the claim statement, the last one a worker runs before idling
 
 
 # -- 1. SIGKILL mid-batch --------------------------------------------------------------------
@@ -356,10 +366,9 @@ def test_listening_idle_worker_completes_a_new_task_within_a_second(workers: Wor
         "--stage", "woken", "--poll-interval", "30", "--progress-interval", "0", "--worker-id", "listener-w"
     )
     workers.append(proc)
-    # Idle: its first claim found nothing and its LISTEN connection waits.
-    assert wait_for(lambda: session_idle("listener-w", CLAIM_SQL_FRAGMENT), timeout=30)
-    assert wait_for(lambda: session_idle("listener-w listen", "LISTEN tasks_app_stage"), timeout=30)
-    time.sleep(0.3)  # settle into the wait; the next poll is 24-36 s away
+    wait_until_idle("listener-w", stage)  # the next poll is 24-36 s away
+    # It listens: the connection it opened when it first went idle.
+    assert session_quiet("listener-w listen", 0.0, "LISTEN tasks_app_stage")
 
     created = time.monotonic()
     task = task_create(stage=stage, type="t", payload={})
@@ -379,8 +388,8 @@ def test_polling_worker_without_listen_does_not_see_a_new_task_before_its_poll(w
         "--worker-id", "poller-w",
     )  # fmt: skip
     workers.append(proc)
-    assert wait_for(lambda: session_idle("poller-w", CLAIM_SQL_FRAGMENT), timeout=30)
-    assert not session_idle("poller-w listen", "LISTEN")
+    wait_until_idle("poller-w", stage)  # the next poll is 24-36 s away
+    assert not session_quiet("poller-w listen", 0.0)
 
     task = task_create(stage=stage, type="t", payload={})
     deadline = time.monotonic() + 2.0
@@ -494,10 +503,10 @@ def test_failing_handler_is_retried_with_backoff_then_failed_at_max_attempts(wor
 
 def test_expiry_sweep_does_nothing_while_another_holds_the_sweep_lock() -> None:
     stage = make_stage("sweep")
-    task = task_create(stage=stage, type="t", payload={})
-    [claimed] = task_claim(
-        stage=stage, worker_id="gone", limit=1, lock_timeout=1, now=timezone.now() - timedelta(minutes=1)
-    )
+    past = timezone.now() - timedelta(minutes=2)
+    task = task_create(stage=stage, type="t", payload={}, now=past)
+    # Claimed a minute ago for 1 s: long expired.
+    [claimed] = task_claim(stage=stage, worker_id="gone", limit=1, lock_timeout=1, now=past + timedelta(minutes=1))
     assert claimed.pk == task.pk
     before = Task.objects.filter(pk=task.pk).values().get()
 
@@ -617,13 +626,13 @@ def test_registry_records_a_clean_exit(workers: Workers, settings: Any) -> None:
 
 
 def test_idle_worker_with_a_long_poll_interval_keeps_reporting_heartbeats(workers: Workers, settings: Any) -> None:
-    make_stage("reg-idle")
+    stage = make_stage("reg-idle")
     env = {"TASKS_WORKER_HEARTBEAT": "0.5"}
     proc = start_worker_env(
         "--stage", "reg-idle", "--poll-interval", "30", "--progress-interval", "0", "--worker-id", "idler", env=env
     )
     workers.append(proc)
-    assert wait_for(lambda: session_idle("idler", CLAIM_SQL_FRAGMENT), timeout=30)
+    wait_until_idle("idler", stage)  # the next poll is 24-36 s away
     row = worker_row("idler")
     assert row is not None
     first = row.last_heartbeat
