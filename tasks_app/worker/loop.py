@@ -201,40 +201,41 @@ class Worker:
         return time.monotonic() - self.done[0].finished_at >= FLUSH_AFTER
 
     def record(self) -> None:
-        """Write every finished outcome: completions in one batch, failures one by one."""
+        """Write every finished outcome: completions in one batch, failures one by one.
+
+        Each outcome is cleared once written, so after a database error only
+        the unwritten ones are kept and retried: none is written twice.
+        """
         done, self.done = self.done, []
-        ok = [h for h in done if h.outcome is not None and h.outcome.kind == "ok"]
         try:
+            ok = [h for h in done if h.outcome is not None and h.outcome.kind == "ok"]
             if ok:
                 items = [services.Completion(h.task.pk, h.task.lock_token, h.outcome.sent) for h in ok if h.outcome]
                 try:
-                    result = services.tasks_complete_batch(items=items)
-                    self.stats.done += len(result.completed)
-                    self._lost(result.lost)
+                    self._completed(services.tasks_complete_batch(items=items), ok)
                 except services.NoRouteError:
                     # A transition changed under us: complete one by one so that
                     # only the task whose type lost its route fails.
                     for item, h in zip(items, ok, strict=True):
-                        self._complete_one(item, h)
+                        try:
+                            self._completed(services.tasks_complete_batch(items=[item]), [h])
+                        except services.NoRouteError as exc:
+                            h.outcome = Outcome.from_exception(exc, permanent=True)
             for h in done:
-                if h.outcome is not None and h.outcome.kind != "ok":
+                if h.outcome is not None:
                     self._record_failure(h)
-        except DatabaseError:
-            # Keep the outcomes: they are written once the database is back
-            # (a completion that did commit is then reported as lost, not repeated).
-            self.done = done + self.done
-            raise
-        for h in done:
-            self.held.pop(h.task.pk, None)
+        finally:
+            unwritten = [h for h in done if h.outcome is not None]
+            self.done = unwritten + self.done
+            for h in done:
+                if h.outcome is None:
+                    self.held.pop(h.task.pk, None)
 
-    def _complete_one(self, item: services.Completion, h: Held) -> None:
-        try:
-            result = services.tasks_complete_batch(items=[item])
-            self.stats.done += len(result.completed)
-            self._lost(result.lost)
-        except services.NoRouteError as exc:
-            h.outcome = Outcome.from_exception(exc, permanent=True)
-            self._record_failure(h)
+    def _completed(self, result: services.BatchResult, written: list[Held]) -> None:
+        self.stats.done += len(result.completed)
+        self._lost(result.lost)
+        for h in written:
+            h.outcome = None
 
     def _lost(self, task_ids: Sequence[int]) -> None:
         for task_id in task_ids:
@@ -264,7 +265,7 @@ class Worker:
                     self.stats.released += 1
         except services.TaskLockLost:
             self._lost([task.pk])
-        h.outcome = None  # recorded: never written twice, even if a later write fails
+        h.outcome = None  # written: never again, even if a later write fails
 
     # -- heartbeats, run-time limits, upkeep ---------------------------------
     def heartbeat(self) -> None:
