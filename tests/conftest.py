@@ -89,11 +89,12 @@ def subprocess_env() -> dict[str, str]:
     return env
 
 
-def start_worker(*args: str, **kwargs: Any) -> subprocess.Popen[str]:
+def start_worker(*args: str, env: dict[str, str] | None = None, **kwargs: Any) -> subprocess.Popen[str]:
+    """`manage.py run_worker ARGS` on this run's database; `env` adds variables."""
     return subprocess.Popen(
         [sys.executable, "manage.py", "run_worker", *args],
         cwd=ROOT,
-        env=subprocess_env(),
+        env={**subprocess_env(), **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

@@ -446,3 +446,19 @@ def test_expired_lock_at_max_attempts_is_not_reclaimed_but_failed_by_the_sweep(
     assert task_claim(stage=review, worker_id="w2", now=later) == []
     assert tasks_expire_locks(now=later) == 1
     assert Task.objects.get(pk=pending_task.pk).status == Task.Status.FAILED
+
+
+def test_orphaned_claims_of_a_worker_are_handed_back(review: Stage) -> None:
+    from tasks_app.services import tasks_unclaim_orphans
+
+    for i in range(3):
+        task_create(stage=review, type="t", payload={"i": i})
+    kept, orphan, _ = task_claim(stage=review, worker_id="w1", limit=3)
+    other = task_create(stage=review, type="t", payload={})
+    task_claim(stage=review, worker_id="w2")  # someone else's lock is never touched
+    assert tasks_unclaim_orphans(worker_id="w1", keep=[kept.pk, _.pk]) == 1
+    assert Task.objects.get(pk=orphan.pk).status == Task.Status.PENDING
+    assert Task.objects.get(pk=orphan.pk).attempts == 0
+    assert Task.objects.get(pk=kept.pk).status == Task.Status.LOCKED
+    assert Task.objects.get(pk=other.pk).locked_by == "w2"
+    assert kinds(orphan)[-1] == "released"

@@ -121,16 +121,16 @@ def session_quiet(application_name: str, seconds: float, query_fragment: str = "
     return bool(row and row[0])
 
 
-def wait_until_idle(worker_id: str, stage: Stage) -> None:
+def wait_until_idle(worker_id: str, stage: Stage, quiet: float = 0.5) -> None:
     """Wait until a worker has made its claims and waits for work.
 
     A canary task, completed, proves it claimed; its database session then
-    staying quiet for 0.5 s proves it went on to wait (busy, it queries
+    staying quiet for `quiet` s proves it went on to wait (busy, it queries
     every few milliseconds).
     """
     canary = task_create(stage=stage, type="canary", payload={})
     assert wait_for(lambda: Task.objects.filter(pk=canary.pk, status=S.COMPLETED).exists(), timeout=30)
-    assert wait_for(lambda: session_quiet(worker_id, 0.5), timeout=30)
+    assert wait_for(lambda: session_quiet(worker_id, quiet), timeout=30)
 
 
 def worker_row(worker_id: str) -> WorkerProcess | None:
@@ -178,8 +178,8 @@ def test_sigkilled_worker_mid_batch_loses_no_task_and_none_completes_twice(worke
     assert set(per_task) == set(ids)
     assert set(per_task.values()) == {1}
     attempts = dict(Task.objects.filter(stage=stage).values_list("id", "attempts"))
+    # The orphans ran a second time (at-least-once); nothing else ran twice.
     assert {pk for pk, n in attempts.items() if n == 2} == orphaned
-    assert {pk for pk, n in attempts.items() if n != 2} == set(ids) - orphaned
     assert all(n == 1 for pk, n in attempts.items() if pk not in orphaned)
     # What the dead worker had recorded stays its own; the rest went to the rescuer.
     actors = dict(TaskEvent.objects.filter(task__stage=stage, kind=E.COMPLETED).values_list("task_id", "actor"))
@@ -447,8 +447,10 @@ def test_worker_survives_a_server_restart_mid_drain(workers: Workers) -> None:
     # The worker can't have finished while the server was down (≥ 6 s of handlers in all).
     assert status_count(stage, S.COMPLETED) < len(ids)
 
-    assert wait_for(lambda: status_count(stage, S.COMPLETED) == len(ids), timeout=90, interval=0.1)
-    assert proc.poll() is None
+    # (Stop waiting early if the worker died.)
+    assert wait_for(lambda: proc.poll() is not None or status_count(stage, S.COMPLETED) == len(ids), timeout=90)
+    assert proc.poll() is None, finish(proc, timeout=10)
+    assert status_count(stage, S.COMPLETED) == len(ids)
     out = stop(proc)
     assert proc.returncode == 0, out
     assert "database error" in out
@@ -632,7 +634,7 @@ def test_idle_worker_with_a_long_poll_interval_keeps_reporting_heartbeats(worker
         "--stage", "reg-idle", "--poll-interval", "30", "--progress-interval", "0", "--worker-id", "idler", env=env
     )
     workers.append(proc)
-    wait_until_idle("idler", stage)  # the next poll is 24-36 s away
+    wait_until_idle("idler", stage, quiet=0.2)  # the next poll is 24-36 s away
     row = worker_row("idler")
     assert row is not None
     first = row.last_heartbeat

@@ -18,6 +18,7 @@ from tasks_app.services.lifecycle import (
     task_release,
     task_unclaim,
     tasks_expire_locks,
+    tasks_unclaim_orphans,
 )
 from tasks_app.services.operator import (
     task_duplicate,
@@ -64,6 +65,7 @@ __all__ = [
     "task_send",
     "task_unclaim",
     "tasks_expire_locks",
+    "tasks_unclaim_orphans",
     "tasks_send_many",
     "validate_task_input",
 ]

@@ -8,6 +8,7 @@ there first, and the caller gets TaskLockLost with nothing changed.
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -109,6 +110,31 @@ def task_unclaim(*, task_id: int, lock_token: str, now: datetime | None = None) 
             details={"reason": "worker stopped before the handler started"},
         )
         notify_stages([row["stage_id"]])
+
+
+def tasks_unclaim_orphans(*, worker_id: str, keep: Sequence[int], now: datetime | None = None) -> int:
+    """Hand back tasks locked by `worker_id` other than `keep` (claims whose reply was lost); returns the count."""
+    now = now or timezone.now()
+    with transaction.atomic():
+        orphans = Task.objects.filter(status=Task.Status.LOCKED, locked_by=worker_id).exclude(pk__in=keep)
+        rows = list(orphans.select_for_update(of=("self",)).values_list("id", "stage_id"))
+        if not rows:
+            return 0
+        Task.objects.filter(pk__in=[r[0] for r in rows], status=Task.Status.LOCKED, locked_by=worker_id).update(
+            status=Task.Status.PENDING, updated_at=now, available_at=now, attempts=F("attempts") - 1, **UNLOCKED
+        )
+        TaskEvent.objects.bulk_create(
+            TaskEvent(
+                task_id=task_id,
+                kind=TaskEvent.Kind.RELEASED,
+                at=now,
+                actor=worker_id,
+                details={"reason": "claimed as the connection dropped; never started"},
+            )
+            for task_id, _ in rows
+        )
+        notify_stages({stage_id for _, stage_id in rows})
+    return len(rows)
 
 
 def task_fail(*, task_id: int, lock_token: str, error: str, traceback: str = "", now: datetime | None = None) -> None:

@@ -407,6 +407,8 @@ class Worker:
             while True:
                 self._maybe_close_old_connections()
                 try:
+                    if self._db_backoff:
+                        self._release_orphans()
                     busy = self.step()
                     self._db_backoff = 0.0
                 except DatabaseError as exc:
@@ -426,6 +428,16 @@ class Worker:
         finally:
             self._shutdown()
         return self.stats
+
+    def _release_orphans(self) -> None:
+        """After database trouble: hand back tasks locked in our name that we don't know we hold.
+
+        A claim can commit while its reply is lost with the connection; worker
+        ids are unique per start, so such rows can only be ours, unstarted.
+        """
+        count = services.tasks_unclaim_orphans(worker_id=self.worker_id, keep=list(self.held))
+        if count:
+            logger.warning("handed back %d task(s) claimed just before the connection dropped", count)
 
     def _maybe_close_old_connections(self) -> None:
         # Once a second, not every step: with health checks on, the next query
@@ -447,7 +459,9 @@ class Worker:
     def _idle(self) -> None:
         """Wait for work: a notification (PostgreSQL) or the poll interval with jitter."""
         wait = (self.poll_interval or 1.0) * random.uniform(0.8, 1.2)
-        deadline = time.monotonic() + wait
+        # Wake in time for the registry heartbeat and the expiry sweep, so an idle
+        # worker with a long poll interval is not shown as dead.
+        deadline = min(time.monotonic() + wait, self._next_registry, self._next_expiry)
         while not self.stop_requested:
             left = deadline - time.monotonic()
             if left <= 0:
