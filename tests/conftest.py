@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,21 @@ def start_worker(*args: str, env: dict[str, str] | None = None, **kwargs: Any) -
         text=True,
         **kwargs,
     )
+
+
+def wait_for(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def finish(proc: subprocess.Popen[str], timeout: float) -> str:
+    """Wait for a worker process and return its output (stdout and stderr)."""
+    out, _ = proc.communicate(timeout=timeout)
+    return out or ""
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from datetime import timedelta
 
 import psycopg
@@ -22,7 +21,7 @@ from django.utils import timezone
 from tasks_app.models import Stage, Task, TaskEvent
 from tasks_app.services import TaskLockLost, task_claim, task_complete, task_create
 from tasks_app.services.claim import PG_CLAIM_SQL, claim_params
-from tests.conftest import start_worker
+from tests.conftest import finish, start_worker, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -46,21 +45,6 @@ def bulk_tasks(stage: Stage, count: int) -> list[int]:
         batch_size=1000,
     )
     return list(Task.objects.filter(stage=stage).order_by("id").values_list("id", flat=True))
-
-
-def wait_for(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
-
-
-def finish(proc: subprocess.Popen[str], timeout: float) -> str:
-    """Wait for a worker process and return its output (stdout and stderr)."""
-    out, _ = proc.communicate(timeout=timeout)
-    return out or ""
 
 
 # -- 1. several worker processes drain one stage ---------------------------------------------

@@ -16,7 +16,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,7 +29,7 @@ from django.utils import timezone
 from tasks_app.models import Stage, Task, TaskEvent, Transition, WorkerProcess
 from tasks_app.services import task_claim, task_complete, task_create, tasks_expire_locks
 from tasks_app.services.lifecycle import SWEEP_LOCK_KEY
-from tests.conftest import ROOT, start_worker, subprocess_env
+from tests.conftest import ROOT, finish, start_worker, subprocess_env, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -61,21 +60,6 @@ def bulk_tasks(stage: Stage, count: int, payload: dict[str, Any] | None = None) 
         ]
     )
     return list(Task.objects.filter(stage=stage).order_by("id").values_list("id", flat=True))
-
-
-def wait_for(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.05) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
-
-
-def finish(proc: subprocess.Popen[str], timeout: float) -> str:
-    """Wait for a worker process and return its output (stdout and stderr)."""
-    out, _ = proc.communicate(timeout=timeout)
-    return out or ""
 
 
 def stop(proc: subprocess.Popen[str], timeout: float = 30) -> str:

@@ -22,7 +22,7 @@ from tasks_app.models import Stage, Task, TaskEvent, Transition
 from tasks_app.services.errors import NoRouteError, TaskLockLost
 from tasks_app.services.lifecycle import lock_lost
 from tasks_app.services.notify import notify_stages
-from tasks_app.services.routing import Send, validate_task_input
+from tasks_app.services.routing import Send, successor_tasks, validate_task_input
 
 
 @dataclass
@@ -137,17 +137,14 @@ def tasks_complete_batch(*, items: Sequence[Completion], now: datetime | None = 
                 if not matching:
                     raise _no_route(stage_id, type, routes[stage_id])
                 children.setdefault(task_id, []).extend(
-                    Task(
-                        stage_id=t.target_id,
+                    successor_tasks(
+                        transitions=matching,
                         type=type,
                         payload=payload,
-                        created_at=now,
-                        updated_at=now,
-                        available_at=now,
-                        parent_id=task_id,
                         source_stage_id=stage_id,
+                        parent_id=task_id,
+                        now=now,
                     )
-                    for t in matching
                 )
         successors = [child for kids in children.values() for child in kids]
         if successors:

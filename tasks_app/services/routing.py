@@ -76,23 +76,43 @@ def matching_transitions(*, stage: Stage, type: str) -> list[Transition]:
     return matching
 
 
-def _send_one(
-    *, stage: Stage, type: str, payload: dict[str, Any], parent: Task | None, actor: str, now: datetime
+def successor_tasks(
+    *,
+    transitions: list[Transition],
+    type: str,
+    payload: dict[str, Any],
+    source_stage_id: int,
+    parent_id: int | None,
+    now: datetime,
 ) -> list[Task]:
-    assert connection.in_atomic_block
-    tasks = [
+    """Unsaved pending tasks, one per transition, as sending `type` creates them."""
+    return [
         Task(
-            stage=transition.target,
+            stage_id=t.target_id,
             type=type,
             payload=payload,
             created_at=now,
             updated_at=now,
             available_at=now,
-            parent=parent,
-            source_stage=stage,
+            parent_id=parent_id,
+            source_stage_id=source_stage_id,
         )
-        for transition in matching_transitions(stage=stage, type=type)
+        for t in transitions
     ]
+
+
+def _send_one(
+    *, stage: Stage, type: str, payload: dict[str, Any], parent: Task | None, actor: str, now: datetime
+) -> list[Task]:
+    assert connection.in_atomic_block
+    tasks = successor_tasks(
+        transitions=matching_transitions(stage=stage, type=type),
+        type=type,
+        payload=payload,
+        source_stage_id=stage.pk,
+        parent_id=parent.pk if parent else None,
+        now=now,
+    )
     Task.objects.bulk_create(tasks)
     details: dict[str, Any] = {"from_stage": stage.slug}
     if parent is not None:
