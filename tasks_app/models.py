@@ -186,6 +186,14 @@ class Task(models.Model):
     last_error = models.TextField(blank=True)
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
     source_stage = models.ForeignKey(Stage, null=True, blank=True, on_delete=models.SET_NULL, related_name="sent_tasks")
+    idempotency_key = models.CharField(
+        max_length=200,
+        blank=True,
+        default="",
+        db_default="",  # raw INSERTs (bulk loads, benchmarks) need not name it
+        help_text="Set by clients that retry creates: a second create with the same key at the "
+        "same stage returns this task instead of creating another.",
+    )
 
     objects = TaskQuerySet.as_manager()
 
@@ -214,6 +222,11 @@ class Task(models.Model):
             models.CheckConstraint(
                 condition=Q(status__in=["pending", "locked", "completed", "failed"]),
                 name="task_status_valid",
+            ),
+            models.UniqueConstraint(
+                fields=["stage", "idempotency_key"],
+                condition=~Q(idempotency_key=""),
+                name="task_idempotency_key_per_stage",
             ),
             models.CheckConstraint(condition=~Q(type=""), name="task_type_not_empty"),
             # The services validate payloads first; this guards raw SQL and bulk loads.
@@ -251,8 +264,12 @@ class TaskEvent(models.Model):
         DUPLICATED = "duplicated", "Duplicated"
         EDITED = "edited", "Payload edited"
 
-    # The (task, id) index below serves lookups by task, so the FK needs no index of its own.
-    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="events", db_index=False)
+    # The (task, id) index below serves lookups by task, so the FK needs no index
+    # of its own. No database-level FK either: events are only ever written by
+    # the services, for the task row they just changed, and the per-row
+    # referential-integrity trigger was a large part of the cost of a claim.
+    # Deleting a task still deletes its history (Django's on_delete cascade).
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="events", db_index=False, db_constraint=False)
     kind = models.CharField(max_length=20, choices=Kind.choices)
     at = models.DateTimeField(default=timezone.now)
     actor = models.CharField(max_length=200, blank=True, help_text="Worker id, or user:<username> for people.")

@@ -180,6 +180,10 @@ TASKS_RETRY_BACKOFF_BASE = env_float("TASKS_RETRY_BACKOFF_BASE", 5.0)
 TASKS_RETRY_BACKOFF_MAX = env_float("TASKS_RETRY_BACKOFF_MAX", 3600.0)
 # Fraction of the delay that is randomised (0 = no jitter, 1 = anywhere in [0, delay]).
 TASKS_RETRY_JITTER = env_float("TASKS_RETRY_JITTER", 0.5)
+# Largest task payload accepted, in bytes of compact JSON (the API answers 413 beyond it).
+TASKS_MAX_PAYLOAD_BYTES = env_int("TASKS_MAX_PAYLOAD_BYTES", 256 * 1024, minimum=1)
+# Largest request body Django reads (bulk requests carry many payloads).
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 16 * 1024 * 1024, minimum=1024)
 # How often a worker sweeps expired locks, in seconds.
 TASKS_EXPIRE_INTERVAL = env_float("TASKS_EXPIRE_INTERVAL", 30.0)
 # How often a worker updates its registry row, and after how long without an
@@ -190,3 +194,6 @@ TASKS_WORKER_DEAD_AFTER = env_float("TASKS_WORKER_DEAD_AFTER", 60.0)
 # notification per stage per this many seconds from one process.
 TASKS_NOTIFY = env_bool("TASKS_NOTIFY", True)
 TASKS_NOTIFY_THROTTLE = env_float("TASKS_NOTIFY_THROTTLE", 0.05)
+# PostgreSQL: prepare the claim and completion statements (turn off behind
+# PgBouncer in transaction mode before 1.21).
+TASKS_PG_PREPARE = env_bool("TASKS_PG_PREPARE", True)

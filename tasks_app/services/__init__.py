@@ -30,7 +30,9 @@ from tasks_app.services.operator import (
 from tasks_app.services.routing import (
     matching_transitions,
     task_create,
+    task_create_idempotent,
     task_send,
+    tasks_create_bulk,
     tasks_send_many,
     validate_task_input,
 )
@@ -54,6 +56,8 @@ __all__ = [
     "task_claim",
     "task_complete",
     "task_create",
+    "task_create_idempotent",
+    "tasks_create_bulk",
     "task_duplicate",
     "task_edit_payload",
     "task_extend_lock",

@@ -13,13 +13,14 @@ is atomic.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
 from django.utils import timezone
 
 from tasks_app.models import Stage, Task, TaskEvent
+from tasks_app.services.pg import execute_prepared
 
 MAX_CLAIM_BATCH = 1000
 
@@ -34,8 +35,19 @@ CLAIMABLE_WHERE = """
     stage_id = %(stage_id)s
     AND ((status = 'pending' AND available_at <= %(now)s)
          OR (status = 'locked' AND locked_until < %(now)s
-             AND (%(max_attempts)s IS NULL OR attempts < %(max_attempts)s)))
+             AND (CAST(%(max_attempts)s AS integer) IS NULL OR attempts < CAST(%(max_attempts)s AS integer))))
 """
+
+# Columns the claim sets to values Python already knows; the rest are read back.
+SET_BY_CLAIM = ("status", "locked_by", "locked_at", "locked_until", "updated_at", "completed_at")
+# Timestamps come back as epoch seconds: Django's timezone-aware timestamp
+# loader costs more than the rest of a claimed row put together.
+EPOCH_COLUMNS = ("created_at", "available_at")
+RETURNED_FIELDS = [f for f in Task._meta.concrete_fields if f.attname not in SET_BY_CLAIM]
+RETURNED = ", ".join(
+    f"extract(epoch FROM t.{f.column})::float8 AS {f.column}" if f.column in EPOCH_COLUMNS else f"t.{f.column}"
+    for f in RETURNED_FIELDS
+)
 
 PG_CLAIM_SQL = f"""
 WITH picked AS MATERIALIZED (
@@ -56,8 +68,7 @@ WITH picked AS MATERIALIZED (
         updated_at = %(now)s
     FROM picked
     WHERE t.id = picked.id
-    RETURNING t.id, t.stage_id, t.type, t.payload, t.attempts, t.lock_token, t.created_at,
-              t.available_at, t.last_error, t.parent_id, t.source_stage_id
+    RETURNING {RETURNED}
 ), events AS (
     INSERT INTO tasks_app_taskevent (task_id, kind, at, actor, details)
     SELECT c.id, 'claimed', %(now)s, %(worker_id)s,
@@ -124,9 +135,8 @@ def task_claim(
     params = claim_params(stage=stage, worker_id=worker_id, limit=limit, now=now, until=until)
     if connection.vendor == "postgresql":
         # One statement, atomic on its own: no BEGIN/COMMIT round trips around it.
-        with connection.cursor() as cursor:
-            cursor.execute(PG_CLAIM_SQL, params)
-            tasks = _tasks_from_rows(cursor, params, now=now, until=until)
+        cursor = execute_prepared(PG_CLAIM_SQL, params)
+        tasks = _tasks_from_rows(cursor, params, now=now, until=until)
     else:
         with transaction.atomic():
             tasks = _claim_sqlite(params, now=now, until=until)
@@ -141,7 +151,7 @@ def _tasks_from_rows(cursor: Any, params: dict[str, Any], *, now: datetime, unti
     Columns the claim itself just set come from Python rather than the row:
     converting timestamps is most of the cost of reading a claimed batch.
     """
-    known = {
+    known: dict[str, Any] = {
         "status": Task.Status.LOCKED,
         "locked_by": params["worker_id"],
         "locked_at": now,
@@ -149,13 +159,15 @@ def _tasks_from_rows(cursor: Any, params: dict[str, Any], *, now: datetime, unti
         "updated_at": now,
         "completed_at": None,
     }
-    columns = [col.name for col in cursor.description]
+    columns = [f.attname for f in RETURNED_FIELDS]  # the RETURNING order
     attnames = [f.attname for f in Task._meta.concrete_fields]
     tasks = []
     for row in cursor.fetchall():
         values = dict(known, **dict(zip(columns, row, strict=True)))
         if isinstance(values["payload"], str):  # Django has psycopg hand jsonb over as text
             values["payload"] = json.loads(values["payload"])
+        for name in EPOCH_COLUMNS:
+            values[name] = datetime.fromtimestamp(values[name], UTC)
         tasks.append(Task.from_db(connection.alias, attnames, [values[name] for name in attnames]))
     return tasks
 

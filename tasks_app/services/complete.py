@@ -22,6 +22,7 @@ from tasks_app.models import Stage, Task, TaskEvent, Transition
 from tasks_app.services.errors import NoRouteError, TaskLockLost
 from tasks_app.services.lifecycle import lock_lost
 from tasks_app.services.notify import notify_stages
+from tasks_app.services.pg import execute_prepared
 from tasks_app.services.routing import Send, successor_tasks, validate_task_input
 
 
@@ -79,14 +80,15 @@ def _no_route(stage_id: int, task_type: str, transitions: list[Transition]) -> N
 PG_COMPLETE_SQL = """
 WITH done AS (
     UPDATE tasks_app_task
-    SET status = 'completed', completed_at = %s, updated_at = %s, lock_token = '', locked_until = NULL
-    WHERE {where}
+    SET status = 'completed', completed_at = %(now)s, updated_at = %(now)s, lock_token = '', locked_until = NULL
+    WHERE id = ANY(%(ids)s::bigint[]) AND status = 'locked'
+      AND (id, lock_token) IN (SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::text[]))
     RETURNING id, locked_by, locked_at, attempts
 ), events AS (
     INSERT INTO tasks_app_taskevent (task_id, kind, at, actor, details)
-    SELECT id, 'completed', %s, locked_by,
+    SELECT id, 'completed', %(now)s, locked_by,
            jsonb_build_object('attempt', attempts,
-                              'duration', extract(epoch FROM %s::timestamptz - locked_at)::float8,
+                              'duration', extract(epoch FROM %(now)s::timestamptz - locked_at)::float8,
                               'sent', '[]'::jsonb)
     FROM done
 )
@@ -111,11 +113,11 @@ def tasks_complete_batch(*, items: Sequence[Completion], now: datetime | None = 
     where, params = _held([(item.task_id, item.lock_token) for item in items])
     if connection.vendor == "postgresql" and not any(item.send for item in items):
         # The common case, nothing to send: one statement, atomic on its own.
-        with connection.cursor() as cursor:
-            cursor.execute(
-                PG_COMPLETE_SQL.format(where=where), [adapt(now), adapt(now), *params, adapt(now), adapt(now)]
-            )
-            result.completed = sorted(row[0] for row in cursor.fetchall())
+        cursor = execute_prepared(
+            PG_COMPLETE_SQL,
+            {"now": now, "ids": [i.task_id for i in items], "tokens": [i.lock_token for i in items]},
+        )
+        result.completed = sorted(row[0] for row in cursor.fetchall())
         done = set(result.completed)
         result.lost = [item.task_id for item in items if item.task_id not in done]
         return result

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import connection, transaction
+from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from tasks_app.models import Stage, Task, TaskEvent, Transition, validate_payload, validate_task_type
@@ -16,6 +17,9 @@ from tasks_app.services.errors import NoRouteError
 from tasks_app.services.notify import notify_stages
 
 Send = tuple[str, dict[str, Any]]
+
+# ValidationError code for an over-size payload (the API answers 413 for it).
+TOO_LARGE = "payload_too_large"
 
 
 def validate_task_input(*, type: object, payload: object) -> None:
@@ -32,9 +36,15 @@ def validate_task_input(*, type: object, payload: object) -> None:
     if "payload" not in errors:
         try:
             # JSONField would fail later, half-way through a transaction; fail here.
-            json.dumps(payload, allow_nan=False)
-        except (TypeError, ValueError) as exc:
+            size = len(json.dumps(payload, allow_nan=False, separators=(",", ":")).encode())
+        except (TypeError, ValueError, RecursionError) as exc:
             errors["payload"] = [f"Payload is not JSON-serialisable: {exc}"]
+        else:
+            limit = int(settings.TASKS_MAX_PAYLOAD_BYTES)
+            if size > limit:
+                raise ValidationError(
+                    {"payload": [ValidationError(f"Payload is {size} bytes; the limit is {limit}.", code=TOO_LARGE)]}
+                )
     if errors:
         raise ValidationError(errors)
 
@@ -64,6 +74,74 @@ def task_create(
         if task.available_at <= now:
             notify_stages([stage.pk])
     return task
+
+
+def task_create_idempotent(
+    *, stage: Stage, type: str, payload: dict[str, Any], idempotency_key: str, actor: str = ""
+) -> tuple[Task, bool]:
+    """Create a task unless one with this key exists at the stage; returns (task, created).
+
+    Reusing a key with a different type or payload is refused (TaskStateError):
+    it is almost certainly a client bug, and returning the old task would hide it.
+    """
+    from tasks_app.services.errors import TaskStateError
+
+    def existing() -> Task | None:
+        task = Task.objects.filter(stage=stage, idempotency_key=idempotency_key).first()
+        if task is not None and (task.type, task.payload) != (type, payload):
+            raise TaskStateError(
+                f"Idempotency key '{idempotency_key}' was already used at stage '{stage.slug}' "
+                f"for task {task.pk} with a different type or payload."
+            )
+        return task
+
+    validate_task_input(type=type, payload=payload)
+    if (task := existing()) is not None:
+        return task, False
+    now = timezone.now()
+    try:
+        with transaction.atomic():
+            task = Task.objects.create(
+                stage=stage,
+                type=type,
+                payload=payload,
+                created_at=now,
+                updated_at=now,
+                available_at=now,
+                idempotency_key=idempotency_key,
+            )
+            TaskEvent.objects.create(
+                task=task,
+                kind=TaskEvent.Kind.CREATED,
+                at=now,
+                actor=actor,
+                details={"idempotency_key": idempotency_key},
+            )
+            notify_stages([stage.pk])
+    except IntegrityError:
+        # A concurrent request with the same key won the race: answer with its task.
+        if (task := existing()) is None:
+            raise
+        return task, False
+    return task, True
+
+
+def tasks_create_bulk(*, items: Sequence[tuple[Stage, str, dict[str, Any]]], actor: str = "") -> list[Task]:
+    """Create many pending tasks in one transaction: all of them, or none."""
+    for _, type, payload in items:
+        validate_task_input(type=type, payload=payload)
+    now = timezone.now()
+    tasks = [
+        Task(stage=stage, type=type, payload=payload, created_at=now, updated_at=now, available_at=now)
+        for stage, type, payload in items
+    ]
+    with transaction.atomic():
+        Task.objects.bulk_create(tasks)
+        TaskEvent.objects.bulk_create(
+            TaskEvent(task=t, kind=TaskEvent.Kind.CREATED, at=now, actor=actor, details={"bulk": True}) for t in tasks
+        )
+        notify_stages({t.stage_id for t in tasks})
+    return tasks
 
 
 def matching_transitions(*, stage: Stage, type: str) -> list[Transition]:
