@@ -110,7 +110,6 @@ def tasks_complete_batch(*, items: Sequence[Completion], now: datetime | None = 
     now = now or timezone.now()
     by_id = {item.task_id: item for item in items}
     adapt = connection.ops.adapt_datetimefield_value
-    where, params = _held([(item.task_id, item.lock_token) for item in items])
     if connection.vendor == "postgresql" and not any(item.send for item in items):
         # The common case, nothing to send: one statement, atomic on its own.
         cursor = execute_prepared(
@@ -121,6 +120,7 @@ def tasks_complete_batch(*, items: Sequence[Completion], now: datetime | None = 
         done = set(result.completed)
         result.lost = [item.task_id for item in items if item.task_id not in done]
         return result
+    where, params = _held([(item.task_id, item.lock_token) for item in items])
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute(

@@ -1,0 +1,97 @@
+"""The task filters, shared by the REST API and the monitoring pages."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django import forms
+from django.db import connection
+from django.db.models import QuerySet
+from django_filters import rest_framework as filters
+
+from tasks_app.models import Stage, Task
+
+
+class JSONObjectField(forms.CharField):
+    """A JSON object typed as text: `{"customer_id": 12345}` or `customer_id=12345`."""
+
+    def to_python(self, value: Any) -> dict[str, Any] | None:
+        value = super().to_python(value)
+        if not value:
+            return None
+        text = value.strip()
+        if not text.startswith("{") and "=" in text:
+            # key=value shorthand; the value is JSON when it parses (12345, true, "x"), else a string.
+            key, _, raw = text.partition("=")
+            try:
+                parsed: Any = json.loads(raw)
+            except ValueError:
+                parsed = raw
+            return {key.strip(): parsed}
+        try:
+            parsed = json.loads(text)
+        except ValueError as exc:
+            raise forms.ValidationError(f"Not valid JSON: {exc}") from None
+        if not isinstance(parsed, dict):
+            raise forms.ValidationError('Must be a JSON object, like {"customer_id": 12345}.')
+        return parsed
+
+
+class JSONContainsFilter(filters.Filter):
+    field_class = JSONObjectField
+
+    def filter(self, qs: QuerySet[Task], value: dict[str, Any] | None) -> QuerySet[Task]:
+        if not value:
+            return qs
+        if connection.vendor == "postgresql":
+            return qs.filter(payload__contains=value)  # jsonb @>
+        # SQLite has no JSON containment: match each leaf by its key path (a
+        # list must then be equal rather than contained).
+        for path, leaf in _leaves(value):
+            qs = qs.filter(**{"__".join(["payload", *path]): leaf})
+        return qs
+
+
+def _leaves(obj: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    out: list[tuple[tuple[str, ...], Any]] = []
+    for key, value in obj.items():
+        if isinstance(value, dict) and value:
+            out += _leaves(value, (*prefix, str(key)))
+        else:
+            out.append(((*prefix, str(key)), value))
+    return out
+
+
+class NumberInFilter(filters.BaseInFilter, filters.NumberFilter):
+    pass
+
+
+class TaskFilter(filters.FilterSet):
+    stage = filters.ModelMultipleChoiceFilter(
+        field_name="stage", to_field_name="slug", queryset=Stage.objects.all(), label="Stage"
+    )
+    status = filters.MultipleChoiceFilter(choices=Task.Status.choices)
+    type = filters.CharFilter(field_name="type")
+    created_after = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    parent = filters.NumberFilter(field_name="parent_id")
+    source_stage = filters.ModelChoiceFilter(
+        field_name="source_stage", to_field_name="slug", queryset=Stage.objects.all()
+    )
+    payload = JSONContainsFilter(label="Payload contains")
+    id = NumberInFilter(field_name="id", lookup_expr="in", label="Ids (comma-separated)")
+
+    class Meta:
+        model = Task
+        fields = [
+            "stage",
+            "status",
+            "type",
+            "created_after",
+            "created_before",
+            "parent",
+            "source_stage",
+            "payload",
+            "id",
+        ]

@@ -1,0 +1,132 @@
+"""API serializers: output ModelSerializers, and small input serializers per action."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+from tasks_app.models import TYPE_MAX_LENGTH, Stage, Task, TaskEvent, Transition, json_kind
+from tasks_app.services import MAX_CLAIM_BATCH
+
+# -- output -----------------------------------------------------------------
+
+
+class StageSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = Stage
+        fields = [
+            "slug", "name", "kind", "handler", "lock_timeout", "max_attempts", "max_run_time",
+            "is_paused", "description", "created_at", "updated_at",
+        ]  # fmt: skip
+        read_only_fields = ["created_at", "updated_at"]
+
+
+class TransitionSerializer(serializers.ModelSerializer):
+    source = serializers.SlugRelatedField(slug_field="slug", queryset=Stage.objects.all())
+    target = serializers.SlugRelatedField(slug_field="slug", queryset=Stage.objects.all())
+
+    class Meta:
+        model = Transition
+        fields = ["id", "source", "target", "task_type"]
+
+
+class TaskSerializer(serializers.ModelSerializer):
+    stage = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    source_stage = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+
+    class Meta:
+        model = Task
+        fields = [
+            "id", "stage", "type", "payload", "status", "attempts", "created_at", "updated_at",
+            "available_at", "locked_by", "locked_at", "locked_until", "completed_at", "last_error",
+            "parent", "source_stage", "idempotency_key",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class ClaimedTaskSerializer(TaskSerializer):
+    """A claimed task carries its lock token: the client needs it to complete, release or heartbeat."""
+
+    class Meta(TaskSerializer.Meta):
+        fields = [*TaskSerializer.Meta.fields, "lock_token"]
+        read_only_fields = fields
+
+
+class TaskEventSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = TaskEvent
+        fields = ["id", "kind", "at", "actor", "details"]
+        read_only_fields = fields
+
+
+# -- input ------------------------------------------------------------------
+
+
+class PayloadField(serializers.JSONField):
+    def to_internal_value(self, data: Any) -> Any:
+        value = super().to_internal_value(data)
+        if not isinstance(value, dict):
+            raise serializers.ValidationError(f"Payload must be a JSON object, not {json_kind(value)}.")
+        return value
+
+
+class TypeField(serializers.CharField):
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(max_length=TYPE_MAX_LENGTH, allow_blank=False, trim_whitespace=False, **kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        value = super().to_internal_value(data)
+        if not value.strip():
+            raise serializers.ValidationError("Type must be a non-empty string.")
+        return value
+
+
+class SendItemSerializer(serializers.Serializer):
+    type = TypeField()
+    payload = PayloadField(default=dict)
+
+
+class TaskCreateSerializer(serializers.Serializer):
+    stage = serializers.SlugRelatedField(slug_field="slug", queryset=Stage.objects.all())
+    type = TypeField()
+    payload = PayloadField(default=dict)
+    idempotency_key = serializers.CharField(max_length=200, required=False, allow_blank=False)
+
+
+class BulkCreateSerializer(serializers.Serializer):
+    tasks = TaskCreateSerializer(many=True, allow_empty=False, max_length=1000)
+
+    def validate_tasks(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        if any("idempotency_key" in item for item in value):
+            raise serializers.ValidationError("idempotency_key is only accepted by single creates.")
+        return value
+
+
+class ClaimSerializer(serializers.Serializer):
+    limit = serializers.IntegerField(min_value=1, max_value=MAX_CLAIM_BATCH, default=1)
+    lock_timeout = serializers.IntegerField(min_value=1, max_value=7 * 24 * 3600, required=False)
+
+
+class CompleteSerializer(serializers.Serializer):
+    lock_token = serializers.CharField(max_length=64)
+    send = SendItemSerializer(many=True, default=list, max_length=1000)
+
+
+class BulkCompleteItemSerializer(CompleteSerializer):
+    id = serializers.IntegerField(min_value=1)
+
+
+class BulkCompleteSerializer(serializers.Serializer):
+    tasks = BulkCompleteItemSerializer(many=True, allow_empty=False, max_length=1000)
+
+
+class ReleaseSerializer(serializers.Serializer):
+    lock_token = serializers.CharField(max_length=64)
+    error = serializers.CharField(allow_blank=True, default="", max_length=100_000)
+    retry_in = serializers.FloatField(min_value=0, max_value=365 * 24 * 3600, required=False)
+
+
+class HeartbeatSerializer(serializers.Serializer):
+    lock_token = serializers.CharField(max_length=64)
+    lock_timeout = serializers.IntegerField(min_value=1, max_value=7 * 24 * 3600, required=False)
