@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
 from tasks_app.models import TYPE_MAX_LENGTH, Stage, Task, TaskEvent, Transition, json_kind
-from tasks_app.services import MAX_CLAIM_BATCH
+from tasks_app.services import MAX_CLAIM_BATCH, validate_task_input
 
 # -- output -----------------------------------------------------------------
 
@@ -68,6 +69,12 @@ class PayloadField(serializers.JSONField):
         value = super().to_internal_value(data)
         if not isinstance(value, dict):
             raise serializers.ValidationError(f"Payload must be a JSON object, not {json_kind(value)}.")
+        try:
+            validate_task_input(type="-", payload=value)  # serialisable, and within the size limit
+        except DjangoValidationError as exc:
+            errors = exc.error_dict.get("payload", [])
+            code = errors[0].code if errors else None
+            raise serializers.ValidationError([m for e in errors for m in e.messages], code=code) from None
         return value
 
 

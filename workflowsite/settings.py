@@ -77,7 +77,10 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "rest_framework.authtoken",
     "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "tasks_app",
 ]
 
@@ -197,3 +200,37 @@ TASKS_NOTIFY_THROTTLE = env_float("TASKS_NOTIFY_THROTTLE", 0.05)
 # PostgreSQL: prepare the claim and completion statements (turn off behind
 # PgBouncer in transaction mode before 1.21).
 TASKS_PG_PREPARE = env_bool("TASKS_PG_PREPARE", True)
+
+# REST API (Django REST framework).
+REST_FRAMEWORK = {
+    # Token first: an unauthenticated request then gets 401 with WWW-Authenticate: Token.
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["tasks_app.api.permissions.ModelPermissions"],
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 100,
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.UserRateThrottle",
+        "rest_framework.throttling.AnonRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "user": env_str("API_THROTTLE_USER", "20000/minute"),
+        "anon": env_str("API_THROTTLE_ANON", "120/minute"),
+    },
+    "EXCEPTION_HANDLER": "tasks_app.api.errors.api_exception_handler",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Workflow tasks API",
+    "DESCRIPTION": "Create, claim and complete tasks; manage stages and transitions.",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    # Swagger UI from the sidecar package: the docs work offline.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}

@@ -1,0 +1,47 @@
+"""GET /api/health/: no authentication, for load balancers and uptime checks."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import DatabaseError
+from django.db.models import Count
+from django.utils import timezone
+from drf_spectacular.utils import extend_schema
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.throttling import AnonRateThrottle
+from rest_framework.views import APIView
+
+from tasks_app.models import Task, WorkerProcess
+
+
+class HealthView(APIView):
+    authentication_classes: list[type] = []
+    permission_classes = [AllowAny]
+    throttle_classes = [AnonRateThrottle]
+
+    @extend_schema(responses={200: None, 503: None})
+    def get(self, request: Request) -> Response:
+        try:
+            # Counts over the claim index only (pending and locked): cheap on any table size.
+            counts = dict(
+                Task.objects.filter(status__in=[Task.Status.PENDING, Task.Status.LOCKED])
+                .values_list("status")
+                .annotate(n=Count("id"))
+            )
+            cutoff = timezone.now() - timedelta(seconds=settings.TASKS_WORKER_DEAD_AFTER)
+            alive = WorkerProcess.objects.filter(stopped_at__isnull=True, last_heartbeat__gte=cutoff).count()
+        except DatabaseError as exc:
+            return Response({"status": "error", "database": f"unreachable: {type(exc).__name__}"}, status=503)
+        return Response(
+            {
+                "status": "ok",
+                "database": "ok",
+                "pending": counts.get(Task.Status.PENDING, 0),
+                "locked": counts.get(Task.Status.LOCKED, 0),
+                "workers_alive": alive,
+            }
+        )

@@ -1,0 +1,39 @@
+"""API permissions: Django model permissions, including view, and per-action rules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework.permissions import DjangoModelPermissions
+from rest_framework.request import Request
+
+# Actions that change tasks need task permissions whichever viewset they live on.
+ACTION_PERMS: dict[str, list[str]] = {
+    "send": ["tasks_app.add_task"],
+    "claim": ["tasks_app.change_task"],
+    "complete": ["tasks_app.change_task"],
+    "release": ["tasks_app.change_task"],
+    "heartbeat": ["tasks_app.change_task"],
+    "bulk_complete": ["tasks_app.change_task"],
+    "retry": ["tasks_app.change_task"],
+    "bulk_create": ["tasks_app.add_task"],
+    "events": ["tasks_app.view_task"],
+}
+
+
+class ModelPermissions(DjangoModelPermissions):
+    """Reading needs the view permission; writing add/change/delete; actions as ACTION_PERMS says."""
+
+    perms_map = {
+        **DjangoModelPermissions.perms_map,
+        "GET": ["%(app_label)s.view_%(model_name)s"],
+        "HEAD": ["%(app_label)s.view_%(model_name)s"],
+    }
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        if not request.user or not request.user.is_authenticated:
+            return False
+        action = getattr(view, "action", None)
+        if action in ACTION_PERMS:
+            return bool(request.user.has_perms(ACTION_PERMS[action]))
+        return super().has_permission(request, view)

@@ -1,0 +1,106 @@
+"""Stages and transitions over HTTP, plus the two stage-level task verbs: send and claim."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from drf_spectacular.utils import extend_schema
+from rest_framework import status, viewsets
+from rest_framework.decorators import action
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from tasks_app import services
+from tasks_app.api.errors import translate
+from tasks_app.models import Stage, Task, Transition
+from tasks_app.serializers import (
+    ClaimedTaskSerializer,
+    ClaimSerializer,
+    SendItemSerializer,
+    StageSerializer,
+    TaskSerializer,
+    TransitionSerializer,
+)
+
+
+def attach_source_stages(tasks: list[Task]) -> None:
+    """One query for all the source stages the output shows, not one per task."""
+    stages = Stage.objects.in_bulk({t.source_stage_id for t in tasks if t.source_stage_id})
+    for t in tasks:
+        if t.source_stage_id:
+            t.source_stage = stages.get(t.source_stage_id)
+
+
+def actor(request: Request) -> str:
+    return f"user:{request.user.get_username()}"
+
+
+class StageViewSet(viewsets.ModelViewSet):
+    queryset = Stage.objects.order_by("slug")
+    serializer_class = StageSerializer
+    lookup_field = "slug"
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+
+    def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        stage = self.get_object()
+        try:
+            with transaction.atomic():
+                # Lock the stage's live tasks first so none is claimed or created half-way.
+                live = list(
+                    Task.objects.select_for_update()
+                    .filter(stage=stage, status__in=[Task.Status.PENDING, Task.Status.LOCKED])
+                    .values_list("id", flat=True)[:1]
+                )
+                if live:
+                    raise services.TaskStateError(
+                        f"Stage '{stage.slug}' still has pending or locked tasks; "
+                        "pause it and let them finish (or move them) first."
+                    )
+                # Finished tasks and their history go with the stage.
+                Task.objects.filter(stage=stage).delete()
+                stage.delete()
+        except Exception as exc:
+            raise translate(exc) from exc
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+    @extend_schema(request=SendItemSerializer, responses={201: TaskSerializer(many=True)})
+    @action(detail=True, methods=["post"])
+    def send(self, request: Request, slug: str | None = None) -> Response:
+        """Send a task out of this stage through its transitions."""
+        stage = self.get_object()
+        data = SendItemSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        try:
+            created = services.task_send(
+                stage=stage,
+                type=data.validated_data["type"],
+                payload=data.validated_data["payload"],
+                actor=actor(request),
+            )
+        except Exception as exc:
+            raise translate(exc) from exc
+        tasks = Task.objects.filter(pk__in=[t.pk for t in created]).select_related("stage", "source_stage")
+        return Response(TaskSerializer(tasks.order_by("id"), many=True).data, status=status.HTTP_201_CREATED)
+
+    @extend_schema(request=ClaimSerializer, responses={200: ClaimedTaskSerializer(many=True)})
+    @action(detail=True, methods=["post"])
+    def claim(self, request: Request, slug: str | None = None) -> Response:
+        """Claim up to `limit` tasks of this stage; each comes with the lock_token that completes it."""
+        stage = self.get_object()
+        data = ClaimSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        tasks = services.task_claim(
+            stage=stage,
+            worker_id=f"api:{request.user.get_username()}",
+            limit=data.validated_data["limit"],
+            lock_timeout=data.validated_data.get("lock_timeout"),
+        )
+        attach_source_stages(tasks)
+        return Response(ClaimedTaskSerializer(tasks, many=True).data)
+
+
+class TransitionViewSet(viewsets.ModelViewSet):
+    queryset = Transition.objects.select_related("source", "target").order_by("id")
+    serializer_class = TransitionSerializer
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]

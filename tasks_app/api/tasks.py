@@ -1,0 +1,200 @@
+"""Tasks over HTTP: list and filter, create (single, idempotent, bulk), history,
+and the lock verbs a remote worker needs: complete, release, heartbeat."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from django_filters.rest_framework import DjangoFilterBackend
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.filters import OrderingFilter
+from rest_framework.pagination import CursorPagination
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from tasks_app import services
+from tasks_app.api.errors import translate
+from tasks_app.api.stages import actor
+from tasks_app.filters import TaskFilter
+from tasks_app.models import Task
+from tasks_app.serializers import (
+    BulkCompleteSerializer,
+    BulkCreateSerializer,
+    CompleteSerializer,
+    HeartbeatSerializer,
+    ReleaseSerializer,
+    TaskCreateSerializer,
+    TaskEventSerializer,
+    TaskSerializer,
+)
+
+
+class TaskCursorPagination(CursorPagination):
+    """Keyset pages: as fast on page 10,000 of millions of rows as on page 1."""
+
+    ordering = "-id"
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 1000
+
+
+def _sends(items: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return [(item["type"], item["payload"]) for item in items]
+
+
+class TaskViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
+    serializer_class = TaskSerializer
+    filter_backends = [DjangoFilterBackend, OrderingFilter]
+    filterset_class = TaskFilter
+    ordering_fields = ["id", "created_at", "updated_at"]
+    ordering = ["-id"]
+    pagination_class = TaskCursorPagination
+
+    def get_queryset(self) -> QuerySet[Task]:
+        return Task.objects.select_related("stage", "source_stage")
+
+    def _out(self, task_ids: list[int], code: int = status.HTTP_200_OK) -> Response:
+        tasks = self.get_queryset().filter(pk__in=task_ids).order_by("id")
+        data = TaskSerializer(tasks, many=True).data
+        return Response(data, status=code)
+
+    @extend_schema(request=TaskCreateSerializer, responses={201: TaskSerializer, 200: TaskSerializer})
+    def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        """Create a pending task; with an idempotency_key a retried request returns the first task (200)."""
+        data = TaskCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        v = data.validated_data
+        try:
+            if v.get("idempotency_key"):
+                task, created = services.task_create_idempotent(
+                    stage=v["stage"], type=v["type"], payload=v["payload"],
+                    idempotency_key=v["idempotency_key"], actor=actor(request),
+                )  # fmt: skip
+            else:
+                task, created = (
+                    services.task_create(stage=v["stage"], type=v["type"], payload=v["payload"], actor=actor(request)),
+                    True,
+                )
+        except Exception as exc:
+            raise translate(exc) from exc
+        task = self.get_queryset().get(pk=task.pk)
+        return Response(TaskSerializer(task).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+    @extend_schema(request=BulkCreateSerializer, responses={201: TaskSerializer(many=True)})
+    @action(detail=False, methods=["post"], url_path="bulk", url_name="bulk")
+    def bulk_create(self, request: Request) -> Response:
+        """Create up to 1,000 tasks in one transaction: all of them, or none."""
+        data = BulkCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        items = [(t["stage"], t["type"], t["payload"]) for t in data.validated_data["tasks"]]
+        try:
+            created = services.tasks_create_bulk(items=items, actor=actor(request))
+        except Exception as exc:
+            raise translate(exc) from exc
+        return self._out([t.pk for t in created], status.HTTP_201_CREATED)
+
+    @extend_schema(responses={200: TaskEventSerializer(many=True)})
+    @action(detail=True, methods=["get"])
+    def events(self, request: Request, pk: str | None = None) -> Response:
+        """The task's history, oldest first."""
+        task = self.get_object()
+        return Response(TaskEventSerializer(task.events.order_by("id"), many=True).data)
+
+    @extend_schema(request=CompleteSerializer, responses={200: TaskSerializer(many=True)})
+    @action(detail=True, methods=["post"])
+    def complete(self, request: Request, pk: str | None = None) -> Response:
+        """Complete a task you claimed, sending its successors; answers with the tasks it created."""
+        data = CompleteSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        task = self.get_object()
+        try:
+            created = services.task_complete(
+                task_id=task.pk, lock_token=data.validated_data["lock_token"], send=_sends(data.validated_data["send"])
+            )
+        except Exception as exc:
+            raise translate(exc) from exc
+        return self._out([t.pk for t in created])
+
+    @extend_schema(request=ReleaseSerializer, responses={200: TaskSerializer})
+    @action(detail=True, methods=["post"])
+    def release(self, request: Request, pk: str | None = None) -> Response:
+        """Give a claimed task back after a failure: pending after retry_in (default backoff), or failed."""
+        data = ReleaseSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        task = self.get_object()
+        try:
+            services.task_release(
+                task_id=task.pk,
+                lock_token=data.validated_data["lock_token"],
+                error=data.validated_data["error"],
+                retry_in=data.validated_data.get("retry_in"),
+            )
+        except Exception as exc:
+            raise translate(exc) from exc
+        return Response(TaskSerializer(self.get_queryset().get(pk=task.pk)).data)
+
+    @extend_schema(
+        request=HeartbeatSerializer,
+        responses={200: inline_serializer("HeartbeatResult", {"id": serializers.IntegerField(),
+                                                         "locked_until": serializers.DateTimeField()})},
+    )  # fmt: skip
+    @action(detail=True, methods=["post"])
+    def heartbeat(self, request: Request, pk: str | None = None) -> Response:
+        """Extend a held lock to now + lock_timeout (default: the stage's)."""
+        data = HeartbeatSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        task = self.get_object()
+        try:
+            until = services.task_extend_lock(
+                task_id=task.pk,
+                lock_token=data.validated_data["lock_token"],
+                lock_timeout=data.validated_data.get("lock_timeout"),
+            )
+        except Exception as exc:
+            raise translate(exc) from exc
+        return Response({"id": task.pk, "locked_until": serializers.DateTimeField().to_representation(until)})
+
+    @extend_schema(request=BulkCompleteSerializer, responses={200: None})
+    @action(detail=False, methods=["post"], url_path="bulk-complete", url_name="bulk-complete")
+    def bulk_complete(self, request: Request) -> Response:
+        """Complete many claimed tasks; answers one result per item (completed, lock lost, or an error)."""
+        data = BulkCompleteSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        items = [services.Completion(t["id"], t["lock_token"], _sends(t["send"])) for t in data.validated_data["tasks"]]
+        results: dict[int, dict[str, Any]] = {}
+        try:
+            outcome = services.tasks_complete_batch(items=items)
+            for task_id in outcome.completed:
+                results[task_id] = {"id": task_id, "status": "completed"}
+            for task_id in outcome.lost:
+                results[task_id] = {"id": task_id, "status": "lock_lost"}
+            for child in outcome.successors:
+                results[child.parent_id].setdefault("sent", []).append(child.pk)
+        except services.NoRouteError:
+            # One item sends a type nothing routes: complete item by item so only it fails.
+            for item in items:
+                try:
+                    one = services.tasks_complete_batch(items=[item])
+                    state = "completed" if one.completed else "lock_lost"
+                    results[item.task_id] = {"id": item.task_id, "status": state}
+                    if one.successors:
+                        results[item.task_id]["sent"] = [c.pk for c in one.successors]
+                except services.NoRouteError as exc:
+                    results[item.task_id] = {"id": item.task_id, "status": "error", "error": str(exc)}
+        except Exception as exc:
+            raise translate(exc) from exc
+        return Response({"results": [results[item.task_id] for item in items]})
+
+    @extend_schema(request=None, responses={200: TaskSerializer})
+    @action(detail=True, methods=["post"])
+    def retry(self, request: Request, pk: str | None = None) -> Response:
+        """Send a completed or failed task back to pending (operators)."""
+        task = self.get_object()
+        try:
+            services.task_retry(task_id=task.pk, actor=actor(request))
+        except Exception as exc:
+            raise translate(exc) from exc
+        return Response(TaskSerializer(self.get_queryset().get(pk=task.pk)).data)
