@@ -119,3 +119,18 @@ def test_sigterm_finishes_the_running_task_and_exits_zero(workers: list) -> None
     # The handler that was running when the signal came was allowed to finish.
     assert Task.objects.get(pk=task.pk).status == Task.Status.COMPLETED
     assert "stopped: 1 done" in out
+
+
+def test_worker_prints_a_progress_line_per_interval(world: dict[str, Stage]) -> None:
+    import io
+
+    world["ship"].handler = "tests.handlers.sleep"
+    world["ship"].save()
+    for _ in range(3):
+        task_create(stage=world["ship"], type="t", payload={"seconds": 0.05})
+    out = io.StringIO()
+    Worker(stage_slugs=["ship"], worker_id="w-progress", progress_interval=0.02, stdout=out).run(once=True)
+    lines = [line for line in out.getvalue().splitlines() if "tasks/s" in line]
+    assert lines, out.getvalue()
+    assert lines[-1].startswith("w-progress: ") and "done" in lines[-1] and "claimed" in lines[-1]
+    assert "stopped: 3 done, 0 failed" in out.getvalue()
