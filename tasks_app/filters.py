@@ -7,7 +7,8 @@ from typing import Any
 
 from django import forms
 from django.db import connection
-from django.db.models import QuerySet
+from django.db.models import F, QuerySet
+from django.db.models.fields.json import KeyTransform
 from django_filters import rest_framework as filters
 
 from tasks_app.models import Stage, Task
@@ -48,8 +49,13 @@ class JSONContainsFilter(filters.Filter):
             return qs.filter(payload__contains=value)  # jsonb @>
         # SQLite has no JSON containment: match each leaf by its key path (a
         # list must then be equal rather than contained).
-        for path, leaf in _leaves(value):
-            qs = qs.filter(**{"__".join(["payload", *path]): leaf})
+        # Key transforms, not "payload__<key>" lookups: a key may be named like a
+        # lookup ("contains", "in", "gt") and must still mean the key.
+        for i, (path, leaf) in enumerate(_leaves(value)):
+            expr: Any = F("payload")
+            for key in path:
+                expr = KeyTransform(key, expr)
+            qs = qs.alias(**{f"_payload_leaf_{i}": expr}).filter(**{f"_payload_leaf_{i}": leaf})
         return qs
 
 
@@ -69,7 +75,7 @@ class NumberInFilter(filters.BaseInFilter, filters.NumberFilter):
 
 class TaskFilter(filters.FilterSet):
     stage = filters.ModelMultipleChoiceFilter(
-        field_name="stage", to_field_name="slug", queryset=Stage.objects.all(), label="Stage"
+        field_name="stage__slug", to_field_name="slug", queryset=Stage.objects.all(), label="Stage"
     )
     status = filters.MultipleChoiceFilter(choices=Task.Status.choices)
     type = filters.CharFilter(field_name="type")

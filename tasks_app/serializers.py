@@ -26,6 +26,8 @@ class StageSerializer(serializers.ModelSerializer):
 class TransitionSerializer(serializers.ModelSerializer):
     source = serializers.SlugRelatedField(slug_field="slug", queryset=Stage.objects.all())
     target = serializers.SlugRelatedField(slug_field="slug", queryset=Stage.objects.all())
+    # Blank passes every type, so leaving it out means exactly that.
+    task_type = serializers.CharField(max_length=TYPE_MAX_LENGTH, allow_blank=True, default="")
 
     class Meta:
         model = Transition

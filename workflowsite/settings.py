@@ -185,8 +185,8 @@ TASKS_RETRY_BACKOFF_MAX = env_float("TASKS_RETRY_BACKOFF_MAX", 3600.0)
 TASKS_RETRY_JITTER = env_float("TASKS_RETRY_JITTER", 0.5)
 # Largest task payload accepted, in bytes of compact JSON (the API answers 413 beyond it).
 TASKS_MAX_PAYLOAD_BYTES = env_int("TASKS_MAX_PAYLOAD_BYTES", 256 * 1024, minimum=1)
-# Largest request body Django reads (bulk requests carry many payloads).
-DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("DATA_UPLOAD_MAX_MEMORY_SIZE", 16 * 1024 * 1024, minimum=1024)
+# Largest API request body (bulk requests carry many payloads); 413 beyond it.
+API_MAX_REQUEST_BYTES = env_int("API_MAX_REQUEST_BYTES", 16 * 1024 * 1024, minimum=1024)
 # How often a worker sweeps expired locks, in seconds.
 TASKS_EXPIRE_INTERVAL = env_float("TASKS_EXPIRE_INTERVAL", 30.0)
 # How often a worker updates its registry row, and after how long without an
@@ -221,6 +221,11 @@ REST_FRAMEWORK = {
         "anon": env_str("API_THROTTLE_ANON", "120/minute"),
     },
     "EXCEPTION_HANDLER": "tasks_app.api.errors.api_exception_handler",
+    "DEFAULT_PARSER_CLASSES": [
+        "tasks_app.api.parsers.BoundedJSONParser",
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 
@@ -233,4 +238,6 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Every endpoint but health needs a login, the schema and its docs too.
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
 }

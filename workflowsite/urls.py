@@ -9,5 +9,5 @@ urlpatterns = [
     # is the place people look at tasks.
     path("", RedirectView.as_view(url="/admin/", permanent=False)),
     path("admin/", admin.site.urls),
-    path("api/", include("tasks_app.api")),
+    path("api/", include("tasks_app.api.urls")),
 ]
