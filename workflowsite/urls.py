@@ -5,9 +5,10 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 urlpatterns = [
-    # The monitoring pages arrive with their own issue; until then the admin
-    # is the place people look at tasks.
-    path("", RedirectView.as_view(url="/admin/", permanent=False)),
+    # The workflow overview (issue 5) will be the home page; until then, the task list.
+    path("", RedirectView.as_view(pattern_name="tasks_app:task-list", permanent=False)),
+    path("accounts/", include("django.contrib.auth.urls")),
+    path("", include("tasks_app.urls")),
     path("admin/", admin.site.urls),
     path("api/", include("tasks_app.api.urls")),
 ]

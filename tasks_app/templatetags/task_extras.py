@@ -1,0 +1,108 @@
+"""Display helpers for the monitoring pages: status badges, ages, JSON."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime, timedelta
+from typing import Any
+
+from django import template
+from django.utils import timezone
+from django.utils.html import escape, format_html
+from django.utils.safestring import SafeString, mark_safe
+
+from tasks_app.models import Task
+
+register = template.Library()
+
+
+def human_delta(delta: timedelta) -> str:
+    """3 s, 1.2 s, 4 min, 2 h, 3 d: short, for badges."""
+    seconds = delta.total_seconds()
+    if seconds < 0:
+        seconds = 0
+    if seconds < 10:
+        return f"{seconds:.1f} s"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 36 * 3600:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} d"
+
+
+@register.filter
+def age(value: datetime | None) -> str:
+    if value is None:
+        return ""
+    return human_delta(timezone.now() - value)
+
+
+def status_text(task: Task, now: datetime) -> str:
+    if task.status == Task.Status.PENDING:
+        if task.available_at and task.available_at > now:
+            return f"Retry in {human_delta(task.available_at - now)}"
+        return f"Pending for {human_delta(now - task.updated_at)}"
+    if task.status == Task.Status.LOCKED:
+        if task.locked_until and task.locked_until < now:
+            return f"Locked by {task.locked_by}, lock expired {human_delta(now - task.locked_until)} ago"
+        left = human_delta(task.locked_until - now) if task.locked_until else "?"
+        return f"Locked by {task.locked_by}, {left} left"
+    if task.status == Task.Status.COMPLETED:
+        if task.completed_at and task.locked_at:
+            return f"Completed in {human_delta(task.completed_at - task.locked_at)}"
+        return "Completed"
+    return f"Failed after {task.attempts} attempt{'s' if task.attempts != 1 else ''}"
+
+
+@register.simple_tag
+def status_badge(task: Task) -> SafeString:
+    return format_html(
+        '<span class="badge badge-{}" title="{}">{}</span>',
+        task.status,
+        task.get_status_display(),
+        status_text(task, timezone.now()),
+    )
+
+
+@register.filter
+def json_compact(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False)
+    return text if len(text) <= 90 else text[:87] + "..."
+
+
+@register.filter
+def json_pretty(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+
+
+_TOKEN = re.compile(
+    r'(?P<key>"(?:\\.|[^"\\])*"(?=\s*:))|(?P<string>"(?:\\.|[^"\\])*")'
+    r"|(?P<number>-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?)|(?P<literal>\btrue\b|\bfalse\b|\bnull\b)"
+)
+
+
+@register.filter
+def json_highlight(value: Any) -> SafeString:
+    """Pretty JSON with each token escaped and wrapped in a span for colouring."""
+    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+    out, pos = [], 0
+    for m in _TOKEN.finditer(text):
+        out.append(escape(text[pos : m.start()]))
+        out.append(f'<span class="j-{m.lastgroup}">{escape(m.group())}</span>')
+        pos = m.end()
+    out.append(escape(text[pos:]))
+    return mark_safe("".join(out))  # every piece above is escaped
+
+
+@register.simple_tag(takes_context=True)
+def query_with(context: dict[str, Any], **changes: Any) -> str:
+    """The current query string with some parameters replaced (or removed when None)."""
+    params = context["request"].GET.copy()
+    for key, value in changes.items():
+        params.pop(key, None)
+        if value not in (None, ""):
+            params[key] = value
+    return "?" + params.urlencode() if params else "?"

@@ -1,0 +1,17 @@
+from __future__ import annotations
+
+from django.urls import path
+
+from tasks_app.views import actions, pages
+
+app_name = "tasks_app"
+
+urlpatterns = [
+    path("tasks/", pages.task_list, name="task-list"),
+    path("tasks/new/", actions.task_create, name="task-create"),
+    path("tasks/<int:task_id>/", pages.task_detail, name="task-detail"),
+    path("tasks/<int:task_id>/edit/", actions.task_edit_payload, name="task-edit"),
+    path("tasks/<int:task_id>/duplicate/", actions.task_duplicate, name="task-duplicate"),
+    path("tasks/<int:task_id>/<str:action>/", actions.task_action, name="task-action"),
+    path("workers/", pages.workers, name="workers"),
+]

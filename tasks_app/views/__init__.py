@@ -1,0 +1,1 @@
+"""The monitoring pages (server-rendered)."""

@@ -1,0 +1,121 @@
+"""Buttons on the monitoring pages: POST, CSRF-protected, permission-checked,
+each calling a service and redirecting back with a message (post/redirect/get)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required, permission_required
+from django.core.exceptions import ValidationError
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
+
+from tasks_app import services
+from tasks_app.models import Stage, Task
+
+SINGLE_ACTIONS: dict[str, tuple[str, Callable[..., Any]]] = {
+    "retry": ("Retried", services.task_retry),
+    "release": ("Released", services.task_force_release),
+    "complete": ("Marked completed", services.task_mark_completed),
+}
+
+
+def actor(request: HttpRequest) -> str:
+    return f"user:{request.user.get_username()}"
+
+
+def back(request: HttpRequest, default: str) -> HttpResponseRedirect:
+    target = request.POST.get("next", "")
+    if target and url_has_allowed_host_and_scheme(target, {request.get_host()}, request.is_secure()):
+        return HttpResponseRedirect(target)
+    return HttpResponseRedirect(default)
+
+
+@login_required
+@permission_required("tasks_app.change_task", raise_exception=True)
+@require_POST
+def task_action(request: HttpRequest, task_id: int, action: str) -> HttpResponse:
+    if action not in SINGLE_ACTIONS:
+        return HttpResponse("Unknown action", status=404)
+    verb, service = SINGLE_ACTIONS[action]
+    try:
+        service(task_id=task_id, actor=actor(request))
+        messages.success(request, f"{verb} task {task_id}.")
+    except services.TaskError as exc:
+        # A lost race (a worker got there first) is a message, not an error page.
+        messages.warning(request, str(exc))
+    return back(request, reverse("tasks_app:task-detail", args=[task_id]))
+
+
+@login_required
+@permission_required("tasks_app.add_task", raise_exception=True)
+@require_POST
+def task_duplicate(request: HttpRequest, task_id: int) -> HttpResponse:
+    try:
+        copy = services.task_duplicate(task_id=task_id, actor=actor(request))
+    except services.TaskError as exc:
+        messages.warning(request, str(exc))
+        return back(request, reverse("tasks_app:task-list"))
+    messages.success(request, f"Created task {copy.pk}, a copy of task {task_id}.")
+    return redirect("tasks_app:task-detail", copy.pk)
+
+
+def _parse_payload(raw: str) -> tuple[dict[str, Any] | None, str]:
+    try:
+        payload = json.loads(raw or "{}")
+    except (ValueError, RecursionError) as exc:
+        return None, f"Payload is not valid JSON: {exc}"
+    if not isinstance(payload, dict):
+        return None, 'Payload must be a JSON object, like {"customer_id": 12345}.'
+    return payload, ""
+
+
+@login_required
+@permission_required("tasks_app.change_task", raise_exception=True)
+def task_edit_payload(request: HttpRequest, task_id: int) -> HttpResponse:
+    task = get_object_or_404(Task, pk=task_id)
+    raw = json.dumps(task.payload, indent=2, sort_keys=True, ensure_ascii=False)
+    error = ""
+    if request.method == "POST":
+        raw = request.POST.get("payload", "")
+        payload, error = _parse_payload(raw)
+        if payload is not None:
+            try:
+                services.task_edit_payload(task_id=task_id, payload=payload, actor=actor(request))
+                messages.success(request, f"Saved the payload of task {task_id}.")
+                return redirect("tasks_app:task-detail", task_id)
+            except ValidationError as exc:
+                error = " ".join(exc.messages)
+            except services.TaskError as exc:
+                error = str(exc)
+    status = 400 if error else 200
+    return render(request, "tasks_app/task_edit.html", {"task": task, "raw": raw, "error": error}, status=status)
+
+
+@login_required
+@permission_required("tasks_app.add_task", raise_exception=True)
+def task_create(request: HttpRequest) -> HttpResponse:
+    stages = Stage.objects.order_by("slug")
+    values = {"stage": request.GET.get("stage", ""), "type": "", "payload": "{}"}
+    error = ""
+    if request.method == "POST":
+        values = {k: request.POST.get(k, "") for k in ("stage", "type", "payload")}
+        stage = Stage.objects.filter(slug=values["stage"]).first()
+        payload, error = _parse_payload(values["payload"])
+        if stage is None:
+            error = f"Unknown stage '{values['stage']}'."
+        elif payload is not None:
+            try:
+                task = services.task_create(stage=stage, type=values["type"], payload=payload, actor=actor(request))
+                messages.success(request, f"Created task {task.pk} at {stage.slug}.")
+                return redirect("tasks_app:task-detail", task.pk)
+            except ValidationError as exc:
+                error = " ".join(exc.messages)
+    ctx = {"stages": stages, "values": values, "error": error}
+    return render(request, "tasks_app/task_create.html", ctx, status=400 if error else 200)

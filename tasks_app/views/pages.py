@@ -1,0 +1,115 @@
+"""Read-only pages: the task list, a task's detail, the workers."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from django.contrib.auth.decorators import login_required, permission_required
+from django.db.models import Q, QuerySet, TextField
+from django.db.models.functions import Cast
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, render
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from tasks_app.filters import TaskFilter
+from tasks_app.models import Stage, Task, WorkerProcess
+
+PAGE_SIZE = 50
+SORTS: dict[str, tuple[str, ...]] = {
+    "-id": ("-id",),
+    "id": ("id",),
+    "-created_at": ("-created_at", "-id"),
+    "created_at": ("created_at", "id"),
+    "-updated_at": ("-updated_at", "-id"),
+    "updated_at": ("updated_at", "id"),
+}
+
+
+def filtered_tasks(request: HttpRequest) -> tuple[TaskFilter, QuerySet[Task]]:
+    """The task list's filters, shared by the list page and the bulk actions."""
+    task_filter = TaskFilter(request.GET, queryset=Task.objects.select_related("stage", "source_stage"))
+    # Invalid filters show their errors and no rows, never all rows.
+    qs = task_filter.qs if task_filter.is_valid() else Task.objects.none()
+    q = request.GET.get("q", "").strip()
+    if q:
+        # Free text over type and payload (a scan: narrow with other filters first on big tables).
+        qs = qs.annotate(payload_text=Cast("payload", TextField())).filter(
+            Q(type__icontains=q) | Q(payload_text__icontains=q)
+        )
+    return task_filter, qs
+
+
+def keyset_page(qs: QuerySet[Task], sort: str, cursor: str) -> tuple[list[Task], str | None]:
+    """One page after `cursor` ("value|id"), by index order: no OFFSET, no COUNT(*)."""
+    fields = SORTS[sort]
+    qs = qs.order_by(*fields)
+    if cursor:
+        raw_value, _, raw_id = cursor.rpartition("|")
+        try:
+            last_id = int(raw_id)
+        except ValueError:
+            last_id = None
+        if last_id is not None:
+            field = fields[0].lstrip("-")
+            op = "lt" if fields[0].startswith("-") else "gt"
+            if field == "id":
+                qs = qs.filter(**{f"id__{op}": last_id})
+            else:
+                value = parse_datetime(raw_value)
+                if value is not None:
+                    qs = qs.filter(Q(**{f"{field}__{op}": value}) | Q(**{field: value, f"id__{op}": last_id}))
+    rows = list(qs[: PAGE_SIZE + 1])
+    next_cursor = None
+    if len(rows) > PAGE_SIZE:
+        last = rows[PAGE_SIZE - 1]
+        field = fields[0].lstrip("-")
+        value: Any = getattr(last, field)
+        next_cursor = f"{value.isoformat() if isinstance(value, datetime) else value}|{last.pk}"
+    return rows[:PAGE_SIZE], next_cursor
+
+
+@login_required
+@permission_required("tasks_app.view_task", raise_exception=True)
+def task_list(request: HttpRequest) -> HttpResponse:
+    task_filter, qs = filtered_tasks(request)
+    sort = request.GET.get("sort", "-id")
+    if sort not in SORTS:
+        sort = "-id"
+    tasks, next_cursor = keyset_page(qs, sort, request.GET.get("cursor", ""))
+    ctx = {
+        "filter": task_filter,
+        "tasks": tasks,
+        "next_cursor": next_cursor,
+        "sort": sort,
+        "q": request.GET.get("q", ""),
+        "stages": Stage.objects.order_by("slug"),
+        "can_change": request.user.has_perm("tasks_app.change_task"),
+        "can_add": request.user.has_perm("tasks_app.add_task"),
+    }
+    return render(request, "tasks_app/task_list.html", ctx)
+
+
+@login_required
+@permission_required("tasks_app.view_task", raise_exception=True)
+def task_detail(request: HttpRequest, task_id: int) -> HttpResponse:
+    task = get_object_or_404(Task.objects.select_related("stage", "source_stage", "parent"), pk=task_id)
+    ctx = {
+        "task": task,
+        "events": task.events.order_by("id"),
+        "children": list(task.children.select_related("stage").order_by("id")[:100]),
+        "now": timezone.now(),
+        "can_change": request.user.has_perm("tasks_app.change_task"),
+        "can_add": request.user.has_perm("tasks_app.add_task"),
+    }
+    return render(request, "tasks_app/task_detail.html", ctx)
+
+
+@login_required
+@permission_required("tasks_app.view_workerprocess", raise_exception=True)
+def workers(request: HttpRequest) -> HttpResponse:
+    rows = list(WorkerProcess.objects.order_by("-last_heartbeat")[:200])
+    now = timezone.now()
+    ctx = {"workers": [(w, w.is_alive(now)) for w in rows]}
+    return render(request, "tasks_app/workers.html", ctx)
