@@ -10,7 +10,7 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -18,6 +18,7 @@ from django.views.decorators.http import require_POST
 
 from tasks_app import services
 from tasks_app.models import Stage, Task
+from tasks_app.views.pages import filtered_tasks
 
 SINGLE_ACTIONS: dict[str, tuple[str, Callable[..., Any]]] = {
     "retry": ("Retried", services.task_retry),
@@ -119,3 +120,54 @@ def task_create(request: HttpRequest) -> HttpResponse:
                 error = " ".join(exc.messages)
     ctx = {"stages": stages, "values": values, "error": error}
     return render(request, "tasks_app/task_create.html", ctx, status=400 if error else 200)
+
+
+BULK_ACTIONS: dict[str, tuple[str, str, Callable[..., Any]]] = {
+    "retry": ("Retried", "tasks_app.change_task", services.task_retry),
+    "release": ("Released", "tasks_app.change_task", services.task_force_release),
+    "complete": ("Marked completed", "tasks_app.change_task", services.task_mark_completed),
+    "duplicate": ("Duplicated", "tasks_app.add_task", services.task_duplicate),
+}
+# One request acts on at most this many tasks; the message says when more remain.
+BULK_LIMIT = 5000
+
+
+@login_required
+@permission_required("tasks_app.view_task", raise_exception=True)
+@require_POST
+def task_bulk(request: HttpRequest) -> HttpResponse:
+    """An action on the selected rows, or on every task matching the list's current filter."""
+    query = request.POST.get("query", "")
+    list_url = reverse("tasks_app:task-list") + (f"?{query}" if query else "")
+    action = request.POST.get("action", "")
+    if action not in BULK_ACTIONS:
+        messages.warning(request, "Choose an action.")
+        return HttpResponseRedirect(list_url)
+    verb, perm, service = BULK_ACTIONS[action]
+    if not request.user.has_perm(perm):
+        return HttpResponse("Forbidden", status=403)
+    if request.POST.get("scope") == "all":
+        # Re-run the list's own filters on the query string the page was showing.
+        _, qs = filtered_tasks(QueryDict(query))
+        ids = list(qs.order_by("id").values_list("id", flat=True)[: BULK_LIMIT + 1])
+    else:
+        ids = [int(i) for i in request.POST.getlist("ids") if i.isdigit()][: BULK_LIMIT + 1]
+    more = len(ids) > BULK_LIMIT
+    ids = ids[:BULK_LIMIT]
+    if not ids:
+        messages.warning(request, "No tasks selected.")
+        return HttpResponseRedirect(list_url)
+    done, refused = 0, 0
+    for task_id in ids:
+        try:
+            service(task_id=task_id, actor=actor(request))
+            done += 1
+        except services.TaskError:
+            refused += 1  # not in a state this action applies to (or a worker got there first)
+    text = f"{verb} {done} task(s)."
+    if refused:
+        text += f" {refused} skipped: not in a state this action applies to."
+    if more:
+        text += f" Stopped after {BULK_LIMIT}; run it again for the rest."
+    messages.success(request, text)
+    return HttpResponseRedirect(list_url)

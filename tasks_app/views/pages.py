@@ -8,7 +8,7 @@ from typing import Any
 from django.contrib.auth.decorators import login_required, permission_required
 from django.db.models import Q, QuerySet, TextField
 from django.db.models.functions import Cast
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, QueryDict
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -27,12 +27,12 @@ SORTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def filtered_tasks(request: HttpRequest) -> tuple[TaskFilter, QuerySet[Task]]:
-    """The task list's filters, shared by the list page and the bulk actions."""
-    task_filter = TaskFilter(request.GET, queryset=Task.objects.select_related("stage", "source_stage"))
+def filtered_tasks(params: QueryDict) -> tuple[TaskFilter, QuerySet[Task]]:
+    """The task list's filters (from its query string), shared by the list page and the bulk actions."""
+    task_filter = TaskFilter(params, queryset=Task.objects.select_related("stage", "source_stage"))
     # Invalid filters show their errors and no rows, never all rows.
     qs = task_filter.qs if task_filter.is_valid() else Task.objects.none()
-    q = request.GET.get("q", "").strip()
+    q = params.get("q", "").strip()
     if q:
         # Free text over type and payload (a scan: narrow with other filters first on big tables).
         qs = qs.annotate(payload_text=Cast("payload", TextField())).filter(
@@ -70,15 +70,13 @@ def keyset_page(qs: QuerySet[Task], sort: str, cursor: str) -> tuple[list[Task],
     return rows[:PAGE_SIZE], next_cursor
 
 
-@login_required
-@permission_required("tasks_app.view_task", raise_exception=True)
-def task_list(request: HttpRequest) -> HttpResponse:
-    task_filter, qs = filtered_tasks(request)
+def _list_context(request: HttpRequest) -> dict[str, Any]:
+    task_filter, qs = filtered_tasks(request.GET)
     sort = request.GET.get("sort", "-id")
     if sort not in SORTS:
         sort = "-id"
     tasks, next_cursor = keyset_page(qs, sort, request.GET.get("cursor", ""))
-    ctx = {
+    return {
         "filter": task_filter,
         "tasks": tasks,
         "next_cursor": next_cursor,
@@ -87,8 +85,21 @@ def task_list(request: HttpRequest) -> HttpResponse:
         "stages": Stage.objects.order_by("slug"),
         "can_change": request.user.has_perm("tasks_app.change_task"),
         "can_add": request.user.has_perm("tasks_app.add_task"),
+        "query": request.GET.urlencode(),
     }
-    return render(request, "tasks_app/task_list.html", ctx)
+
+
+@login_required
+@permission_required("tasks_app.view_task", raise_exception=True)
+def task_list(request: HttpRequest) -> HttpResponse:
+    return render(request, "tasks_app/task_list.html", _list_context(request))
+
+
+@login_required
+@permission_required("tasks_app.view_task", raise_exception=True)
+def task_rows(request: HttpRequest) -> HttpResponse:
+    """The table body alone, for the list's auto-refresh (same filters, same page)."""
+    return render(request, "tasks_app/_task_rows.html", _list_context(request))
 
 
 @login_required

@@ -11,3 +11,20 @@ document.addEventListener("click", (event) => {
     setTimeout(() => (button.textContent = "Copy"), 1500);
   });
 });
+
+// Task list auto-refresh: replaces only the table body, so filters (in the
+// URL) and the scroll position stay; pauses while rows are selected or a
+// payload is expanded, and remembers on/off across pages.
+(function () {
+  const toggle = document.getElementById("auto-refresh");
+  const rows = document.getElementById("task-rows");
+  if (!toggle || !rows) return;
+  toggle.checked = localStorage.getItem("tasks.autoRefresh") !== "off";
+  toggle.addEventListener("change", () => localStorage.setItem("tasks.autoRefresh", toggle.checked ? "on" : "off"));
+  setInterval(async () => {
+    if (!toggle.checked || document.hidden) return;
+    if (rows.querySelector("input[type=checkbox]:checked, details[open]")) return;
+    const response = await fetch(toggle.dataset.rowsUrl, { credentials: "same-origin" });
+    if (response.ok) rows.innerHTML = await response.text();
+  }, 5000);
+})();
