@@ -16,7 +16,7 @@ def main() -> int:
     py = sys.executable
     user = os.environ.get("DEV_ADMIN_USER", "admin")
     password = os.environ.get("DEV_ADMIN_PASSWORD", "admin")
-    print(f"\n  Open http://{HOST_PORT}/admin/ and log in as {user} / {password}")
+    print(f"\n  Open http://{HOST_PORT}/ and log in as {user} / {password}")
     print("  Ctrl-C stops the web server and the worker.\n", flush=True)
     # Own sessions: Ctrl-C reaches only this script, which stops each child
     # once (a second signal would make the worker exit without finishing).

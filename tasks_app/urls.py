@@ -2,11 +2,12 @@ from __future__ import annotations
 
 from django.urls import path
 
-from tasks_app.views import actions, pages
+from tasks_app.views import actions, overview, pages
 
 app_name = "tasks_app"
 
 urlpatterns = [
+    path("overview/", overview.overview, name="overview"),
     path("tasks/", pages.task_list, name="task-list"),
     path("tasks/new/", actions.task_create, name="task-create"),
     path("tasks/bulk/", actions.task_bulk, name="task-bulk"),

@@ -5,8 +5,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 urlpatterns = [
-    # The workflow overview (issue 5) will be the home page; until then, the task list.
-    path("", RedirectView.as_view(pattern_name="tasks_app:task-list", permanent=False)),
+    path("", RedirectView.as_view(pattern_name="tasks_app:overview", permanent=False)),
     path("accounts/", include("django.contrib.auth.urls")),
     path("", include("tasks_app.urls")),
     path("admin/", admin.site.urls),

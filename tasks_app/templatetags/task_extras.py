@@ -34,6 +34,11 @@ def human_delta(delta: timedelta) -> str:
 
 
 @register.filter
+def duration_short(value: timedelta | None) -> str:
+    return human_delta(value) if value is not None else ""
+
+
+@register.filter
 def age(value: datetime | None) -> str:
     if value is None:
         return ""
