@@ -1,5 +1,7 @@
 # The two commands: `make run` (app + worker on SQLite) and `make test`
 # (the whole suite on SQLite, then on a throwaway PostgreSQL).
+# Tests close connections after each request (DB_CONN_MAX_AGE=0): the live
+# server's threads must not hold the test database open at teardown.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -34,12 +36,13 @@ lint: $(DEV_STAMP)
 	$(PY) -m ruff check .
 
 test-sqlite: $(DEV_STAMP)
+	@bash scripts/ensure_chromium.sh
 	@echo "== test suite on SQLite =="
-	env -u DATABASE_URL $(PY) -m pytest
+	env -u DATABASE_URL DB_CONN_MAX_AGE=0 $(PY) -m pytest
 
 test-postgres: $(DEV_STAMP)
 	@echo "== test suite on PostgreSQL =="
-	$(PY) scripts/with_postgres.py -- $(PY) -m pytest
+	DB_CONN_MAX_AGE=0 $(PY) scripts/with_postgres.py -- $(PY) -m pytest
 
 test: lint test-sqlite test-postgres
 

@@ -1,0 +1,107 @@
+"""The monitoring pages in a real browser: Debian's Chromium driven by Playwright.
+
+Skipped (loudly, by scripts/ensure_chromium.sh and here) only when
+/usr/bin/chromium is missing; `make test` installs it when run as root, as CI does.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth import get_user_model
+
+from tasks_app.models import Stage, Task
+from tasks_app.services import task_claim, task_complete, task_create
+
+CHROMIUM = "/usr/bin/chromium"
+SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
+
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} missing: apt-get install chromium"),
+]
+
+
+@pytest.fixture
+def page(live_server: Any) -> Iterator[Any]:
+    from playwright.sync_api import sync_playwright
+
+    os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")  # Playwright's loop vs the ORM in this thread
+    with sync_playwright() as p:
+        browser = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )  # fmt: skip
+        page = browser.new_page(viewport={"width": 1300, "height": 900})
+        page.set_default_timeout(15_000)
+        page.on("dialog", lambda dialog: dialog.accept())  # the confirmations
+        page.base = live_server.url
+        yield page
+        browser.close()
+
+
+def test_operator_works_the_task_pages_in_a_browser(page: Any, world: dict[str, Stage]) -> None:
+    user = get_user_model().objects.create_superuser("boss", password="pw-12345")
+    assert user.pk
+    review = world["review"]
+    done = task_create(stage=review, type="order", payload={"customer_id": 12345, "note": "<script>x</script>"})
+    [claimed] = task_claim(stage=review, worker_id="w1")
+    task_complete(task_id=claimed.pk, lock_token=claimed.lock_token, send=[("approved", {"customer_id": 12345})])
+    for i in range(3):
+        task_create(stage=world["ship"], type="approved", payload={"n": i})
+
+    # Log in; the home page is the overview with the workflow graph.
+    page.goto(page.base + "/")
+    page.fill("input[name=username]", "boss")
+    page.fill("input[name=password]", "pw-12345")
+    page.click("button[type=submit]")
+    page.wait_for_url("**/overview/")
+    assert page.locator("g.stage[data-stage=review]").count() == 1
+    page.screenshot(path=str(SCREENSHOTS / "overview.png"), full_page=True)
+
+    # Filter the list by stage and status (through the URL the filter form builds).
+    page.goto(page.base + "/tasks/")
+    page.select_option("select[name=stage]", ["review"])
+    page.select_option("select[name=status]", ["completed"])
+    page.click("form#filters button[type=submit]")
+    page.wait_for_url("**stage=review**")
+    rows = page.locator("#task-rows tr")
+    assert rows.count() == 1 and rows.first.get_attribute("id") == f"task-{done.pk}"
+
+    # Expand the payload in place: shown as text, never run as HTML.
+    rows.first.locator("details summary").click()
+    assert "<script>x</script>" in rows.first.locator("pre.json").inner_text()
+    page.screenshot(path=str(SCREENSHOTS / "task-list.png"), full_page=True)
+
+    # Open the task and retry it.
+    rows.first.locator(f"a[href='/tasks/{done.pk}/']").click()
+    page.wait_for_url(f"**/tasks/{done.pk}/")
+    assert page.locator(".timeline li").count() >= 2
+    page.screenshot(path=str(SCREENSHOTS / "task-detail.png"), full_page=True)
+    page.click("button:has-text('Retry')")
+    page.wait_for_selector(".messages .msg-success")
+    assert Task.objects.get(pk=done.pk).status == Task.Status.PENDING
+
+    # Bulk action on everything matching a filter: mark the ship tasks completed.
+    page.goto(page.base + "/tasks/?stage=ship&status=pending")
+    page.select_option("form#bulk select[name=action]", "complete")
+    page.select_option("form#bulk select[name=scope]", "all")
+    page.click("form#bulk button[type=submit]")
+    page.wait_for_selector(".messages .msg-success")
+    assert "Marked completed 4 task(s)." in page.locator(".messages").inner_text()
+    assert not Task.objects.filter(stage=world["ship"], status=Task.Status.PENDING).exists()
+
+    # A task created elsewhere appears through auto-refresh, without a reload.
+    page.goto(page.base + "/tasks/?stage=notify")
+    page.evaluate("localStorage.setItem('tasks.autoRefresh', 'on')")
+    page.reload()
+    assert page.locator("#task-rows tr[id^=task-]").count() == 0
+    new = task_create(stage=world["notify"], type="declined", payload={"late": True})
+    page.wait_for_selector(f"#task-{new.pk}", timeout=15_000)
+    page.goto(page.base + "/workers/")
+    page.screenshot(path=str(SCREENSHOTS / "workers.png"), full_page=True)
