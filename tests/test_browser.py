@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.db import connection
 
 from tasks_app.models import Stage, Task
 from tasks_app.services import task_claim, task_complete, task_create
@@ -43,6 +44,14 @@ def page(live_server: Any) -> Iterator[Any]:
         page.base = live_server.url
         yield page
         browser.close()
+    if connection.vendor == "postgresql":
+        # The live server's request threads may still hold a connection to the
+        # test database, which would stop pytest-django from dropping it.
+        with connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
 
 
 def test_operator_works_the_task_pages_in_a_browser(page: Any, world: dict[str, Stage]) -> None:
