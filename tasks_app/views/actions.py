@@ -51,6 +51,8 @@ def task_action(request: HttpRequest, task_id: int, action: str) -> HttpResponse
     except services.TaskError as exc:
         # A lost race (a worker got there first) is a message, not an error page.
         messages.warning(request, str(exc))
+        if not Task.objects.filter(pk=task_id).exists():
+            return back(request, reverse("tasks_app:task-list"))
     return back(request, reverse("tasks_app:task-detail", args=[task_id]))
 
 

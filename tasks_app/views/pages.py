@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -35,9 +36,12 @@ def filtered_tasks(params: QueryDict) -> tuple[TaskFilter, QuerySet[Task]]:
     q = params.get("q", "").strip()
     if q:
         # Free text over type and payload (a scan: narrow with other filters first on big tables).
-        qs = qs.annotate(payload_text=Cast("payload", TextField())).filter(
-            Q(type__icontains=q) | Q(payload_text__icontains=q)
-        )
+        # Stored JSON text escapes quotes (and, on SQLite, non-ASCII letters): match those forms too.
+        forms = {q, json.dumps(q)[1:-1], json.dumps(q, ensure_ascii=False)[1:-1]}
+        text_match = Q()
+        for form in forms:
+            text_match |= Q(payload_text__icontains=form)
+        qs = qs.annotate(payload_text=Cast("payload", TextField())).filter(Q(type__icontains=q) | text_match)
     return task_filter, qs
 
 
@@ -105,7 +109,7 @@ def task_rows(request: HttpRequest) -> HttpResponse:
 @login_required
 @permission_required("tasks_app.view_task", raise_exception=True)
 def task_detail(request: HttpRequest, task_id: int) -> HttpResponse:
-    task = get_object_or_404(Task.objects.select_related("stage", "source_stage", "parent"), pk=task_id)
+    task = get_object_or_404(Task.objects.select_related("stage", "source_stage", "parent__stage"), pk=task_id)
     ctx = {
         "task": task,
         "events": task.events.order_by("id"),
