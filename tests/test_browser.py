@@ -19,6 +19,8 @@ from tasks_app.models import Stage, Task
 from tasks_app.services import task_claim, task_complete, task_create
 
 CHROMIUM = "/usr/bin/chromium"
+# `make screenshots` sets this to refresh the README's screenshots from this test.
+SAVE_SCREENSHOTS = bool(os.environ.get("SAVE_SCREENSHOTS"))
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 
 pytestmark = [
@@ -54,6 +56,11 @@ def page(live_server: Any) -> Iterator[Any]:
             )
 
 
+def shot(page: Any, name: str) -> None:
+    if SAVE_SCREENSHOTS:
+        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
+
+
 def test_operator_works_the_task_pages_in_a_browser(page: Any, world: dict[str, Stage]) -> None:
     user = get_user_model().objects.create_superuser("boss", password="pw-12345")
     assert user.pk
@@ -71,7 +78,7 @@ def test_operator_works_the_task_pages_in_a_browser(page: Any, world: dict[str, 
     page.click("button[type=submit]")
     page.wait_for_url("**/overview/")
     assert page.locator("g.stage[data-stage=review]").count() == 1
-    page.screenshot(path=str(SCREENSHOTS / "overview.png"), full_page=True)
+    shot(page, "overview")
 
     # Filter the list by stage and status (through the URL the filter form builds).
     page.goto(page.base + "/tasks/")
@@ -85,13 +92,13 @@ def test_operator_works_the_task_pages_in_a_browser(page: Any, world: dict[str, 
     # Expand the payload in place: shown as text, never run as HTML.
     rows.first.locator("details summary").click()
     assert "<script>x</script>" in rows.first.locator("pre.json").inner_text()
-    page.screenshot(path=str(SCREENSHOTS / "task-list.png"), full_page=True)
+    shot(page, "task-list")
 
     # Open the task and retry it.
     rows.first.locator(f"a[href='/tasks/{done.pk}/']").click()
     page.wait_for_url(f"**/tasks/{done.pk}/")
     assert page.locator(".timeline li").count() >= 2
-    page.screenshot(path=str(SCREENSHOTS / "task-detail.png"), full_page=True)
+    shot(page, "task-detail")
     page.click("button:has-text('Retry')")
     page.wait_for_selector(".messages .msg-success")
     assert Task.objects.get(pk=done.pk).status == Task.Status.PENDING
@@ -113,4 +120,4 @@ def test_operator_works_the_task_pages_in_a_browser(page: Any, world: dict[str, 
     new = task_create(stage=world["notify"], type="declined", payload={"late": True})
     page.wait_for_selector(f"#task-{new.pk}", timeout=15_000)
     page.goto(page.base + "/workers/")
-    page.screenshot(path=str(SCREENSHOTS / "workers.png"), full_page=True)
+    shot(page, "workers")
