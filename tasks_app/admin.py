@@ -19,6 +19,7 @@ from django.utils.html import format_html
 
 from tasks_app import services
 from tasks_app.models import Stage, Task, TaskEvent, Transition, WorkerProcess, validate_payload
+from tasks_app.widgets import JSONEditorWidget
 
 
 class OutgoingTransitionInline(admin.TabularInline):
@@ -85,6 +86,7 @@ class TaskAdminForm(forms.ModelForm):
     class Meta:
         model = Task
         fields = ["stage", "type", "payload", "available_at"]
+        widgets = {"payload": JSONEditorWidget()}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

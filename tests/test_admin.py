@@ -677,3 +677,14 @@ def test_worker_registry_lists_live_and_dead_workers_read_only(boss_client: Clie
     assert html.count('alt="True"') == 1 and html.count('alt="False"') == 1
     # Workers write the registry; people can't add or edit rows.
     assert boss_client.get("/admin/tasks_app/workerprocess/add/").status_code == 403
+
+
+def test_task_forms_use_the_json_editor_widget(boss_client: Client, world: dict[str, Stage]) -> None:
+    from tasks_app.services import task_create
+
+    task = task_create(stage=world["review"], type="order", payload={"a": 1})
+    for url in ("/admin/tasks_app/task/add/", f"/admin/tasks_app/task/{task.pk}/change/"):
+        html = boss_client.get(url).content.decode()
+        # The editor's textarea, its Format button, and its script and stylesheet.
+        assert 'class="json-editor"' in html and 'class="json-format"' in html
+        assert "tasks_app/json_editor.js" in html and "tasks_app/json_editor.css" in html
