@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: run test venv dev-venv lint test-sqlite test-postgres bench screenshots clean
+.PHONY: run test venv dev-venv lint test-sqlite test-postgres bench bench-pages screenshots clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -45,6 +45,9 @@ test-postgres: $(DEV_STAMP)
 	DB_CONN_MAX_AGE=0 $(PY) scripts/with_postgres.py -- $(PY) -m pytest
 
 test: lint test-sqlite test-postgres
+
+bench-pages: $(DEV_STAMP)
+	$(PY) scripts/with_postgres.py -- $(PY) bench/pages.py
 
 screenshots: $(DEV_STAMP)
 	SAVE_SCREENSHOTS=1 env -u DATABASE_URL DB_CONN_MAX_AGE=0 $(PY) -m pytest -q tests/test_browser.py
