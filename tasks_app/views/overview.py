@@ -2,8 +2,9 @@
 
 Counts stay cheap on millions of rows: pending and locked are counted exactly
 (they are the small, indexed part of the table); completed and failed come
-from one GROUP BY cached for FINISHED_TTL seconds; throughput reads the last
-hour through the completed_at index, cached for THROUGHPUT_TTL seconds.
+from one GROUP BY (a 1% block sample on big PostgreSQL tables, shown as
+estimates) cached for FINISHED_TTL seconds; throughput reads the last hour
+through the completed_at index, cached for THROUGHPUT_TTL seconds.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.cache import cache
+from django.db import connection
 from django.db.models import Count, Min
 from django.db.models.functions import TruncMinute
 from django.http import HttpRequest, HttpResponse
@@ -28,9 +30,36 @@ THROUGHPUT_TTL = 15
 BOX_W, BOX_H, COL_W, ROW_H, PAD = 250, 112, 330, 140, 20
 
 
-def finished_counts() -> dict[int, dict[str, int]]:
-    def compute() -> dict[int, dict[str, int]]:
+# Above this many rows (PostgreSQL's own estimate), completed and failed counts
+# are estimated from a 1% block sample instead of counted: the exact GROUP BY
+# costs ~0.4 s at a million rows, the sample a few milliseconds.
+ESTIMATE_ABOVE = 200_000
+SAMPLE_PERCENT = 1
+
+
+def _table_estimate() -> int:
+    if connection.vendor != "postgresql":
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = 'tasks_app_task'::regclass")
+        row = cursor.fetchone()
+    return max(int(row[0]), 0) if row else 0
+
+
+def finished_counts() -> tuple[dict[int, dict[str, int]], bool]:
+    """Completed and failed tasks per stage, and whether they are estimates."""
+
+    def compute() -> tuple[dict[int, dict[str, int]], bool]:
         out: dict[int, dict[str, int]] = defaultdict(dict)
+        if _table_estimate() > ESTIMATE_ABOVE:
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    f"SELECT stage_id, status, count(*) FROM tasks_app_task TABLESAMPLE SYSTEM ({SAMPLE_PERCENT})"
+                    " WHERE status IN ('completed', 'failed') GROUP BY 1, 2"
+                )
+                for stage_id, status, n in cursor.fetchall():
+                    out[stage_id][status] = round(n * 100 / SAMPLE_PERCENT)
+            return dict(out), True
         rows = (
             Task.objects.filter(status__in=[Task.Status.COMPLETED, Task.Status.FAILED])
             .values_list("stage_id", "status")
@@ -38,7 +67,7 @@ def finished_counts() -> dict[int, dict[str, int]]:
         )
         for stage_id, status, n in rows:
             out[stage_id][status] = n
-        return dict(out)
+        return dict(out), False
 
     return cache.get_or_set("tasks_app:overview:finished", compute, FINISHED_TTL)
 
@@ -119,7 +148,8 @@ def overview(request: HttpRequest) -> HttpResponse:
     stages = list(Stage.objects.order_by("id"))
     transitions = list(Transition.objects.order_by("id"))
     pos = layout(stages, transitions) if stages else {}
-    live, finished = live_counts(), finished_counts()
+    live = live_counts()
+    finished, estimated = finished_counts()
     per_hour, per_minute = throughput()
     now = timezone.now()
     boxes = []
@@ -161,5 +191,6 @@ def overview(request: HttpRequest) -> HttpResponse:
         "box_h": BOX_H,
         "workers": list(workers[:50]),
         "finished_ttl": FINISHED_TTL,
+        "estimated": estimated,
     }
     return render(request, "tasks_app/overview.html", ctx)
