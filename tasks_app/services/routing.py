@@ -13,7 +13,7 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from tasks_app.models import Stage, Task, TaskEvent, Transition, validate_payload, validate_task_type
-from tasks_app.services.errors import NoRouteError
+from tasks_app.services.errors import NoRouteError, TaskStateError
 from tasks_app.services.notify import notify_stages
 
 Send = tuple[str, dict[str, Any]]
@@ -70,6 +70,7 @@ def task_create(
     payload: dict[str, Any],
     actor: str = "",
     available_at: datetime | None = None,
+    idempotency_key: str = "",
     now: datetime | None = None,
 ) -> Task:
     """Create one pending task at a stage."""
@@ -83,8 +84,10 @@ def task_create(
             created_at=now,
             updated_at=now,
             available_at=available_at or now,
+            idempotency_key=idempotency_key,
         )
-        TaskEvent.objects.create(task=task, kind=TaskEvent.Kind.CREATED, at=now, actor=actor)
+        details = {"idempotency_key": idempotency_key} if idempotency_key else {}
+        TaskEvent.objects.create(task=task, kind=TaskEvent.Kind.CREATED, at=now, actor=actor, details=details)
         if task.available_at <= now:
             notify_stages([stage.pk])
     return task
@@ -98,7 +101,6 @@ def task_create_idempotent(
     Reusing a key with a different type or payload is refused (TaskStateError):
     it is almost certainly a client bug, and returning the old task would hide it.
     """
-    from tasks_app.services.errors import TaskStateError
 
     def existing() -> Task | None:
         task = Task.objects.filter(stage=stage, idempotency_key=idempotency_key).first()
@@ -112,32 +114,13 @@ def task_create_idempotent(
     validate_task_input(type=type, payload=payload)
     if (task := existing()) is not None:
         return task, False
-    now = timezone.now()
     try:
-        with transaction.atomic():
-            task = Task.objects.create(
-                stage=stage,
-                type=type,
-                payload=payload,
-                created_at=now,
-                updated_at=now,
-                available_at=now,
-                idempotency_key=idempotency_key,
-            )
-            TaskEvent.objects.create(
-                task=task,
-                kind=TaskEvent.Kind.CREATED,
-                at=now,
-                actor=actor,
-                details={"idempotency_key": idempotency_key},
-            )
-            notify_stages([stage.pk])
+        return task_create(stage=stage, type=type, payload=payload, actor=actor, idempotency_key=idempotency_key), True
     except IntegrityError:
         # A concurrent request with the same key won the race: answer with its task.
         if (task := existing()) is None:
             raise
         return task, False
-    return task, True
 
 
 def tasks_create_bulk(*, items: Sequence[tuple[Stage, str, dict[str, Any]]], actor: str = "") -> list[Task]:
