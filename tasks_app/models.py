@@ -6,6 +6,7 @@ lifecycle and the reasons behind each conditional UPDATE.
 
 from __future__ import annotations
 
+import secrets
 from datetime import datetime
 from typing import Any
 
@@ -103,6 +104,12 @@ class Stage(models.Model):
         "blank means no limit (heartbeats keep long handlers' locks alive).",
     )
     is_paused = models.BooleanField(default=False, help_text="A paused stage hands out no tasks.")
+    hook_secret = models.CharField(
+        max_length=128,
+        blank=True,
+        help_text="Hook stages: requests to /hooks/<slug>/ must carry it (X-Hook-Token, or an "
+        "X-Hook-Signature: sha256=<HMAC of the body>). Generated when left blank.",
+    )
     description = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
@@ -119,6 +126,11 @@ class Stage(models.Model):
 
     def __str__(self) -> str:
         return self.slug
+
+    def save(self, *args: Any, **kwargs: Any) -> None:
+        if self.kind == self.Kind.HOOK and not self.hook_secret:
+            self.hook_secret = secrets.token_urlsafe(32)
+        super().save(*args, **kwargs)
 
 
 class Transition(models.Model):

@@ -221,6 +221,7 @@ REST_FRAMEWORK = {
     "DEFAULT_THROTTLE_RATES": {
         "user": env_str("API_THROTTLE_USER", "20000/minute"),
         "anon": env_str("API_THROTTLE_ANON", "120/minute"),
+        "hook": env_str("HOOK_THROTTLE", "600/minute"),
     },
     "EXCEPTION_HANDLER": "tasks_app.api.errors.api_exception_handler",
     "DEFAULT_PARSER_CLASSES": [

@@ -4,10 +4,13 @@ from django.contrib import admin
 from django.urls import include, path
 from django.views.generic import RedirectView
 
+from tasks_app.api.hooks import HookView
+
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="tasks_app:overview", permanent=False)),
     path("accounts/", include("django.contrib.auth.urls")),
     path("", include("tasks_app.urls")),
     path("admin/", admin.site.urls),
     path("api/", include("tasks_app.api.urls")),
+    path("hooks/<slug:slug>/", HookView.as_view(), name="hook"),
 ]
