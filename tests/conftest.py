@@ -12,13 +12,16 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.db import connection
+from django.utils import timezone
 
 from tasks_app.models import Stage, Task, Transition
+from tasks_app.services import task_claim, task_complete, task_create, task_fail
 
 ROOT = Path(__file__).resolve().parent.parent
 IS_POSTGRES = os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://"))
@@ -71,8 +74,6 @@ def review(world: dict[str, Stage]) -> Stage:
 
 @pytest.fixture
 def pending_task(review: Stage) -> Task:
-    from tasks_app.services import task_create
-
     return task_create(stage=review, type="order", payload={"amount": 10})
 
 
@@ -127,3 +128,48 @@ def workers() -> Iterator[list[subprocess.Popen[str]]]:
         if p.poll() is None:
             p.kill()
         p.wait(timeout=30)
+
+
+def make_tasks_in_every_state(world: dict[str, Stage]) -> dict[str, Task]:
+    """pending (review), locked by w1 (audit), expired lock (intake), completed (ship), failed (notify)."""
+    hour_ago = timezone.now() - timedelta(hours=1)
+    pending = task_create(stage=world["review"], type="order", payload={"amount": 10})
+
+    completed = task_create(stage=world["ship"], type="order", payload={"state": "completed"})
+    [claim] = task_claim(stage=world["ship"], worker_id="w1")
+    task_complete(task_id=claim.pk, lock_token=claim.lock_token)
+
+    failed = task_create(stage=world["notify"], type="order", payload={"state": "failed"})
+    [claim] = task_claim(stage=world["notify"], worker_id="w1")
+    task_fail(task_id=claim.pk, lock_token=claim.lock_token, error="ValueError: it broke")
+
+    locked = task_create(stage=world["audit"], type="order", payload={"state": "locked"})
+    task_claim(stage=world["audit"], worker_id="w1", lock_timeout=300)
+
+    expired = task_create(stage=world["intake"], type="order", payload={"state": "expired"}, now=hour_ago)
+    task_claim(stage=world["intake"], worker_id="w-gone", lock_timeout=1, now=hour_ago)
+
+    found = {
+        name: Task.objects.get(pk=t.pk)
+        for name, t in [
+            ("pending", pending),
+            ("locked", locked),
+            ("expired", expired),
+            ("completed", completed),
+            ("failed", failed),
+        ]
+    }
+    assert [t.status for t in found.values()] == ["pending", "locked", "locked", "completed", "failed"]
+    return found
+
+
+def manage(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run `python manage.py ARGS` for real, against this test run's database."""
+    return subprocess.run(
+        [sys.executable, "manage.py", *args],
+        cwd=ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

@@ -19,7 +19,8 @@ from django.test import Client
 from django.utils import timezone
 
 from tasks_app.models import Stage, Task, TaskEvent
-from tasks_app.services import task_claim, task_complete, task_create, task_fail
+from tasks_app.services import task_create
+from tests.conftest import make_tasks_in_every_state
 
 TASK_URL = "/admin/tasks_app/task/"
 STAGE_URL = "/admin/tasks_app/stage/"
@@ -144,36 +145,7 @@ def viewer_client(db: None) -> Client:
 @pytest.fixture
 def tasks(world: dict[str, Stage]) -> dict[str, Task]:
     """One task in every state, each at its own stage: pending, locked, expired lock, completed, failed."""
-    hour_ago = timezone.now() - timedelta(hours=1)
-
-    pending = task_create(stage=world["review"], type="order", payload={"amount": 10})
-
-    completed = task_create(stage=world["ship"], type="order", payload={"state": "completed"})
-    [claim] = task_claim(stage=world["ship"], worker_id="w-1")
-    task_complete(task_id=claim.pk, lock_token=claim.lock_token)
-
-    failed = task_create(stage=world["notify"], type="order", payload={"state": "failed"})
-    [claim] = task_claim(stage=world["notify"], worker_id="w-1")
-    task_fail(task_id=claim.pk, lock_token=claim.lock_token, error="ValueError: it broke")
-
-    locked = task_create(stage=world["audit"], type="order", payload={"state": "locked"})
-    task_claim(stage=world["audit"], worker_id="w-live", lock_timeout=300)
-
-    expired = task_create(stage=world["intake"], type="order", payload={"state": "expired"}, now=hour_ago)
-    task_claim(stage=world["intake"], worker_id="w-gone", lock_timeout=1, now=hour_ago)
-
-    found = {
-        name: Task.objects.get(pk=t.pk)
-        for name, t in [
-            ("pending", pending),
-            ("locked", locked),
-            ("expired", expired),
-            ("completed", completed),
-            ("failed", failed),
-        ]
-    }
-    assert [t.status for t in found.values()] == ["pending", "locked", "locked", "completed", "failed"]
-    return found
+    return make_tasks_in_every_state(world)
 
 
 # -- pages render ----------------------------------------------------------------

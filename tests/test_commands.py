@@ -11,8 +11,6 @@ test_run_worker_inside_an_open_transaction_keeps_it_usable).
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 from datetime import timedelta
 from io import StringIO
 from typing import Any
@@ -26,7 +24,7 @@ from django.utils import timezone
 from tasks_app.demo import SAMPLE_ORDERS
 from tasks_app.models import Stage, Task, TaskEvent, Transition
 from tasks_app.services import task_claim, task_create
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import manage
 
 committed = pytest.mark.django_db(transaction=True)
 
@@ -36,18 +34,6 @@ def run(*args: str, **options: Any) -> str:
     out = StringIO()
     call_command(*args, stdout=out, stderr=StringIO(), **options)
     return out.getvalue()
-
-
-def manage(*args: str) -> subprocess.CompletedProcess[str]:
-    """Run `python manage.py ARGS` for real, against this test run's database."""
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def counts() -> tuple[int, int]:

@@ -7,7 +7,6 @@ test_monitor_* modules.
 
 from __future__ import annotations
 
-from datetime import timedelta
 from html.parser import HTMLParser
 from typing import Any
 
@@ -18,10 +17,10 @@ from django.contrib.auth.models import AbstractBaseUser, Permission
 from django.http import HttpResponse, QueryDict
 from django.shortcuts import resolve_url
 from django.test import Client
-from django.utils import timezone
 
 from tasks_app.models import Stage, Task, TaskEvent
-from tasks_app.services import task_claim, task_complete, task_create, task_fail
+from tasks_app.services import task_claim, task_create, task_fail
+from tests.conftest import make_tasks_in_every_state
 
 LOGIN_URL = "/accounts/login/"
 LOGOUT_URL = "/accounts/logout/"
@@ -101,39 +100,6 @@ def logged_in(user: AbstractBaseUser, **client_kwargs: Any) -> Client:
     client = Client(**client_kwargs)
     client.force_login(user)
     return client
-
-
-def make_tasks_in_every_state(world: dict[str, Stage]) -> dict[str, Task]:
-    """pending (review), locked by w1 (audit), expired lock (intake), completed (ship), failed (notify)."""
-    hour_ago = timezone.now() - timedelta(hours=1)
-    pending = task_create(stage=world["review"], type="order", payload={"amount": 10})
-
-    completed = task_create(stage=world["ship"], type="order", payload={"state": "completed"})
-    [claim] = task_claim(stage=world["ship"], worker_id="w1")
-    task_complete(task_id=claim.pk, lock_token=claim.lock_token)
-
-    failed = task_create(stage=world["notify"], type="order", payload={"state": "failed"})
-    [claim] = task_claim(stage=world["notify"], worker_id="w1")
-    task_fail(task_id=claim.pk, lock_token=claim.lock_token, error="ValueError: it broke")
-
-    locked = task_create(stage=world["audit"], type="order", payload={"state": "locked"})
-    task_claim(stage=world["audit"], worker_id="w1", lock_timeout=300)
-
-    expired = task_create(stage=world["intake"], type="order", payload={"state": "expired"}, now=hour_ago)
-    task_claim(stage=world["intake"], worker_id="w-gone", lock_timeout=1, now=hour_ago)
-
-    found = {
-        name: Task.objects.get(pk=t.pk)
-        for name, t in [
-            ("pending", pending),
-            ("locked", locked),
-            ("expired", expired),
-            ("completed", completed),
-            ("failed", failed),
-        ]
-    }
-    assert [t.status for t in found.values()] == ["pending", "locked", "locked", "completed", "failed"]
-    return found
 
 
 # Every URL that changes something, as (path template, POST data); {id} is a task id.

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import gc
 import re
-import subprocess
-import sys
 import threading
 from collections import Counter
 from datetime import timedelta
@@ -31,7 +29,7 @@ from tasks_app.demo import STAGES as DEMO_STAGES
 from tasks_app.management.commands import seed_tasks
 from tasks_app.models import Stage, Task, TaskEvent, Transition
 from tasks_app.services import task_create
-from tests.conftest import ROOT, subprocess_env
+from tests.conftest import manage
 
 committed = pytest.mark.django_db(transaction=True)
 DEMO_SLUGS = sorted(slug for slug, *_ in DEMO_STAGES)
@@ -42,17 +40,6 @@ def seed(*args: str) -> str:
     out = StringIO()
     call_command("seed_tasks", *args, stdout=out, stderr=StringIO())
     return out.getvalue()
-
-
-def manage(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "manage.py", *args],
-        cwd=ROOT,
-        env=subprocess_env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def db_counts() -> tuple[int, int, int, int]:
