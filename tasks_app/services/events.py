@@ -3,7 +3,6 @@ changes the task, so history and state commit (or roll back) together."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
 
@@ -18,13 +17,3 @@ def event_record(
     """Record one history event for a task (inside the caller's transaction)."""
     assert connection.in_atomic_block, "events must be written with the change they describe"
     TaskEvent.objects.create(task_id=task_id, kind=kind, at=at, actor=actor, details=details or {})
-
-
-def events_record(
-    *, task_ids: Iterable[int], kind: str, at: datetime, actor: str = "", details: dict[str, Any] | None = None
-) -> None:
-    """Record the same history event for many tasks in one INSERT."""
-    assert connection.in_atomic_block, "events must be written with the change they describe"
-    TaskEvent.objects.bulk_create(
-        [TaskEvent(task_id=i, kind=kind, at=at, actor=actor, details=details or {}) for i in task_ids]
-    )

@@ -186,8 +186,10 @@ def tasks_expire_locks(*, now: datetime | None = None, batch_size: int = 1000) -
                 .order_by("id")
                 .values_list("id", "attempts", "locked_by", "stage__max_attempts", "stage_id")[:batch_size]
             )
-            to_fail = [r for r in rows if r[3] is not None and r[1] >= r[3]]
-            to_pending = [r for r in rows if not (r[3] is not None and r[1] >= r[3])]
+            # Tasks that used up max_attempts fail; the others go back to pending.
+            exhausted = {r[0] for r in rows if r[3] is not None and r[1] >= r[3]}
+            to_fail = [r for r in rows if r[0] in exhausted]
+            to_pending = [r for r in rows if r[0] not in exhausted]
             still_expired = Task.objects.lock_expired(now)
             if to_pending:
                 still_expired.filter(id__in=[r[0] for r in to_pending]).update(
@@ -211,7 +213,7 @@ def tasks_expire_locks(*, now: datetime | None = None, batch_size: int = 1000) -
                         details={
                             "locked_by": locked_by,
                             "attempt": attempts,
-                            "now": "failed" if (max_attempts is not None and attempts >= max_attempts) else "pending",
+                            "now": "failed" if task_id in exhausted else "pending",
                         },
                     )
                     for task_id, attempts, locked_by, max_attempts, _ in rows
