@@ -216,7 +216,7 @@ def tasks_expire_locks(*, now: datetime | None = None, batch_size: int = 1000) -
                             "now": "failed" if task_id in exhausted else "pending",
                         },
                     )
-                    for task_id, attempts, locked_by, max_attempts, _ in rows
+                    for task_id, attempts, locked_by, _max_attempts, _stage_id in rows
                 ]
             )
             notify_stages({r[4] for r in to_pending})
