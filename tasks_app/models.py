@@ -11,6 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
@@ -58,6 +59,25 @@ def validate_task_type(value: object) -> None:
             code="type_too_long",
             params={"max": TYPE_MAX_LENGTH, "len": len(value)},
         )
+
+
+def validate_cron(value: str) -> None:
+    from croniter import croniter
+
+    if value and (len(value.split()) != 5 or not croniter.is_valid(value)):
+        raise ValidationError(
+            "'%(value)s' is not a 5-field cron expression (minute hour day-of-month month day-of-week).",
+            code="bad_cron",
+            params={"value": value},
+        )
+
+
+def validate_schema_map(value: object) -> None:
+    from tasks_app.services.schemas import schema_map_problems
+
+    problems = schema_map_problems(value)
+    if problems:
+        raise ValidationError(problems, code="bad_schema")
 
 
 class JSONTypeOf(Func):
@@ -110,6 +130,26 @@ class Stage(models.Model):
         help_text="Hook stages: requests to /hooks/<slug>/ must carry it (X-Hook-Token, or an "
         "X-Hook-Signature: sha256=<HMAC of the body>). Generated when left blank.",
     )
+    schedule = models.CharField(
+        max_length=100,
+        blank=True,
+        validators=[validate_cron],
+        help_text="Job stages: a 5-field cron expression (minute hour day month weekday), in TIME_ZONE.",
+    )
+    schemas = models.JSONField(
+        default=dict,
+        blank=True,
+        validators=[validate_schema_map],
+        help_text='JSON Schema per task type for the tasks this stage sends out, e.g. {"order": {...}}; '
+        '"*" applies to types without their own.',
+    )
+    groups = models.ManyToManyField(
+        Group,
+        blank=True,
+        related_name="form_stages",
+        help_text="Form stages: the groups whose members may work on its tasks "
+        "(none: anyone with the change-task permission).",
+    )
     description = models.TextField(blank=True)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
@@ -131,6 +171,12 @@ class Stage(models.Model):
         if self.kind == self.Kind.HOOK and not self.hook_secret:
             self.hook_secret = secrets.token_urlsafe(32)
         super().save(*args, **kwargs)
+
+    def clean(self) -> None:
+        if self.kind == self.Kind.JOB and not self.schedule:
+            raise ValidationError({"schedule": "A job stage needs a schedule."})
+        if self.schedule and self.kind != self.Kind.JOB:
+            raise ValidationError({"schedule": "Only job stages have a schedule."})
 
 
 class Transition(models.Model):
@@ -327,3 +373,48 @@ class WorkerProcess(models.Model):
             return False
         now = now or timezone.now()
         return (now - self.last_heartbeat).total_seconds() <= settings.TASKS_WORKER_DEAD_AFTER
+
+
+class JobRun(models.Model):
+    """One run of a job stage for one due time: the row that makes it run once.
+
+    Every scheduler inserts the (stage, due_at) row before running the job; the
+    unique constraint lets exactly one of them succeed.
+    """
+
+    class Status(models.TextChoices):
+        RUNNING = "running", "Running"
+        SUCCEEDED = "succeeded", "Succeeded"
+        FAILED = "failed", "Failed"
+
+    stage = models.ForeignKey(Stage, on_delete=models.CASCADE, related_name="job_runs")
+    due_at = models.DateTimeField()
+    missed = models.PositiveIntegerField(default=0, help_text="Earlier due times folded into this run (downtime).")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.RUNNING)
+    worker_id = models.CharField(max_length=200, blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    tasks_processed = models.PositiveIntegerField(default=0)
+    tasks_sent = models.PositiveIntegerField(default=0)
+    error = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["-due_at"]
+        constraints = [models.UniqueConstraint(fields=["stage", "due_at"], name="jobrun_once_per_due_time")]
+
+    def __str__(self) -> str:
+        return f"{self.stage.slug} @ {self.due_at:%Y-%m-%d %H:%M}"
+
+
+class HookReceipt(models.Model):
+    """A signature a hook stage accepted; a second request with it is a replay."""
+
+    stage = models.ForeignKey(Stage, on_delete=models.CASCADE, related_name="hook_receipts")
+    signature = models.CharField(max_length=64)
+    received_at = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["stage", "signature"], name="hookreceipt_signature_once")]
+
+    def __str__(self) -> str:
+        return f"{self.stage_id}:{self.signature[:12]}"

@@ -24,6 +24,7 @@ from tasks_app.services.lifecycle import lock_lost
 from tasks_app.services.notify import notify_stages
 from tasks_app.services.pg import execute_prepared
 from tasks_app.services.routing import Send, successor_tasks, validate_task_input
+from tasks_app.services.schemas import validate_sent
 
 
 @dataclass
@@ -132,12 +133,14 @@ def tasks_complete_batch(*, items: Sequence[Completion], now: datetime | None = 
             rows = sorted(cursor.fetchall())
         to_route = {row[1] for row in rows if by_id[row[0]].send}
         routes = _routes(to_route) if to_route else {}
+        senders = Stage.objects.in_bulk(to_route) if to_route else {}
         children: dict[int, list[Task]] = {}
         for task_id, stage_id, _, _, _ in rows:
             for type, payload in by_id[task_id].send:
                 matching = [t for t in routes[stage_id] if t.accepts(type)]
                 if not matching:
                     raise _no_route(stage_id, type, routes[stage_id])
+                validate_sent(senders[stage_id], type, payload)
                 children.setdefault(task_id, []).extend(
                     successor_tasks(
                         transitions=matching,

@@ -15,6 +15,7 @@ from tasks_app.services.events import event_record
 from tasks_app.services.lifecycle import UNLOCKED
 from tasks_app.services.notify import notify_stages
 from tasks_app.services.routing import validate_task_input
+from tasks_app.services.schemas import validate_created, validate_sent
 
 S = Task.Status
 
@@ -96,6 +97,13 @@ def task_duplicate(*, task_id: int, actor: str, now: datetime | None = None) -> 
 def task_edit_payload(*, task_id: int, payload: dict[str, Any], actor: str, now: datetime | None = None) -> None:
     """Replace the payload of a task that no worker holds."""
     validate_task_input(type="x", payload=payload)
+    task = Task.objects.select_related("stage", "source_stage").filter(pk=task_id).first()
+    if task is not None:
+        # The edited payload must still match the schema it arrived under.
+        if task.source_stage is not None:
+            validate_sent(task.source_stage, task.type, payload)
+        else:
+            validate_created(task.stage, task.type, payload)
     now = now or timezone.now()
     allowed = [S.PENDING, S.FAILED, S.COMPLETED]
     with transaction.atomic():

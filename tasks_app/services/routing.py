@@ -15,6 +15,7 @@ from django.utils import timezone
 from tasks_app.models import Stage, Task, TaskEvent, Transition, validate_payload, validate_task_type
 from tasks_app.services.errors import NoRouteError, TaskStateError
 from tasks_app.services.notify import notify_stages
+from tasks_app.services.schemas import validate_created, validate_sent
 
 Send = tuple[str, dict[str, Any]]
 
@@ -75,6 +76,7 @@ def task_create(
 ) -> Task:
     """Create one pending task at a stage."""
     validate_task_input(type=type, payload=payload)
+    validate_created(stage, type, payload)
     now = now or timezone.now()
     with transaction.atomic():
         task = Task.objects.create(
@@ -125,8 +127,9 @@ def task_create_idempotent(
 
 def tasks_create_bulk(*, items: Sequence[tuple[Stage, str, dict[str, Any]]], actor: str = "") -> list[Task]:
     """Create many pending tasks in one transaction: all of them, or none."""
-    for _, type, payload in items:
+    for stage, type, payload in items:
         validate_task_input(type=type, payload=payload)
+        validate_created(stage, type, payload)
     now = timezone.now()
     tasks = [
         Task(stage=stage, type=type, payload=payload, created_at=now, updated_at=now, available_at=now)
@@ -211,6 +214,7 @@ def tasks_send_many(
     sends = list(sends)
     for type, payload in sends:
         validate_task_input(type=type, payload=payload)
+        validate_sent(stage, type, payload)
     now = now or timezone.now()
     created: list[Task] = []
     with transaction.atomic():

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from django.core.exceptions import ValidationError
 from django.db import close_old_connections
 from django.utils.module_loading import import_string
 
@@ -16,6 +17,7 @@ from tasks_app import services
 from tasks_app.models import Stage, Transition
 from tasks_app.services.errors import NoRouteError
 from tasks_app.services.routing import Send
+from tasks_app.services.schemas import validate_sent
 
 Handler = Callable[["HandlerTask"], Any]
 
@@ -54,6 +56,8 @@ class HandlerTask:
         elif not any(t.accepts(type) for t in routes):
             accepted = sorted({t.task_type or "*" for t in routes})
             raise NoRouteError(stage_slug=self._stage.slug, task_type=type, accepted=accepted)
+        # Fail as early: a payload that breaks the stage's schema for this type.
+        validate_sent(self._stage, type, payload)
         self.sent.append((type, copy.deepcopy(payload)))
 
 
@@ -92,7 +96,9 @@ class Outcome:
         )
 
 
-PERMANENT = (HandlerImportError, NoRouteError, PermanentFailure)
+# A handler that sends an unrouted type or a payload its stage's schema refuses
+# would do the same on every retry: fail the task and show why.
+PERMANENT = (HandlerImportError, NoRouteError, PermanentFailure, ValidationError)
 
 
 def run_handler(handler: Handler, view: HandlerTask) -> Outcome:
