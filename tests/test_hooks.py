@@ -5,13 +5,17 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.core.cache import cache
+from django.utils import timezone
 from rest_framework.test import APIClient
 
-from tasks_app.models import Stage, Task, TaskEvent
+from tasks_app.api.hooks import sign
+from tasks_app.models import HookReceipt, Stage, Task, TaskEvent
 
 
 @pytest.fixture
@@ -43,17 +47,34 @@ def test_token_sends_the_body_through_the_stage_transitions(hook: Stage) -> None
     assert TaskEvent.objects.get(task=task).actor == "hook:intake"
 
 
-def test_hmac_signature_of_the_body_is_accepted(hook: Stage) -> None:
+def signed(secret: str, raw: bytes, *, at: float | None = None) -> dict[str, str]:
+    """Headers of a signed request, computed independently of the app's code."""
+    timestamp = str(int(time.time() if at is None else at))
+    digest = hmac.new(secret.encode(), timestamp.encode() + b"." + raw, hashlib.sha256).hexdigest()
+    return {"X-Hook-Timestamp": timestamp, "X-Hook-Signature": f"sha256={digest}"}
+
+
+def test_hmac_signature_of_timestamp_and_body_is_accepted(hook: Stage) -> None:
     raw = json.dumps({"a": 1}).encode()
-    signature = "sha256=" + hmac.new(hook.hook_secret.encode(), raw, hashlib.sha256).hexdigest()
-    response = post(raw, headers={"X-Hook-Signature": signature})
+    response = post(raw, headers=signed(hook.hook_secret, raw))
     assert response.status_code == 202
     assert Task.objects.get(pk=response.json()["tasks"][0]).type == "webhook"
 
 
+def test_the_app_signs_like_the_senders_do(hook: Stage) -> None:
+    raw = b'{"a": 1}'
+    assert sign(hook.hook_secret, 1700000000, raw) == signed(hook.hook_secret, raw, at=1700000000)["X-Hook-Signature"]
+
+
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"X-Hook-Token": "wrong"}, {"X-Hook-Signature": "sha256=" + "0" * 64}, {"X-Hook-Signature": "md5=abc"}],
+    [
+        {},
+        {"X-Hook-Token": "wrong"},
+        {"X-Hook-Token": ""},
+        {"X-Hook-Signature": "sha256=" + "0" * 64, "X-Hook-Timestamp": str(int(time.time()))},
+        {"X-Hook-Signature": "md5=abc", "X-Hook-Timestamp": str(int(time.time()))},
+    ],
 )
 def test_missing_or_wrong_secret_is_401_and_creates_nothing(hook: Stage, headers: dict[str, str]) -> None:
     before = counts()
@@ -62,10 +83,61 @@ def test_missing_or_wrong_secret_is_401_and_creates_nothing(hook: Stage, headers
 
 
 def test_signature_must_match_this_exact_body(hook: Stage) -> None:
-    signed = hmac.new(hook.hook_secret.encode(), b'{"a": 1}', hashlib.sha256).hexdigest()
+    headers = signed(hook.hook_secret, b'{"a": 1}')
     before = counts()
-    assert post({"a": 2}, headers={"X-Hook-Signature": "sha256=" + signed}).status_code == 401
+    assert post({"a": 2}, headers=headers).status_code == 401
     assert counts() == before
+
+
+def test_signature_without_its_timestamp_is_401(hook: Stage) -> None:
+    raw = b'{"a": 1}'
+    headers = signed(hook.hook_secret, raw)
+    del headers["X-Hook-Timestamp"]
+    response = post(raw, headers=headers)
+    assert response.status_code == 401
+    assert "X-Hook-Timestamp" in response.json()["detail"]
+
+
+def test_a_replayed_signed_request_is_401_and_creates_nothing(hook: Stage) -> None:
+    raw = json.dumps({"order_id": 1}).encode()
+    headers = signed(hook.hook_secret, raw)
+    assert post(raw, headers=headers).status_code == 202
+    before = counts()
+    response = post(raw, headers=headers)
+    assert response.status_code == 401
+    assert "already used" in response.json()["detail"]
+    assert counts() == before
+
+
+def test_an_old_signed_request_is_401_even_if_never_seen(hook: Stage, settings: Any) -> None:
+    settings.TASKS_HOOK_TOLERANCE = 300
+    raw = b'{"a": 1}'
+    before = counts()
+    for at in (time.time() - 301, time.time() + 301):
+        response = post(raw, headers=signed(hook.hook_secret, raw, at=at))
+        assert response.status_code == 401
+        assert "clock" in response.json()["detail"]
+    assert counts() == before
+
+
+def test_a_request_refused_after_its_signature_check_can_be_sent_again(hook: Stage) -> None:
+    # A 400 (here: a type nothing routes... every type routes at intake, so a
+    # non-object body) must not burn the signature: the receipt is rolled back.
+    raw = json.dumps({"a": 1}).encode()
+    headers = signed(hook.hook_secret, raw)
+    assert post(raw, headers=headers, query="?type=" + "x" * 200).status_code == 400
+    assert HookReceipt.objects.count() == 0
+    assert post(raw, headers=headers).status_code == 202
+
+
+def test_receipts_older_than_twice_the_tolerance_are_forgotten(hook: Stage, settings: Any) -> None:
+    settings.TASKS_HOOK_TOLERANCE = 60
+    old = HookReceipt.objects.create(stage=hook, signature="0" * 64)
+    HookReceipt.objects.filter(pk=old.pk).update(received_at=timezone.now() - timedelta(seconds=121))
+    raw = b'{"a": 1}'
+    assert post(raw, headers=signed(hook.hook_secret, raw)).status_code == 202
+    assert not HookReceipt.objects.filter(pk=old.pk).exists()
+    assert HookReceipt.objects.count() == 1
 
 
 @pytest.mark.parametrize("body", [[1, 2], "text", 5])

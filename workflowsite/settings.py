@@ -202,6 +202,9 @@ TASKS_NOTIFY_THROTTLE = env_float("TASKS_NOTIFY_THROTTLE", 0.05)
 # PostgreSQL: prepare the claim and completion statements (turn off behind
 # PgBouncer in transaction mode before 1.21).
 TASKS_PG_PREPARE = env_bool("TASKS_PG_PREPARE", True)
+# Signed hook requests: the largest clock difference accepted (and how long
+# their signatures are remembered to refuse replays).
+TASKS_HOOK_TOLERANCE = env_float("TASKS_HOOK_TOLERANCE", 300.0)
 
 # REST API (Django REST framework).
 REST_FRAMEWORK = {

@@ -1,10 +1,15 @@
 """POST /hooks/<slug>/: an outside system sends a task out of a hook stage.
 
 No user account: the request proves itself with the stage's secret, either
-as `X-Hook-Token: <secret>` or as `X-Hook-Signature: sha256=<hex HMAC-SHA256
-of the raw body keyed with the secret>` (what GitHub and Stripe style senders
-do). The JSON body (an object) becomes the payload; `?type=` names the task
-type (default "webhook"); other query parameters are added under "query".
+as `X-Hook-Token: <secret>` or, better, signed (Stripe style) with
+`X-Hook-Timestamp: <unix seconds>` and `X-Hook-Signature: sha256=<hex
+HMAC-SHA256, keyed with the secret, of "<timestamp>." + the raw body>`.
+A signed request is refused when its timestamp is more than
+TASKS_HOOK_TOLERANCE seconds away from now, and when its signature was
+already accepted (a HookReceipt row, written in the send's transaction):
+a captured request can't be replayed, now or later. The JSON body (an
+object) becomes the payload; `?type=` names the task type (default
+"webhook"); other query parameters are added under "query".
 A stage handler, if set, may transform (body, query) into (type, payload).
 """
 
@@ -12,8 +17,13 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.utils import timezone
 from django.utils.module_loading import import_string
 from rest_framework import status
 from rest_framework.exceptions import AuthenticationFailed, NotFound, ParseError, ValidationError
@@ -25,7 +35,7 @@ from rest_framework.views import APIView
 
 from tasks_app import services
 from tasks_app.api.errors import translate
-from tasks_app.models import Stage
+from tasks_app.models import HookReceipt, Stage
 
 DEFAULT_TYPE = "webhook"
 
@@ -40,15 +50,31 @@ class HookThrottle(SimpleRateThrottle):
         }
 
 
-def authentic(request: Request, secret: str, body: bytes) -> bool:
+def sign(secret: str, timestamp: int | str, body: bytes) -> str:
+    """The X-Hook-Signature value for a body sent at `timestamp` (what senders compute)."""
+    digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
+    return f"sha256={digest}"
+
+
+def check_secret(request: Request, secret: str, body: bytes) -> str:
+    """Raise AuthenticationFailed unless the request carries the secret; returns the signature digest or ''."""
     token = request.headers.get("X-Hook-Token", "")
     if token:
-        return hmac.compare_digest(token.encode(), secret.encode())
-    signature = request.headers.get("X-Hook-Signature", "")
-    if signature.startswith("sha256="):
-        expected = hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
-        return hmac.compare_digest(signature[len("sha256=") :].lower(), expected)
-    return False
+        if secret and hmac.compare_digest(token.encode(), secret.encode()):
+            return ""
+        raise AuthenticationFailed("Wrong hook secret (X-Hook-Token).")
+    signature = request.headers.get("X-Hook-Signature", "").lower()
+    if not signature:
+        raise AuthenticationFailed("Missing hook secret: send X-Hook-Token, or X-Hook-Timestamp and X-Hook-Signature.")
+    timestamp = request.headers.get("X-Hook-Timestamp", "")
+    if not timestamp.isdigit():
+        raise AuthenticationFailed("A signed hook request needs X-Hook-Timestamp (unix seconds).")
+    tolerance = float(settings.TASKS_HOOK_TOLERANCE)
+    if abs(time.time() - int(timestamp)) > tolerance:
+        raise AuthenticationFailed(f"X-Hook-Timestamp is more than {tolerance:g}s from the server's clock.")
+    if not (secret and hmac.compare_digest(signature, sign(secret, timestamp, body))):
+        raise AuthenticationFailed("Wrong X-Hook-Signature (sha256 HMAC of '<timestamp>.<body>').")
+    return signature[len("sha256=") :]
 
 
 class HookView(APIView):
@@ -65,8 +91,7 @@ class HookView(APIView):
         if stage is None:
             raise NotFound(f"No hook stage '{slug}'.")
         body = request.body  # read before request.data, for the signature
-        if not stage.hook_secret or not authentic(request, stage.hook_secret, body):
-            raise AuthenticationFailed("Missing or wrong hook secret (X-Hook-Token or X-Hook-Signature).")
+        signature = check_secret(request, stage.hook_secret, body)
         data = request.data
         if not isinstance(data, dict):
             raise ParseError("The body must be a JSON object.")
@@ -82,7 +107,28 @@ class HookView(APIView):
                 ) from exc
             task_type, payload = result if isinstance(result, tuple) else (task_type, result)
         try:
-            created = services.task_send(stage=stage, type=task_type, payload=payload, actor=f"hook:{slug}")
+            with transaction.atomic():
+                if signature:
+                    remember(stage, signature)
+                created = services.task_send(stage=stage, type=task_type, payload=payload, actor=f"hook:{slug}")
+        except AuthenticationFailed:
+            raise
         except Exception as exc:
             raise translate(exc) from exc
         return Response({"tasks": [t.pk for t in created]}, status=status.HTTP_202_ACCEPTED)
+
+
+def remember(stage: Stage, signature: str) -> None:
+    """Record an accepted signature (refused if it was seen) and forget expired ones.
+
+    Receipts older than twice the tolerance can go: their timestamps are
+    refused anyway.
+    """
+    now = timezone.now()
+    horizon = now - timedelta(seconds=2 * float(settings.TASKS_HOOK_TOLERANCE))
+    try:
+        with transaction.atomic():
+            HookReceipt.objects.create(stage=stage, signature=signature, received_at=now)
+    except IntegrityError as exc:
+        raise AuthenticationFailed("This signature was already used: a replayed request.") from exc
+    HookReceipt.objects.filter(stage=stage, received_at__lt=horizon).delete()
