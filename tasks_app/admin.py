@@ -12,13 +12,15 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils import timezone
 from django.utils.html import format_html
 
 from tasks_app import services
-from tasks_app.models import Stage, Task, TaskEvent, Transition, WorkerProcess, validate_payload
+from tasks_app.models import JobRun, Stage, Task, TaskEvent, Transition, WorkerProcess, validate_payload
+from tasks_app.services.schemas import validate_arrival
 from tasks_app.widgets import JSONEditorWidget
 
 
@@ -30,13 +32,57 @@ class OutgoingTransitionInline(admin.TabularInline):
     verbose_name = "outgoing transition"
 
 
+class StageAdminForm(forms.ModelForm):
+    class Meta:
+        model = Stage
+        fields = [
+            "slug", "name", "kind", "handler", "description", "is_paused", "lock_timeout", "max_attempts",
+            "max_run_time", "schemas", "hook_secret", "schedule", "groups",
+        ]  # fmt: skip
+        widgets = {"schemas": JSONEditorWidget()}
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if "schemas" in self.fields:
+            self.fields["schemas"].required = False  # {} (no schemas) is the usual value
+
+    def clean_schemas(self) -> Any:
+        return self.cleaned_data.get("schemas") or {}
+
+
 @admin.register(Stage)
 class StageAdmin(admin.ModelAdmin):
-    list_display = ["slug", "name", "kind", "handler", "lock_timeout", "max_attempts", "is_paused"]
+    form = StageAdminForm
+    list_display = ["slug", "name", "kind", "handler", "schedule", "lock_timeout", "max_attempts", "is_paused"]
     list_filter = ["kind", "is_paused"]
     search_fields = ["slug", "name", "handler"]
     prepopulated_fields = {"slug": ["name"]}
+    filter_horizontal = ["groups"]
+    fieldsets = [
+        (None, {"fields": ["slug", "name", "kind", "handler", "description", "is_paused"]}),
+        ("Running", {"fields": ["lock_timeout", "max_attempts", "max_run_time"]}),
+        ("Payload schemas", {"fields": ["schemas"]}),
+        ("Hook stages", {"fields": ["hook_secret"], "classes": ["collapse"]}),
+        ("Job stages", {"fields": ["schedule"]}),
+        ("Form stages", {"fields": ["groups"]}),
+    ]
     inlines = [OutgoingTransitionInline]
+
+
+@admin.register(JobRun)
+class JobRunAdmin(admin.ModelAdmin):
+    """Runs of job stages, read-only: the scheduler writes them."""
+
+    list_display = ["stage", "due_at", "status", "missed", "tasks_processed", "tasks_sent", "worker_id", "finished_at"]
+    list_filter = ["status", "stage"]
+    list_select_related = ["stage"]
+    date_hierarchy = "due_at"
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
 
 
 @admin.register(Transition)
@@ -101,6 +147,23 @@ class TaskAdminForm(forms.ModelForm):
         payload = self.cleaned_data.get("payload")
         validate_payload(payload)  # "null" parses to None: say so rather than store {}
         return payload
+
+    def clean(self) -> dict[str, Any]:
+        data = super().clean()
+        task = self.instance
+        stage, type, payload = (
+            data.get("stage", task.stage_id and task.stage),
+            data.get("type", task.type),
+            data.get("payload"),
+        )
+        if stage is not None and type and isinstance(payload, dict):
+            # The payload schemas, here rather than as a 500 from the service in save_model.
+            source = task.source_stage if task.pk else None
+            try:
+                validate_arrival(stage=stage, source_stage=source, type=type, payload=payload)
+            except ValidationError as exc:
+                self.add_error("payload", exc.message_dict.get("payload", exc.messages))
+        return data
 
 
 @admin.register(Task)

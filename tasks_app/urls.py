@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from tasks_app.views import actions, overview, pages
+from tasks_app.views import actions, overview, pages, work
 
 app_name = "tasks_app"
 
@@ -17,4 +17,9 @@ urlpatterns = [
     path("tasks/<int:task_id>/duplicate/", actions.task_duplicate, name="task-duplicate"),
     path("tasks/<int:task_id>/<str:action>/", actions.task_action, name="task-action"),
     path("workers/", pages.workers, name="workers"),
+    path("work/", work.my_work, name="my-work"),
+    path("work/<int:task_id>/", work.work_task, name="work-task"),
+    path("work/<int:task_id>/open/", work.work_open, name="work-open"),
+    path("work/<int:task_id>/submit/", work.work_submit, name="work-submit"),
+    path("work/<int:task_id>/cancel/", work.work_cancel, name="work-cancel"),
 ]

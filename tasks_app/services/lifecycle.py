@@ -91,7 +91,13 @@ def task_release(
     return task
 
 
-def task_unclaim(*, task_id: int, lock_token: str, now: datetime | None = None) -> None:
+def task_unclaim(
+    *,
+    task_id: int,
+    lock_token: str,
+    reason: str = "worker stopped before the handler started",
+    now: datetime | None = None,
+) -> None:
     """Hand back a claimed task whose handler never started (shutdown): pending at once, attempt not counted."""
     now = now or timezone.now()
     with transaction.atomic():
@@ -107,7 +113,7 @@ def task_unclaim(*, task_id: int, lock_token: str, now: datetime | None = None) 
             kind=TaskEvent.Kind.RELEASED,
             at=now,
             actor=row["locked_by"],
-            details={"reason": "worker stopped before the handler started"},
+            details={"reason": reason},
         )
         notify_stages([row["stage_id"]])
 

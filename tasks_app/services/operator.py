@@ -15,7 +15,7 @@ from tasks_app.services.events import event_record
 from tasks_app.services.lifecycle import UNLOCKED
 from tasks_app.services.notify import notify_stages
 from tasks_app.services.routing import validate_task_input
-from tasks_app.services.schemas import validate_created, validate_sent
+from tasks_app.services.schemas import validate_arrival
 
 S = Task.Status
 
@@ -100,10 +100,7 @@ def task_edit_payload(*, task_id: int, payload: dict[str, Any], actor: str, now:
     task = Task.objects.select_related("stage", "source_stage").filter(pk=task_id).first()
     if task is not None:
         # The edited payload must still match the schema it arrived under.
-        if task.source_stage is not None:
-            validate_sent(task.source_stage, task.type, payload)
-        else:
-            validate_created(task.stage, task.type, payload)
+        validate_arrival(stage=task.stage, source_stage=task.source_stage, type=task.type, payload=payload)
     now = now or timezone.now()
     allowed = [S.PENDING, S.FAILED, S.COMPLETED]
     with transaction.atomic():

@@ -98,3 +98,11 @@ def validate_created(stage: Stage, type: str, payload: object) -> None:
     for slug, schemas, task_type in senders:
         if task_type in ("", type):
             check_payload(schema_for(schemas, type), type, payload, stage_slug=slug)
+
+
+def validate_arrival(*, stage: Stage, source_stage: Stage | None, type: str, payload: object) -> None:
+    """The rule for a task at `stage`: its sender's schema if it was sent, else the create rule."""
+    if source_stage is not None:
+        validate_sent(source_stage, type, payload)
+    else:
+        validate_created(stage, type, payload)

@@ -1,0 +1,134 @@
+"""Form stages: people take a task, decide, and send it on.
+
+Opening a task locks it to the person, like a worker's claim (`locked_by` is
+"user:<username>", the stage's lock timeout applies, the attempt counts), so
+two people can't decide the same task: the second is told who holds it.
+Submitting completes it and sends the chosen type in one transaction;
+cancelling hands it back without counting the attempt.
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.db import transaction
+from django.db.models import F, Q, QuerySet
+from django.utils import timezone
+
+from tasks_app.models import Stage, Task, TaskEvent
+from tasks_app.services.complete import task_complete
+from tasks_app.services.errors import TaskError, TaskStateError
+from tasks_app.services.lifecycle import task_unclaim
+
+
+class TaskHeldError(TaskError):
+    """Someone else has the task open."""
+
+    def __init__(self, task: Task) -> None:
+        self.holder = task.locked_by.removeprefix("user:")
+        self.locked_until = task.locked_until
+        until = f" until {timezone.localtime(task.locked_until):%H:%M}" if task.locked_until else ""
+        super().__init__(f"Task {task.pk} is being worked on by {self.holder}{until}.")
+
+
+def person(user: Any) -> str:
+    return f"user:{user.get_username()}"
+
+
+def form_stages_for(user: Any) -> QuerySet[Stage]:
+    """The form stages `user` may work on: by group; a stage without groups is open to task editors."""
+    stages = Stage.objects.filter(kind=Stage.Kind.FORM)
+    if not user.is_authenticated:
+        return stages.none()
+    if user.is_superuser:
+        return stages
+    rule = Q(groups__in=user.groups.all())
+    if user.has_perm("tasks_app.change_task"):
+        rule |= Q(groups__isnull=True)
+    return stages.filter(rule).distinct()
+
+
+def may_work_on(user: Any, stage: Stage) -> bool:
+    return form_stages_for(user).filter(pk=stage.pk).exists()
+
+
+def form_task_open(*, task: Task, user: Any, now: datetime | None = None) -> Task:
+    """Lock a pending task of a form stage to `user` (or return it if they hold it already)."""
+    now = now or timezone.now()
+    stage = task.stage
+    if stage.kind != Stage.Kind.FORM:
+        raise TaskStateError(f"Task {task.pk} waits at '{stage.slug}', which is not a form stage.")
+    if stage.is_paused:
+        raise TaskStateError(f"Stage '{stage.slug}' is paused; its tasks can't be opened.")
+    who = person(user)
+    claimable = Q(status=Task.Status.PENDING, available_at__lte=now) | Q(
+        status=Task.Status.LOCKED, locked_until__lt=now
+    )
+    if stage.max_attempts:
+        claimable &= Q(attempts__lt=stage.max_attempts) | Q(status=Task.Status.PENDING)
+    with transaction.atomic():
+        current = Task.objects.select_for_update().get(pk=task.pk)
+        if current.status == Task.Status.LOCKED and current.locked_by == who:
+            return current  # reopening your own task (another tab, a reload)
+        until = now + timedelta(seconds=stage.lock_timeout)
+        token = secrets.token_hex(16)
+        # The expected state is in the WHERE clause: whoever updates first holds it.
+        updated = Task.objects.filter(claimable, pk=task.pk).update(
+            status=Task.Status.LOCKED,
+            lock_token=token,
+            locked_by=who,
+            locked_at=now,
+            locked_until=until,
+            attempts=F("attempts") + 1,
+            updated_at=now,
+        )
+        current.refresh_from_db()
+        if updated != 1:
+            if current.status == Task.Status.LOCKED:
+                raise TaskHeldError(current)
+            raise TaskStateError(f"Task {task.pk} is {current.status}; it can't be opened.")
+        TaskEvent.objects.create(
+            task_id=task.pk,
+            kind=TaskEvent.Kind.CLAIMED,
+            at=now,
+            actor=who,
+            details={"attempt": current.attempts, "locked_until": until.isoformat(), "form": True},
+        )
+    return current
+
+
+def _held_by(task_id: int, user: Any) -> Task:
+    task = Task.objects.select_related("stage").get(pk=task_id)
+    if task.status != Task.Status.LOCKED or task.locked_by != person(user):
+        if task.status == Task.Status.LOCKED:
+            raise TaskHeldError(task)
+        raise TaskStateError(f"Task {task_id} is {task.status}; open it again to work on it.")
+    return task
+
+
+def form_task_submit(*, task_id: int, user: Any, type: str, fields: dict[str, Any]) -> list[Task]:
+    """Complete the user's task and send `type` with the payload updated by `fields`, in one transaction."""
+    task = _held_by(task_id, user)
+    payload = {**task.payload, **fields}
+    return task_complete(task_id=task.pk, lock_token=task.lock_token, send=[(type, payload)])
+
+
+def form_task_cancel(*, task_id: int, user: Any) -> None:
+    """Hand the user's task back to the queue; the attempt is not counted."""
+    task = _held_by(task_id, user)
+    task_unclaim(task_id=task.pk, lock_token=task.lock_token, reason=f"closed by {user.get_username()}")
+
+
+def outgoing_types(stage: Stage, task_type: str) -> list[str]:
+    """The buttons of a form: the types its transitions pass, in order.
+
+    A transition with a blank filter passes any type: it offers the task's own.
+    """
+    seen: list[str] = []
+    for t in stage.outgoing.order_by("id"):
+        type = t.task_type or task_type
+        if type not in seen:
+            seen.append(type)
+    return seen

@@ -1,0 +1,143 @@
+"""My work: the tasks waiting at form stages, and the form a person fills to send one on.
+
+Open, submit and cancel are POSTs (CSRF-protected) that call the form
+services; the task page itself only reads. Who may work on a stage is
+decided by services.forms (groups on the stage).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_POST
+
+from tasks_app.models import Task
+from tasks_app.schema_forms import form_fields, schema_form
+from tasks_app.services import TaskError
+from tasks_app.services.forms import (
+    TaskHeldError,
+    form_stages_for,
+    form_task_cancel,
+    form_task_open,
+    form_task_submit,
+    may_work_on,
+    outgoing_types,
+    person,
+)
+from tasks_app.services.schemas import schema_for
+
+LIST_LIMIT = 200
+
+
+@login_required
+def my_work(request: HttpRequest) -> HttpResponse:
+    stages = list(form_stages_for(request.user).order_by("slug"))
+    live = Task.objects.filter(stage__in=stages, status__in=[Task.Status.PENDING, Task.Status.LOCKED])
+    live = live.select_related("stage").order_by("id")
+    now = timezone.now()
+    mine = list(live.filter(status=Task.Status.LOCKED, locked_by=person(request.user)))
+    waiting = list(live.exclude(pk__in=[t.pk for t in mine])[:LIST_LIMIT])
+    ctx = {"stages": stages, "mine": mine, "waiting": waiting, "limit": LIST_LIMIT, "now": now}
+    return render(request, "tasks_app/work_list.html", ctx)
+
+
+def _task_for(request: HttpRequest, task_id: int) -> Task:
+    task = get_object_or_404(Task.objects.select_related("stage"), pk=task_id)
+    if not may_work_on(request.user, task.stage):
+        raise PermissionDenied("You may not work on the tasks of this stage.")
+    return task
+
+
+def _buttons(task: Task, data: Any = None, submitted: str = "") -> list[dict[str, Any]]:
+    """One form per outgoing type, with the fields of the stage's schema for that type."""
+    buttons = []
+    for type in outgoing_types(task.stage, task.type):
+        schema = schema_for(task.stage.schemas, type)
+        form = schema_form(
+            schema,
+            data=data if type == submitted else None,
+            payload=task.payload,
+            prefix=f"f-{type}",
+        )
+        # A schema's "title" names the button ("Approve"); else the type does.
+        label = (schema or {}).get("title") or type.replace("_", " ").capitalize()
+        buttons.append({"type": type, "label": label, "form": form})
+    return buttons
+
+
+def _page(
+    request: HttpRequest, task: Task, *, buttons: Any = None, errors: Any = (), status: int = 200
+) -> HttpResponse:
+    now = timezone.now()
+    holds = task.status == Task.Status.LOCKED and task.locked_by == person(request.user)
+    held_by_other = task.status == Task.Status.LOCKED and not holds and task.locked_until and task.locked_until >= now
+    ctx = {
+        "task": task,
+        "holds": holds,
+        "holder": task.locked_by.removeprefix("user:") if held_by_other else "",
+        "buttons": buttons if buttons is not None else (_buttons(task) if holds else []),
+        "errors": errors,
+        "now": now,
+    }
+    return render(request, "tasks_app/work_task.html", ctx, status=status)
+
+
+@login_required
+def work_task(request: HttpRequest, task_id: int) -> HttpResponse:
+    return _page(request, _task_for(request, task_id))
+
+
+@login_required
+@require_POST
+def work_open(request: HttpRequest, task_id: int) -> HttpResponse:
+    task = _task_for(request, task_id)
+    try:
+        form_task_open(task=task, user=request.user)
+    except TaskHeldError as exc:
+        messages.warning(request, str(exc))
+    except TaskError as exc:
+        messages.warning(request, str(exc))
+        return redirect("tasks_app:my-work")
+    return redirect("tasks_app:work-task", task_id=task.pk)
+
+
+@login_required
+@require_POST
+def work_submit(request: HttpRequest, task_id: int) -> HttpResponse:
+    task = _task_for(request, task_id)
+    type = request.POST.get("type", "")
+    buttons = _buttons(task, data=request.POST, submitted=type)
+    chosen = next((b for b in buttons if b["type"] == type), None)
+    if chosen is None:
+        return _page(request, task, buttons=buttons, errors=[f"'{type}' is not an outcome of this stage."], status=400)
+    form = chosen["form"]
+    if not form.is_valid():
+        return _page(request, task, buttons=buttons, status=400)
+    try:
+        successors = form_task_submit(task_id=task.pk, user=request.user, type=type, fields=form_fields(form))
+    except ValidationError as exc:
+        return _page(request, task, buttons=buttons, errors=exc.messages, status=400)
+    except TaskError as exc:
+        messages.warning(request, str(exc))
+        return redirect("tasks_app:work-task", task_id=task.pk)
+    sent = ", ".join(f"{t.stage.slug} (task {t.pk})" for t in successors) or "no stage"
+    messages.success(request, f"Task {task.pk}: {chosen['label'].lower()}, sent to {sent}.")
+    return redirect("tasks_app:my-work")
+
+
+@login_required
+@require_POST
+def work_cancel(request: HttpRequest, task_id: int) -> HttpResponse:
+    task = _task_for(request, task_id)
+    try:
+        form_task_cancel(task_id=task.pk, user=request.user)
+        messages.info(request, f"Task {task.pk} is back in the queue.")
+    except TaskError as exc:
+        messages.warning(request, str(exc))
+    return redirect("tasks_app:my-work")
