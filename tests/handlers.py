@@ -47,3 +47,8 @@ def timed_sleep_send(task: Any) -> None:
     start = time.time()
     time.sleep(float(task.payload.get("seconds", 0.5)))
     task.send("timed", {"task": task.id, "start": start, "end": time.time()})
+
+
+def send_bad_schema(task: Any) -> None:
+    """Send an "approved" successor whose payload breaks the order schema of tests/test_schemas.py."""
+    task.send("approved", {"amount": "lots", "items": [{"qty": 0}]})
