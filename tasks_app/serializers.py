@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
@@ -14,13 +15,31 @@ from tasks_app.services import MAX_CLAIM_BATCH, validate_task_input
 
 
 class StageSerializer(serializers.ModelSerializer):
+    groups = serializers.SlugRelatedField(
+        slug_field="name", many=True, required=False, queryset=Group.objects.all(), help_text="Form stages."
+    )
+
     class Meta:
         model = Stage
         fields = [
             "slug", "name", "kind", "handler", "lock_timeout", "max_attempts", "max_run_time",
-            "is_paused", "description", "created_at", "updated_at",
+            "is_paused", "description", "schedule", "schemas", "groups", "created_at", "updated_at",
         ]  # fmt: skip
         read_only_fields = ["created_at", "updated_at"]
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # Stage.clean's rules (job stages and schedules), on the stage as it would be saved.
+        stage = Stage(**{**self._current(), **{k: v for k, v in attrs.items() if k != "groups"}})
+        try:
+            stage.clean()
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict) from exc
+        return attrs
+
+    def _current(self) -> dict[str, Any]:
+        if self.instance is None:
+            return {}
+        return {"kind": self.instance.kind, "schedule": self.instance.schedule}
 
 
 class TransitionSerializer(serializers.ModelSerializer):

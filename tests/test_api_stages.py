@@ -45,11 +45,19 @@ def test_unknown_stage_answers_404(world: dict[str, Stage], admin: APIClient) ->
 
 
 def test_create_stage(world: dict[str, Stage], admin: APIClient) -> None:
-    body = {"slug": "pack", "name": "Pack", "kind": "job", "lock_timeout": 30, "max_attempts": 3}
+    body = {
+        "slug": "pack",
+        "name": "Pack",
+        "kind": "job",
+        "lock_timeout": 30,
+        "max_attempts": 3,
+        "schedule": "0 2 * * *",
+    }
     response = post(admin, "/api/stages/", body)
     assert response.status_code == 201, response.content
     stage = Stage.objects.get(slug="pack")
     assert (stage.name, stage.kind, stage.lock_timeout, stage.max_attempts) == ("Pack", "job", 30, 3)
+    assert stage.schedule == "0 2 * * *"
     assert stage.is_paused is False
     assert response.data["slug"] == "pack"
 
@@ -57,6 +65,10 @@ def test_create_stage(world: dict[str, Stage], admin: APIClient) -> None:
 def test_create_stage_with_bad_input_answers_400_and_writes_nothing(world: dict[str, Stage], admin: APIClient) -> None:
     cases: list[tuple[Any, str | None]] = [
         ({"slug": "review", "name": "Again"}, "slug"),
+        ({"slug": "nightly", "name": "N", "kind": "job"}, "schedule"),
+        ({"slug": "nightly", "name": "N", "kind": "job", "schedule": "61 * * * *"}, "schedule"),
+        ({"slug": "nightly", "name": "N", "kind": "script", "schedule": "0 2 * * *"}, "schedule"),
+        ({"slug": "nightly", "name": "N", "kind": "form", "groups": ["no-such-group"]}, "groups"),
         ({"slug": "has space", "name": "X"}, "slug"),
         ({"name": "X"}, "slug"),
         ({"slug": "x"}, "name"),

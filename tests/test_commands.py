@@ -21,8 +21,7 @@ from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.utils import timezone
 
-from tasks_app.demo import SAMPLE_ORDERS
-from tasks_app.models import Stage, Task, TaskEvent, Transition
+from tasks_app.models import Stage, Task, TaskEvent
 from tasks_app.services import task_claim, task_create
 from tests.conftest import manage
 
@@ -441,69 +440,6 @@ def test_run_worker_inside_an_open_transaction_keeps_it_usable(world: dict[str, 
     # connection that is in an atomic block.
     run("run_worker", once=True, stage=["review"])
     assert Task.objects.get(pk=pending_task.pk).status == Task.Status.COMPLETED
-
-
-# -- load_demo -----------------------------------------------------------------
-
-DEMO_STAGES = ["check-order", "incoming", "notify-declined", "ship"]
-DEMO_TRANSITIONS = [
-    ("check-order", "notify-declined", "declined"),
-    ("check-order", "ship", "approved"),
-    ("incoming", "check-order", ""),
-]
-
-
-def demo_transitions() -> list[tuple[str, str, str]]:
-    return sorted(Transition.objects.values_list("source__slug", "target__slug", "task_type"))
-
-
-def test_load_demo_creates_the_demo_stages_transitions_and_orders(db: None) -> None:
-    out = run("load_demo")
-
-    assert sorted(Stage.objects.values_list("slug", flat=True)) == DEMO_STAGES
-    assert Stage.objects.get(slug="incoming").kind == Stage.Kind.HOOK
-    assert Stage.objects.get(slug="check-order").handler == "tasks_app.demo.check_order"
-    assert demo_transitions() == DEMO_TRANSITIONS
-    orders = Task.objects.filter(stage__slug="check-order", type="order", status=Task.Status.PENDING)
-    assert sorted(t.payload["order_id"] for t in orders) == [1001, 1002, 1003]
-    assert "demo workflow ready" in out
-
-
-def test_load_demo_twice_creates_no_duplicates(db: None) -> None:
-    run("load_demo")
-    first = (Stage.objects.count(), Transition.objects.count(), Task.objects.count(), TaskEvent.objects.count())
-    run("load_demo")
-    assert (Stage.objects.count(), Transition.objects.count(), Task.objects.count(), TaskEvent.objects.count()) == (
-        first
-    )
-    assert first[:3] == (4, 3, 3)
-    assert demo_transitions() == DEMO_TRANSITIONS
-
-
-def test_load_demo_no_orders_creates_only_the_workflow(db: None) -> None:
-    run("load_demo", "--no-orders")
-    assert Stage.objects.count() == 4 and Transition.objects.count() == 3
-    assert not Task.objects.exists()
-
-
-@committed
-def test_demo_orders_end_at_ship_or_notify_declined_after_one_worker_run(db: None) -> None:
-    run("load_demo")
-
-    run("run_worker", once=True)
-
-    assert not Task.objects.exclude(status=Task.Status.COMPLETED).exists()
-    finals = Task.objects.filter(stage__slug__in=["ship", "notify-declined"])
-    where = {t.payload["order_id"]: t.stage.slug for t in finals}
-    expected = {
-        o["order_id"]: ("ship" if o["items"] and o["amount"] <= 1000 else "notify-declined") for o in SAMPLE_ORDERS
-    }
-    assert where == expected
-    assert where == {1001: "ship", 1002: "notify-declined", 1003: "notify-declined"}
-    assert len(finals) == 3  # one successor per order, no duplicates
-    empty = finals.get(payload__order_id=1003)
-    assert empty.payload["reason"] == "no items"
-    assert empty.type == "declined" and empty.parent is not None and empty.parent.stage.slug == "check-order"
 
 
 # -- ensure_dev_admin ----------------------------------------------------------

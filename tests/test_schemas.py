@@ -429,15 +429,6 @@ def test_api_bulk_complete_with_a_breaking_send_answers_400_and_completes_none(
     assert_still_locked(second)
 
 
-API_SCHEMAS_XFAIL = pytest.mark.xfail(
-    strict=True,
-    raises=(AssertionError, KeyError),
-    reason="StageSerializer (tasks_app/serializers.py) does not list 'schemas' in Meta.fields: "
-    "the API ignores the field, so it can neither set nor refuse a schema map",
-)
-
-
-@API_SCHEMAS_XFAIL
 @pytest.mark.parametrize(
     ("method", "url", "body"),
     [
@@ -457,7 +448,6 @@ def test_api_refuses_a_stage_with_a_bad_schema_map(
         assert response.json()["schemas"] == [BAD_MAP_MESSAGE]
 
 
-@API_SCHEMAS_XFAIL
 def test_api_sets_and_shows_a_stage_schema_map(world: dict[str, Stage], admin: APIClient) -> None:
     response = admin.patch("/api/stages/review/", {"schemas": {"approved": ORDER}}, format="json")
     assert response.status_code == 200, response.content
@@ -539,13 +529,6 @@ def test_handler_sending_a_breaking_payload_fails_the_task_at_once(schemed: dict
     assert (stats.failed, stats.done, stats.released) == (1, 0, 0)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ValidationError,
-    reason="Worker.record (tasks_app/worker/loop.py) handles only NoRouteError from tasks_complete_batch: "
-    "a schema declared while a handler runs (or within the worker's stage cache) makes the completion raise "
-    "ValidationError out of Worker.run, stopping the worker and leaving the whole batch locked",
-)
 def test_schema_declared_while_the_handler_runs_fails_only_that_task(
     world: dict[str, Stage], monkeypatch: pytest.MonkeyPatch
 ) -> None:

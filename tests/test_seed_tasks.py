@@ -26,13 +26,14 @@ from django.urls import reverse
 from django.utils import timezone
 
 from tasks_app.demo import STAGES as DEMO_STAGES
+from tasks_app.demo import TRANSITIONS as DEMO_TRANSITIONS
 from tasks_app.management.commands import seed_tasks
 from tasks_app.models import Stage, Task, TaskEvent, Transition
 from tasks_app.services import task_create
 from tests.conftest import manage
 
 committed = pytest.mark.django_db(transaction=True)
-DEMO_SLUGS = sorted(slug for slug, *_ in DEMO_STAGES)
+DEMO_SLUGS = sorted(stage["slug"] for stage in DEMO_STAGES)
 
 
 def seed(*args: str) -> str:
@@ -210,10 +211,10 @@ def test_without_stages_it_loads_the_demo_workflow_without_orders(db: None) -> N
     seed("--count", "500")
 
     assert sorted(Stage.objects.values_list("slug", flat=True)) == DEMO_SLUGS
-    assert Transition.objects.count() == 3
+    assert Transition.objects.count() == len(DEMO_TRANSITIONS)
     assert Task.objects.count() == 500
     assert set(Task.objects.values_list("stage__slug", flat=True)) == set(DEMO_SLUGS)
-    assert set(Task.objects.values_list("type", flat=True)) == {"order", "approved", "declined"}
+    assert set(Task.objects.values_list("type", flat=True)) == {t for _, _, t in DEMO_TRANSITIONS}
     # load_demo's sample orders (order_id 1001..1003 with actor "demo") were not sent.
     assert not TaskEvent.objects.filter(actor="demo").exists()
 
@@ -230,11 +231,11 @@ def test_stages_restricts_where_tasks_go(world: dict[str, Stage]) -> None:
 
 
 def test_a_missing_demo_stage_loads_the_demo_workflow(world: dict[str, Stage]) -> None:
-    seed("--count", "200", "--stages", "check-order")
+    seed("--count", "200", "--stages", "check-stock")
 
     assert set(Stage.objects.values_list("slug", flat=True)) == set(world) | set(DEMO_SLUGS)
-    assert set(Task.objects.values_list("stage__slug", flat=True)) == {"check-order"}
-    assert set(Task.objects.values_list("type", flat=True)) == {"approved", "declined"}
+    assert set(Task.objects.values_list("stage__slug", flat=True)) == {"check-stock"}
+    assert set(Task.objects.values_list("type", flat=True)) == {"in_stock", "out_of_stock"}
 
 
 def test_seeding_adds_to_existing_tasks_and_later_creates_get_fresh_ids(pending_task: Task) -> None:
@@ -311,7 +312,7 @@ def test_seeded_tasks_show_on_the_monitoring_pages(seeded: tuple[list[Task], str
         (["--count", "10", "--stages"], "Error: argument --stages: expected at least one argument"),
         (["--count", "10", "--stages", "nope"], "unknown stage 'nope' (known: "),
         (["--count", "10", "--stages", "ship", "nope", "x"], "unknown stages 'nope', 'x' (known: "),
-        (["--count", "10", "--stages", "check-order", "nope"], "unknown stage 'nope' (known: "),
+        (["--count", "10", "--stages", "check-stock", "nope"], "unknown stage 'nope' (known: "),
     ],
     ids=[
         "no-count",
@@ -354,8 +355,8 @@ def test_process_with_bad_input_exits_non_zero_with_one_readable_line(world: dic
     result = manage("seed_tasks", "--count", "10", "--stages", "nope")
     assert result.returncode == 1
     assert result.stderr.splitlines() == [
-        "CommandError: unknown stage 'nope' (known: audit, check-order, incoming, intake, notify, "
-        "notify-declined, review, ship)"
+        "CommandError: unknown stage 'nope' (known: audit, check-stock, daily-digest, intake, invoice, notify, "
+        "notify-customer, orders, review, send-digest, ship)"
     ]
     assert result.stdout == ""
     assert db_counts() == before

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import DatabaseError, close_old_connections, connection
 
 from tasks_app import services
@@ -213,13 +214,14 @@ class Worker:
                 items = [services.Completion(h.task.pk, h.task.lock_token, h.outcome.sent) for h in ok if h.outcome]
                 try:
                     self._completed(services.tasks_complete_batch(items=items), ok)
-                except services.NoRouteError:
-                    # A transition changed under us: complete one by one so that
-                    # only the task whose type lost its route fails.
+                except (services.NoRouteError, ValidationError):
+                    # A transition or a payload schema changed under us (the
+                    # handler checked its sends against the stage as it was):
+                    # complete one by one so that only the offending task fails.
                     for item, h in zip(items, ok, strict=True):
                         try:
                             self._completed(services.tasks_complete_batch(items=[item]), [h])
-                        except services.NoRouteError as exc:
+                        except (services.NoRouteError, ValidationError) as exc:
                             h.outcome = Outcome.from_exception(exc, permanent=True)
             for h in done:
                 if h.outcome is not None:

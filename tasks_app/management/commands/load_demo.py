@@ -18,9 +18,9 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         stages = load_demo(with_orders=not options["no_orders"])
         self.stdout.write(f"demo workflow ready: {', '.join(stages)}")
-        hook = stages["incoming"]
+        hook = stages["orders"]
         self.stdout.write(
-            f"send orders to it: curl -X POST 'http://127.0.0.1:8000/hooks/{hook.slug}/?type=order' "
+            f"send an order: curl -X POST 'http://127.0.0.1:8000/hooks/{hook.slug}/?type=order' "
             f"-H 'X-Hook-Token: {hook.hook_secret}' -H 'Content-Type: application/json' "
-            """-d '{"order_id": 1, "amount": 120, "items": ["book"]}'"""
+            """-d '{"order_id": 1, "customer": "you@example.com", "items": [{"sku": "book", "qty": 1}]}'"""
         )

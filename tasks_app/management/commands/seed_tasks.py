@@ -534,7 +534,7 @@ class Command(BaseCommand):
 
     def stages(self, slugs: list[str] | None) -> list[Stage]:
         """The stages to seed, after loading the demo workflow if it is needed; checks before writing."""
-        demo = {slug for slug, *_ in DEMO_STAGES}
+        demo = {stage["slug"] for stage in DEMO_STAGES}
         if slugs:
             slugs = list(dict.fromkeys(slugs))
             found = set(Stage.objects.filter(slug__in=slugs).values_list("slug", flat=True))
