@@ -359,6 +359,11 @@ class WorkerProcess(models.Model):
     tasks_done = models.PositiveIntegerField(default=0)
     tasks_failed = models.PositiveIntegerField(default=0)
     current_tasks = models.JSONField(default=list, blank=True, help_text="Ids of the tasks it holds now.")
+    metrics = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Cumulative duration histograms of this process (claim, handler), summed by /metrics.",
+    )
 
     class Meta:
         ordering = ["-started_at"]
@@ -418,3 +423,31 @@ class HookReceipt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.stage_id}:{self.signature[:12]}"
+
+
+class StageCounter(models.Model):
+    """A monotonic count per stage and event kind (created, completed, ...) for /metrics.
+
+    Counted incrementally from the task history (CounterCursor marks how far),
+    so the numbers keep growing when old tasks and their history are pruned.
+    """
+
+    stage = models.ForeignKey(Stage, on_delete=models.CASCADE, related_name="counters")
+    kind = models.CharField(max_length=20)
+    value = models.BigIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["stage", "kind"], name="stagecounter_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.stage_id}:{self.kind}={self.value}"
+
+
+class CounterCursor(models.Model):
+    """The last TaskEvent id folded into StageCounter (one row)."""
+
+    last_event_id = models.BigIntegerField(default=0)
+    updated_at = models.DateTimeField(default=timezone.now)
+
+    def __str__(self) -> str:
+        return f"counted up to event {self.last_event_id}"
