@@ -205,6 +205,13 @@ TASKS_PG_PREPARE = env_bool("TASKS_PG_PREPARE", True)
 # Signed hook requests: the largest clock difference accepted (and how long
 # their signatures are remembered to refuse replays).
 TASKS_HOOK_TOLERANCE = env_float("TASKS_HOOK_TOLERANCE", 300.0)
+# Retention: workers delete completed and failed tasks (and their history)
+# finished more than this many days ago, as `manage.py prune_tasks` does.
+# Unset or 0 keeps every task forever. Fractions are allowed (0.5 = 12 hours).
+TASKS_RETENTION_DAYS = env_float("TASKS_RETENTION_DAYS", 0.0) or None
+# How often each worker prunes, in seconds (one worker at a time prunes: the
+# others skip their turn while it does).
+TASKS_PRUNE_INTERVAL = env_float("TASKS_PRUNE_INTERVAL", 3600.0, minimum=1.0)
 
 # REST API (Django REST framework).
 REST_FRAMEWORK = {

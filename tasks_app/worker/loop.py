@@ -27,6 +27,7 @@ from django.db import DatabaseError, close_old_connections, connection
 
 from tasks_app import services
 from tasks_app.models import Stage, Task, Transition
+from tasks_app.services.retention import prune_due
 from tasks_app.worker.handlers import Handler, HandlerImportError, HandlerTask, Outcome, resolve_handler
 from tasks_app.worker.listener import Listener
 from tasks_app.worker.slots import Job, SlotPool
@@ -345,6 +346,15 @@ class Worker:
             count = services.tasks_expire_locks()
             if count:
                 logger.info("expired %d lock(s)", count)
+        # Retention (TASKS_RETENTION_DAYS): keeps its own interval and lock; None when not due.
+        pruned = prune_due()
+        if pruned is not None and (pruned.tasks or pruned.job_runs):
+            logger.info(
+                "pruned %d old task(s) with %d event(s) and %d job run(s)",
+                pruned.tasks,
+                pruned.events,
+                pruned.job_runs,
+            )
         if now >= self._next_registry:
             self._next_registry = now + float(settings.TASKS_WORKER_HEARTBEAT)
             services.worker_heartbeat(

@@ -1,0 +1,342 @@
+"""Retention: deleting old finished tasks, their history and old job runs, in bounded batches.
+
+What goes, and what never does:
+
+- Only completed and failed tasks are deleted. Pending and locked tasks are
+  work still to be done, however old, and `tasks_prune` refuses to be asked.
+- A completed task's age is its `completed_at` (served by the partial index
+  task_completed_at_idx); a failed task's is its `updated_at`, the time it
+  failed. Failed tasks change only by hand (a payload edit or a retry), so an
+  operator touching one restarts its clock, which is what we want.
+- A finished JobRun goes when it finished before the cutoff, except each job
+  stage's latest run: the scheduler counts due times from it, and without it a
+  job would run again for a due time it already ran.
+
+Each batch is one short transaction, three statements:
+
+1. DELETE the tasks, restating in the WHERE the state they were selected in
+   (status and age). A task retried to pending between the selection and the
+   delete no longer matches and stays. On PostgreSQL the DELETE waits for a row
+   another transaction is changing and re-checks it; on SQLite the whole batch
+   holds the write lock (BEGIN IMMEDIATE).
+2. DELETE the history of the tasks actually deleted (RETURNING ids). TaskEvent
+   has no database-level foreign key, so nothing else would; and running it
+   after the task DELETE means an event committed by a change that the task
+   DELETE waited for is seen and deleted too.
+3. Clear `parent` of surviving children of deleted tasks. Task.parent is a real
+   (deferred) foreign key in the database, and Django's SET_NULL only happens
+   for ORM deletes, so the DELETE's transaction could not commit without it. We
+   clear the link rather than keep a parent while any of its children lives: a
+   long-failed child would otherwise pin its ancestors forever, and the child's
+   "created" event still names its parent (details.parent).
+
+Batches are taken in a fixed order with keyset pagination (oldest completion
+first for completed tasks, by id for failed ones), so every run, and a dry
+run, ends after one pass and a dry run walks exactly the batches a real run
+would delete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.db import DatabaseError, connection, transaction
+from django.db.models import OuterRef, Subquery
+from django.utils import timezone
+
+from tasks_app.models import JobRun, Task
+
+logger = logging.getLogger("tasks_app.retention")
+
+PRUNABLE = (Task.Status.COMPLETED, Task.Status.FAILED)
+# The column that says how long ago a task finished, per status.
+AGE_COLUMN = {Task.Status.COMPLETED: "completed_at", Task.Status.FAILED: "updated_at"}
+# Key of the PostgreSQL advisory lock that makes periodic pruning one worker at a time
+# (the expiry sweep's is 0x7A5C_0001, in lifecycle.py).
+PRUNE_LOCK_KEY = 0x7A5C_0002
+# Periodic pruning runs in a worker's coordinator thread, which also extends the
+# locks of the tasks it holds: it prunes in small batches for at most
+# PERIODIC_BUDGET seconds, and comes back after PERIODIC_PAUSE while a backlog lasts.
+PERIODIC_BATCH = 1000
+PERIODIC_BUDGET = 0.5
+PERIODIC_PAUSE = 1.0
+
+
+@dataclass
+class PruneResult:
+    """What a prune deleted (or, in a dry run, would delete)."""
+
+    tasks: int = 0
+    events: int = 0
+    batches: int = 0
+    unlinked: int = 0  # surviving tasks whose parent was deleted (their parent link cleared)
+    job_runs: int = 0
+    finished: bool = True  # False when max_seconds ran out with more possibly left
+    dry_run: bool = False
+
+
+@dataclass(frozen=True)
+class PruneBatch:
+    """One batch, for progress reports."""
+
+    number: int
+    status: str
+    tasks: int
+    events: int
+    unlinked: int
+    seconds: float
+
+
+Progress = Callable[[PruneBatch, PruneResult], None]
+
+
+# -- SQL helpers ----------------------------------------------------------------
+
+
+def _ids_sql(ids: Sequence[int]) -> tuple[str, list[Any]]:
+    """`<column> <this>` matching any of `ids`, without a parameter per id.
+
+    A batch can hold more ids than SQLite allows parameters, so there the ids
+    (integers read from the database, re-checked by int()) are written into the
+    statement as in services.claim; PostgreSQL takes one array parameter.
+    """
+    if connection.vendor == "postgresql":
+        return "= ANY(%s)", [list(ids)]
+    return f"IN ({','.join(str(int(i)) for i in ids)})", []
+
+
+def _select_batch(
+    *, status: str, cutoff: datetime, after: tuple[Any, ...] | None, limit: int
+) -> tuple[list[int], tuple[Any, ...] | None]:
+    """The next `limit` prunable ids of one status after the keyset `after`; returns (ids, last key)."""
+    params: list[Any] = [status, connection.ops.adapt_datetimefield_value(cutoff)]
+    if status == Task.Status.COMPLETED:
+        # Oldest completion first, along task_completed_at_idx: each batch reads
+        # about `limit` index entries however large the backlog.
+        sql = "SELECT id, completed_at FROM tasks_app_task WHERE status = %s AND completed_at < %s"
+        if after is not None:
+            # The plain >= gives the index scan its lower bound; the OR breaks ties.
+            sql += " AND completed_at >= %s AND (completed_at > %s OR id > %s)"
+            params += [after[1], after[1], after[0]]
+        sql += " ORDER BY completed_at, id LIMIT %s"
+    else:
+        # Failed tasks are a few percent of the table and updated_at has no
+        # index: go along the primary key (old tasks have low ids).
+        sql = f"SELECT id FROM tasks_app_task WHERE status = %s AND {AGE_COLUMN[status]} < %s"
+        if after is not None:
+            sql += " AND id > %s"
+            params.append(after[0])
+        sql += " ORDER BY id LIMIT %s"
+    params.append(limit)
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    return [r[0] for r in rows], (tuple(rows[-1]) if rows else None)
+
+
+def delete_batch(*, ids: Sequence[int], status: str, cutoff: datetime) -> tuple[int, int, int]:
+    """Delete the tasks among `ids` that are still `status` and older than `cutoff`, with their history.
+
+    Returns (tasks, events, unlinked). Must run inside the batch's transaction.
+    """
+    assert connection.in_atomic_block, "a batch's three statements must commit together"
+    if not ids:
+        return 0, 0, 0
+    match, params = _ids_sql(ids)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM tasks_app_task WHERE id {match} AND status = %s AND {AGE_COLUMN[status]} < %s RETURNING id",
+            [*params, status, connection.ops.adapt_datetimefield_value(cutoff)],
+        )
+        deleted = [r[0] for r in cursor.fetchall()]
+        if not deleted:
+            return 0, 0, 0
+        match, params = _ids_sql(deleted)
+        cursor.execute(f"DELETE FROM tasks_app_taskevent WHERE task_id {match}", params)
+        events = cursor.rowcount
+        # updated_at stays: losing a parent is not a change of the child's state
+        # (and a failed child's age is its updated_at).
+        cursor.execute(f"UPDATE tasks_app_task SET parent_id = NULL WHERE parent_id {match}", params)
+        unlinked = cursor.rowcount
+    return len(deleted), events, unlinked
+
+
+def _count_batch(ids: Sequence[int]) -> tuple[int, int, int]:
+    """What delete_batch would do to `ids` now, changing nothing (dry run)."""
+    if not ids:
+        return 0, 0, 0
+    match, params = _ids_sql(ids)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT count(*) FROM tasks_app_taskevent WHERE task_id {match}", params)
+        events = cursor.fetchone()[0]
+        cursor.execute(
+            f"SELECT count(*) FROM tasks_app_task WHERE parent_id {match} AND NOT (id {match})", params + params
+        )
+        unlinked = cursor.fetchone()[0]
+    return len(ids), events, unlinked
+
+
+def _job_runs_prunable(cutoff: datetime) -> Any:
+    latest = JobRun.objects.filter(stage=OuterRef("stage")).order_by("-due_at").values("due_at")[:1]
+    return JobRun.objects.filter(
+        status__in=[JobRun.Status.SUCCEEDED, JobRun.Status.FAILED],
+        finished_at__lt=cutoff,
+        due_at__lt=Subquery(latest),
+    )
+
+
+def _prune_job_runs(*, cutoff: datetime, batch_size: int, dry_run: bool) -> int:
+    if dry_run:
+        return _job_runs_prunable(cutoff).count()
+    total = 0
+    while True:
+        with transaction.atomic():
+            ids = list(_job_runs_prunable(cutoff).order_by("id").values_list("id", flat=True)[:batch_size])
+            if ids:
+                # The same conditions again: a run can't stop being finished, but a
+                # newer run keeps the latest one, and this says so in one place.
+                total += _job_runs_prunable(cutoff).filter(id__in=ids)._raw_delete(connection.alias)
+        if len(ids) < batch_size:
+            return total
+
+
+# -- the service ----------------------------------------------------------------
+
+
+def _check_statuses(statuses: Iterable[str]) -> list[str]:
+    chosen = list(dict.fromkeys(statuses))
+    refused = [s for s in chosen if s not in PRUNABLE]
+    if refused:
+        raise ValueError(
+            f"only completed and failed tasks can be pruned, not {', '.join(refused)}: "
+            "pending and locked tasks are work still to be done"
+        )
+    if not chosen:
+        raise ValueError("no status to prune: give completed, failed or both")
+    return chosen
+
+
+def tasks_prune(
+    *,
+    older_than: timedelta,
+    statuses: Iterable[str] = PRUNABLE,
+    batch_size: int = 10_000,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+    max_seconds: float | None = None,
+    now: datetime | None = None,
+) -> PruneResult:
+    """Delete finished tasks older than `older_than`, with their history, batch by batch; returns the counts."""
+    if older_than <= timedelta(0):
+        raise ValueError(f"older_than must be more than 0, got {older_than}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    chosen = _check_statuses(statuses)
+    now = now or timezone.now()
+    cutoff = now - older_than
+    result = PruneResult(dry_run=dry_run)
+    started = time.monotonic()
+    for status in chosen:
+        after = None
+        while True:
+            if max_seconds is not None and time.monotonic() - started >= max_seconds:
+                result.finished = False
+                return result
+            batch_started = time.monotonic()
+            with transaction.atomic():
+                ids, after = _select_batch(status=status, cutoff=cutoff, after=after, limit=batch_size)
+                if dry_run:
+                    tasks, events, unlinked = _count_batch(ids)
+                else:
+                    tasks, events, unlinked = delete_batch(ids=ids, status=status, cutoff=cutoff)
+            if ids:
+                result.batches += 1
+                result.tasks += tasks
+                result.events += events
+                result.unlinked += unlinked
+                if progress is not None:
+                    batch = PruneBatch(
+                        result.batches, status, tasks, events, unlinked, time.monotonic() - batch_started
+                    )
+                    progress(batch, result)
+            if len(ids) < batch_size:
+                break
+    result.job_runs = _prune_job_runs(cutoff=cutoff, batch_size=batch_size, dry_run=dry_run)
+    return result
+
+
+# -- periodic pruning by workers ------------------------------------------------
+
+
+@dataclass
+class _Schedule:
+    """When this process may prune next (time.monotonic()); 0 means at the first chance."""
+
+    next_at: float = 0.0
+
+
+schedule = _Schedule()
+
+
+@contextlib.contextmanager
+def _prune_lock() -> Iterator[bool]:
+    """Hold PostgreSQL's session-level advisory lock for periodic pruning, if it is free.
+
+    Session-level, not transaction-level: a prune is many short transactions,
+    and the lock must cover all of them. SQLite needs none (BEGIN IMMEDIATE
+    serialises the batches, and a second pruner would find nothing left).
+    """
+    if connection.vendor != "postgresql":
+        yield True
+        return
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [PRUNE_LOCK_KEY])
+        got = bool(cursor.fetchone()[0])
+    try:
+        yield got
+    finally:
+        if got:
+            try:
+                with connection.cursor() as cursor:
+                    cursor.execute("SELECT pg_advisory_unlock(%s)", [PRUNE_LOCK_KEY])
+            except DatabaseError:
+                # The connection broke (the session's locks went with it) or an outer
+                # transaction is aborted; the first error is the one to report.
+                logger.warning("could not release the prune lock; it goes with the connection")
+
+
+def prune_due(*, now: datetime | None = None) -> PruneResult | None:
+    """Prune if TASKS_RETENTION_DAYS is set, this process's interval has passed and no other worker is pruning.
+
+    Returns None when it did not prune. Each process keeps its own schedule
+    (TASKS_PRUNE_INTERVAL with ±10% jitter); that needs no shared "last run"
+    row, because a prune's work is the tasks that aged past the cutoff since
+    the last one, whichever worker ran it, and the advisory lock lets one
+    worker at a time do it. A call prunes for at most PERIODIC_BUDGET seconds;
+    while a backlog lasts, it is due again after PERIODIC_PAUSE.
+    """
+    days = settings.TASKS_RETENTION_DAYS
+    if days is None:
+        return None
+    clock = time.monotonic()
+    if clock < schedule.next_at:
+        return None
+    # Set first: after a database error the worker retries at the next interval, not in a loop.
+    schedule.next_at = clock + float(settings.TASKS_PRUNE_INTERVAL) * random.uniform(0.9, 1.1)
+    with _prune_lock() as got:
+        if not got:
+            return None  # another worker is pruning
+        result = tasks_prune(
+            older_than=timedelta(days=days), batch_size=PERIODIC_BATCH, max_seconds=PERIODIC_BUDGET, now=now
+        )
+    if not result.finished:
+        schedule.next_at = time.monotonic() + PERIODIC_PAUSE
+    return result
