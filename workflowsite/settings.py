@@ -7,9 +7,11 @@ in the project, a development secret key.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -161,19 +163,43 @@ LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
 
-LOGGING = {
+# "text" (default) or "json": one JSON object per line (time, level, logger,
+# message, and task_id / stage / worker_id where known; tasks_app.logcontext).
+TASKS_LOG_FORMAT = env_str("TASKS_LOG_FORMAT", "text").strip().lower()
+if TASKS_LOG_FORMAT not in ("text", "json"):
+    raise ImproperlyConfigured(f"TASKS_LOG_FORMAT must be text or json, got {TASKS_LOG_FORMAT!r}")
+
+LOGGING: dict[str, Any] = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {
         "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": "%(levelname)s %(name)s %(message)s",
+            "rename_fields": {"levelname": "level", "name": "logger"},
+            "timestamp": "time",
+        },
     },
+    "filters": {"log_context": {"()": "tasks_app.logcontext.ContextFilter"}},
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": "json" if TASKS_LOG_FORMAT == "json" else "plain",
+            "filters": ["log_context"],
+        },
     },
     "loggers": {
         "tasks_app": {"handlers": ["console"], "level": env_str("TASKS_LOG_LEVEL", "INFO")},
     },
 }
+if TASKS_LOG_FORMAT == "json":
+    # Every line a process writes to stderr is JSON: Django's own loggers (request
+    # errors, runserver) and other libraries' warnings go through the same handler.
+    LOGGING["loggers"]["django"] = {"handlers": ["console"], "level": "INFO", "propagate": False}
+    LOGGING["loggers"]["django.server"] = {"handlers": ["console"], "level": "INFO", "propagate": False}
+    LOGGING["root"] = {"handlers": ["console"], "level": "WARNING"}
+    LOGGING["loggers"]["tasks_app"]["propagate"] = False  # or root would write its lines again
 
 # Engine knobs (checked by tasks_app.checks).
 # Default lock timeout of a stage, in seconds.
@@ -212,6 +238,22 @@ TASKS_RETENTION_DAYS = env_float("TASKS_RETENTION_DAYS", 0.0) or None
 # How often each worker prunes, in seconds (one worker at a time prunes: the
 # others skip their turn while it does).
 TASKS_PRUNE_INTERVAL = env_float("TASKS_PRUNE_INTERVAL", 3600.0, minimum=1.0)
+# GET /metrics (Prometheus): scrapers send "Authorization: Bearer <token>", or
+# come from an allowed address (comma-separated IPs or CIDR networks, matched
+# against REMOTE_ADDR). Neither set: /metrics answers 404 (users with the
+# view-task permission can still read it when logged in).
+TASKS_METRICS_TOKEN = env_str("TASKS_METRICS_TOKEN", "").strip()
+if TASKS_METRICS_TOKEN and len(TASKS_METRICS_TOKEN) < 16:
+    raise ImproperlyConfigured("TASKS_METRICS_TOKEN must be at least 16 characters")
+TASKS_METRICS_ALLOW = [a.strip() for a in env_str("TASKS_METRICS_ALLOW", "").split(",") if a.strip()]
+for _network in TASKS_METRICS_ALLOW:
+    try:
+        ipaddress.ip_network(_network, strict=False)
+    except ValueError:
+        raise ImproperlyConfigured(f"TASKS_METRICS_ALLOW: {_network!r} is not an IP address or network") from None
+# Seconds a process reuses its last /metrics body (each computation folds the
+# history into the counters); 0 computes every scrape.
+TASKS_METRICS_CACHE = env_float("TASKS_METRICS_CACHE", 15.0)
 
 # REST API (Django REST framework).
 REST_FRAMEWORK = {

@@ -5,6 +5,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from tasks_app.api.hooks import HookView
+from tasks_app.views.metrics import metrics
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="tasks_app:overview", permanent=False)),
@@ -13,4 +14,5 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/", include("tasks_app.api.urls")),
     path("hooks/<slug:slug>/", HookView.as_view(), name="hook"),
+    path("metrics", metrics, name="metrics"),
 ]

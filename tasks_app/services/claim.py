@@ -13,12 +13,14 @@ is atomic.
 from __future__ import annotations
 
 import json
+import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import connection, transaction
 from django.utils import timezone
 
+from tasks_app import metrics
 from tasks_app.models import Stage, Task, TaskEvent
 from tasks_app.services.pg import execute_prepared
 
@@ -133,6 +135,7 @@ def task_claim(
     now = now or timezone.now()
     until = now + timedelta(seconds=lock_timeout or stage.lock_timeout)
     params = claim_params(stage=stage, worker_id=worker_id, limit=limit, now=now, until=until)
+    started = time.perf_counter()
     if connection.vendor == "postgresql":
         # One statement, atomic on its own: no BEGIN/COMMIT round trips around it.
         cursor = execute_prepared(PG_CLAIM_SQL, params)
@@ -140,6 +143,8 @@ def task_claim(
     else:
         with transaction.atomic():
             tasks = _claim_sqlite(params, now=now, until=until)
+    # Empty claims too: an idle worker's polls are claims. A no-op unless worker_id runs in this process.
+    metrics.observe("claim", worker_id=worker_id, stage=stage.slug, seconds=time.perf_counter() - started)
     for task in tasks:
         task.stage = stage  # saves a query per task in the worker
     return tasks

@@ -1,4 +1,9 @@
-"""The worker registry: each run_worker process records itself and reports in."""
+"""The worker registry: each run_worker process records itself and reports in.
+
+The row also carries the worker's duration histograms (tasks_app.metrics):
+recording starts at registration and every report writes the cumulative
+snapshot, so /metrics can add up all workers, stopped ones included.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,23 @@ import os
 import socket
 from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
 from django.utils import timezone
 
+from tasks_app import metrics
 from tasks_app.models import WorkerProcess
 
 
 def worker_register(
     *, worker_id: str, stages: Sequence[str], concurrency: int, now: datetime | None = None
 ) -> WorkerProcess:
-    """Record a starting worker (a reused id takes the row over)."""
+    """Record a starting worker (a reused id takes the row over) and start recording its histograms."""
     now = now or timezone.now()
+    # A reused id (a fixed --worker-id across restarts) goes on from its row's
+    # histograms: starting again from zero would make /metrics' sums drop.
+    previous = WorkerProcess.objects.filter(worker_id=worker_id).values_list("metrics", flat=True).first()
+    metrics.worker_opened(worker_id, previous)
     worker, _ = WorkerProcess.objects.update_or_create(
         worker_id=worker_id,
         defaults={
@@ -30,23 +41,32 @@ def worker_register(
             "tasks_done": 0,
             "tasks_failed": 0,
             "current_tasks": [],
+            "metrics": metrics.snapshot(worker_id),
         },
     )
     return worker
 
 
+def _with_metrics(worker_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+    snapshot = metrics.snapshot(worker_id)
+    if snapshot is not None:  # recorded in this process (not, say, a test calling the service directly)
+        fields["metrics"] = snapshot
+    return fields
+
+
 def worker_heartbeat(
     *, worker_id: str, done: int, failed: int, current: Sequence[int], now: datetime | None = None
 ) -> None:
-    """Report a live worker's counters and held tasks."""
+    """Report a live worker's counters, held tasks and histograms."""
+    fields = {"last_heartbeat": now or timezone.now(), "tasks_done": done, "tasks_failed": failed}
     WorkerProcess.objects.filter(worker_id=worker_id).update(
-        last_heartbeat=now or timezone.now(), tasks_done=done, tasks_failed=failed, current_tasks=list(current)
+        **_with_metrics(worker_id, {**fields, "current_tasks": list(current)})
     )
 
 
 def worker_stopped(*, worker_id: str, done: int, failed: int, now: datetime | None = None) -> None:
-    """Record a clean exit."""
+    """Record a clean exit, with the final histograms, and stop recording them."""
     now = now or timezone.now()
-    WorkerProcess.objects.filter(worker_id=worker_id).update(
-        last_heartbeat=now, stopped_at=now, tasks_done=done, tasks_failed=failed, current_tasks=[]
-    )
+    fields = {"last_heartbeat": now, "stopped_at": now, "tasks_done": done, "tasks_failed": failed, "current_tasks": []}
+    WorkerProcess.objects.filter(worker_id=worker_id).update(**_with_metrics(worker_id, fields))
+    metrics.worker_closed(worker_id)

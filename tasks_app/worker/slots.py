@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from django.db import connection
 
+from tasks_app import metrics
+from tasks_app.logcontext import log_context
 from tasks_app.worker.handlers import Handler, HandlerTask, Outcome, run_handler
 
 
@@ -31,8 +33,11 @@ class Job:
 
 
 class Slot(threading.Thread):
-    def __init__(self, work: queue.Queue[Job | None], results: queue.Queue[tuple[Job, Outcome]], name: str) -> None:
+    def __init__(
+        self, work: queue.Queue[Job | None], results: queue.Queue[tuple[Job, Outcome]], name: str, worker_id: str
+    ) -> None:
         super().__init__(name=name, daemon=True)
+        self.worker_id = worker_id
         self.work = work
         self.results = results
         self.retired = False
@@ -46,7 +51,12 @@ class Slot(threading.Thread):
                     return
                 job.started_at = time.monotonic()
                 self.current = job
-                outcome = run_handler(job.handler, job.view)
+                stage = job.view.stage
+                # Log lines of the handler (and of the code it calls) carry the task, stage and worker.
+                with log_context(task_id=job.task_id, stage=stage, worker_id=self.worker_id):
+                    outcome = run_handler(job.handler, job.view)
+                seconds = time.monotonic() - job.started_at
+                metrics.observe("handler", worker_id=self.worker_id, stage=stage, seconds=seconds)
                 self.current = None
                 self.results.put((job, outcome))
         finally:
@@ -64,7 +74,7 @@ class SlotPool:
 
     def _start(self) -> Slot:
         self._count += 1
-        slot = Slot(self.work, self.results, name=f"{self.worker_id}-slot-{self._count}")
+        slot = Slot(self.work, self.results, name=f"{self.worker_id}-slot-{self._count}", worker_id=self.worker_id)
         slot.start()
         return slot
 

@@ -1,0 +1,191 @@
+"""GET /metrics: the engine's numbers in Prometheus text format.
+
+Who may read it (settings TASKS_METRICS_TOKEN, TASKS_METRICS_ALLOW):
+- a request with `Authorization: Bearer <TASKS_METRICS_TOKEN>`; a wrong token
+  is refused with 401 (even from an allowed address: a scraper sending a
+  stale token should be noticed, not waved through);
+- a request from an address in TASKS_METRICS_ALLOW (IPs or CIDR networks,
+  matched against REMOTE_ADDR, the direct peer: behind a reverse proxy use
+  the token, as X-Forwarded-For can be forged);
+- a logged-in user with the view-task permission, who sees the same numbers
+  on the overview page.
+Anyone else gets 401 (a token would let them in), 403 (only an allow-list is
+set, or a user without the permission), or 404 when neither setting is set:
+the endpoint is off until it is configured.
+
+The body is computed at most once per TASKS_METRICS_CACHE seconds per
+process: one counter fold (tasks_app.metrics) and a handful of small queries.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+from collections.abc import Iterator, Sequence
+from datetime import timedelta
+from typing import Any
+
+from django.conf import settings
+from django.core.cache import cache
+from django.http import HttpRequest, HttpResponse
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+
+from tasks_app.metrics import BUCKETS, EXPIRED_FAILED, counter_values, counters_fold, merge_snapshots
+from tasks_app.models import Stage, TaskEvent, WorkerProcess
+from tasks_app.views.overview import live_counts
+
+CACHE_KEY = "tasks_app:metrics"
+
+# Metric name (without _total), help, and the history kinds it adds up.
+COUNTERS: Sequence[tuple[str, str, Sequence[str]]] = (
+    ("tasks_created", "Tasks created at the stage (sent, created by API, hook or person, duplicated).", ["created"]),
+    ("tasks_claimed", "Claims of the stage's tasks (workers, people opening a form, reclaims).", ["claimed"]),
+    (
+        "tasks_completed",
+        "Tasks completed at the stage (by a handler or a form, or marked completed by a person).",
+        ["completed", "marked_completed"],
+    ),
+    (
+        "tasks_failed",
+        "Tasks failed at the stage (permanent failure, max attempts, or an expired lock at max attempts).",
+        ["failed", EXPIRED_FAILED],
+    ),
+    (
+        "tasks_released",
+        "Locked tasks handed back to pending (handler error, worker shutdown, or force-released by a person).",
+        ["released", "force_released"],
+    ),
+    ("tasks_lock_expired", "Expired locks swept back to pending or failed (the worker went silent).", ["lock_expired"]),
+)
+HISTOGRAMS = (
+    ("claim", "tasks_claim_duration_seconds", "Time a worker's claim statement took, per stage."),
+    ("handler", "tasks_handler_duration_seconds", "Time a handler ran, per stage."),
+)
+
+
+class TasksCollector:
+    """Reads the database when collected: the counters (folded first), backlog, workers, histograms."""
+
+    def collect(self) -> Iterator[Metric]:
+        counters_fold()
+        slugs = dict(Stage.objects.values_list("id", "slug"))
+        yield from self._counters(slugs)
+        yield from self._backlog(slugs)
+        yield self._workers()
+        yield from self._histograms()
+
+    def _counters(self, slugs: dict[int, str]) -> Iterator[Metric]:
+        values = counter_values()
+        stages = sorted(slugs.items(), key=lambda item: item[1])
+        for name, doc, kinds in COUNTERS:
+            family = CounterMetricFamily(name, doc, labels=["stage"])
+            for stage_id, slug in stages:
+                family.add_metric([slug], sum(values.get((stage_id, kind), 0) for kind in kinds))
+            yield family
+        events = CounterMetricFamily("tasks_events", "History events per stage and kind.", labels=["stage", "kind"])
+        for stage_id, slug in stages:
+            for kind in TaskEvent.Kind.values:
+                events.add_metric([slug, kind], values.get((stage_id, kind), 0))
+        yield events
+
+    def _backlog(self, slugs: dict[int, str]) -> Iterator[Metric]:
+        # The overview's query: exact, through the claim index's partial predicate.
+        live = live_counts()
+        now = timezone.now()
+        pending = GaugeMetricFamily(
+            "tasks_pending", "Pending tasks at the stage (due or waiting to retry).", labels=["stage"]
+        )
+        locked = GaugeMetricFamily("tasks_locked", "Locked tasks at the stage (expired locks too).", labels=["stage"])
+        age = GaugeMetricFamily(
+            "tasks_oldest_pending_age_seconds",
+            "Age (since creation) of the oldest pending task at the stage; 0 when none is pending.",
+            labels=["stage"],
+        )
+        for stage_id, slug in sorted(slugs.items(), key=lambda item: item[1]):
+            counts = live.get(stage_id, {})
+            oldest = counts.get("oldest_pending")
+            pending.add_metric([slug], counts.get("pending", 0))
+            locked.add_metric([slug], counts.get("locked", 0))
+            age.add_metric([slug], max((now - oldest).total_seconds(), 0.0) if oldest else 0.0)
+        yield from (pending, locked, age)
+
+    def _workers(self) -> Metric:
+        cutoff = timezone.now() - timedelta(seconds=settings.TASKS_WORKER_DEAD_AFTER)
+        live = WorkerProcess.objects.filter(stopped_at__isnull=True, last_heartbeat__gte=cutoff).count()
+        return GaugeMetricFamily("tasks_workers_live", "Worker processes running and heard from lately.", value=live)
+
+    def _histograms(self) -> Iterator[Metric]:
+        # Every row, stopped workers' too: a worker's exit must not make the sums go down.
+        merged = merge_snapshots(WorkerProcess.objects.values_list("metrics", flat=True).iterator())
+        bounds = [*(str(b) for b in BUCKETS), "+Inf"]
+        for key, name, doc in HISTOGRAMS:
+            family = HistogramMetricFamily(name, doc, labels=["stage"])
+            for stage, (counts, total) in sorted(merged[key].items()):
+                cumulative, running = [], 0
+                for bound, n in zip(bounds, counts, strict=True):
+                    running += n
+                    cumulative.append((bound, running))
+                family.add_metric([stage], cumulative, sum_value=total)
+            yield family
+
+
+REGISTRY = CollectorRegistry()  # private: nothing else of the process is exported
+REGISTRY.register(TasksCollector())
+
+
+def _address_allowed(remote: str, allowed: Sequence[str]) -> bool:
+    try:
+        address: Any = ipaddress.ip_address(remote)
+    except ValueError:
+        return False
+    if address.version == 6 and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # a dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d
+    return any(address in ipaddress.ip_network(net, strict=False) for net in allowed)
+
+
+def _unauthorized(message: str) -> HttpResponse:
+    response = HttpResponse(message + "\n", status=401, content_type="text/plain")
+    response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+    return response
+
+
+def refusal(request: HttpRequest) -> HttpResponse | None:
+    """None if the request may read /metrics, otherwise the response that refuses it."""
+    token: str = settings.TASKS_METRICS_TOKEN
+    allowed: Sequence[str] = settings.TASKS_METRICS_ALLOW
+    scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+    if token and scheme.lower() == "bearer":
+        if hmac.compare_digest(presented.strip().encode(), token.encode()):
+            return None
+        return _unauthorized("Wrong metrics token.")
+    if allowed and _address_allowed(request.META.get("REMOTE_ADDR", ""), allowed):
+        return None
+    if request.user.is_authenticated:
+        if request.user.has_perm("tasks_app.view_task"):
+            return None
+        return HttpResponse("You may not view tasks.\n", status=403, content_type="text/plain")
+    if not token and not allowed:
+        return HttpResponse(
+            "Metrics are off: set TASKS_METRICS_TOKEN or TASKS_METRICS_ALLOW.\n", status=404, content_type="text/plain"
+        )
+    if token:
+        return _unauthorized("Send Authorization: Bearer <TASKS_METRICS_TOKEN>.")
+    return HttpResponse("Your address is not in TASKS_METRICS_ALLOW.\n", status=403, content_type="text/plain")
+
+
+@require_GET
+@never_cache
+def metrics(request: HttpRequest) -> HttpResponse:
+    refused = refusal(request)
+    if refused is not None:
+        return refused
+    body = cache.get(CACHE_KEY)
+    if body is None:
+        body = generate_latest(REGISTRY)
+        if settings.TASKS_METRICS_CACHE > 0:
+            cache.set(CACHE_KEY, body, settings.TASKS_METRICS_CACHE)
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)
