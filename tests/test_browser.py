@@ -121,3 +121,117 @@ def test_operator_works_the_task_pages_in_a_browser(page: Any, world: dict[str, 
     page.wait_for_selector(f"#task-{new.pk}", timeout=15_000)
     page.goto(page.base + "/workers/")
     shot(page, "workers")
+
+
+# -- form stages ("My work") ---------------------------------------------------------------
+
+
+@pytest.fixture
+def form_flow(page: Any) -> dict[str, Stage]:
+    """review (a form stage for the "reviewers") --approved--> invoice, --declined--> notify (reason required)."""
+    from django.contrib.auth.models import Group
+
+    # While Playwright's loop runs, Django keeps this thread's connection apart
+    # (asgiref keys it by context, not thread), and that connection survives
+    # from one browser test to the next; on PostgreSQL the previous test's
+    # `page` teardown has terminated it. Start each test on a fresh one.
+    connection.close()
+
+    from tasks_app.models import Transition
+
+    reviewers = Group.objects.create(name="reviewers")
+    review = Stage.objects.create(
+        slug="review",
+        name="Review",
+        kind=Stage.Kind.FORM,
+        schemas={
+            "approved": {"title": "Approve", "type": "object", "properties": {"note": {"type": "string"}}},
+            "declined": {
+                "title": "Decline",
+                "type": "object",
+                "required": ["reason"],
+                "properties": {"reason": {"type": "string"}},
+            },
+        },
+    )
+    review.groups.add(reviewers)
+    stages = {"review": review}
+    for slug, task_type in [("invoice", "approved"), ("notify", "declined")]:
+        stages[slug] = Stage.objects.create(slug=slug, name=slug.title(), handler="tests.handlers.noop")
+        Transition.objects.create(source=review, target=stages[slug], task_type=task_type)
+    reviewer = get_user_model().objects.create_user("rita", password="pw-12345")
+    reviewer.groups.add(reviewers)
+    return stages
+
+
+def log_in(page: Any, username: str, password: str) -> None:
+    page.goto(page.base + "/work/")
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+    page.wait_for_url(on_my_work)
+
+
+def on_my_work(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    return urlsplit(url).path == "/work/"  # not the login page's ?next=/work/
+
+
+def open_from_my_work(page: Any, task: Task) -> None:
+    page.goto(page.base + "/work/")
+    row = page.locator("#waiting tr", has=page.locator(f"a[href='/work/{task.pk}/']"))
+    row.locator("button:has-text('Open')").click()
+    page.wait_for_url(f"**/work/{task.pk}/")
+    assert Task.objects.get(pk=task.pk).locked_by == "user:rita"
+
+
+def test_reviewer_approves_a_task_from_my_work_in_a_browser(page: Any, form_flow: dict[str, Stage]) -> None:
+    task = task_create(stage=form_flow["review"], type="order", payload={"amount": 10})
+
+    log_in(page, "rita", "pw-12345")
+    assert page.locator("#waiting a", has_text=str(task.pk)).count() == 1
+    open_from_my_work(page, task)
+    page.fill("input[name='f-approved-note']", "pay it")
+    page.click("form[data-type=approved] button:has-text('Approve')")
+    page.wait_for_url(on_my_work)
+
+    [successor] = Task.objects.filter(parent_id=task.pk)
+    assert (successor.stage.slug, successor.type) == ("invoice", "approved")
+    assert successor.payload == {"amount": 10, "note": "pay it"}
+    assert Task.objects.get(pk=task.pk).status == Task.Status.COMPLETED
+    message = page.locator(".messages .msg-success").inner_text()
+    assert message == f"Task {task.pk}: approve, sent to invoice (task {successor.pk})."
+    assert page.locator(f"a[href='/work/{task.pk}/']").count() == 0  # done: off the list
+
+
+def test_reviewer_declines_only_with_a_reason_in_a_browser(page: Any, form_flow: dict[str, Stage]) -> None:
+    task = task_create(stage=form_flow["review"], type="order", payload={"amount": 500})
+    log_in(page, "rita", "pw-12345")
+    open_from_my_work(page, task)
+    reason = page.locator("input[name='f-declined-reason']")
+    decline = page.locator("form[data-type=declined] button:has-text('Decline')")
+
+    # The browser itself refuses to send the form without the required reason...
+    decline.click()
+    assert reason.evaluate("el => el.validity.valueMissing") is True
+    page.wait_for_timeout(300)
+    assert page.url.endswith(f"/work/{task.pk}/")
+    # ...and so does the server when the browser's check is bypassed: a 400 page with the message.
+    page.locator("form[data-type=declined]").evaluate("f => { f.noValidate = true; }")
+    with page.expect_navigation() as navigation:
+        decline.click()
+    assert navigation.value.status == 400
+    assert "This field is required." in page.locator("form[data-type=declined]").inner_text()
+    current = Task.objects.get(pk=task.pk)
+    assert (current.status, current.locked_by) == (Task.Status.LOCKED, "user:rita")
+    assert not Task.objects.filter(parent_id=task.pk).exists()
+
+    page.fill("input[name='f-declined-reason']", "too dear")
+    page.click("form[data-type=declined] button:has-text('Decline')")
+    page.wait_for_url(on_my_work)
+
+    [successor] = Task.objects.filter(parent_id=task.pk)
+    assert (successor.stage.slug, successor.type) == ("notify", "declined")
+    assert successor.payload == {"amount": 500, "reason": "too dear"}
+    assert f"sent to notify (task {successor.pk})" in page.locator(".messages .msg-success").inner_text()
