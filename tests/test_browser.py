@@ -44,6 +44,11 @@ def page(live_server: Any) -> Iterator[Any]:
         page.set_default_timeout(15_000)
         page.on("dialog", lambda dialog: dialog.accept())  # the confirmations
         page.base = live_server.url
+        # While Playwright's loop runs, Django keeps this thread's connection
+        # apart (asgiref keys it by context, not thread), and that connection
+        # survives from one browser test to the next; on PostgreSQL the previous
+        # test's teardown below has terminated it. Start on a fresh one.
+        connection.close()
         yield page
         browser.close()
     if connection.vendor == "postgresql":
@@ -130,12 +135,6 @@ def test_operator_works_the_task_pages_in_a_browser(page: Any, world: dict[str, 
 def form_flow(page: Any) -> dict[str, Stage]:
     """review (a form stage for the "reviewers") --approved--> invoice, --declined--> notify (reason required)."""
     from django.contrib.auth.models import Group
-
-    # While Playwright's loop runs, Django keeps this thread's connection apart
-    # (asgiref keys it by context, not thread), and that connection survives
-    # from one browser test to the next; on PostgreSQL the previous test's
-    # `page` teardown has terminated it. Start each test on a fresh one.
-    connection.close()
 
     from tasks_app.models import Transition
 

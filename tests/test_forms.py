@@ -714,11 +714,6 @@ def test_expired_lock_lets_another_user_open_it_and_the_first_users_submit_is_re
     assert fresh(task).status == S.COMPLETED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="form_task_open returns a task the user holds as is, even when its lock has expired: "
-    "reopening it does not lock it again, so another person can take it while the first fills the form",
-)
 def test_reopening_your_own_task_after_the_lock_expired_locks_it_again(alice_client: Client, task: Task) -> None:
     opened(alice_client, task)
     expire_lock(task)
@@ -728,13 +723,24 @@ def test_reopening_your_own_task_after_the_lock_expired_locks_it_again(alice_cli
 
     assert again.locked_by == "user:alice"
     assert again.locked_until >= before + timedelta(seconds=LOCK_TIMEOUT)
+    assert again.attempts == 1  # the same person carrying on: no new attempt
+    assert task.events.filter(kind="lock_extended", actor="user:alice").count() == 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="work_task.html offers Open only for pending tasks: a task whose lock expired shows "
-    "'This task is locked.' without an Open button, although opening it would succeed",
-)
+def test_an_expired_lock_on_the_last_attempt_is_not_reported_as_someone_working(
+    alice_client: Client, bob_client: Client, task: Task
+) -> None:
+    Stage.objects.filter(pk=task.stage_id).update(max_attempts=1)
+    opened(alice_client, task)
+    expire_lock(task)
+
+    response = bob_client.post(f"/work/{task.pk}/open/", follow=True)
+
+    text = response.content.decode()
+    assert "used all 1 attempts" in text and "being worked on" not in text
+    assert fresh(task).locked_by == "user:alice"
+
+
 def test_task_page_offers_open_when_the_holders_lock_expired(
     alice_client: Client, bob_client: Client, task: Task
 ) -> None:

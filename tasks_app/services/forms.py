@@ -70,9 +70,24 @@ def form_task_open(*, task: Task, user: Any, now: datetime | None = None) -> Tas
         claimable &= Q(attempts__lt=stage.max_attempts) | Q(status=Task.Status.PENDING)
     with transaction.atomic():
         current = Task.objects.select_for_update().get(pk=task.pk)
-        if current.status == Task.Status.LOCKED and current.locked_by == who:
-            return current  # reopening your own task (another tab, a reload)
         until = now + timedelta(seconds=stage.lock_timeout)
+        if current.status == Task.Status.LOCKED and current.locked_by == who:
+            # Reopening your own task (another tab, a reload): still yours. If
+            # the lock ran out meanwhile and nobody took it, renew it, so the
+            # person filling in the form holds it again.
+            if current.locked_until is not None and current.locked_until < now:
+                Task.objects.filter(pk=current.pk, status=Task.Status.LOCKED, lock_token=current.lock_token).update(
+                    locked_until=until, updated_at=now
+                )
+                TaskEvent.objects.create(
+                    task_id=current.pk,
+                    kind=TaskEvent.Kind.LOCK_EXTENDED,
+                    at=now,
+                    actor=who,
+                    details={"locked_until": until.isoformat(), "reopened": True},
+                )
+                current.refresh_from_db()
+            return current
         token = secrets.token_hex(16)
         # The expected state is in the WHERE clause: whoever updates first holds it.
         updated = Task.objects.filter(claimable, pk=task.pk).update(
@@ -86,6 +101,13 @@ def form_task_open(*, task: Task, user: Any, now: datetime | None = None) -> Tas
         )
         current.refresh_from_db()
         if updated != 1:
+            if current.status == Task.Status.LOCKED and current.locked_until and current.locked_until < now:
+                # Only an expired lock on its last attempt gets here: the
+                # expiry sweep fails it; nobody is working on it any more.
+                raise TaskStateError(
+                    f"Task {task.pk} used all {stage.max_attempts} attempts and its last lock expired; "
+                    "it will be marked failed (retry it from the task page)."
+                )
             if current.status == Task.Status.LOCKED:
                 raise TaskHeldError(current)
             raise TaskStateError(f"Task {task.pk} is {current.status}; it can't be opened.")
