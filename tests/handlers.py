@@ -52,3 +52,24 @@ def timed_sleep_send(task: Any) -> None:
 def send_bad_schema(task: Any) -> None:
     """Send an "approved" successor whose payload breaks the order schema of tests/test_schemas.py."""
     task.send("approved", {"amount": "lots", "items": [{"qty": 0}]})
+
+
+# -- job stage handlers (they get a services.jobs.JobContext) ------------------------------------
+
+
+def digest(job: Any) -> None:
+    """Send one "digest" task listing the waiting tasks the run processed."""
+    job.send(
+        "digest",
+        {
+            "count": len(job.tasks),
+            "ids": [t.id for t in job.tasks],
+            "types": sorted({t.type for t in job.tasks}),
+            "missed": job.missed,
+            "due_at": job.due_at.isoformat(),
+        },
+    )
+
+
+def job_boom(job: Any) -> None:
+    raise RuntimeError(f"job broke with {len(job.tasks)} task(s)")

@@ -1,4 +1,8 @@
-"""Run a worker: claim tasks of script stages, run their handlers, complete them."""
+"""Run a worker: claim tasks of script stages, run their handlers, complete them.
+
+Unless --no-scheduler, it also runs due job stages: in a background thread
+(with its own database connection), or once before draining with --once.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from django.db import connection
 
 from tasks_app.management.commands._args import non_negative_float, positive_float, positive_int
 from tasks_app.models import Stage
+from tasks_app.scheduler import Scheduler
 from tasks_app.services import MAX_CLAIM_BATCH
 from tasks_app.worker import Worker, default_worker_id
 
@@ -70,7 +75,12 @@ class Command(BaseCommand):
             default=10.0,
             help="Seconds between progress lines (0 = none).",
         )
-        parser.add_argument("--once", action="store_true", help="Drain what is claimable, then exit.")
+        parser.add_argument("--once", action="store_true", help="Run the due jobs, drain what is claimable, then exit.")
+        parser.add_argument(
+            "--no-scheduler",
+            action="store_true",
+            help="Don't run job stages here (run_scheduler or other workers do); default: a scheduler thread.",
+        )
         parser.add_argument("--max-tasks", type=positive_int, default=None, help="Exit after this many tasks.")
         parser.add_argument(
             "--worker-id", default=None, help="Name shown in locks, history and the registry (default host:pid:random)."
@@ -109,13 +119,35 @@ class Command(BaseCommand):
             stdout=self.stdout,
         )
 
+        # Its own id: job runs claim tasks in its name, and the worker hands back any
+        # task locked in *its* name that it doesn't hold after database trouble.
+        scheduler = None
+        if not options["no_scheduler"]:
+            scheduler = Scheduler(
+                worker_id=f"{worker_id}/scheduler",
+                stdout=self.stdout,
+                application_name=f"{worker_id[:53]} scheduler",
+            )
+
         def on_signal(signum: int, frame: FrameType | None) -> None:
             if worker.stop_requested:
                 # Second signal: leave now; held locks expire as usual.
                 os._exit(128 + signum)
             self.stdout.write(f"signal {signum}: stopping: running handlers finish, unstarted tasks are handed back")
             worker.stop_requested = True
+            if scheduler is not None:
+                scheduler.stop_requested = True  # no new job starts; a running one finishes
 
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
-        worker.run(once=options["once"])
+        if scheduler is not None and options["once"]:
+            # Here, before draining, so that what the due jobs send to script stages is drained too.
+            scheduler.tick()
+            scheduler = None
+        thread = scheduler.start_thread() if scheduler is not None else None
+        try:
+            worker.run(once=options["once"])
+        finally:
+            if scheduler is not None and thread is not None:
+                scheduler.stop_requested = True
+                thread.join()  # a running job finishes (a second signal exits at once)

@@ -1,0 +1,303 @@
+"""Job stages: run a stage's handler at the due times of its cron schedule.
+
+A scheduler (run_scheduler, or the thread inside run_worker) asks every job
+stage for its latest due time. Before anything runs it inserts the JobRun row
+for (stage, due_at); the unique constraint on that pair lets exactly one
+scheduler's INSERT commit, on PostgreSQL and on SQLite alike, so each due
+time runs once however many schedulers are up. "Due" means later than the
+stage's latest run (or its creation), so after downtime the job runs once,
+for the latest due time, with `missed` counting the earlier ticks folded in.
+
+A run claims the tasks waiting at the job stage (only job runs take them:
+workers serve script stages only) and gives them to the handler as one batch.
+Then, in one transaction, it completes them, sends what the handler sent and
+marks the run succeeded. If the handler fails, the tasks go back to pending.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import traceback
+import zoneinfo
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, cast
+
+from croniter import croniter
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from tasks_app.models import JobRun, Stage, Task, Transition
+from tasks_app.services.claim import MAX_CLAIM_BATCH, task_claim
+from tasks_app.services.complete import Completion, tasks_complete_batch
+from tasks_app.services.errors import NoRouteError, TaskLockLost, TaskStateError
+from tasks_app.services.lifecycle import task_release
+from tasks_app.services.routing import Send, tasks_send_many, validate_task_input
+from tasks_app.services.schemas import validate_sent
+from tasks_app.worker.handlers import resolve_handler
+
+logger = logging.getLogger("tasks_app.jobs")
+
+# Missed ticks are counted up to this many: a week of "* * * * *" is 10,080
+# iterations of croniter, for a number nobody needs exactly.
+MAX_MISSED = 1000
+# Default of TASKS_JOB_MAX_TASKS: tasks one run claims at most; the rest wait for the next run.
+DEFAULT_MAX_TASKS = 10_000
+
+JobHandler = Callable[["JobContext"], Any]
+
+
+# -- what a job handler sees ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobTask:
+    """A task waiting at the job stage, as the handler sees it (read-only; edits are not stored)."""
+
+    id: int
+    type: str
+    payload: dict[str, Any]
+    created_at: datetime
+    attempts: int
+    parent_id: int | None
+
+
+@dataclass
+class JobContext:
+    """What a job handler gets: the due time, the waiting tasks and `send()` for new tasks."""
+
+    stage: str
+    due_at: datetime
+    missed: int
+    run_id: int
+    tasks: list[JobTask]
+    _stage: Stage = field(repr=False)
+    _routes: list[Transition] = field(default_factory=list, repr=False)
+    sent: list[Send] = field(default_factory=list, repr=False)
+
+    def send(self, type: str, payload: dict[str, Any] | None = None) -> None:
+        """Queue a task of `type` out of the job stage; created when the run succeeds, in its transaction."""
+        payload = {} if payload is None else payload
+        validate_task_input(type=type, payload=payload)
+        # Fail fast, inside the handler, as HandlerTask.send does: an unrouted type
+        # or a payload the stage's schema refuses would otherwise fail the whole
+        # run only after the handler had done all its work.
+        if not any(t.accepts(type) for t in self._routes):
+            accepted = sorted({t.task_type or "*" for t in self._routes})
+            raise NoRouteError(stage_slug=self.stage, task_type=type, accepted=accepted)
+        validate_sent(self._stage, type, payload)
+        self.sent.append((type, copy.deepcopy(payload)))
+
+
+# -- when a job is due ----------------------------------------------------------------------------
+
+
+def _ticks_before(schedule: str, moment: datetime) -> croniter:
+    """A croniter whose get_prev() walks back through the due times before `moment`, newest first.
+
+    The schedule is read in TIME_ZONE ("0 3 * * *" is 03:00 local time, DST included).
+    """
+    return croniter(schedule, timezone.localtime(moment, zoneinfo.ZoneInfo(settings.TIME_ZONE)))
+
+
+def _ticks_between(schedule: str, after: datetime, before: datetime) -> int:
+    """How many due times fall strictly between `after` and `before` (at most MAX_MISSED)."""
+    if not schedule:
+        return 0
+    ticks = _ticks_before(schedule, before)  # get_prev() is strictly before its start
+    count = 0
+    while count < MAX_MISSED and ticks.get_prev(datetime) > after:
+        count += 1
+    return count
+
+
+def _baseline(stage: Stage) -> datetime:
+    """The moment the job is covered up to: its latest run's due time, or its creation."""
+    latest = JobRun.objects.filter(stage=stage).order_by("-due_at").values_list("due_at", flat=True).first()
+    return max(latest, stage.created_at) if latest else stage.created_at
+
+
+def due_time(stage: Stage, now: datetime | None = None) -> tuple[datetime, int] | None:
+    """The job's latest due time <= now and how many earlier ones it folds in; None if not due.
+
+    Due means later than the latest run (whatever its status: a failed run is
+    not retried before the next due time) or, before the first run, than the
+    stage's creation, so a new nightly job does not fire at once for last night.
+    """
+    now = now or timezone.now()
+    # get_prev() excludes its start and looks at whole seconds: start one second
+    # past `now` so that a tick at exactly `now` counts as due.
+    ticks = _ticks_before(stage.schedule, now.replace(microsecond=0) + timedelta(seconds=1))
+    due_at = cast(datetime, ticks.get_prev(datetime))
+    baseline = _baseline(stage)
+    if due_at <= baseline:
+        return None
+    return due_at, _ticks_between(stage.schedule, baseline, due_at)
+
+
+# -- starting and running one run -----------------------------------------------------------------
+
+
+def job_run_start(*, stage: Stage, due_at: datetime, worker_id: str) -> JobRun | None:
+    """Insert the run row for (stage, due_at); None if that due time (or a later one) already has a run.
+
+    `missed` is counted here, under the lock, from the latest run the lock lets us see.
+    """
+    try:
+        with transaction.atomic():  # a savepoint inside a caller's transaction: the IntegrityError stays here
+            # Starts of one stage take turns (FOR NO KEY UPDATE on PostgreSQL, which
+            # doesn't block inserting tasks at the stage; SQLite's BEGIN IMMEDIATE
+            # serialises them anyway). Without it, a scheduler whose clock read fell
+            # just before a tick could still start the earlier due time after another
+            # scheduler started the later one, running a catch-up twice.
+            Stage.objects.select_for_update(no_key=True).filter(pk=stage.pk).values_list("pk", flat=True).first()
+            if JobRun.objects.filter(stage=stage, due_at__gte=due_at).exists():
+                return None
+            missed = _ticks_between(stage.schedule, _baseline(stage), due_at)
+            return JobRun.objects.create(stage=stage, due_at=due_at, missed=missed, worker_id=worker_id)
+    except IntegrityError:
+        # The unique (stage, due_at) row is the guarantee: another scheduler inserted it first.
+        return None
+
+
+def _claim_waiting(stage: Stage, worker_id: str) -> list[Task]:
+    """Claim the tasks waiting at the job stage, oldest first, up to TASKS_JOB_MAX_TASKS."""
+    cap = int(getattr(settings, "TASKS_JOB_MAX_TASKS", DEFAULT_MAX_TASKS))
+    claimed: list[Task] = []
+    while len(claimed) < cap:
+        limit = min(MAX_CLAIM_BATCH, cap - len(claimed))
+        batch = task_claim(stage=stage, worker_id=worker_id, limit=limit)
+        claimed += batch
+        if len(batch) < limit:
+            return claimed
+    logger.warning("job %s: claimed the maximum of %d tasks; the rest wait for the next run", stage.slug, cap)
+    return claimed
+
+
+def _context(run: JobRun, claimed: list[Task]) -> JobContext:
+    stage = run.stage
+    return JobContext(
+        stage=stage.slug,
+        due_at=run.due_at,
+        missed=run.missed,
+        run_id=run.pk,
+        tasks=[JobTask(t.pk, t.type, t.payload, t.created_at, t.attempts, t.parent_id) for t in claimed],
+        _stage=stage,
+        _routes=list(stage.outgoing.order_by("id")),
+    )
+
+
+def _succeed(run: JobRun, claimed: list[Task], sends: list[Send]) -> None:
+    """Complete the claimed tasks, send the job's tasks and mark the run succeeded: all, or nothing."""
+    stage = run.stage
+    with transaction.atomic():
+        completed = 0
+        for start in range(0, len(claimed), MAX_CLAIM_BATCH):
+            chunk = claimed[start : start + MAX_CLAIM_BATCH]
+            result = tasks_complete_batch(items=[Completion(t.pk, t.lock_token) for t in chunk])
+            completed += len(result.completed)
+            for task_id in result.lost:
+                # Its lock expired during a long run and the expiry sweep put it back:
+                # the next run gets it again (at-least-once, as for script stages).
+                logger.warning("job %s: lock of task %s lost before completion", stage.slug, task_id)
+        created = tasks_send_many(stage=stage, sends=sends, actor=f"job:{stage.slug}") if sends else []
+        updated = JobRun.objects.filter(pk=run.pk, status=JobRun.Status.RUNNING).update(
+            status=JobRun.Status.SUCCEEDED,
+            finished_at=timezone.now(),
+            tasks_processed=completed,
+            tasks_sent=len(created),
+        )
+        if updated != 1:  # someone else closed the run: keep the tasks for the next one
+            raise TaskStateError(f"Job run {run.pk} is no longer running; nothing was recorded.")
+
+
+def _fail(run: JobRun, claimed: list[Task], exc: BaseException) -> None:
+    """Give the claimed tasks back and mark the run failed with the error and traceback."""
+    error = f"{type(exc).__name__}: {exc}"
+    tb = "".join(traceback.format_exception(exc))
+    logger.error("job %s @ %s failed: %s", run.stage.slug, run.due_at, error)
+    with transaction.atomic():
+        for task in claimed:
+            # task_release, not task_unclaim: each task's history shows why the run
+            # failed, and the attempt counts, so a stage's max_attempts stops a task
+            # that breaks every run from blocking the job forever. retry_in=0: the
+            # cron schedule already spaces the retries; a backoff would only make
+            # the next run skip the task.
+            try:
+                task_release(task_id=task.pk, lock_token=task.lock_token, error=error, traceback=tb, retry_in=0)
+            except TaskLockLost:
+                pass  # its lock expired and the sweep already put it back
+        JobRun.objects.filter(pk=run.pk, status=JobRun.Status.RUNNING).update(
+            status=JobRun.Status.FAILED, finished_at=timezone.now(), error=f"{error}\n\n{tb}"
+        )
+
+
+def job_run_execute(*, run: JobRun, worker_id: str) -> JobRun:
+    """Run a started run's handler on the waiting tasks and record the outcome; never raises.
+
+    1. Resolve the handler (a bad path fails the run before any task is claimed).
+    2. Claim the waiting tasks, in batches.
+    3. Call the handler with a JobContext.
+    4. Succeeded: complete the tasks, send the job's sends, mark the run (one transaction).
+       Failed (handler error, bad send, lost route): release the tasks, mark the run failed.
+    """
+    claimed: list[Task] = []
+    try:
+        handler = cast(JobHandler, resolve_handler(run.stage, {}))
+        claimed = _claim_waiting(run.stage, worker_id)
+        context = _context(run, claimed)
+        handler(context)
+        _succeed(run, claimed, context.sent)
+    except Exception as exc:  # the handler's, or a send refused at commit (route or schema changed)
+        try:
+            _fail(run, claimed, exc)
+        except Exception:
+            # Database trouble: the run stays "running" and the task locks expire.
+            logger.exception("job %s @ %s: could not record the failure", run.stage.slug, run.due_at)
+    try:
+        run.refresh_from_db()
+    except Exception:
+        logger.exception("job run %s: could not re-read it", run.pk)
+    return run
+
+
+# -- the scheduler's step --------------------------------------------------------------------------
+
+
+def jobs_run_due(*, worker_id: str, now: datetime | None = None) -> list[JobRun]:
+    """Start and run every unpaused job stage that is due at `now`; returns the runs this call ran.
+
+    Database errors propagate (the scheduler loop backs off); a bad schedule only skips its stage.
+    """
+    now = now or timezone.now()
+    runs = []
+    stages = Stage.objects.filter(kind=Stage.Kind.JOB, is_paused=False).exclude(schedule="").order_by("id")
+    for stage in stages:
+        try:
+            due = due_time(stage, now)
+        except (ValueError, KeyError) as exc:  # croniter's errors; the model validates, raw SQL may not
+            logger.error("job %s: cannot read schedule %r: %s", stage.slug, stage.schedule, exc)
+            continue
+        if due is None:
+            continue
+        run = job_run_start(stage=stage, due_at=due[0], worker_id=worker_id)
+        if run is not None:  # None: another scheduler has this due time
+            runs.append(job_run_execute(run=run, worker_id=worker_id))
+    return runs
+
+
+def job_run_now(*, stage: Stage, worker_id: str, now: datetime | None = None) -> JobRun | None:
+    """Run a job stage now, whatever its schedule; None if it already has a run for this second.
+
+    The due time is `now` in whole seconds, so the run is still unique per
+    (stage, due_at) and becomes the baseline: due times before it are covered.
+    """
+    if stage.kind != Stage.Kind.JOB:
+        raise ValidationError(f"Stage '{stage.slug}' is a {stage.kind} stage, not a job stage.")
+    now = (now or timezone.now()).replace(microsecond=0)
+    run = job_run_start(stage=stage, due_at=now, worker_id=worker_id)
+    return None if run is None else job_run_execute(run=run, worker_id=worker_id)
