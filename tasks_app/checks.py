@@ -18,6 +18,8 @@ def check_task_settings(app_configs: Any, **kwargs: Any) -> list[Error]:
         "TASKS_EXPIRE_INTERVAL",
         "TASKS_WORKER_HEARTBEAT",
         "TASKS_WORKER_DEAD_AFTER",
+        "TASKS_HOOK_TOLERANCE",
+        "TASKS_SCHEDULER_INTERVAL",
     ]
     for name in positive:
         value = getattr(settings, name)

@@ -231,6 +231,10 @@ TASKS_PG_PREPARE = env_bool("TASKS_PG_PREPARE", True)
 # Signed hook requests: the largest clock difference accepted (and how long
 # their signatures are remembered to refuse replays).
 TASKS_HOOK_TOLERANCE = env_float("TASKS_HOOK_TOLERANCE", 300.0)
+# Job stages: seconds between the scheduler's looks for due jobs, and the most
+# tasks one run takes from its stage (the rest wait for the next run).
+TASKS_SCHEDULER_INTERVAL = env_float("TASKS_SCHEDULER_INTERVAL", 1.0)
+TASKS_JOB_MAX_TASKS = env_int("TASKS_JOB_MAX_TASKS", 10000, minimum=1)
 # Retention: workers delete completed and failed tasks (and their history)
 # finished more than this many days ago, as `manage.py prune_tasks` does.
 # Unset or 0 keeps every task forever. Fractions are allowed (0.5 = 12 hours).
