@@ -105,6 +105,29 @@ def test_an_order_travels_the_whole_demo(db: None, client: Any) -> None:
     assert digest_input.status == Task.Status.PENDING  # waits for tonight's job
     assert Task.objects.exclude(stage__slug="daily-digest").exclude(status=Task.Status.COMPLETED).count() == 0
 
+    # Tonight's digest, run now: it takes the waiting task and sends one digest.
+    out = run("run_scheduler", run_now="daily-digest")
+    assert "daily-digest" in out
+    digest_input.refresh_from_db()
+    assert digest_input.status == Task.Status.COMPLETED
+    [digest] = at("send-digest")
+    assert digest.type == "digest"
+    assert (digest.payload["invoiced"], digest.payload["revenue"], digest.payload["orders"]) == (1, 36.0, [7])
+    run("run_worker", once=True, no_scheduler=True)
+    assert not Task.objects.exclude(status=Task.Status.COMPLETED).exists()
+
+
+def test_the_demo_workflow_round_trips_through_dump_and_load(db: None, tmp_path: Any) -> None:
+    run("load_demo", "--no-orders")
+    dumped = run("dump_workflow")
+    Transition.objects.all().delete()
+    Stage.objects.all().delete()
+    (tmp_path / "workflow.json").write_text(dumped)
+
+    run("load_workflow", str(tmp_path / "workflow.json"))
+
+    assert run("dump_workflow") == dumped
+
 
 @committed
 def test_out_of_stock_orders_reach_review_and_a_decline_notifies_the_customer(db: None, client: Any) -> None:

@@ -28,7 +28,7 @@ from rest_framework.test import APIClient
 
 from tasks_app.models import JobRun, Stage, Task, TaskEvent, Transition
 from tasks_app.services import task_create
-from tasks_app.services.jobs import MAX_MISSED, due_time, job_run_start, jobs_run_due
+from tasks_app.services.jobs import MAX_MISSED, due_time, job_run_start, job_runs_abandon, jobs_run_due
 from tests.conftest import ROOT, finish, manage, start_worker, subprocess_env, wait_for
 
 committed = pytest.mark.django_db(transaction=True)
@@ -510,3 +510,18 @@ def test_run_worker_runs_a_due_job_in_its_scheduler_thread_and_stops_with_it(wor
     assert "scheduler w-sched/scheduler started" in out
     # The thread (a daemon) said goodbye: the process waited for it before exiting.
     assert "scheduler w-sched/scheduler stopped (1 run(s))" in out
+
+
+def test_a_run_whose_scheduler_died_is_closed_as_abandoned_after_its_lock_timeout(db: None) -> None:
+    stage = Stage.objects.create(slug="nightly", name="N", kind="job", schedule="0 2 * * *", lock_timeout=60)
+    now = timezone.now()
+    old = JobRun.objects.create(stage=stage, due_at=now - timedelta(days=1), started_at=now - timedelta(seconds=121))
+    recent = JobRun.objects.create(stage=stage, due_at=now, started_at=now - timedelta(seconds=119))
+
+    assert job_runs_abandon(now=now) == 1
+
+    old.refresh_from_db()
+    recent.refresh_from_db()
+    assert (old.status, recent.status) == ("failed", "running")
+    assert old.error.startswith("Abandoned") and old.finished_at == now
+    assert job_runs_abandon(now=now) == 0

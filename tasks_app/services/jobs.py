@@ -268,12 +268,37 @@ def job_run_execute(*, run: JobRun, worker_id: str) -> JobRun:
 # -- the scheduler's step --------------------------------------------------------------------------
 
 
+ABANDON_GRACE = 60  # seconds past the stage's lock timeout before a silent run counts as abandoned
+
+
+def job_runs_abandon(*, now: datetime | None = None) -> int:
+    """Close runs whose scheduler died mid-run: running for longer than their stage's lock timeout.
+
+    By then their tasks' locks have expired and gone back to the queue, so a
+    late finish could record nothing anyway (_succeed's update is conditional).
+    """
+    now = now or timezone.now()
+    stale = [
+        run.pk
+        for run in JobRun.objects.filter(status=JobRun.Status.RUNNING).select_related("stage")
+        if run.started_at + timedelta(seconds=run.stage.lock_timeout + ABANDON_GRACE) < now
+    ]
+    if not stale:
+        return 0
+    return JobRun.objects.filter(pk__in=stale, status=JobRun.Status.RUNNING).update(
+        status=JobRun.Status.FAILED,
+        finished_at=now,
+        error="Abandoned: no result within the stage's lock timeout (the scheduler stopped during the run?).",
+    )
+
+
 def jobs_run_due(*, worker_id: str, now: datetime | None = None) -> list[JobRun]:
     """Start and run every unpaused job stage that is due at `now`; returns the runs this call ran.
 
     Database errors propagate (the scheduler loop backs off); a bad schedule only skips its stage.
     """
     now = now or timezone.now()
+    job_runs_abandon(now=now)
     runs = []
     stages = Stage.objects.filter(kind=Stage.Kind.JOB, is_paused=False).exclude(schedule="").order_by("id")
     for stage in stages:
