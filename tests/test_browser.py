@@ -190,7 +190,9 @@ def test_reviewer_approves_a_task_from_my_work_in_a_browser(page: Any, form_flow
 
     log_in(page, "rita", "pw-12345")
     assert page.locator("#waiting a", has_text=str(task.pk)).count() == 1
+    shot(page, "my-work")
     open_from_my_work(page, task)
+    shot(page, "form-task")
     page.fill("input[name='f-approved-note']", "pay it")
     page.click("form[data-type=approved] button:has-text('Approve')")
     page.wait_for_url(on_my_work)
