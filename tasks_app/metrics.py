@@ -20,17 +20,19 @@ API by other clients cost nothing and grow no memory.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from bisect import bisect_left
 from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.core.cache import cache
 from django.db import connection, transaction
-from django.db.models import Count, Max, Min, Q
+from django.db.models import Case, Count, F, JSONField, Max, Min, Q, When
 from django.utils import timezone
 
-from tasks_app.models import CounterCursor, StageCounter, TaskEvent
+from tasks_app.models import CounterCursor, StageCounter, TaskEvent, WorkerProcess
 
 # -- histograms (worker side) --------------------------------------------------
 
@@ -109,15 +111,41 @@ def _histograms_of(snapshot: object) -> Iterable[tuple[str, dict[str, tuple[list
         yield name, {stage: (list(h["counts"]), float(h["sum"])) for stage, h in stages.items()}
 
 
-def merge_snapshots(snapshots: Iterable[object]) -> dict[str, dict[str, tuple[list[int], float]]]:
-    """Sum many workers' snapshots: histogram name -> stage -> (counts per bucket, sum)."""
-    merged: dict[str, dict[str, tuple[list[int], float]]] = {name: {} for name in HISTOGRAMS}
+Merged = dict[str, dict[str, tuple[list[int], float]]]  # histogram name -> stage -> (counts per bucket, sum)
+
+
+def merge_snapshots(snapshots: Iterable[object], start: Merged | None = None) -> Merged:
+    """Sum many workers' snapshots (onto `start`, which is left as it was)."""
+    merged: Merged = {name: dict((start or {}).get(name, {})) for name in HISTOGRAMS}
     for snap in snapshots:
         for name, stages in _histograms_of(snap):
             for stage, (counts, total) in stages.items():
                 old_counts, old_total = merged[name].get(stage, ([0] * len(counts), 0.0))
                 merged[name][stage] = ([a + b for a, b in zip(old_counts, counts, strict=True)], old_total + total)
     return merged
+
+
+STOPPED_CACHE_TTL = 24 * 3600
+
+
+def worker_histograms() -> Merged:
+    """Every worker's histograms summed, stopped workers' included (so a worker's exit loses nothing).
+
+    Rows accumulate (one per worker start), but a stopped worker's snapshot is
+    final: their sum is cached per set of stopped rows, and a scrape reads
+    only the running workers' snapshots. One query tells both apart, so a
+    worker stopping meanwhile is counted exactly once.
+    """
+    live_only = Case(When(stopped_at__isnull=True, then=F("metrics")), default=None, output_field=JSONField())
+    rows = list(WorkerProcess.objects.annotate(live=live_only).values_list("id", "stopped_at", "live"))
+    stopped = sorted((pk, at) for pk, at, _ in rows if at is not None)
+    key = "tasks_app:metrics:stopped:" + hashlib.sha256(repr(stopped).encode()).hexdigest()
+    base = cache.get(key)
+    if base is None:
+        ids = [pk for pk, _ in stopped]
+        base = merge_snapshots(WorkerProcess.objects.filter(pk__in=ids).values_list("metrics", flat=True).iterator())
+        cache.set(key, base, STOPPED_CACHE_TTL)
+    return merge_snapshots((live for _, at, live in rows if at is None), start=base)
 
 
 # -- counters (from the history) ------------------------------------------------

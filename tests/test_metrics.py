@@ -396,6 +396,31 @@ def test_histograms_add_up_every_worker_stopped_ones_and_reused_ids_included(
     assert count == 6
 
 
+def snapshot_of(handled: int) -> dict[str, Any]:
+    counts = [0] * (len(metrics.BUCKETS) + 1)
+    counts[3] = handled
+    return {
+        "version": 1,
+        "buckets": list(metrics.BUCKETS),
+        "claim": {},
+        "handler": {"ship": {"counts": counts, "sum": 1.0}},
+    }
+
+
+def test_stopped_workers_are_summed_once_through_their_cache(db: None, token: None) -> None:
+    now = timezone.now()
+    for worker_id in ("old-1", "old-2"):
+        WorkerProcess.objects.create(worker_id=worker_id, host="h", pid=1, stopped_at=now, metrics=snapshot_of(5))
+    running = WorkerProcess.objects.create(worker_id="running", host="h", pid=1, metrics=snapshot_of(1))
+    assert value(scrape(), "tasks_handler_duration_seconds_count", stage="ship") == 11
+    # The running worker handles more, then stops: its final snapshot counts once.
+    WorkerProcess.objects.filter(pk=running.pk).update(metrics=snapshot_of(4))
+    assert value(scrape(), "tasks_handler_duration_seconds_count", stage="ship") == 14
+    WorkerProcess.objects.filter(pk=running.pk).update(stopped_at=now, metrics=snapshot_of(6))
+    assert value(scrape(), "tasks_handler_duration_seconds_count", stage="ship") == 16
+    assert value(scrape(), "tasks_handler_duration_seconds_count", stage="ship") == 16
+
+
 def test_snapshots_with_other_buckets_are_left_out() -> None:
     good = {
         "version": 1,

@@ -34,7 +34,7 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from tasks_app.metrics import BUCKETS, EXPIRED_FAILED, counter_values, counters_fold, merge_snapshots
+from tasks_app.metrics import BUCKETS, EXPIRED_FAILED, counter_values, counters_fold, worker_histograms
 from tasks_app.models import Stage, TaskEvent, WorkerProcess
 from tasks_app.views.overview import live_counts
 
@@ -119,8 +119,7 @@ class TasksCollector:
         return GaugeMetricFamily("tasks_workers_live", "Worker processes running and heard from lately.", value=live)
 
     def _histograms(self) -> Iterator[Metric]:
-        # Every row, stopped workers' too: a worker's exit must not make the sums go down.
-        merged = merge_snapshots(WorkerProcess.objects.values_list("metrics", flat=True).iterator())
+        merged = worker_histograms()
         bounds = [*(str(b) for b in BUCKETS), "+Inf"]
         for key, name, doc in HISTOGRAMS:
             family = HistogramMetricFamily(name, doc, labels=["stage"])
