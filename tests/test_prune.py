@@ -19,6 +19,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from tasks_app.models import JobRun, Stage, Task, TaskEvent
@@ -194,21 +195,53 @@ def test_a_surviving_child_of_a_pruned_parent_loses_only_the_link(world: dict[st
 
 
 @committed
-def test_lineage_stays_valid_when_parent_and_child_fall_in_different_batches(world: dict[str, Stage]) -> None:
-    # A chain review -> ship, completed 40 and 39 days ago, plus a recent grandchild-like survivor.
+def test_children_are_pruned_before_their_parents(world: dict[str, Stage]) -> None:
+    # review -declined-> notify: a parent completed 40 days ago, its child 39 days ago.
     parent = finished(world["review"], days_ago=40, send=[("declined", {"n": 1})])
     [child] = Task.objects.filter(parent=parent)
     [claim] = task_claim(stage=world["notify"], worker_id="w1", now=timezone.now() - 39 * DAY)
     task_complete(task_id=claim.pk, lock_token=claim.lock_token, now=timezone.now() - 39 * DAY)
     recent = finished(world["review"], days_ago=1, send=[("declined", {"n": 2})])
+    seen: list[list[int]] = []
 
-    # One task per batch: the parent's batch commits while its child still exists.
-    result = prune(batch_size=1)
+    def progress(batch: PruneBatch, total: PruneResult) -> None:
+        seen.append(sorted(ids() & {parent.pk, child.pk}))  # what is left after each committed batch
 
-    assert child.pk not in ids() and parent.pk not in ids()
-    assert (result.tasks, result.batches, result.unlinked) == (2, 2, 1)
+    # One task per batch: newest first, so the child's batch commits before the parent's.
+    result = prune(batch_size=1, progress=progress)
+
+    assert seen == [[parent.pk], []]
+    assert (result.tasks, result.batches, result.unlinked) == (2, 2, 0)
     assert Task.objects.filter(parent=recent).count() == 1  # young lineage untouched
     assert dangling_parents() == []
+
+
+@committed
+def test_a_parent_finished_after_its_child_is_unlinked_in_its_own_batch(world: dict[str, Stage]) -> None:
+    # The parent was retried and completed again after its child had finished:
+    # newest first now meets the parent before the child.
+    parent = finished(world["review"], days_ago=40, send=[("declined", {"n": 1})])
+    [child] = Task.objects.filter(parent=parent)
+    [claim] = task_claim(stage=world["notify"], worker_id="w1", now=timezone.now() - 39 * DAY)
+    task_complete(task_id=claim.pk, lock_token=claim.lock_token, now=timezone.now() - 39 * DAY)
+    again = timezone.now() - 38 * DAY
+    task_retry(task_id=parent.pk, actor="user:ann", now=again)
+    [claim] = task_claim(stage=world["review"], worker_id="w1", now=again)
+    task_complete(task_id=parent.pk, lock_token=claim.lock_token, now=again)
+    seen: list[list[int]] = []
+
+    def progress(batch: PruneBatch, total: PruneResult) -> None:
+        # After each committed batch: which of the two are left, and where the child points.
+        seen.append(sorted(ids() & {parent.pk, child.pk}))
+        assert dangling_parents() == []
+
+    result = prune(batch_size=1, progress=progress)
+
+    # Batch 1 deleted the parent and cleared the child's link in the same
+    # transaction (the deferred foreign key would refuse the commit otherwise).
+    assert seen == [[child.pk], []]
+    # The child did not stay, so no surviving task lost its parent.
+    assert (result.tasks, result.batches, result.unlinked) == (2, 2, 0)
 
 
 # -- batches, dry run, the conditional delete ----------------------------------------------------
@@ -341,9 +374,9 @@ def test_command_prints_a_line_per_batch_and_a_summary(world: dict[str, Stage]) 
     lines = command("--older-than", "30d", "--batch-size", "2").splitlines()
 
     assert [line.split(" in ")[0] for line in lines[:-1]] == [
-        "batch 1: deleted 2 completed tasks, 6 events",
-        "batch 2: deleted 1 completed tasks, 3 events",
-        "batch 3: deleted 1 failed tasks, 3 events",
+        "batch 1: deleted 1 failed tasks, 3 events",
+        "batch 2: deleted 2 completed tasks, 6 events",
+        "batch 3: deleted 1 completed tasks, 3 events",
     ]
     assert lines[-1] == (
         "deleted 4 tasks and 12 events in 3 batches; 0 surviving tasks lost their parent link; 0 job runs deleted"
@@ -481,6 +514,31 @@ def test_prune_due_takes_a_bounded_bite_and_comes_back_soon(
     assert prune_due().tasks == 1  # type: ignore[union-attr]
 
 
+def test_prune_due_stops_when_another_worker_takes_the_lock_over(
+    world: dict[str, Stage], settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.TASKS_RETENTION_DAYS = 30
+    settings.TASKS_PRUNE_INTERVAL = 600
+    for n in range(3):
+        finished(world["ship"], days_ago=40 + n)
+    monkeypatch.setattr(retention, "PERIODIC_BATCH", 1)
+    # Free for the first two batches (the failed pass finds none, then one completed task), then taken.
+    answers = iter([True, True, False])
+    monkeypatch.setattr(retention, "_prune_lock", lambda: next(answers))
+
+    result = prune_due()
+
+    assert result is not None and (result.tasks, result.busy, result.finished) == (1, True, False)
+    assert Task.objects.count() == 2
+    # The other worker carries on: this one waits for its interval, not PERIODIC_PAUSE.
+    assert retention.schedule.next_at - retention.time.monotonic() > 500
+    # Taken from the start: it did not prune at all.
+    retention.schedule.next_at = 0.0
+    monkeypatch.setattr(retention, "_prune_lock", lambda: False)
+    assert prune_due() is None
+    assert Task.objects.count() == 2
+
+
 @committed
 def test_a_worker_with_retention_prunes_an_old_completed_task(
     world: dict[str, Stage], settings: Any, caplog: pytest.LogCaptureFixture
@@ -526,13 +584,15 @@ def test_prune_due_skips_while_another_worker_holds_the_prune_lock(world: dict[s
         assert other.execute("SELECT pg_try_advisory_lock(%s)", [retention.PRUNE_LOCK_KEY]).fetchone() == (True,)
         assert prune_due() is None
         assert old.pk in ids()
+        # The command is not periodic: it prunes whoever holds the lock.
+        assert tasks_prune(older_than=30 * DAY, dry_run=True).tasks == 1
         other.execute("SELECT pg_advisory_unlock(%s)", [retention.PRUNE_LOCK_KEY])
     finally:
         other.close()
     retention.schedule.next_at = 0.0
     result = prune_due()
     assert result is not None and result.tasks == 1
-    # The lock was given back: another session can take it.
+    # The lock lives only as long as a batch's transaction: another session can take it now.
     other = other_connection()
     try:
         assert other.execute("SELECT pg_try_advisory_lock(%s)", [retention.PRUNE_LOCK_KEY]).fetchone() == (True,)
@@ -548,14 +608,14 @@ def test_two_concurrent_periodic_prunes_only_one_prunes(
     settings.TASKS_RETENTION_DAYS = 30
     old = [finished(world["ship"], days_ago=40 + n) for n in range(4)]
     inside, go_on = threading.Event(), threading.Event()
-    real_prune = retention.tasks_prune
+    real_delete = retention.delete_batch
 
-    def slow_prune(**kwargs: Any) -> PruneResult:
-        inside.set()  # holding the prune lock now
+    def slow_delete(**kwargs: Any) -> tuple[int, int, int]:
+        inside.set()  # in a batch's transaction, holding the prune lock
         assert go_on.wait(timeout=30)
-        return real_prune(**kwargs)
+        return real_delete(**kwargs)
 
-    monkeypatch.setattr(retention, "tasks_prune", slow_prune)
+    monkeypatch.setattr(retention, "delete_batch", slow_delete)
     results: dict[str, PruneResult | None] = {}
     errors: list[BaseException] = []
 
@@ -600,15 +660,20 @@ def test_selecting_a_batch_walks_the_completed_at_index(world: dict[str, Stage])
         # 50,000 tasks, half of them older than the cutoff.
         cursor.execute(BULK_FINISHED_SQL, {"stage": world["ship"].pk, "n": 50_000})
         cursor.execute("ANALYZE tasks_app_task")
-        cutoff = timezone.now() - timedelta(minutes=25_000)
-        cursor.execute(
-            "EXPLAIN SELECT id, parent_id FROM tasks_app_task WHERE status = %s AND completed_at < %s "
-            "ORDER BY completed_at, id LIMIT %s",
-            ["completed", cutoff, 10_000],
-        )
-        plan = "\n".join(row[0] for row in cursor.fetchall())
-    assert "task_completed_at_idx" in plan, plan
-    assert "Seq Scan" not in plan, plan
+    cutoff = timezone.now() - timedelta(minutes=25_000)
+    # The statements of a first and a second batch, as the service sends them.
+    with CaptureQueriesContext(connection) as queries:
+        ids, after = retention._select_batch(status="completed", cutoff=cutoff, after=None, limit=10_000)
+        retention._select_batch(status="completed", cutoff=cutoff, after=after, limit=10_000)
+    assert len(ids) == 10_000
+    selects = [q["sql"] for q in queries.captured_queries if "LIMIT" in q["sql"]]
+    assert len(selects) == 2
+    for sql in selects:
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN " + sql)
+            plan = "\n".join(row[0] for row in cursor.fetchall())
+        assert "Index Scan Backward using task_completed_at_idx" in plan, plan
+        assert "Seq Scan" not in plan, plan
 
 
 @pytest.mark.postgres

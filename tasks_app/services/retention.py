@@ -23,32 +23,32 @@ Each batch is one short transaction, three statements:
    has no database-level foreign key, so nothing else would; and running it
    after the task DELETE means an event committed by a change that the task
    DELETE waited for is seen and deleted too.
-3. Clear `parent` of surviving children of deleted tasks. Task.parent is a real
-   (deferred) foreign key in the database, and Django's SET_NULL only happens
-   for ORM deletes, so the DELETE's transaction could not commit without it. We
+3. Clear `parent` in the remaining children of the deleted tasks. Task.parent
+   is a real (deferred) foreign key in the database, and Django's SET_NULL
+   only happens for ORM deletes, so the batch could not commit without it. We
    clear the link rather than keep a parent while any of its children lives: a
    long-failed child would otherwise pin its ancestors forever, and the child's
    "created" event still names its parent (details.parent).
 
-Batches are taken in a fixed order with keyset pagination (oldest completion
-first for completed tasks, by id for failed ones), so every run, and a dry
-run, ends after one pass and a dry run walks exactly the batches a real run
-would delete.
+Batches go newest first, from the cutoff backwards (failed tasks, then
+completed ones; see _select_batch), so children are deleted before their
+parents and step 3 rewrites only children that stay. Keyset pagination makes
+every run, and a dry run, a single pass: a dry run walks exactly the batches
+a real run would delete.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import random
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
@@ -68,6 +68,7 @@ PRUNE_LOCK_KEY = 0x7A5C_0002
 PERIODIC_BATCH = 1000
 PERIODIC_BUDGET = 0.5
 PERIODIC_PAUSE = 1.0
+JOB_RUN_BATCH = 1000
 
 
 @dataclass
@@ -79,7 +80,8 @@ class PruneResult:
     batches: int = 0
     unlinked: int = 0  # surviving tasks whose parent was deleted (their parent link cleared)
     job_runs: int = 0
-    finished: bool = True  # False when max_seconds ran out with more possibly left
+    finished: bool = True  # False when it stopped early, with more possibly left
+    busy: bool = False  # stopped (or never started) because another worker is pruning
     dry_run: bool = False
 
 
@@ -113,53 +115,68 @@ def _ids_sql(ids: Sequence[int]) -> tuple[str, list[Any]]:
     return f"IN ({','.join(str(int(i)) for i in ids)})", []
 
 
+def _prunable_sql(statuses: Sequence[str], cutoff: datetime) -> tuple[str, list[Any]]:
+    """SQL that is true for a task this prune deletes (any of `statuses`, older than `cutoff`)."""
+    at = connection.ops.adapt_datetimefield_value(cutoff)
+    terms = [f"(status = %s AND {AGE_COLUMN[s]} < %s)" for s in statuses]
+    return f"({' OR '.join(terms)})", [p for s in statuses for p in (s, at)]
+
+
 def _select_batch(
     *, status: str, cutoff: datetime, after: tuple[Any, ...] | None, limit: int
-) -> tuple[list[tuple[int, int | None]], tuple[Any, ...] | None]:
-    """The next `limit` prunable tasks of one status after the keyset `after`.
+) -> tuple[list[int], tuple[Any, ...] | None]:
+    """The next `limit` prunable task ids of one status after the keyset `after`, newest first.
 
-    Returns their (id, parent_id) rows and the keyset of the last one.
+    Returns the ids and the keyset of the last one. Newest first (from the
+    cutoff backwards) deletes children before their parents: a child is
+    created when its parent completes and finishes after it, so with failed
+    tasks (which never have children) taken before completed ones, a parent's
+    prunable children are gone by the time it is deleted, and its link only
+    needs clearing in children that stay.
     """
     params: list[Any] = [status, connection.ops.adapt_datetimefield_value(cutoff)]
     if status == Task.Status.COMPLETED:
-        # Oldest completion first, along task_completed_at_idx: each batch reads
-        # about `limit` index entries however large the backlog.
-        sql = "SELECT id, parent_id FROM tasks_app_task WHERE status = %s AND completed_at < %s"
+        # Along task_completed_at_idx (backwards): each batch reads about
+        # `limit` index entries however large the backlog.
+        sql = "SELECT id FROM tasks_app_task WHERE status = %s AND completed_at < %s"
         if after is not None:
-            # The plain >= gives the index scan its lower bound; the OR breaks ties.
-            sql += " AND completed_at >= %s AND (completed_at > %s OR id > %s)"
+            # The plain <= gives the index scan its bound; the OR breaks ties.
+            sql += " AND completed_at <= %s AND (completed_at < %s OR id < %s)"
             params += [after[0], after[0], after[1]]
-        sql += " ORDER BY completed_at, id LIMIT %s"
+        sql += " ORDER BY completed_at DESC, id DESC LIMIT %s"
     else:
         # Failed tasks are a few percent of the table and updated_at has no
-        # index: go along the primary key (old tasks have low ids).
-        sql = f"SELECT id, parent_id FROM tasks_app_task WHERE status = %s AND {AGE_COLUMN[status]} < %s"
+        # index (a bitmap scan of task_status_stage_idx finds them): by id.
+        sql = f"SELECT id FROM tasks_app_task WHERE status = %s AND {AGE_COLUMN[status]} < %s"
         if after is not None:
-            sql += " AND id > %s"
+            sql += " AND id < %s"
             params.append(after[0])
-        sql += " ORDER BY id LIMIT %s"
+        sql += " ORDER BY id DESC LIMIT %s"
     params.append(limit)
     with connection.cursor() as cursor:
         cursor.execute(sql, params)
-        rows = cursor.fetchall()
-        if not rows:
+        ids = [row[0] for row in cursor.fetchall()]
+        if not ids:
             return [], after
-        last = rows[-1][0]
         if status != Task.Status.COMPLETED:
-            return rows, (last,)
+            return ids, (ids[-1],)
         # The last row's completion time only: loading timezone-aware timestamps
         # costs more than the rest of the query (a quarter of a second per 10,000).
-        cursor.execute("SELECT completed_at FROM tasks_app_task WHERE id = %s", [last])
+        cursor.execute("SELECT completed_at FROM tasks_app_task WHERE id = %s", [ids[-1]])
         completed_at = cursor.fetchone()[0]
     if isinstance(completed_at, datetime):  # SQLite may hand back its text as it is
         completed_at = connection.ops.adapt_datetimefield_value(completed_at)
-    return rows, (completed_at, last)
+    return ids, (completed_at, ids[-1])
 
 
-def delete_batch(*, ids: Sequence[int], status: str, cutoff: datetime) -> tuple[int, int, int]:
+def delete_batch(
+    *, ids: Sequence[int], status: str, cutoff: datetime, statuses: Sequence[str] = PRUNABLE
+) -> tuple[int, int, int]:
     """Delete the tasks among `ids` that are still `status` and older than `cutoff`, with their history.
 
-    Returns (tasks, events, unlinked). Must run inside the batch's transaction.
+    Returns (tasks, events, unlinked): unlinked counts the children that lost
+    their parent link and stay (not `statuses` older than `cutoff`). Must run
+    inside the batch's transaction.
     """
     assert connection.in_atomic_block, "a batch's three statements must commit together"
     if not ids:
@@ -178,25 +195,31 @@ def delete_batch(*, ids: Sequence[int], status: str, cutoff: datetime) -> tuple[
         events = cursor.rowcount
         # updated_at stays: losing a parent is not a change of the child's state
         # (and a failed child's age is its updated_at).
-        cursor.execute(f"UPDATE tasks_app_task SET parent_id = NULL WHERE parent_id {match}", params)
-        unlinked = cursor.rowcount
+        prunable, prunable_params = _prunable_sql(statuses, cutoff)
+        cursor.execute(
+            f"UPDATE tasks_app_task SET parent_id = NULL WHERE parent_id {match}"
+            f" RETURNING CASE WHEN {prunable} THEN 0 ELSE 1 END",
+            [*params, *prunable_params],
+        )
+        unlinked = sum(row[0] for row in cursor.fetchall())
     return len(deleted), events, unlinked
 
 
-def _count_batch(rows: Sequence[tuple[int, int | None]]) -> tuple[int, int, int]:
-    """What delete_batch would do to these (id, parent_id) rows now, changing nothing (dry run)."""
-    if not rows:
+def _count_batch(ids: Sequence[int], *, statuses: Sequence[str], cutoff: datetime) -> tuple[int, int, int]:
+    """What delete_batch would do to `ids` now, changing nothing (dry run)."""
+    if not ids:
         return 0, 0, 0
-    ids = [r[0] for r in rows]
-    batch = set(ids)
     match, params = _ids_sql(ids)
+    prunable, prunable_params = _prunable_sql(statuses, cutoff)
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT count(*) FROM tasks_app_taskevent WHERE task_id {match}", params)
         events = cursor.fetchone()[0]
-        cursor.execute(f"SELECT count(*) FROM tasks_app_task WHERE parent_id {match}", params)
-        children = cursor.fetchone()[0]
-    # Children deleted in the same batch keep no link to clear.
-    return len(ids), events, children - sum(1 for _, parent in rows if parent in batch)
+        cursor.execute(
+            f"SELECT count(*) FROM tasks_app_task WHERE parent_id {match} AND NOT {prunable}",
+            [*params, *prunable_params],
+        )
+        unlinked = cursor.fetchone()[0]
+    return len(ids), events, unlinked
 
 
 def _job_runs_prunable(cutoff: datetime) -> Any:
@@ -211,14 +234,16 @@ def _job_runs_prunable(cutoff: datetime) -> Any:
 def _prune_job_runs(*, cutoff: datetime, batch_size: int, dry_run: bool) -> int:
     if dry_run:
         return _job_runs_prunable(cutoff).count()
+    # Job runs are few (one per due time); batches stay within SQLite's parameter limit.
+    batch_size = min(batch_size, JOB_RUN_BATCH)
     total = 0
     while True:
         with transaction.atomic():
             ids = list(_job_runs_prunable(cutoff).order_by("id").values_list("id", flat=True)[:batch_size])
             if ids:
-                # The same conditions again: a run can't stop being finished, but a
-                # newer run keeps the latest one, and this says so in one place.
-                total += _job_runs_prunable(cutoff).filter(id__in=ids)._raw_delete(connection.alias)
+                # Conditional like the task DELETE: a run that became its stage's
+                # latest (say, newer ones were deleted by hand) stays.
+                total += _job_runs_prunable(cutoff).filter(id__in=ids).delete()[0]
         if len(ids) < batch_size:
             return total
 
@@ -227,8 +252,9 @@ def _prune_job_runs(*, cutoff: datetime, batch_size: int, dry_run: bool) -> int:
 
 
 def _check_statuses(statuses: Iterable[str]) -> list[str]:
-    chosen = list(dict.fromkeys(statuses))
-    refused = [s for s in chosen if s not in PRUNABLE]
+    """The statuses to prune, in the order they are pruned (failed first: see _select_batch)."""
+    chosen = set(statuses)
+    refused = sorted(chosen - set(PRUNABLE))
     if refused:
         raise ValueError(
             f"only completed and failed tasks can be pruned, not {', '.join(refused)}: "
@@ -236,7 +262,7 @@ def _check_statuses(statuses: Iterable[str]) -> list[str]:
         )
     if not chosen:
         raise ValueError("no status to prune: give completed, failed or both")
-    return chosen
+    return [s for s in (Task.Status.FAILED, Task.Status.COMPLETED) if s in chosen]
 
 
 def tasks_prune(
@@ -247,9 +273,14 @@ def tasks_prune(
     dry_run: bool = False,
     progress: Progress | None = None,
     max_seconds: float | None = None,
+    exclusive: bool = False,
     now: datetime | None = None,
 ) -> PruneResult:
-    """Delete finished tasks older than `older_than`, with their history, batch by batch; returns the counts."""
+    """Delete finished tasks older than `older_than`, with their history, batch by batch; returns the counts.
+
+    With `exclusive`, each batch first takes the prune lock (PostgreSQL) and
+    the prune stops, busy, if another exclusive prune holds it.
+    """
     if older_than <= timedelta(0):
         raise ValueError(f"older_than must be more than 0, got {older_than}")
     if batch_size < 1:
@@ -264,13 +295,15 @@ def tasks_prune(
         while True:
             batch_started = time.monotonic()
             with transaction.atomic():
-                rows, after = _select_batch(status=status, cutoff=cutoff, after=after, limit=batch_size)
+                if exclusive and not _prune_lock():
+                    result.finished, result.busy = False, True
+                    return result
+                ids, after = _select_batch(status=status, cutoff=cutoff, after=after, limit=batch_size)
                 if dry_run:
-                    tasks, events, unlinked = _count_batch(rows)
+                    tasks, events, unlinked = _count_batch(ids, statuses=chosen, cutoff=cutoff)
                 else:
-                    ids = [r[0] for r in rows]
-                    tasks, events, unlinked = delete_batch(ids=ids, status=status, cutoff=cutoff)
-            if rows:
+                    tasks, events, unlinked = delete_batch(ids=ids, status=status, cutoff=cutoff, statuses=chosen)
+            if ids:
                 result.batches += 1
                 result.tasks += tasks
                 result.events += events
@@ -280,7 +313,7 @@ def tasks_prune(
                         result.batches, status, tasks, events, unlinked, time.monotonic() - batch_started
                     )
                     progress(batch, result)
-            if len(rows) < batch_size:
+            if len(ids) < batch_size:
                 break
             # Checked after a batch, so that even a tiny budget makes progress.
             if max_seconds is not None and time.monotonic() - started >= max_seconds:
@@ -303,31 +336,19 @@ class _Schedule:
 schedule = _Schedule()
 
 
-@contextlib.contextmanager
-def _prune_lock() -> Iterator[bool]:
-    """Hold PostgreSQL's session-level advisory lock for periodic pruning, if it is free.
+def _prune_lock() -> bool:
+    """Take the prune's transaction-scoped advisory lock, if free (PostgreSQL), as the expiry sweep does.
 
-    Session-level, not transaction-level: a prune is many short transactions,
-    and the lock must cover all of them. SQLite needs none (BEGIN IMMEDIATE
-    serialises the batches, and a second pruner would find nothing left).
+    Per batch, not per session: nothing outlives a transaction, so a dropped
+    connection or a transaction-pooling PgBouncer can't leave it held. Between
+    two batches another worker may take over; the first then stops. SQLite
+    needs none: BEGIN IMMEDIATE serialises the batches.
     """
     if connection.vendor != "postgresql":
-        yield True
-        return
+        return True
     with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [PRUNE_LOCK_KEY])
-        got = bool(cursor.fetchone()[0])
-    try:
-        yield got
-    finally:
-        if got:
-            try:
-                with connection.cursor() as cursor:
-                    cursor.execute("SELECT pg_advisory_unlock(%s)", [PRUNE_LOCK_KEY])
-            except DatabaseError:
-                # The connection broke (the session's locks went with it) or an outer
-                # transaction is aborted; the first error is the one to report.
-                logger.warning("could not release the prune lock; it goes with the connection")
+        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [PRUNE_LOCK_KEY])
+        return bool(cursor.fetchone()[0])
 
 
 def prune_due(*, now: datetime | None = None) -> PruneResult | None:
@@ -337,23 +358,28 @@ def prune_due(*, now: datetime | None = None) -> PruneResult | None:
     (TASKS_PRUNE_INTERVAL with ±10% jitter); that needs no shared "last run"
     row, because a prune's work is the tasks that aged past the cutoff since
     the last one, whichever worker ran it, and the advisory lock lets one
-    worker at a time do it. A call prunes for at most PERIODIC_BUDGET seconds;
-    while a backlog lasts, it is due again after PERIODIC_PAUSE.
+    worker at a time do it (a worker that finds it taken skips its turn). A
+    call prunes for at most PERIODIC_BUDGET seconds; while a backlog lasts, it
+    is due again after PERIODIC_PAUSE.
     """
     days = settings.TASKS_RETENTION_DAYS
-    if days is None:
+    if days is None or days <= 0:
         return None
     clock = time.monotonic()
     if clock < schedule.next_at:
         return None
     # Set first: after a database error the worker retries at the next interval, not in a loop.
     schedule.next_at = clock + float(settings.TASKS_PRUNE_INTERVAL) * random.uniform(0.9, 1.1)
-    with _prune_lock() as got:
-        if not got:
-            return None  # another worker is pruning
-        result = tasks_prune(
-            older_than=timedelta(days=days), batch_size=PERIODIC_BATCH, max_seconds=PERIODIC_BUDGET, now=now
-        )
+    result = tasks_prune(
+        older_than=timedelta(days=days),
+        batch_size=PERIODIC_BATCH,
+        max_seconds=PERIODIC_BUDGET,
+        exclusive=True,
+        now=now,
+    )
+    if result.busy:
+        # Another worker is pruning (and carries on with what is left).
+        return result if result.batches else None
     if not result.finished:
         schedule.next_at = time.monotonic() + PERIODIC_PAUSE
     return result
