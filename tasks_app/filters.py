@@ -10,6 +10,8 @@ from django.db import connection
 from django.db.models import F, QuerySet
 from django.db.models.fields.json import KeyTransform
 from django_filters import rest_framework as filters
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 
 from tasks_app.models import Stage, Task
 
@@ -73,8 +75,13 @@ class NumberInFilter(filters.BaseInFilter, filters.NumberFilter):
     pass
 
 
+@extend_schema_field(OpenApiTypes.STR)
+class StageSlugsFilter(filters.ModelMultipleChoiceFilter):
+    """Stages by slug (repeat the parameter for several); a string in the OpenAPI schema."""
+
+
 class TaskFilter(filters.FilterSet):
-    stage = filters.ModelMultipleChoiceFilter(
+    stage = StageSlugsFilter(
         field_name="stage__slug", to_field_name="slug", queryset=Stage.objects.all(), label="Stage"
     )
     status = filters.MultipleChoiceFilter(choices=Task.Status.choices)

@@ -25,7 +25,9 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.utils.module_loading import import_string
-from rest_framework import status
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
 from rest_framework.exceptions import AuthenticationFailed, NotFound, ParseError, ValidationError
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
@@ -86,6 +88,22 @@ class HookView(APIView):
         # Makes DRF answer a wrong or missing secret with 401 (not 403).
         return 'X-Hook-Token realm="hooks"'
 
+    @extend_schema(
+        summary="Send a task out of a hook stage",
+        auth=[],
+        request=OpenApiTypes.OBJECT,
+        parameters=[
+            OpenApiParameter("type", str, description=f"Task type (default {DEFAULT_TYPE!r})."),
+            OpenApiParameter("X-Hook-Token", str, OpenApiParameter.HEADER, description="The stage's secret."),
+            OpenApiParameter("X-Hook-Timestamp", str, OpenApiParameter.HEADER, description="Unix seconds (signed)."),
+            OpenApiParameter(
+                "X-Hook-Signature", str, OpenApiParameter.HEADER, description='sha256=<HMAC of "<timestamp>.<body>">'
+            ),
+        ],
+        responses={
+            202: inline_serializer("HookAccepted", {"tasks": serializers.ListField(child=serializers.IntegerField())})
+        },
+    )
     def post(self, request: Request, slug: str) -> Response:
         stage = Stage.objects.filter(slug=slug, kind=Stage.Kind.HOOK).first()
         if stage is None:
