@@ -94,8 +94,9 @@ def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str,
 
 def test_one_gunicorn_process_serves_pages_and_static_files_in_production(tmp_path: Path) -> None:
     env = production_env(tmp_path)
-    collected = manage(env, "collectstatic", "--noinput", "-v0")
-    assert collected.returncode == 0, collected.stderr
+    for step in (["migrate", "-v0"], ["collectstatic", "--noinput", "-v0"]):
+        done = manage(env, *step)
+        assert done.returncode == 0, done.stderr
     port = free_port()
     env["GUNICORN_BIND"] = f"127.0.0.1:{port}"
     env["GUNICORN_WORKERS"] = "1"
@@ -133,9 +134,11 @@ def test_one_gunicorn_process_serves_pages_and_static_files_in_production(tmp_pa
         assert status == 200 and b".badge" in css
         assert "immutable" in headers["Cache-Control"]
 
-        # Plain HTTP is sent to HTTPS.
+        # Plain HTTP is sent to HTTPS, except the health check (load balancers probe it directly).
         status, headers, _ = get(base + "/accounts/login/")
         assert status == 301 and headers["Location"].startswith("https://tasks.example.com/")
+        status, _, body = get(base + "/api/health/")
+        assert status == 200 and b'"status":"ok"' in body
     finally:
         gunicorn.terminate()
         output, _ = gunicorn.communicate(timeout=30)

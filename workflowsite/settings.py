@@ -140,6 +140,9 @@ if _db["ENGINE"] == "django.db.backends.sqlite3":
     # test run, so concurrent runs don't share it.
     _db["TEST"] = {"NAME": os.path.join(tempfile.gettempdir(), f"workflowsite-test-{os.getpid()}.sqlite3")}
 elif _db["ENGINE"] == "django.db.backends.postgresql":
+    # Behind PgBouncer in transaction mode: server-side cursors (QuerySet.iterator)
+    # can't outlive a transaction there (Django's docs).
+    _db["DISABLE_SERVER_SIDE_CURSORS"] = env_bool("DB_DISABLE_SERVER_SIDE_CURSORS", False)
     _db.setdefault("OPTIONS", {})
     # Shows up in pg_stat_activity; run_worker replaces it with the worker id.
     _db["OPTIONS"].setdefault("application_name", env_str("DB_APPLICATION_NAME", "workflowsite"))
@@ -183,6 +186,9 @@ if not DEBUG:
 # Behind a TLS-terminating proxy set SECURE_PROXY_SSL_HEADER=true (it must set
 # X-Forwarded-Proto and strip it from clients).
 SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", not DEBUG)
+# Load balancers' health checks and Prometheus may reach gunicorn directly over
+# plain HTTP on the private network: answer them instead of redirecting.
+SECURE_REDIRECT_EXEMPT = [r"^api/health/$", r"^metrics$"]
 SESSION_COOKIE_SECURE = env_bool("SECURE_COOKIES", not DEBUG)
 CSRF_COOKIE_SECURE = SESSION_COOKIE_SECURE
 SESSION_COOKIE_HTTPONLY = True
