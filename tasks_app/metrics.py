@@ -106,9 +106,10 @@ def _histograms_of(snapshot: object) -> Iterable[tuple[str, dict[str, tuple[list
         return
     if snapshot.get("buckets") != list(BUCKETS):
         return  # written by a version with other bounds: can't be added to these
+    size = len(BUCKETS) + 1
     for name in HISTOGRAMS:
         stages = snapshot.get(name) or {}
-        yield name, {stage: (list(h["counts"]), float(h["sum"])) for stage, h in stages.items()}
+        yield name, {s: (list(h["counts"]), float(h["sum"])) for s, h in stages.items() if len(h["counts"]) == size}
 
 
 Merged = dict[str, dict[str, tuple[list[int], float]]]  # histogram name -> stage -> (counts per bucket, sum)

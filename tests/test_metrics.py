@@ -429,7 +429,8 @@ def test_snapshots_with_other_buckets_are_left_out() -> None:
         "handler": {"s": {"counts": [1] * 16, "sum": 2}},
     }
     other = {**good, "buckets": [1, 2, 3]}
-    merged = metrics.merge_snapshots([good, other, {}, None, good])
+    short = {**good, "handler": {"s": {"counts": [1] * 3, "sum": 2}}}
+    merged = metrics.merge_snapshots([good, other, short, {}, None, good])
     assert merged["handler"]["s"] == ([2] * 16, 4.0)
 
 
