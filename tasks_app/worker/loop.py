@@ -26,6 +26,7 @@ from django.core.exceptions import ValidationError
 from django.db import DatabaseError, close_old_connections, connection
 
 from tasks_app import services
+from tasks_app.logcontext import log_context
 from tasks_app.models import Stage, Task, Transition
 from tasks_app.services.retention import prune_due
 from tasks_app.worker.handlers import Handler, HandlerImportError, HandlerTask, Outcome, resolve_handler
@@ -243,22 +244,25 @@ class Worker:
     def _lost(self, task_ids: Sequence[int]) -> None:
         for task_id in task_ids:
             # Our lock expired and someone else holds the task now; their run counts.
-            logger.warning("task %s: lock lost before completion; another worker has it", task_id)
+            logger.warning(
+                "task %s: lock lost before completion; another worker has it", task_id, extra={"task_id": task_id}
+            )
         self.stats.lost += len(task_ids)
 
     def _record_failure(self, h: Held) -> None:
         outcome = h.outcome
         assert outcome is not None
         task = h.task
+        context = {"task_id": task.pk, "stage": task.stage.slug}
         try:
             if outcome.kind == "fail":
-                logger.error("task %s failed permanently: %s", task.pk, outcome.error)
+                logger.error("task %s failed permanently: %s", task.pk, outcome.error, extra=context)
                 services.task_fail(
                     task_id=task.pk, lock_token=task.lock_token, error=outcome.error, traceback=outcome.traceback
                 )
                 self.stats.failed += 1
             else:
-                logger.warning("task %s: handler raised %s; released for retry", task.pk, outcome.error)
+                logger.warning("task %s: handler raised %s; released for retry", task.pk, outcome.error, extra=context)
                 released = services.task_release(
                     task_id=task.pk, lock_token=task.lock_token, error=outcome.error, traceback=outcome.traceback
                 )
@@ -309,7 +313,12 @@ class Worker:
             limit = h.task.stage.max_run_time
             if not limit or now - job.started_at <= limit:
                 continue
-            logger.error("task %s: handler exceeded max_run_time (%ss); abandoned", job.task_id, limit)
+            logger.error(
+                "task %s: handler exceeded max_run_time (%ss); abandoned",
+                job.task_id,
+                limit,
+                extra={"task_id": job.task_id, "stage": h.task.stage.slug},
+            )
             self._pool.retire(job.task_id)
             self.in_flight.discard(job.task_id)
             self.held.pop(job.task_id, None)
@@ -407,6 +416,10 @@ class Worker:
 
     def run(self, *, once: bool = False) -> Stats:
         """Work until stopped (or, with once=True, until nothing is claimable and nothing is held)."""
+        with log_context(worker_id=self.worker_id):  # every coordinator log line names the worker
+            return self._run(once=once)
+
+    def _run(self, *, once: bool) -> Stats:
         self._start_pool()
         if self.listen and connection.vendor == "postgresql":
             self._listener = Listener(self.worker_id)
