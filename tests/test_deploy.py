@@ -25,7 +25,9 @@ def production_env(tmp_path: Path) -> dict[str, str]:
         line.split("=", 1) for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")
     )
     assert {"DEBUG", "SECRET_KEY", "ALLOWED_HOSTS", "DATABASE_URL", "SECURE_PROXY_SSL_HEADER"} <= values.keys()
-    env = {k: v for k, v in subprocess_env().items() if k not in ("DATABASE_URL", "DEBUG")}
+    # Not the test run's own switches (the browser tests set DJANGO_ALLOW_ASYNC_UNSAFE).
+    drop = ("DATABASE_URL", "DEBUG", "DJANGO_ALLOW_ASYNC_UNSAFE")
+    env = {k: v for k, v in subprocess_env().items() if k not in drop}
     env.update(values)
     env["SECRET_KEY"] = secrets.token_urlsafe(50)
     env["STATIC_ROOT"] = str(tmp_path / "static")
