@@ -524,7 +524,7 @@ def test_prune_due_stops_when_another_worker_takes_the_lock_over(
     monkeypatch.setattr(retention, "PERIODIC_BATCH", 1)
     # Free for the first two batches (the failed pass finds none, then one completed task), then taken.
     answers = iter([True, True, False])
-    monkeypatch.setattr(retention, "_prune_lock", lambda: next(answers))
+    monkeypatch.setattr(retention, "_prune_lock", lambda wait: next(answers))
 
     result = prune_due()
 
@@ -534,7 +534,7 @@ def test_prune_due_stops_when_another_worker_takes_the_lock_over(
     assert retention.schedule.next_at - retention.time.monotonic() > 500
     # Taken from the start: it did not prune at all.
     retention.schedule.next_at = 0.0
-    monkeypatch.setattr(retention, "_prune_lock", lambda: False)
+    monkeypatch.setattr(retention, "_prune_lock", lambda wait: False)
     assert prune_due() is None
     assert Task.objects.count() == 2
 
@@ -584,7 +584,7 @@ def test_prune_due_skips_while_another_worker_holds_the_prune_lock(world: dict[s
         assert other.execute("SELECT pg_try_advisory_lock(%s)", [retention.PRUNE_LOCK_KEY]).fetchone() == (True,)
         assert prune_due() is None
         assert old.pk in ids()
-        # The command is not periodic: it prunes whoever holds the lock.
+        # A dry run needs no lock.
         assert tasks_prune(older_than=30 * DAY, dry_run=True).tasks == 1
         other.execute("SELECT pg_advisory_unlock(%s)", [retention.PRUNE_LOCK_KEY])
     finally:
@@ -642,6 +642,37 @@ def test_two_concurrent_periodic_prunes_only_one_prunes(
     assert results["second"] is None  # the lock was taken: it skipped its turn
     assert results["first"] is not None and results["first"].tasks == 4
     assert not Task.objects.filter(pk__in=[t.pk for t in old]).exists()
+
+
+@pytest.mark.postgres
+@committed
+def test_the_command_waits_for_a_periodic_prune_instead_of_racing_it(world: dict[str, Stage]) -> None:
+    old = finished(world["ship"], days_ago=40)
+    other = other_connection()
+    done = threading.Event()
+    results: list[PruneResult] = []
+
+    def run_command_prune() -> None:
+        try:
+            results.append(tasks_prune(older_than=30 * DAY))
+        finally:
+            connection.close()
+            done.set()
+
+    try:
+        # A worker's batch holds the lock (here: for as long as the test likes).
+        other.execute("BEGIN")
+        other.execute("SELECT pg_advisory_xact_lock(%s)", [retention.PRUNE_LOCK_KEY])
+        thread = threading.Thread(target=run_command_prune)
+        thread.start()
+        assert not done.wait(timeout=1.0)  # queued behind it, deleting nothing meanwhile
+        assert old.pk in ids()
+        other.execute("COMMIT")
+        thread.join(timeout=30)
+    finally:
+        other.close()
+    assert [(r.tasks, r.busy) for r in results] == [(1, False)]
+    assert ids() == set()
 
 
 BULK_FINISHED_SQL = """

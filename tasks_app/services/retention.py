@@ -35,6 +35,10 @@ completed ones; see _select_batch), so children are deleted before their
 parents and step 3 rewrites only children that stay. Keyset pagination makes
 every run, and a dry run, a single pass: a dry run walks exactly the batches
 a real run would delete.
+
+On PostgreSQL every batch takes a transaction-scoped advisory lock first, so
+two prunes never delete at the same time: the command waits for a worker's
+batch, and a worker whose periodic prune finds the lock taken skips its turn.
 """
 
 from __future__ import annotations
@@ -45,7 +49,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -273,13 +277,15 @@ def tasks_prune(
     dry_run: bool = False,
     progress: Progress | None = None,
     max_seconds: float | None = None,
-    exclusive: bool = False,
+    lock: Literal["try", "wait"] | None = "wait",
     now: datetime | None = None,
 ) -> PruneResult:
     """Delete finished tasks older than `older_than`, with their history, batch by batch; returns the counts.
 
-    With `exclusive`, each batch first takes the prune lock (PostgreSQL) and
-    the prune stops, busy, if another exclusive prune holds it.
+    On PostgreSQL each batch first takes the prune lock, so that two prunes
+    never delete the same rows at once (which could deadlock on the parent
+    foreign key's checks): with lock="wait" it queues behind the other
+    prune's batch, with "try" it stops, busy, if another prune holds it.
     """
     if older_than <= timedelta(0):
         raise ValueError(f"older_than must be more than 0, got {older_than}")
@@ -295,7 +301,7 @@ def tasks_prune(
         while True:
             batch_started = time.monotonic()
             with transaction.atomic():
-                if exclusive and not _prune_lock():
+                if lock is not None and not dry_run and not _prune_lock(wait=lock == "wait"):
                     result.finished, result.busy = False, True
                     return result
                 ids, after = _select_batch(status=status, cutoff=cutoff, after=after, limit=batch_size)
@@ -336,17 +342,21 @@ class _Schedule:
 schedule = _Schedule()
 
 
-def _prune_lock() -> bool:
-    """Take the prune's transaction-scoped advisory lock, if free (PostgreSQL), as the expiry sweep does.
+def _prune_lock(*, wait: bool) -> bool:
+    """Take the prune's transaction-scoped advisory lock (PostgreSQL), as the expiry sweep does.
 
-    Per batch, not per session: nothing outlives a transaction, so a dropped
-    connection or a transaction-pooling PgBouncer can't leave it held. Between
-    two batches another worker may take over; the first then stops. SQLite
-    needs none: BEGIN IMMEDIATE serialises the batches.
+    Returns False if `wait` is off and another prune holds it. Per batch, not
+    per session: nothing outlives a transaction, so a dropped connection or a
+    transaction-pooling PgBouncer can't leave it held. Between two batches
+    another prune may take over. SQLite needs none: BEGIN IMMEDIATE
+    serialises the batches.
     """
     if connection.vendor != "postgresql":
         return True
     with connection.cursor() as cursor:
+        if wait:
+            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [PRUNE_LOCK_KEY])
+            return True
         cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [PRUNE_LOCK_KEY])
         return bool(cursor.fetchone()[0])
 
@@ -374,7 +384,7 @@ def prune_due(*, now: datetime | None = None) -> PruneResult | None:
         older_than=timedelta(days=days),
         batch_size=PERIODIC_BATCH,
         max_seconds=PERIODIC_BUDGET,
-        exclusive=True,
+        lock="try",
         now=now,
     )
     if result.busy:
