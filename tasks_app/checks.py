@@ -20,6 +20,8 @@ def check_task_settings(app_configs: Any, **kwargs: Any) -> list[Error]:
         "TASKS_WORKER_DEAD_AFTER",
         "TASKS_HOOK_TOLERANCE",
         "TASKS_SCHEDULER_INTERVAL",
+        "TASKS_PRUNE_INTERVAL",
+        "TASKS_JOB_MAX_TASKS",
     ]
     for name in positive:
         value = getattr(settings, name)
@@ -31,4 +33,7 @@ def check_task_settings(app_configs: Any, **kwargs: Any) -> list[Error]:
     jitter = settings.TASKS_RETRY_JITTER
     if not isinstance(jitter, int | float) or not 0 <= jitter <= 1:
         errors.append(Error("TASKS_RETRY_JITTER must be between 0 and 1", id="tasks_app.E003"))
+    retention = settings.TASKS_RETENTION_DAYS
+    if retention is not None and (not isinstance(retention, int | float) or retention <= 0):
+        errors.append(Error("TASKS_RETENTION_DAYS must be unset or a positive number of days", id="tasks_app.E004"))
     return errors
