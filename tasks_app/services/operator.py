@@ -74,7 +74,9 @@ def task_duplicate(*, task_id: int, actor: str, now: datetime | None = None) -> 
     """Create a pending copy of a task at the same stage."""
     now = now or timezone.now()
     with transaction.atomic():
-        original = Task.objects.filter(pk=task_id).first()
+        # Locked so that a concurrent prune can't delete it under the "duplicated"
+        # event written below (events have no database-level foreign key).
+        original = Task.objects.select_for_update().filter(pk=task_id).first()
         if original is None:
             raise TaskStateError(f"Task {task_id} does not exist.")
         copy = Task.objects.create(
