@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: run test venv dev-venv lint test-sqlite test-postgres bench bench-pages screenshots clean
+.PHONY: run test venv dev-venv lint test-sqlite test-postgres bench bench-pages bench-scaling screenshots clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ test: lint test-sqlite test-postgres
 
 bench-pages: $(DEV_STAMP)
 	$(PY) scripts/with_postgres.py -- $(PY) bench/pages.py
+
+# Claim latency and the monitoring pages at 10k, 1M and 10M tasks (docs/scaling.md; ~10 GB, ~30 min).
+bench-scaling: $(DEV_STAMP)
+	$(PY) scripts/with_postgres.py -- $(PY) bench/claim_scaling.py --pages
 
 screenshots: $(DEV_STAMP)
 	SAVE_SCREENSHOTS=1 env -u DATABASE_URL DB_CONN_MAX_AGE=0 $(PY) -m pytest -q tests/test_browser.py
