@@ -6,10 +6,12 @@ from typing import Any
 
 import pytest
 from django.core.cache import cache
+from django.db import connection
 from django.test import Client
+from django.test.utils import CaptureQueriesContext
 
 from tasks_app.models import Stage
-from tasks_app.services import task_claim, task_complete, task_create
+from tasks_app.services import task_claim, task_complete, task_create, task_fail
 from tasks_app.views import overview
 
 
@@ -62,3 +64,32 @@ def test_big_tables_get_sampled_estimates_marked_as_such(
     finished, estimated = overview.finished_counts()
     assert estimated is True
     assert "are estimates" in admin_client.get("/overview/").content.decode()
+
+
+@pytest.mark.postgres
+def test_a_full_sample_gives_the_exact_counts(world: dict[str, Stage], monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(overview, "ESTIMATE_ABOVE", -1)
+    monkeypatch.setattr(overview, "SAMPLE_PERCENT", 100.0)  # every block: the scaling must give back the counts
+    monkeypatch.setattr(overview, "SAMPLE_PAGES", 10**9)
+    for _ in range(3):
+        task_create(stage=world["ship"], type="t", payload={})
+    done = task_claim(stage=world["ship"], worker_id="w", limit=3)
+    for task in done[:2]:
+        task_complete(task_id=task.pk, lock_token=task.lock_token)
+    task_fail(task_id=done[2].pk, lock_token=done[2].lock_token, error="x")
+    finished, estimated = overview.finished_counts()
+    assert estimated is True
+    assert finished[world["ship"].pk] == {"completed": 2, "failed": 1}
+
+
+@pytest.mark.postgres
+def test_the_sample_reads_at_most_sample_pages_on_a_huge_table(
+    world: dict[str, Stage], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(overview, "_table_estimate", lambda: (10_000_000, 460_000))
+    with CaptureQueriesContext(connection) as ctx:
+        overview.finished_counts()
+    [sample] = [q["sql"] for q in ctx.captured_queries if "TABLESAMPLE" in q["sql"]]
+    percent = float(sample.split("TABLESAMPLE SYSTEM (")[1].split(")")[0])
+    assert percent == pytest.approx(100 * overview.SAMPLE_PAGES / 460_000)
+    assert percent < overview.SAMPLE_PERCENT

@@ -31,19 +31,23 @@ BOX_W, BOX_H, COL_W, ROW_H, PAD = 250, 112, 330, 140, 20
 
 
 # Above this many rows (PostgreSQL's own estimate), completed and failed counts
-# are estimated from a 1% block sample instead of counted: the exact GROUP BY
-# costs ~0.4 s at a million rows, the sample a few milliseconds.
+# are estimated from a block sample instead of counted: the exact GROUP BY
+# costs ~0.4 s at a million rows, the sample a few milliseconds. The sample is
+# 1% of the table but at most SAMPLE_PAGES pages (~20,000 rows): a fixed 1% read
+# 4,600 random pages (~0.75 s cold) at 10M rows.
 ESTIMATE_ABOVE = 200_000
-SAMPLE_PERCENT = 1
+SAMPLE_PERCENT = 1.0
+SAMPLE_PAGES = 1000
 
 
-def _table_estimate() -> int:
+def _table_estimate() -> tuple[int, int]:
+    """(rows, pages) of the task table from pg_class; (0, 0) on SQLite."""
     if connection.vendor != "postgresql":
-        return 0
+        return 0, 0
     with connection.cursor() as cursor:
-        cursor.execute("SELECT reltuples::bigint FROM pg_class WHERE oid = 'tasks_app_task'::regclass")
+        cursor.execute("SELECT reltuples::bigint, relpages FROM pg_class WHERE oid = 'tasks_app_task'::regclass")
         row = cursor.fetchone()
-    return max(int(row[0]), 0) if row else 0
+    return (max(int(row[0]), 0), max(int(row[1]), 0)) if row else (0, 0)
 
 
 def finished_counts() -> tuple[dict[int, dict[str, int]], bool]:
@@ -51,14 +55,17 @@ def finished_counts() -> tuple[dict[int, dict[str, int]], bool]:
 
     def compute() -> tuple[dict[int, dict[str, int]], bool]:
         out: dict[int, dict[str, int]] = defaultdict(dict)
-        if _table_estimate() > ESTIMATE_ABOVE:
+        rows_estimate, pages = _table_estimate()
+        if rows_estimate > ESTIMATE_ABOVE:
+            percent = min(SAMPLE_PERCENT, 100 * SAMPLE_PAGES / max(pages, 1))
             with connection.cursor() as cursor:
                 cursor.execute(
-                    f"SELECT stage_id, status, count(*) FROM tasks_app_task TABLESAMPLE SYSTEM ({SAMPLE_PERCENT})"
-                    " WHERE status IN ('completed', 'failed') GROUP BY 1, 2"
+                    "SELECT stage_id, status, count(*) FROM tasks_app_task TABLESAMPLE SYSTEM (%s)"
+                    " WHERE status IN ('completed', 'failed') GROUP BY 1, 2",
+                    [percent],
                 )
                 for stage_id, status, n in cursor.fetchall():
-                    out[stage_id][status] = round(n * 100 / SAMPLE_PERCENT)
+                    out[stage_id][status] = round(n * 100 / percent)
             return dict(out), True
         rows = (
             Task.objects.filter(status__in=[Task.Status.COMPLETED, Task.Status.FAILED])
