@@ -44,8 +44,9 @@ claim and completion statements, as a worker runs them):
 - the same EXPLAINs again ("after": the claim index now holds the dead
   entries of the claimed and completed tasks, as between two vacuums);
 - with --pages, the monitoring pages (bench/pages.py's list, and the list
-  filtered by a rarer status) with Django's test client, --page-repeat times
-  each.
+  filtered by a rarer status, by stage alone and by status alone) with
+  Django's test client, --page-repeat times each; then the queries of one
+  more request, the slowest shown (and explained into --plans-dir).
 
 Prints the seeding time, table and index sizes and the free disk space per
 size (and the server folder's size under scripts/with_postgres.py), then the
@@ -78,6 +79,7 @@ FAILED_PERCENT = 3  # of the history
 IN_FLIGHT_PENDING = 100  # per demo stage
 IN_FLIGHT_LOCKED = 30
 PAGE_TARGET_MS = 300
+SLOW_QUERY_MS = 20  # page queries shown (and explained into --plans-dir) from this long
 
 ERRORS = (
     "TimeoutError: payment gateway did not answer in 30s",
@@ -478,14 +480,17 @@ class Bench:
             "pick_filtered": scan.get("Rows Removed by Filter", 0),
         }
 
-    def prepared_plans(self) -> str:
-        """How the server planned the worker's prepared claim on this connection so far."""
+    def prepared_plans(self) -> tuple[int, int]:
+        """Generic and custom plans the session's prepared claim statement has run with so far."""
         rows = self.execute(
-            "SELECT generic_plans, custom_plans FROM pg_prepared_statements"
+            "SELECT coalesce(sum(generic_plans), 0), coalesce(sum(custom_plans), 0) FROM pg_prepared_statements"
             " WHERE statement LIKE %s AND statement LIKE %s",
             ["%picked AS MATERIALIZED%", "%FOR UPDATE SKIP LOCKED%"],
         )
-        return ", ".join(f"{g} generic / {c} custom" for g, c in rows) or "not prepared"
+        return int(rows[0][0]), int(rows[0][1])
+
+    def set_plan_cache_mode(self, mode: str) -> None:
+        self.execute(f"SET plan_cache_mode = {mode}")
 
 
 def explain_all(bench: Bench, measured: dict[str, Any], label: str) -> None:
@@ -509,10 +514,13 @@ def walk(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
 
 
 # -- the monitoring pages (bench/pages.py's list; its code lives inside its main()) ---------
-def page_timer(repeat: int) -> Callable[..., tuple[float, float]]:
+def page_timer(repeat: int) -> Callable[..., tuple[float, float, list[tuple[float, str]]]]:
+    """A function timing a page: median and worst ms, and the queries of one more request (ms, SQL)."""
     from django.contrib.auth import get_user_model
     from django.core.cache import cache
+    from django.db import connection
     from django.test import Client
+    from django.test.utils import CaptureQueriesContext
 
     user_model = get_user_model()
     user = user_model.objects.filter(username="bench").first() or user_model.objects.create_superuser(
@@ -521,7 +529,7 @@ def page_timer(repeat: int) -> Callable[..., tuple[float, float]]:
     client = Client()
     client.force_login(user)
 
-    def timed(path: str, *, cold: bool = False) -> tuple[float, float]:
+    def timed(path: str, *, cold: bool = False) -> tuple[float, float, list[tuple[float, str]]]:
         samples = []
         for _ in range(repeat):
             if cold:
@@ -530,9 +538,23 @@ def page_timer(repeat: int) -> Callable[..., tuple[float, float]]:
             response = client.get(path)
             samples.append((time.perf_counter() - start) * 1000)
             assert response.status_code == 200, (path, response.status_code)
-        return statistics.median(samples), max(samples)
+        if cold:
+            cache.clear()
+        with CaptureQueriesContext(connection) as captured:
+            client.get(path)
+        queries = [(float(q["time"]) * 1000, q["sql"]) for q in captured.captured_queries]
+        return statistics.median(samples), max(samples), queries
 
     return timed
+
+
+def explain_text(sql: str) -> str:
+    """EXPLAIN (ANALYZE, BUFFERS) of a captured read-only query."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"EXPLAIN (ANALYZE, BUFFERS) {sql}")
+        return "\n".join(row[0] for row in cursor.fetchall())
 
 
 def page_list(bench: Bench, size: int) -> list[tuple[str, str, bool]]:
@@ -546,6 +568,8 @@ def page_list(bench: Bench, size: int) -> list[tuple[str, str, bool]]:
         ("task list, first page", "/tasks/", False),
         ("task list, stage+status (pending)", f"/tasks/?stage={first.slug}&status=pending", False),
         ("task list, stage+status (failed)", f"/tasks/?stage={first.slug}&status=failed", False),
+        ("task list, stage only", f"/tasks/?stage={first.slug}", False),
+        ("task list, status only (failed)", "/tasks/?status=failed", False),
         ("task list, auto-refresh rows", "/tasks/rows/", False),
         ("task detail", f"/tasks/{middle}/", False),
         ("workers", "/workers/", False),
@@ -629,19 +653,36 @@ def main() -> int:
             bench.claim_series(1, 10)
             bench.claim_series(100, 3)
             autovacuums = bench.autovacuums()
-            for batch, samples in ((1, args.samples), (100, args.samples_batch)):
+            series_list = [
+                ("claim1", 1, args.samples, "auto"),
+                ("claim100", 100, args.samples_batch, "auto"),
+                ("claim1-generic", 1, args.samples, "force_generic_plan"),
+                ("claim1-custom", 1, args.samples, "force_custom_plan"),
+            ]
+            for key, batch, samples, mode in series_list:
+                bench.set_plan_cache_mode(mode)
+                before = bench.prepared_plans()
                 series = bench.claim_series(batch, samples)
-                measured[f"claim{batch}"] = quantiles(series["claim"])
-                measured[f"complete{batch}"] = quantiles(series["complete"])
+                after = bench.prepared_plans()
+                completes = key.replace("claim", "complete")
+                measured[key] = quantiles(series["claim"])
+                measured[completes] = quantiles(series["complete"])
+                measured[f"{key}-plans"] = (after[0] - before[0], after[1] - before[1])
                 print(
-                    f"  batch {batch:>3}: claim median/p95/p99 {fmt3(measured[f'claim{batch}'])} ms,"
-                    f" complete {fmt3(measured[f'complete{batch}'])} ms ({samples} samples)",
+                    f"  batch {batch:>3}, plan_cache_mode {mode}: claim median/p95/p99 {fmt3(measured[key])} ms,"
+                    f" complete {fmt3(measured[completes])} ms ({samples} samples; the prepared claim ran"
+                    f" {after[0] - before[0]} generic, {after[1] - before[1]} custom plans)",
                     flush=True,
                 )
+            bench.set_plan_cache_mode("auto")
+            before = bench.prepared_plans()
             measured["idle"] = quantiles(bench.idle_series(args.samples))
-            print(f"  idle poll (batch 100, nothing to claim): {fmt3(measured['idle'])} ms", flush=True)
-            measured["prepared"] = bench.prepared_plans()
-            print(f"  the worker's prepared claim statement ran with: {measured['prepared']} plans", flush=True)
+            after = bench.prepared_plans()
+            print(
+                f"  idle poll (batch 100, nothing to claim): {fmt3(measured['idle'])} ms"
+                f" ({after[0] - before[0]} generic, {after[1] - before[1]} custom plans)",
+                flush=True,
+            )
             time.sleep(1)  # the statistics collector's counters lag a little
             measured["autovacuums"] = bench.autovacuums() - autovacuums
             print(f"  autovacuums of the task table during the series: {measured['autovacuums']}", flush=True)
@@ -652,9 +693,22 @@ def main() -> int:
                 bench.top_up_backlog()
                 timed = page_timer(args.page_repeat)
                 for name, path, cold in page_list(bench, rows):
-                    median, worst = timed(path, cold=cold)
+                    median, worst, queries = timed(path, cold=cold)
                     pages.append((size, name, median, worst))
-                    print(f"  page {name:36} median {median:7.1f} ms   worst {worst:7.1f} ms", flush=True)
+                    total = sum(t for t, _ in queries)
+                    print(
+                        f"  page {name:36} median {median:7.1f} ms   worst {worst:7.1f} ms"
+                        f"   ({len(queries)} queries, {total:.1f} ms in SQL on one more request)",
+                        flush=True,
+                    )
+                    for n, (ms_, sql) in enumerate(sorted(queries, reverse=True)[:3]):
+                        if ms_ < SLOW_QUERY_MS:
+                            break
+                        print(f"      {ms_:7.1f} ms  {' '.join(sql.split())[:160]}", flush=True)
+                        if args.plans_dir:
+                            slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
+                            text = f"{sql}\n\n{explain_text(sql)}\n"
+                            Path(args.plans_dir, f"{rows}-page-{slug}-{n}.txt").write_text(text)
 
         print("\nSeeding (history INSERT ... SELECT, backlog top-up, VACUUM ANALYZE):\n")
         print("| tasks | events | history s | VACUUM ANALYZE s | total s | task table | events table | database |")
@@ -675,6 +729,18 @@ def main() -> int:
                 f" {pretty(m['claim_idx'])} |"
             )
         print(
+            "\nClaim of 1 by plan_cache_mode, ms (median / p95 / p99), and the plans the session's prepared"
+            " claim statement ran with in that series (generic / custom):\n"
+        )
+        print("| tasks | auto (as a worker runs) | force_generic_plan | force_custom_plan | claim 100, auto |")
+        print("|---:|---|---|---|---|")
+        for m in results:
+            cells = []
+            for key in ("claim1", "claim1-generic", "claim1-custom", "claim100"):
+                generic, custom = m[f"{key}-plans"]
+                cells.append(f"{fmt3(m[key])} ({generic} / {custom})")
+            print(f"| {m['rows']:,} | " + " | ".join(cells) + " |")
+        print(
             "\nEXPLAIN (ANALYZE, BUFFERS) of one claim: index of the picking scan and its buffers;"
             " the statement's shared buffers hit / read; execution ms. 'fresh': just after VACUUM;"
             " 'after': after the measured series (their dead entries in the claim index):\n"
@@ -689,8 +755,6 @@ def main() -> int:
                     + " | ".join(f"{e['pick']}; {e['hit']} / {e['read']}; {e['exec_ms']:.2f} ms" for e in cells)
                     + " |"
                 )
-        print("\nThe worker's prepared claim statement, plans used per size:", end=" ")
-        print("; ".join(f"{m['rows']:,}: {m['prepared']}" for m in results))
         print("Autovacuums of the task table during the series:", end=" ")
         print("; ".join(f"{m['rows']:,}: {m['autovacuums']}" for m in results))
         if pages:
