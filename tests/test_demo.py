@@ -150,3 +150,10 @@ def test_out_of_stock_orders_reach_review_and_a_decline_notifies_the_customer(db
         "sofa sold out",
         "grace@example.com",
     )
+
+
+def test_load_demo_prints_the_curl_for_the_address_make_run_serves(db: None, monkeypatch: Any) -> None:
+    monkeypatch.setenv("RUN_ADDR", "127.0.0.1:8765")
+    out = run("load_demo", "--no-orders")
+    secret = Stage.objects.get(slug="orders").hook_secret
+    assert f"curl -X POST 'http://127.0.0.1:8765/hooks/orders/?type=order' -H 'X-Hook-Token: {secret}'" in out

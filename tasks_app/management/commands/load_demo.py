@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandParser
@@ -19,8 +20,9 @@ class Command(BaseCommand):
         stages = load_demo(with_orders=not options["no_orders"])
         self.stdout.write(f"demo workflow ready: {', '.join(stages)}")
         hook = stages["orders"]
+        address = os.environ.get("RUN_ADDR", "127.0.0.1:8000")  # where `make run` serves
         self.stdout.write(
-            f"send an order: curl -X POST 'http://127.0.0.1:8000/hooks/{hook.slug}/?type=order' "
+            f"send an order: curl -X POST 'http://{address}/hooks/{hook.slug}/?type=order' "
             f"-H 'X-Hook-Token: {hook.hook_secret}' -H 'Content-Type: application/json' "
             """-d '{"order_id": 1, "customer": "you@example.com", "items": [{"sku": "book", "qty": 1}]}'"""
         )
