@@ -16,7 +16,6 @@ marks the run succeeded. If the handler fails, the tasks go back to pending.
 
 from __future__ import annotations
 
-import copy
 import logging
 import traceback
 import zoneinfo
@@ -34,11 +33,10 @@ from django.utils import timezone
 from tasks_app.models import JobRun, Stage, Task, Transition
 from tasks_app.services.claim import MAX_CLAIM_BATCH, task_claim
 from tasks_app.services.complete import Completion, tasks_complete_batch
-from tasks_app.services.errors import NoRouteError, TaskLockLost, TaskStateError
+from tasks_app.services.errors import TaskLockLost, TaskStateError
 from tasks_app.services.lifecycle import task_release
-from tasks_app.services.routing import Send, tasks_send_many, validate_task_input
-from tasks_app.services.schemas import validate_sent
-from tasks_app.worker.handlers import resolve_handler
+from tasks_app.services.routing import Send, tasks_send_many
+from tasks_app.worker.handlers import checked_send, resolve_handler
 
 logger = logging.getLogger("tasks_app.jobs")
 
@@ -81,16 +79,7 @@ class JobContext:
 
     def send(self, type: str, payload: dict[str, Any] | None = None) -> None:
         """Queue a task of `type` out of the job stage; created when the run succeeds, in its transaction."""
-        payload = {} if payload is None else payload
-        validate_task_input(type=type, payload=payload)
-        # Fail fast, inside the handler, as HandlerTask.send does: an unrouted type
-        # or a payload the stage's schema refuses would otherwise fail the whole
-        # run only after the handler had done all its work.
-        if not any(t.accepts(type) for t in self._routes):
-            accepted = sorted({t.task_type or "*" for t in self._routes})
-            raise NoRouteError(stage_slug=self.stage, task_type=type, accepted=accepted)
-        validate_sent(self._stage, type, payload)
-        self.sent.append((type, copy.deepcopy(payload)))
+        self.sent.append(checked_send(self._stage, self._routes, type, payload))
 
 
 # -- when a job is due ----------------------------------------------------------------------------

@@ -47,18 +47,25 @@ class HandlerTask:
 
     def send(self, type: str, payload: dict[str, Any] | None = None) -> None:
         """Queue a successor of `type`; it is created when this task completes, in the same transaction."""
-        payload = {} if payload is None else payload
-        services.validate_task_input(type=type, payload=payload)
-        # Fail fast, and clearly, if nothing routes this type.
-        routes = self._routes
-        if routes is None:
-            services.matching_transitions(stage=self._stage, type=type)
-        elif not any(t.accepts(type) for t in routes):
-            accepted = sorted({t.task_type or "*" for t in routes})
-            raise NoRouteError(stage_slug=self._stage.slug, task_type=type, accepted=accepted)
-        # Fail as early: a payload that breaks the stage's schema for this type.
-        validate_sent(self._stage, type, payload)
-        self.sent.append((type, copy.deepcopy(payload)))
+        self.sent.append(checked_send(self._stage, self._routes, type, payload))
+
+
+def checked_send(stage: Stage, routes: list[Transition] | None, type: str, payload: dict[str, Any] | None) -> Send:
+    """A handler's send, checked now rather than at commit: input, route and the stage's schema.
+
+    Failing inside the handler points at the line that sent it, instead of
+    failing the completion after the handler did all its work. `routes` are
+    the stage's transitions if the caller has them (None: read them).
+    """
+    payload = {} if payload is None else payload
+    services.validate_task_input(type=type, payload=payload)
+    if routes is None:
+        services.matching_transitions(stage=stage, type=type)
+    elif not any(t.accepts(type) for t in routes):
+        accepted = sorted({t.task_type or "*" for t in routes})
+        raise NoRouteError(stage_slug=stage.slug, task_type=type, accepted=accepted)
+    validate_sent(stage, type, payload)
+    return type, copy.deepcopy(payload)
 
 
 def resolve_handler(stage: Stage, cache: dict[str, Handler]) -> Handler:
