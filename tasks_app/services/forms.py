@@ -20,6 +20,7 @@ from django.utils import timezone
 from tasks_app.models import Stage, Task, TaskEvent
 from tasks_app.services.complete import task_complete
 from tasks_app.services.errors import TaskError, TaskStateError
+from tasks_app.services.events import event_record
 from tasks_app.services.lifecycle import task_unclaim
 
 
@@ -63,11 +64,10 @@ def form_task_open(*, task: Task, user: Any, now: datetime | None = None) -> Tas
     if stage.is_paused:
         raise TaskStateError(f"Stage '{stage.slug}' is paused; its tasks can't be opened.")
     who = person(user)
-    claimable = Q(status=Task.Status.PENDING, available_at__lte=now) | Q(
-        status=Task.Status.LOCKED, locked_until__lt=now
-    )
+    claimable = Task.objects.claimable(now).filter(pk=task.pk)
     if stage.max_attempts:
-        claimable &= Q(attempts__lt=stage.max_attempts) | Q(status=Task.Status.PENDING)
+        # As the workers' claim: an expired lock on its last attempt is the expiry sweep's to fail.
+        claimable = claimable.filter(Q(attempts__lt=stage.max_attempts) | Q(status=Task.Status.PENDING))
     with transaction.atomic():
         current = Task.objects.select_for_update().get(pk=task.pk)
         until = now + timedelta(seconds=stage.lock_timeout)
@@ -79,7 +79,7 @@ def form_task_open(*, task: Task, user: Any, now: datetime | None = None) -> Tas
                 Task.objects.filter(pk=current.pk, status=Task.Status.LOCKED, lock_token=current.lock_token).update(
                     locked_until=until, updated_at=now
                 )
-                TaskEvent.objects.create(
+                event_record(
                     task_id=current.pk,
                     kind=TaskEvent.Kind.LOCK_EXTENDED,
                     at=now,
@@ -90,7 +90,7 @@ def form_task_open(*, task: Task, user: Any, now: datetime | None = None) -> Tas
             return current
         token = secrets.token_hex(16)
         # The expected state is in the WHERE clause: whoever updates first holds it.
-        updated = Task.objects.filter(claimable, pk=task.pk).update(
+        updated = claimable.update(
             status=Task.Status.LOCKED,
             lock_token=token,
             locked_by=who,
@@ -111,7 +111,7 @@ def form_task_open(*, task: Task, user: Any, now: datetime | None = None) -> Tas
             if current.status == Task.Status.LOCKED:
                 raise TaskHeldError(current)
             raise TaskStateError(f"Task {task.pk} is {current.status}; it can't be opened.")
-        TaskEvent.objects.create(
+        event_record(
             task_id=task.pk,
             kind=TaskEvent.Kind.CLAIMED,
             at=now,
