@@ -67,9 +67,9 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse, urlunparse
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchdb import fresh_database  # bench/ is sys.path[0] when a script here runs
+
 BENCH_DB = "workflow_bench_scaling"
 BENCH_STAGE = "bench-claim"
 IDLE_STAGE = "bench-idle"
@@ -596,24 +596,17 @@ def main() -> int:
         Path(args.plans_dir).mkdir(parents=True, exist_ok=True)
     if args.backlog < 200 or args.backlog + 1000 > sizes[0]:
         parser.error("--backlog must be at least 200 and leave room for history in the smallest size")
-    url = os.environ.get("DATABASE_URL", "")
-    if not url.startswith(("postgres://", "postgresql://")):
-        print("bench: DATABASE_URL must point at PostgreSQL (use scripts/with_postgres.py)", file=sys.stderr)
+    url = fresh_database(BENCH_DB)
+    if url is None:
         return 2
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {BENCH_DB}")
         server = conn.execute("SHOW server_version").fetchone()[0]
         settings_row = conn.execute(
             "SELECT current_setting('shared_buffers'), current_setting('work_mem'), current_setting('fsync')"
         ).fetchone()
-    os.environ["DATABASE_URL"] = urlunparse(urlparse(url)._replace(path=f"/{BENCH_DB}"))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "workflowsite.settings")
-    os.environ.setdefault("ALLOWED_HOSTS", "testserver")
     os.environ.setdefault("TASKS_LOG_LEVEL", "ERROR")
-    sys.path.insert(0, str(ROOT))
     import django
 
     django.setup()

@@ -25,10 +25,9 @@ import sys
 import time
 import timeit
 from datetime import timedelta
-from pathlib import Path
-from urllib.parse import urlparse, urlunparse
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchdb import fresh_database  # bench/ is sys.path[0] when a script here runs
+
 BENCH_DB = "workflow_bench_metrics"
 TOKEN = "bench-metrics-token-0123456789"
 
@@ -44,20 +43,10 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=500, help="WorkerProcess rows with histograms")
     parser.add_argument("--repeat", type=int, default=7)
     args = parser.parse_args()
-    url = os.environ.get("DATABASE_URL", "")
-    if not url.startswith(("postgres://", "postgresql://")):
-        print("bench: DATABASE_URL must point at PostgreSQL (use scripts/with_postgres.py)", file=sys.stderr)
+    url = fresh_database(BENCH_DB)
+    if url is None:
         return 2
-    import psycopg
-
-    with psycopg.connect(url, autocommit=True) as conn:
-        conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
-        conn.execute(f"CREATE DATABASE {BENCH_DB}")
-    os.environ["DATABASE_URL"] = urlunparse(urlparse(url)._replace(path=f"/{BENCH_DB}"))
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "workflowsite.settings")
-    os.environ.setdefault("ALLOWED_HOSTS", "testserver")
     os.environ["TASKS_METRICS_TOKEN"] = TOKEN
-    sys.path.insert(0, str(ROOT))
     import django
 
     django.setup()
