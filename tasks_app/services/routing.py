@@ -15,7 +15,7 @@ from django.utils import timezone
 from tasks_app.models import Stage, Task, TaskEvent, Transition, validate_payload, validate_task_type
 from tasks_app.services.errors import NoRouteError, TaskStateError
 from tasks_app.services.notify import notify_stages
-from tasks_app.services.schemas import validate_created, validate_sent
+from tasks_app.services.schemas import Senders, senders_into, validate_created, validate_sent
 
 Send = tuple[str, dict[str, Any]]
 
@@ -127,9 +127,12 @@ def task_create_idempotent(
 
 def tasks_create_bulk(*, items: Sequence[tuple[Stage, str, dict[str, Any]]], actor: str = "") -> list[Task]:
     """Create many pending tasks in one transaction: all of them, or none."""
+    senders: dict[int, Senders] = {}  # one query per stage, not per task
     for stage, type, payload in items:
         validate_task_input(type=type, payload=payload)
-        validate_created(stage, type, payload)
+        if stage.pk not in senders:
+            senders[stage.pk] = senders_into(stage)
+        validate_created(stage, type, payload, senders=senders[stage.pk])
     now = timezone.now()
     tasks = [
         Task(stage=stage, type=type, payload=payload, created_at=now, updated_at=now, available_at=now)
