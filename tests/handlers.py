@@ -49,6 +49,24 @@ def timed_sleep_send(task: Any) -> None:
     task.send("timed", {"task": task.id, "start": start, "end": time.time()})
 
 
+def forward(task: Any) -> None:
+    """Send one "next" successor carrying the task's number (tests/test_http_worker.py, both workers)."""
+    task.send("next", {"n": task.payload.get("n")})
+
+
+def forward_unless_fail(task: Any) -> None:
+    """Like `forward`, but raise for a payload with "fail": true (the error must reach the task's history)."""
+    if task.payload.get("fail"):
+        raise ValueError(f"refusing task {task.id}: it asked to fail")
+    forward(task)
+
+
+def slow_forward(task: Any) -> None:
+    """Sleep payload["seconds"], then `forward`: longer than its lock lasts, so only heartbeats keep it."""
+    time.sleep(float(task.payload.get("seconds", 1)))
+    forward(task)
+
+
 def send_bad_schema(task: Any) -> None:
     """Send an "approved" successor whose payload breaks the order schema of tests/test_schemas.py."""
     task.send("approved", {"amount": "lots", "items": [{"qty": 0}]})
