@@ -202,6 +202,29 @@ def test_heartbeats_keep_a_slow_task_from_being_claimed_again(server: str, token
     assert Task.objects.filter(stage=sink, parent_id=task_id).count() == 1
 
 
+@pytest.mark.django_db(transaction=True)
+def test_sigterm_finishes_the_task_in_hand_and_gives_the_rest_back(
+    server: str, token: str, workers: Procs, tmp_path: Path
+) -> None:
+    stage, _ = pipeline("stoppable", "tests.handlers.noop")
+    ids = make_tasks(stage, [{"dir": str(tmp_path), "seconds": 2} for _ in range(3)])
+    client = start_client(server, token, "--stage", "stoppable", "--limit", "3",
+                          "--handler", "tests.handlers:sleep_and_mark")  # fmt: skip
+    workers.append(client)
+    assert wait_for(lambda: any(tmp_path.glob("*.started")), timeout=60)
+    client.send_signal(signal.SIGTERM)
+    out = client.communicate(timeout=60)[0]
+    assert client.returncode == 0, out
+    assert summary(out) == {"completed": 1, "released": 2, "lost": 0, "unsettled": 0}
+
+    [started] = [int(p.stem) for p in tmp_path.glob("*.started")]  # the others never ran
+    assert Task.objects.get(pk=started).status == Task.Status.COMPLETED
+    for task in Task.objects.filter(pk__in=ids - {started}):
+        # Given back for someone else to run now, not after a backoff.
+        assert task.status == Task.Status.PENDING and task.available_at <= timezone.now()
+        assert task.last_error.startswith("not run: the worker was stopped")
+
+
 def test_the_client_stops_with_one_line_on_a_wrong_token(server: str) -> None:
     client = start_client(server, "not-a-token", "--stage", "drain", "--once")
     out = client.communicate(timeout=60)[0]
