@@ -9,4 +9,10 @@ class TasksAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
+        from django.db.models.signals import post_migrate
+
         from tasks_app import checks  # noqa: F401  (registers the system checks)
+        from tasks_app.api.throttles import create_cache_tables
+
+        # `migrate` also creates the throttle counters' table: no extra deploy step to forget.
+        post_migrate.connect(create_cache_tables, sender=self)

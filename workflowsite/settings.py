@@ -84,6 +84,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",
     "csp",
+    "axes",
     "tasks_app",
 ]
 
@@ -96,6 +97,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    # Last, as django-axes asks: it turns a locked-out login into the lockout page.
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "workflowsite.urls"
@@ -222,6 +225,56 @@ LOGIN_URL = "/accounts/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/accounts/login/"
 
+# -- Clients behind proxies, shared rate limits, login lockout ----------------
+# How many reverse proxies in front of gunicorn append the client's address to
+# X-Forwarded-For. 0 (default): the header is ignored and REMOTE_ADDR is the
+# client, since anyone can send the header. 1 (one nginx): the last address in
+# the header, the one nginx added. Rate limits and login lockout both use it
+# (tasks_app.api.throttles.client_ip); never more than the proxies really there.
+NUM_PROXIES = env_int("NUM_PROXIES", 0)
+
+# Throttle counters live in a cache every web process shares. Default: a table
+# in the database (`manage.py createcachetable` creates it; the test runner
+# does it by itself). THROTTLE_CACHE_URL=redis://host:6379/1 uses Redis instead
+# (needs the redis package). The default cache stays per-process memory.
+THROTTLE_CACHE_URL = env_str("THROTTLE_CACHE_URL", "").strip()
+if not THROTTLE_CACHE_URL:
+    _throttle_cache: dict[str, Any] = {
+        "BACKEND": "django.core.cache.backends.db.DatabaseCache",
+        "LOCATION": "throttle_cache",
+        # One row per client and scope; expired rows are culled beyond this.
+        "OPTIONS": {"MAX_ENTRIES": 10000},
+    }
+elif THROTTLE_CACHE_URL.startswith(("redis://", "rediss://", "unix://")):
+    _throttle_cache = {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": THROTTLE_CACHE_URL}
+else:
+    raise ImproperlyConfigured(
+        f"THROTTLE_CACHE_URL must be empty (the database) or a redis:// URL, got {THROTTLE_CACHE_URL!r}"
+    )
+CACHES = {
+    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
+    "throttle": _throttle_cache,
+}
+
+# Login lockout (django-axes) on /accounts/login/ and the admin's login: after
+# AXES_FAILURE_LIMIT wrong passwords for one username from one address, that
+# username is refused from that address for AXES_COOLOFF_TIME hours (0: until
+# `manage.py axes_reset`). Keyed by the pair so that a guesser can't lock
+# another person out from elsewhere, and the people behind one office NAT
+# aren't locked out together.
+AXES_ENABLED = env_bool("AXES_ENABLED", True)
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 10, minimum=1)
+AXES_COOLOFF_TIME = env_float("AXES_COOLOFF_TIME", 1.0) or None
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "tasks_app.api.throttles.client_ip"
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+# Axes' backend first: it refuses a locked-out login before the password is checked.
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+
 # "text" (default) or "json": one JSON object per line (time, level, logger,
 # message, and task_id / stage / worker_id where known; tasks_app.logcontext).
 TASKS_LOG_FORMAT = env_str("TASKS_LOG_FORMAT", "text").strip().lower()
@@ -329,10 +382,13 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
     "PAGE_SIZE": 100,
+    # Counters in the shared "throttle" cache, clients told apart by client_ip.
     "DEFAULT_THROTTLE_CLASSES": [
-        "rest_framework.throttling.UserRateThrottle",
-        "rest_framework.throttling.AnonRateThrottle",
+        "tasks_app.api.throttles.UserRateThrottle",
+        "tasks_app.api.throttles.AnonRateThrottle",
     ],
+    # For DRF's own get_ident (None would trust X-Forwarded-For from anyone).
+    "NUM_PROXIES": NUM_PROXIES,
     "DEFAULT_THROTTLE_RATES": {
         "user": env_str("API_THROTTLE_USER", "20000/minute"),
         "anon": env_str("API_THROTTLE_ANON", "120/minute"),

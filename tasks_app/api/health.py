@@ -12,9 +12,9 @@ from drf_spectacular.utils import extend_schema
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import AnonRateThrottle
 from rest_framework.views import APIView
 
+from tasks_app.api.throttles import AnonRateThrottle
 from tasks_app.models import Task, WorkerProcess
 
 

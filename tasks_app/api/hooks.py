@@ -32,17 +32,18 @@ from rest_framework.exceptions import AuthenticationFailed, NotFound, ParseError
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
-from rest_framework.throttling import SimpleRateThrottle
 from rest_framework.views import APIView
 
 from tasks_app import services
 from tasks_app.api.errors import translate
+from tasks_app.api.throttles import SharedRateThrottle
 from tasks_app.models import HookReceipt, Stage
 
 DEFAULT_TYPE = "webhook"
 
 
-class HookThrottle(SimpleRateThrottle):
+class HookThrottle(SharedRateThrottle):
+    # Per stage and client (client_ip: X-Forwarded-For only from trusted proxies), counted across processes.
     scope = "hook"
 
     def get_cache_key(self, request: Request, view: Any) -> str:
