@@ -13,6 +13,7 @@ urlpatterns = [
     path("tasks/bulk/", actions.task_bulk, name="task-bulk"),
     path("tasks/rows/", pages.task_rows, name="task-rows"),
     path("tasks/<int:task_id>/", pages.task_detail, name="task-detail"),
+    path("tasks/<int:task_id>/payload.json", pages.task_payload, name="task-payload"),
     path("tasks/<int:task_id>/edit/", actions.task_edit_payload, name="task-edit"),
     path("tasks/<int:task_id>/duplicate/", actions.task_duplicate, name="task-duplicate"),
     path("tasks/<int:task_id>/<str:action>/", actions.task_action, name="task-action"),

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import json
 import re
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -12,6 +12,7 @@ from django.utils import timezone
 from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
 
+from tasks_app.jsonpreview import CELL_CHARS, PAGE_CHARS, ROW_CHARS, editable_json, json_head, json_preview, json_size
 from tasks_app.models import Task
 
 register = template.Library()
@@ -74,13 +75,31 @@ def status_badge(task: Task) -> SafeString:
 
 @register.filter
 def json_compact(value: Any) -> str:
-    text = json.dumps(value, sort_keys=True, ensure_ascii=False)
-    return text if len(text) <= 90 else text[:87] + "..."
+    """One line for a table cell: the head of the compact JSON, cut with "..."."""
+    return json_preview(value, CELL_CHARS)
 
 
-@register.filter
-def json_pretty(value: Any) -> str:
-    return json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+@dataclass(frozen=True)
+class JsonView:
+    """The head of a document, indented, and what a page says about the rest."""
+
+    text: str
+    cut: bool
+    size: int  # bytes of the whole document as /tasks/<id>/payload.json serves it (0: not measured)
+    editable: bool  # small enough to edit in a textarea
+
+    @property
+    def highlighted(self) -> SafeString:
+        return highlight(self.text)
+
+
+@register.simple_tag
+def json_view(value: Any, where: str = "page") -> JsonView:
+    """A bounded pretty view: "row" (an expanded list row) or "page" (a task's page, measured)."""
+    text, cut = json_head(value, ROW_CHARS if where == "row" else PAGE_CHARS, indent=2)
+    if where == "row":
+        return JsonView(text, cut, 0, False)
+    return JsonView(text, cut, json_size(value) if cut else 0, editable_json(value) is not None)
 
 
 _TOKEN = re.compile(
@@ -89,10 +108,8 @@ _TOKEN = re.compile(
 )
 
 
-@register.filter
-def json_highlight(value: Any) -> SafeString:
-    """Pretty JSON with each token escaped and wrapped in a span for colouring."""
-    text = json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False)
+def highlight(text: str) -> SafeString:
+    """JSON text with each token escaped and wrapped in a span for colouring (a cut text too)."""
     out, pos = [], 0
     for m in _TOKEN.finditer(text):
         out.append(escape(text[pos : m.start()]))
@@ -100,6 +117,13 @@ def json_highlight(value: Any) -> SafeString:
         pos = m.end()
     out.append(escape(text[pos:]))
     return mark_safe("".join(out))  # every piece above is escaped
+
+
+@register.filter
+def tail(value: Any, length: int) -> str:
+    """The last `length` characters, after an ellipsis: the end of a traceback is the part that says what broke."""
+    text = str(value)
+    return text if len(text) <= length else "…" + text[-length:]
 
 
 @register.simple_tag(takes_context=True)

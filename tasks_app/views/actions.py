@@ -17,6 +17,7 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from tasks_app import services
+from tasks_app.jsonpreview import editable_json
 from tasks_app.models import Stage, Task
 from tasks_app.views.pages import filtered_tasks
 
@@ -83,7 +84,10 @@ def _parse_payload(raw: str) -> tuple[dict[str, Any] | None, str]:
 @permission_required("tasks_app.change_task", raise_exception=True)
 def task_edit_payload(request: HttpRequest, task_id: int) -> HttpResponse:
     task = get_object_or_404(Task, pk=task_id)
-    raw = json.dumps(task.payload, indent=2, sort_keys=True, ensure_ascii=False)
+    raw = editable_json(task.payload)  # indented only while that stays small (deep documents explode)
+    if raw is None:
+        messages.warning(request, f"The payload of task {task_id} is too large to edit in a page.")
+        return redirect("tasks_app:task-detail", task_id)
     error = ""
     if request.method == "POST":
         raw = request.POST.get("payload", "")

@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Any
 
 from django.contrib.auth.decorators import login_required, permission_required
+from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet, TextField
 from django.db.models.functions import Cast
 from django.http import HttpRequest, HttpResponse, QueryDict
@@ -15,9 +16,12 @@ from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
 from tasks_app.filters import TaskFilter
+from tasks_app.jsonpreview import json_raw
 from tasks_app.models import Stage, Task, WorkerProcess
+from tasks_app.services.forms import may_work_on
 
 PAGE_SIZE = 50
+HISTORY_LIMIT = 50  # events shown on a task's page (a task retried forever has an endless history)
 SORTS: dict[str, tuple[str, ...]] = {
     "-id": ("-id",),
     "id": ("id",),
@@ -110,15 +114,32 @@ def task_rows(request: HttpRequest) -> HttpResponse:
 @permission_required("tasks_app.view_task", raise_exception=True)
 def task_detail(request: HttpRequest, task_id: int) -> HttpResponse:
     task = get_object_or_404(Task.objects.select_related("stage", "source_stage", "parent__stage"), pk=task_id)
+    events = list(task.events.order_by("-id")[:HISTORY_LIMIT])[::-1]
     ctx = {
         "task": task,
-        "events": task.events.order_by("id"),
+        "events": events,
+        "earlier_events": task.events.count() - len(events) if len(events) == HISTORY_LIMIT else 0,
         "children": list(task.children.select_related("stage").order_by("id")[:100]),
         "now": timezone.now(),
         "can_change": request.user.has_perm("tasks_app.change_task"),
         "can_add": request.user.has_perm("tasks_app.add_task"),
     }
     return render(request, "tasks_app/task_detail.html", ctx)
+
+
+@login_required
+def task_payload(request: HttpRequest, task_id: int) -> HttpResponse:
+    """The whole payload as JSON (the pages show only its head); never HTML, so nothing in it runs.
+
+    For people who may view tasks, and for those who work on the task's form stage (its page shows the payload).
+    """
+    task = get_object_or_404(Task.objects.select_related("stage").only("payload", "stage"), pk=task_id)
+    if not (request.user.has_perm("tasks_app.view_task") or may_work_on(request.user, task.stage)):
+        raise PermissionDenied
+    response = HttpResponse(json_raw(task.payload), content_type="application/json")
+    disposition = "attachment" if request.GET.get("download") else "inline"
+    response["Content-Disposition"] = f'{disposition}; filename="task-{task_id}-payload.json"'
+    return response
 
 
 @login_required

@@ -3,13 +3,20 @@ document.addEventListener("submit", (event) => {
   const message = event.target.dataset.confirm;
   if (message && !window.confirm(message)) event.preventDefault();
 });
-document.addEventListener("click", (event) => {
+// Copy buttons copy their data-copy text, or the document at data-copy-url
+// (a task's whole payload: the page carries only its head).
+document.addEventListener("click", async (event) => {
   const button = event.target.closest("button.copy");
   if (!button) return;
-  navigator.clipboard.writeText(button.dataset.copy).then(() => {
-    button.textContent = "Copied";
-    setTimeout(() => (button.textContent = "Copy"), 1500);
-  });
+  let text = button.dataset.copy;
+  if (text === undefined) {
+    const response = await fetch(button.dataset.copyUrl, { credentials: "same-origin" });
+    if (!response.ok) return;
+    text = await response.text();
+  }
+  await navigator.clipboard.writeText(text);
+  button.textContent = "Copied";
+  setTimeout(() => (button.textContent = "Copy"), 1500);
 });
 
 // Task list auto-refresh: replaces only the table body, so filters (in the
