@@ -61,15 +61,33 @@ def validate_task_type(value: object) -> None:
         )
 
 
+# A schedule must fire at least this often. The sparsest useful one, 29 February,
+# is at most 8 years apart (2096 -> 2104).
+CRON_MAX_YEARS_BETWEEN = 10
+
+
 def validate_cron(value: str) -> None:
     from croniter import croniter
 
-    if value and (len(value.split()) != 5 or not croniter.is_valid(value)):
+    if not value:
+        return
+    if len(value.split()) != 5 or not croniter.is_valid(value):
         raise ValidationError(
             "'%(value)s' is not a 5-field cron expression (minute hour day-of-month month day-of-week).",
             code="bad_cron",
             params={"value": value},
         )
+    # A well-formed expression can still name no date ("0 0 30 2 *", 30 February):
+    # every scheduler would then fail to compute its due time on every pass.
+    try:
+        croniter(value, timezone.now(), max_years_between_matches=CRON_MAX_YEARS_BETWEEN).get_next(datetime)
+    except (ValueError, KeyError, OverflowError):  # croniter's CroniterBadDateError is a ValueError
+        raise ValidationError(
+            "'%(value)s' never fires: no date matches it within %(years)d years (is it a day the month doesn't "
+            "have, like 30 February?).",
+            code="cron_never_fires",
+            params={"value": value, "years": CRON_MAX_YEARS_BETWEEN},
+        ) from None
 
 
 def validate_schema_map(value: object) -> None:

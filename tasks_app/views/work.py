@@ -18,7 +18,7 @@ from django.utils import timezone
 from django.views.decorators.http import require_POST
 
 from tasks_app.models import Task
-from tasks_app.schema_forms import form_fields, schema_form
+from tasks_app.schema_forms import button_label, form_fields, schema_form
 from tasks_app.services import TaskError
 from tasks_app.services.forms import (
     TaskHeldError,
@@ -66,7 +66,7 @@ def _buttons(task: Task, data: Any = None, submitted: str = "") -> list[dict[str
             prefix=f"f-{type}",
         )
         # A schema's "title" names the button ("Approve"); else the type does.
-        label = (schema or {}).get("title") or type.replace("_", " ").capitalize()
+        label = button_label(schema, type)
         buttons.append({"type": type, "label": label, "form": form})
     return buttons
 
