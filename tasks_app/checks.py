@@ -7,6 +7,8 @@ from typing import Any
 from django.conf import settings
 from django.core.checks import Error, register
 
+from tasks_app import limits
+
 
 @register()
 def check_task_settings(app_configs: Any, **kwargs: Any) -> list[Error]:
@@ -36,4 +38,11 @@ def check_task_settings(app_configs: Any, **kwargs: Any) -> list[Error]:
     retention = settings.TASKS_RETENTION_DAYS
     if retention is not None and (not isinstance(retention, int | float) or retention <= 0):
         errors.append(Error("TASKS_RETENTION_DAYS must be unset or a positive number of days", id="tasks_app.E004"))
+    # Above these, values overflow datetimes or break recursive code (tasks_app.limits).
+    if isinstance(settings.TASKS_LOCK_TIMEOUT, int | float) and settings.TASKS_LOCK_TIMEOUT > limits.MAX_LOCK_TIMEOUT:
+        errors.append(Error(f"TASKS_LOCK_TIMEOUT must be at most {limits.MAX_LOCK_TIMEOUT}", id="tasks_app.E005"))
+    depth = settings.TASKS_MAX_PAYLOAD_DEPTH
+    if not isinstance(depth, int) or not 1 <= depth <= limits.MAX_PAYLOAD_DEPTH:
+        message = f"TASKS_MAX_PAYLOAD_DEPTH must be a whole number from 1 to {limits.MAX_PAYLOAD_DEPTH}"
+        errors.append(Error(message, id="tasks_app.E005"))
     return errors

@@ -13,13 +13,17 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
-from django.core.validators import MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, ProhibitNullCharactersValidator
 from django.db import models
 from django.db.models import CharField, Func, Q
 from django.db.models.lookups import Exact
 from django.utils import timezone
 
+from tasks_app.limits import MAX_ATTEMPTS, MAX_LOCK_TIMEOUT, MAX_RUN_TIME, json_depth_exceeds, json_has_nul
+
 TYPE_MAX_LENGTH = 100
+# PostgreSQL stores no U+0000 in text or jsonb; refuse it on every database alike.
+NO_NUL = ProhibitNullCharactersValidator("Null characters (U+0000) are not allowed.")
 
 
 def default_lock_timeout() -> int:
@@ -48,6 +52,25 @@ def validate_payload(value: object) -> None:
             code="payload_not_object",
             params={"kind": json_kind(value)},
         )
+    limit = int(settings.TASKS_MAX_PAYLOAD_DEPTH)
+    # Before anything recursive (encoding, schema validation) sees it: a 350-deep payload broke them all.
+    if json_depth_exceeds(value, limit):
+        raise ValidationError(
+            "Payload is nested deeper than %(max)d levels (TASKS_MAX_PAYLOAD_DEPTH).",
+            code="payload_too_deep",
+            params={"max": limit},
+        )
+    if json_has_nul(value):
+        raise ValidationError(
+            "Payload strings and keys must not contain the NUL character (U+0000).", code="payload_nul"
+        )
+
+
+def validate_no_nul(value: object) -> None:
+    """No U+0000 in any string or key of a JSON value (Stage.schemas): jsonb can't store it."""
+    if json_has_nul(value):
+        raise ValidationError("Strings and keys must not contain the NUL character (U+0000).", code="null_characters")
+
 
 
 def validate_task_type(value: object) -> None:
@@ -59,6 +82,7 @@ def validate_task_type(value: object) -> None:
             code="type_too_long",
             params={"max": TYPE_MAX_LENGTH, "len": len(value)},
         )
+    NO_NUL(value)
 
 
 # A schedule must fire at least this often. The sparsest useful one, 29 February,
@@ -116,30 +140,31 @@ class Stage(models.Model):
         JOB = "job", "Job"
 
     slug = models.SlugField(max_length=100, unique=True)
-    name = models.CharField(max_length=200)
+    name = models.CharField(max_length=200, validators=[NO_NUL])
     kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.SCRIPT)
     handler = models.CharField(
         max_length=255,
         blank=True,
         help_text="Dotted path of a Python callable handler(task), for script stages.",
     )
+    # Bounds: tasks_app.limits (and the check constraints below, for raw SQL).
     lock_timeout = models.PositiveIntegerField(
         default=default_lock_timeout,
-        validators=[MinValueValidator(1)],
-        help_text="Seconds a claimed task stays locked before it is retried.",
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_LOCK_TIMEOUT)],
+        help_text=f"Seconds a claimed task stays locked before it is retried (1 to {MAX_LOCK_TIMEOUT}, a week).",
     )
     max_attempts = models.PositiveIntegerField(
         null=True,
         blank=True,
-        validators=[MinValueValidator(1)],
-        help_text="Attempts before a task fails; blank means retry forever.",
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_ATTEMPTS)],
+        help_text=f"Attempts before a task fails (1 to {MAX_ATTEMPTS}); blank means retry forever.",
     )
     max_run_time = models.PositiveIntegerField(
         null=True,
         blank=True,
-        validators=[MinValueValidator(1)],
-        help_text="Seconds a handler may run before the worker abandons it and releases the task; "
-        "blank means no limit (heartbeats keep long handlers' locks alive).",
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_RUN_TIME)],
+        help_text=f"Seconds a handler may run before the worker abandons it and releases the task (1 to "
+        f"{MAX_RUN_TIME}, a week); blank means no limit (heartbeats keep long handlers' locks alive).",
     )
     is_paused = models.BooleanField(default=False, help_text="A paused stage hands out no tasks.")
     hook_secret = models.CharField(
@@ -157,7 +182,7 @@ class Stage(models.Model):
     schemas = models.JSONField(
         default=dict,
         blank=True,
-        validators=[validate_schema_map],
+        validators=[validate_schema_map, validate_no_nul],
         help_text='JSON Schema per task type for the tasks this stage sends out, e.g. {"order": {...}}; '
         '"*" applies to types without their own.',
     )
@@ -168,17 +193,23 @@ class Stage(models.Model):
         help_text="Form stages: the groups whose members may work on its tasks "
         "(none: anyone with the change-task permission).",
     )
-    description = models.TextField(blank=True)
+    description = models.TextField(blank=True, validators=[NO_NUL])
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(auto_now=True)
 
     class Meta:
         ordering = ["slug"]
         constraints = [
-            models.CheckConstraint(condition=Q(lock_timeout__gte=1), name="stage_lock_timeout_positive"),
             models.CheckConstraint(
-                condition=Q(max_attempts__isnull=True) | Q(max_attempts__gte=1),
-                name="stage_max_attempts_positive",
+                condition=Q(lock_timeout__gte=1, lock_timeout__lte=MAX_LOCK_TIMEOUT), name="stage_lock_timeout_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(max_attempts__isnull=True) | Q(max_attempts__gte=1, max_attempts__lte=MAX_ATTEMPTS),
+                name="stage_max_attempts_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(max_run_time__isnull=True) | Q(max_run_time__gte=1, max_run_time__lte=MAX_RUN_TIME),
+                name="stage_max_run_time_range",
             ),
         ]
 
@@ -203,6 +234,7 @@ class Transition(models.Model):
     task_type = models.CharField(
         max_length=TYPE_MAX_LENGTH,
         blank=True,
+        validators=[NO_NUL],
         help_text="Only tasks of this type pass; blank passes every type.",
     )
 

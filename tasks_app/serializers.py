@@ -8,6 +8,7 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
+from tasks_app.limits import MAX_LOCK_TIMEOUT
 from tasks_app.models import TYPE_MAX_LENGTH, Stage, Task, TaskEvent, Transition, json_kind
 from tasks_app.services import MAX_CLAIM_BATCH, validate_task_input
 
@@ -133,7 +134,7 @@ class BulkCreateSerializer(serializers.Serializer):
 
 class ClaimSerializer(serializers.Serializer):
     limit = serializers.IntegerField(min_value=1, max_value=MAX_CLAIM_BATCH, default=1)
-    lock_timeout = serializers.IntegerField(min_value=1, max_value=7 * 24 * 3600, required=False)
+    lock_timeout = serializers.IntegerField(min_value=1, max_value=MAX_LOCK_TIMEOUT, required=False)
 
 
 class CompleteSerializer(serializers.Serializer):
@@ -157,4 +158,4 @@ class ReleaseSerializer(serializers.Serializer):
 
 class HeartbeatSerializer(serializers.Serializer):
     lock_token = serializers.CharField(max_length=64)
-    lock_timeout = serializers.IntegerField(min_value=1, max_value=7 * 24 * 3600, required=False)
+    lock_timeout = serializers.IntegerField(min_value=1, max_value=MAX_LOCK_TIMEOUT, required=False)

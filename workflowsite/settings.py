@@ -8,6 +8,7 @@ in the project, a development secret key.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
+
+from tasks_app import limits
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -37,7 +40,14 @@ def env_bool(name: str, default: bool) -> bool:
     raise ImproperlyConfigured(f"{name} must be a boolean (true/false), got {raw!r}")
 
 
-def env_int(name: str, default: int, *, minimum: int = 0) -> int:
+# Every number from the environment is bounded: unbounded ones end up in a
+# timedelta or a database integer and overflow there, far from the setting.
+# The default maxima fit a 32-bit integer column, and ~31 years of seconds.
+INT_MAX = 2**31 - 1
+FLOAT_MAX = 1e9
+
+
+def env_int(name: str, default: int, *, minimum: int = 0, maximum: int = INT_MAX) -> int:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -45,12 +55,12 @@ def env_int(name: str, default: int, *, minimum: int = 0) -> int:
         value = int(raw)
     except ValueError:
         raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from None
-    if value < minimum:
-        raise ImproperlyConfigured(f"{name} must be >= {minimum}, got {value}")
+    if not minimum <= value <= maximum:
+        raise ImproperlyConfigured(f"{name} must be between {minimum} and {maximum}, got {value}")
     return value
 
 
-def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
+def env_float(name: str, default: float, *, minimum: float = 0.0, maximum: float = FLOAT_MAX) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
@@ -58,15 +68,17 @@ def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
         value = float(raw)
     except ValueError:
         raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from None
-    if value < minimum:
-        raise ImproperlyConfigured(f"{name} must be >= {minimum}, got {value}")
+    if not (math.isfinite(value) and minimum <= value <= maximum):
+        raise ImproperlyConfigured(f"{name} must be between {minimum:g} and {maximum:g}, got {raw!r}")
     return value
+
 
 
 DEBUG = env_bool("DEBUG", True)
 SECRET_KEY = env_str("SECRET_KEY", DEV_SECRET_KEY)
-if not DEBUG and SECRET_KEY == DEV_SECRET_KEY:
-    # Refuse to serve production traffic with a key that is in the repository.
+if not DEBUG and (SECRET_KEY == DEV_SECRET_KEY or not SECRET_KEY.strip()):
+    # Refuse to serve production traffic with a key that is in the repository,
+    # or with none at all (`SECRET_KEY=` in an env file sets it to "").
     raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
 
 ALLOWED_HOSTS = [h.strip() for h in env_str("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h.strip()]
@@ -315,7 +327,7 @@ if TASKS_LOG_FORMAT == "json":
 
 # Engine knobs (checked by tasks_app.checks).
 # Default lock timeout of a stage, in seconds.
-TASKS_LOCK_TIMEOUT = env_int("TASKS_LOCK_TIMEOUT", 300, minimum=1)
+TASKS_LOCK_TIMEOUT = env_int("TASKS_LOCK_TIMEOUT", 300, minimum=1, maximum=limits.MAX_LOCK_TIMEOUT)
 # How long an idle worker sleeps between polls, in seconds.
 TASKS_POLL_INTERVAL = env_float("TASKS_POLL_INTERVAL", 1.0)
 # Retry backoff after a failed attempt: base * 2**(attempt-1), capped, with jitter.
@@ -325,6 +337,13 @@ TASKS_RETRY_BACKOFF_MAX = env_float("TASKS_RETRY_BACKOFF_MAX", 3600.0)
 TASKS_RETRY_JITTER = env_float("TASKS_RETRY_JITTER", 0.5)
 # Largest task payload accepted, in bytes of compact JSON (the API answers 413 beyond it).
 TASKS_MAX_PAYLOAD_BYTES = env_int("TASKS_MAX_PAYLOAD_BYTES", 256 * 1024, minimum=1)
+# Deepest nesting of objects and arrays in a payload ({} is 1 level); deeper
+# payloads are refused with a 400 wherever they enter (API, hooks, pages,
+# commands, handler sends). At most 200: much deeper documents break recursive
+# code (JSON encoding, schema validation) before any check could run.
+TASKS_MAX_PAYLOAD_DEPTH = env_int(
+    "TASKS_MAX_PAYLOAD_DEPTH", limits.DEFAULT_PAYLOAD_DEPTH, minimum=1, maximum=limits.MAX_PAYLOAD_DEPTH
+)
 # Largest API request body (bulk requests carry many payloads); 413 beyond it.
 API_MAX_REQUEST_BYTES = env_int("API_MAX_REQUEST_BYTES", 16 * 1024 * 1024, minimum=1024)
 # How often a worker sweeps expired locks, in seconds.
@@ -350,7 +369,7 @@ TASKS_JOB_MAX_TASKS = env_int("TASKS_JOB_MAX_TASKS", 10000, minimum=1)
 # Retention: workers delete completed and failed tasks (and their history)
 # finished more than this many days ago, as `manage.py prune_tasks` does.
 # Unset or 0 keeps every task forever. Fractions are allowed (0.5 = 12 hours).
-TASKS_RETENTION_DAYS = env_float("TASKS_RETENTION_DAYS", 0.0) or None
+TASKS_RETENTION_DAYS = env_float("TASKS_RETENTION_DAYS", 0.0, maximum=36500.0) or None  # 100 years
 # How often each worker prunes, in seconds (one worker at a time prunes: the
 # others skip their turn while it does).
 TASKS_PRUNE_INTERVAL = env_float("TASKS_PRUNE_INTERVAL", 3600.0, minimum=1.0)

@@ -21,6 +21,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 
 from tasks_app import metrics
+from tasks_app.limits import clamp_lock_timeout
 from tasks_app.models import Stage, Task, TaskEvent
 from tasks_app.services.pg import execute_prepared
 
@@ -133,7 +134,8 @@ def task_claim(
     if stage.is_paused:
         return []
     now = now or timezone.now()
-    until = now + timedelta(seconds=lock_timeout or stage.lock_timeout)
+    # Clamped: a lock_timeout stored before the bounds (or by raw SQL) would overflow the datetime.
+    until = now + timedelta(seconds=clamp_lock_timeout(lock_timeout or stage.lock_timeout))
     params = claim_params(stage=stage, worker_id=worker_id, limit=limit, now=now, until=until)
     started = time.perf_counter()
     if connection.vendor == "postgresql":

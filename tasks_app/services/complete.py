@@ -18,6 +18,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from tasks_app.limits import clamp_lock_timeout
 from tasks_app.models import Stage, Task, TaskEvent, Transition
 from tasks_app.services.errors import NoRouteError, TaskLockLost
 from tasks_app.services.lifecycle import lock_lost
@@ -207,7 +208,7 @@ def tasks_extend_locks(
     if not items:
         return []
     now = now or timezone.now()
-    until = now + timedelta(seconds=lock_timeout)
+    until = now + timedelta(seconds=clamp_lock_timeout(lock_timeout))  # stored out of bounds: don't overflow
     adapt = connection.ops.adapt_datetimefield_value
     where, params = _held(items)
     with transaction.atomic():
@@ -234,4 +235,4 @@ def task_extend_lock(
         lock_timeout = row["stage__lock_timeout"] if row else 1
     if not tasks_extend_locks(items=[(task_id, lock_token)], lock_timeout=lock_timeout, now=now):
         raise lock_lost(task_id)
-    return now + timedelta(seconds=lock_timeout)
+    return now + timedelta(seconds=clamp_lock_timeout(lock_timeout))

@@ -17,6 +17,7 @@ from django.db import transaction
 from django.db.models import F, Q, QuerySet
 from django.utils import timezone
 
+from tasks_app.limits import clamp_lock_timeout
 from tasks_app.models import Stage, Task, TaskEvent
 from tasks_app.services.complete import task_complete
 from tasks_app.services.errors import TaskError, TaskStateError
@@ -70,7 +71,7 @@ def form_task_open(*, task: Task, user: Any, now: datetime | None = None) -> Tas
         claimable = claimable.filter(Q(attempts__lt=stage.max_attempts) | Q(status=Task.Status.PENDING))
     with transaction.atomic():
         current = Task.objects.select_for_update().get(pk=task.pk)
-        until = now + timedelta(seconds=stage.lock_timeout)
+        until = now + timedelta(seconds=clamp_lock_timeout(stage.lock_timeout))
         if current.status == Task.Status.LOCKED and current.locked_by == who:
             # Reopening your own task (another tab, a reload): still yours. If
             # the lock ran out meanwhile and nobody took it, renew it, so the

@@ -30,6 +30,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from tasks_app.limits import clamp_lock_timeout
 from tasks_app.models import JobRun, Stage, Task, Transition
 from tasks_app.services.claim import MAX_CLAIM_BATCH, task_claim
 from tasks_app.services.complete import Completion, tasks_complete_batch
@@ -270,7 +271,7 @@ def job_runs_abandon(*, now: datetime | None = None) -> int:
     stale = [
         run.pk
         for run in JobRun.objects.filter(status=JobRun.Status.RUNNING).select_related("stage")
-        if run.started_at + timedelta(seconds=run.stage.lock_timeout + ABANDON_GRACE) < now
+        if run.started_at + timedelta(seconds=clamp_lock_timeout(run.stage.lock_timeout) + ABANDON_GRACE) < now
     ]
     if not stale:
         return 0

@@ -30,7 +30,9 @@ def retry_delay(attempts: int) -> float:
     """Seconds before the next attempt: exponential in `attempts`, capped, with jitter."""
     base = float(settings.TASKS_RETRY_BACKOFF_BASE)
     cap = float(settings.TASKS_RETRY_BACKOFF_MAX)
-    delay = min(cap, base * 2 ** max(attempts - 1, 0))
+    # The exponent is capped: with retry-forever stages attempts grow without end, and
+    # 2**1024 no longer converts to a float (OverflowError). 2**64 is past any cap anyway.
+    delay = min(cap, base * 2.0 ** min(max(attempts - 1, 0), 64))
     jitter = float(settings.TASKS_RETRY_JITTER)
     return delay * (1 - jitter * random.random())
 

@@ -57,6 +57,7 @@ from django.db import transaction
 from django.db.models import Prefetch
 from django.utils.module_loading import import_string
 
+from tasks_app.limits import MAX_DOCUMENT_DEPTH, NUL, json_depth_exceeds
 from tasks_app.models import Stage, Transition, json_kind
 
 FORMAT_VERSION = 1
@@ -182,12 +183,39 @@ def workflow_parse(text: str) -> Any:
             obj[key] = value
         return obj
 
+    too_deep = WorkflowSyntaxError(f"nested deeper than {MAX_DOCUMENT_DEPTH} levels")
     try:
-        return json.loads(text, object_pairs_hook=pairs)
+        data = json.loads(text, object_pairs_hook=pairs)
     except json.JSONDecodeError as exc:
         raise WorkflowSyntaxError(f"not valid JSON: {exc.msg} at line {exc.lineno}, column {exc.colno}") from None
     except RecursionError:
-        raise WorkflowSyntaxError("not valid JSON: nested too deeply") from None
+        raise too_deep from None
+    # The checks walk the document recursively (_repeated_keys, schema validation).
+    if json_depth_exceeds(data, MAX_DOCUMENT_DEPTH):
+        raise too_deep
+    return data
+
+
+def _shown(text: str) -> str:
+    return text.replace(NUL, "\\x00")
+
+
+def _nul_problems(data: Any) -> list[str]:
+    """Where strings or keys contain U+0000: PostgreSQL can store none, nor even be asked about one."""
+    problems, stack = [], [(data, "")]
+    while stack:
+        value, where = stack.pop()
+        if isinstance(value, str) and NUL in value:
+            problems.append(f"{where or 'top level'}: contains the NUL character (U+0000), which is not allowed")
+        elif isinstance(value, dict | list):
+            items = list(value.items() if isinstance(value, dict) else enumerate(value))
+            for key, item in reversed(items):  # reversed onto the stack: reported in file order
+                if isinstance(key, str) and NUL in key:
+                    problems.append(f"{where or 'top level'}: key '{_shown(key)}' contains the NUL character (U+0000)")
+                label = f"[{key}]" if isinstance(key, int) else f"{'.' if where else ''}{_shown(key)}"
+                stack.append((item, where + label))
+    return problems
+
 
 
 def _repeated_keys(value: Any, where: str) -> Iterable[str]:
@@ -359,6 +387,8 @@ def workflow_problems(data: Any) -> list[str]:
     """Every reason `data` cannot be loaded, each prefixed with where it is; [] if it can."""
     if not isinstance(data, dict):
         return [f"the file must be a JSON object with {', '.join(TOP_LEVEL_FIELDS)}, not {_kind(data)}"]
+    if nul := _nul_problems(data):
+        return nul  # alone: the other checks would query the database with these strings
     problems = _top_level_problems(data)
     stages, transitions = data.get("stages"), data.get("transitions", [])
     in_file: set[str] | None = None

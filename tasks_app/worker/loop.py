@@ -26,6 +26,7 @@ from django.core.exceptions import ValidationError
 from django.db import DatabaseError, close_old_connections, connection
 
 from tasks_app import services
+from tasks_app.limits import clamp_lock_timeout
 from tasks_app.logcontext import log_context
 from tasks_app.models import Stage, Task, Transition
 from tasks_app.services.retention import prune_due
@@ -140,7 +141,7 @@ class Worker:
             room = self._room() - claimed
             if room <= 0 or self.stop_requested:
                 break
-            timeout = self.lock_timeout or stage.lock_timeout
+            timeout = clamp_lock_timeout(self.lock_timeout or stage.lock_timeout)  # heartbeats use it too
             tasks = services.task_claim(stage=stage, worker_id=self.worker_id, limit=room, lock_timeout=timeout)
             now = time.monotonic()
             for task in tasks:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 
 
 def positive_int(raw: str) -> int:
@@ -14,6 +15,18 @@ def positive_int(raw: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return value
+
+
+def int_up_to(maximum: int) -> Callable[[str], int]:
+    """A positive_int no greater than `maximum` (an argparse `type=`)."""
+
+    def parse(raw: str) -> int:
+        value = positive_int(raw)
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be at most {maximum}, got {value}")
+        return value
+
+    return parse
 
 
 def positive_float(raw: str) -> float:

@@ -15,7 +15,8 @@ from typing import Any
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import connection
 
-from tasks_app.management.commands._args import non_negative_float, positive_float, positive_int
+from tasks_app.limits import MAX_CONCURRENCY, MAX_LOCK_TIMEOUT
+from tasks_app.management.commands._args import int_up_to, non_negative_float, positive_float, positive_int
 from tasks_app.models import Stage
 from tasks_app.scheduler import Scheduler
 from tasks_app.services import MAX_CLAIM_BATCH
@@ -48,9 +49,9 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--lock-timeout",
-            type=positive_int,
+            type=int_up_to(MAX_LOCK_TIMEOUT),
             default=None,
-            help="Seconds a claim holds a task; default: the stage's lock_timeout.",
+            help=f"Seconds a claim holds a task (1-{MAX_LOCK_TIMEOUT}); default: the stage's lock_timeout.",
         )
         parser.add_argument(
             "--poll-interval",
@@ -60,9 +61,10 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--concurrency",
-            type=positive_int,
+            type=int_up_to(MAX_CONCURRENCY),
             default=1,
-            help="Handler slots (threads) in this process; run more processes for CPU-bound handlers.",
+            help=f"Handler slots (threads) in this process, 1-{MAX_CONCURRENCY}; run more processes for CPU-bound "
+            "handlers.",
         )
         parser.add_argument(
             "--no-listen",

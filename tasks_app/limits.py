@@ -1,0 +1,74 @@
+"""Bounds on the values people and programs hand the engine, and the one JSON walk that checks documents.
+
+Plain constants and functions with no Django imports: workflowsite/settings.py
+reads the bounds too (TASKS_LOCK_TIMEOUT, TASKS_MAX_PAYLOAD_DEPTH), before the
+apps are loaded, so a setting and a stage field can never disagree.
+
+Why bounds at all: an unbounded number ends up in a `timedelta` or a SQLite
+integer and overflows (a stage with lock_timeout 2**62 killed the worker), and
+an unbounded nesting depth ends up in recursive code (copying, encoding,
+schema validation, templates) and raises RecursionError.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+# Stage.lock_timeout, the claim and heartbeat `lock_timeout` inputs, --lock-timeout
+# and TASKS_LOCK_TIMEOUT, in seconds. A week: a lock held longer is a lost worker,
+# not a slow one (a long handler keeps its lock alive with heartbeats).
+MAX_LOCK_TIMEOUT = 7 * 24 * 3600
+# Stage.max_run_time, in seconds: the same week.
+MAX_RUN_TIME = 7 * 24 * 3600
+# Stage.max_attempts (blank means retry forever, so a cap costs nobody anything).
+MAX_ATTEMPTS = 1000
+# run_worker --concurrency: handler threads in one process.
+MAX_CONCURRENCY = 256
+
+# TASKS_MAX_PAYLOAD_DEPTH: its default, and the most the setting accepts.
+DEFAULT_PAYLOAD_DEPTH = 64
+MAX_PAYLOAD_DEPTH = 200
+# The most a whole JSON document (an API request body, a workflow file) may nest.
+# Above every field's own limit plus its envelope (bulk-complete wraps a payload
+# in 5 levels), so the field's check answers with its own message; below what the
+# recursive code that handles a document before that check can take (Python's
+# default recursion limit is 1000 frames, shared with the C JSON encoder).
+MAX_DOCUMENT_DEPTH = 500
+
+NUL = "\x00"
+
+
+Container = dict[object, object] | list[object] | tuple[object, ...]
+
+
+def _containers(value: object) -> Iterator[tuple[Container, int]]:
+    """Every object and array inside `value` (itself included) with its depth, 1 for the outermost; iterative."""
+    stack: list[tuple[object, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if not isinstance(item, dict | list | tuple):
+            continue
+        yield item, depth
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list | tuple))
+
+
+def json_depth_exceeds(value: object, limit: int) -> bool:
+    """Whether objects and arrays nest more than `limit` levels deep ({} is one level, {"a": []} two)."""
+    return any(depth > limit for _item, depth in _containers(value))
+
+
+def json_has_nul(value: object) -> bool:
+    """Whether a string or key anywhere in `value` contains U+0000 (PostgreSQL can store neither)."""
+    if isinstance(value, str):
+        return NUL in value
+    for item, _depth in _containers(value):
+        strings: Iterable[object] = (*item.keys(), *item.values()) if isinstance(item, dict) else item
+        if any(isinstance(s, str) and NUL in s for s in strings):
+            return True
+    return False
+
+
+def clamp_lock_timeout(seconds: int) -> int:
+    """A lock timeout within 1..MAX_LOCK_TIMEOUT: rows stored before the bounds (or by raw SQL) mustn't overflow."""
+    return max(1, min(int(seconds), MAX_LOCK_TIMEOUT))
