@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
 
-.PHONY: run test venv dev-venv lint test-sqlite test-postgres bench bench-pages bench-scaling screenshots clean
+.PHONY: run test venv dev-venv lint test-sqlite test-postgres bench bench-http bench-pages bench-scaling screenshots clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +58,11 @@ screenshots: $(DEV_STAMP)
 
 bench: $(DEV_STAMP)
 	$(PY) scripts/with_postgres.py -- $(PY) bench/throughput.py
+
+# The HTTP worker example against gunicorn vs the in-process worker (README "Performance"; ~3 min).
+# --durable: fsync and synchronous_commit on, as in production.
+bench-http: $(DEV_STAMP)
+	$(PY) scripts/with_postgres.py --durable -- $(PY) bench/http_throughput.py
 
 clean:
 	rm -rf $(VENV) db.sqlite3* .test-db.sqlite3* .pytest_cache .ruff_cache

@@ -2,13 +2,16 @@
 """Run a command against a throwaway PostgreSQL server.
 
     python scripts/with_postgres.py -- pytest -q
+    python scripts/with_postgres.py --durable -- python bench/http_throughput.py
 
 Finds the server binaries (initdb, pg_ctl) on PATH or under
 /usr/lib/postgresql/*/bin, initialises a cluster in a temporary folder,
 starts it on a free port of 127.0.0.1, runs the command with DATABASE_URL
 pointing at it, then stops the server and removes the folder. The exit
-status is the command's. As root (CI), the server runs as the `postgres`
-user (or `nobody`), since PostgreSQL refuses to run as root.
+status is the command's. The server trades durability for speed (fsync,
+synchronous_commit and full_page_writes off) unless --durable asks for
+production's defaults, as benchmarks should. As root (CI), the server runs
+as the `postgres` user (or `nobody`), since PostgreSQL refuses to run as root.
 """
 
 from __future__ import annotations
@@ -53,7 +56,9 @@ def server_user() -> str | None:
 
 
 def main(argv: list[str]) -> int:
+    durable = False
     if "--" in argv:
+        durable = "--durable" in argv[: argv.index("--")]
         argv = argv[argv.index("--") + 1 :]
     if not argv:
         print(__doc__)
@@ -95,8 +100,10 @@ def main(argv: list[str]) -> int:
         )
         options = (
             f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={tmp} "
-            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+            "-c max_connections=200"
         )
+        if not durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         subprocess.run(
             [f"{bindir}/pg_ctl", "-D", data, "-l", log, "-o", options, "-w", "-t", "60", "start"],
             check=True,
