@@ -30,6 +30,8 @@ def fresh_database(name: str) -> str | None:
         conn.execute(f"CREATE DATABASE {name}")
     os.environ["DATABASE_URL"] = urlunparse(urlparse(url)._replace(path=f"/{name}"))
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "workflowsite.settings")
+    # The benchmarks' stages name bench.handlers (worker processes inherit this).
+    os.environ.setdefault("TASKS_HANDLER_MODULES", "tasks_app.demo,bench.handlers")
     os.environ.setdefault("ALLOWED_HOSTS", "testserver")
     sys.path.insert(0, str(ROOT))
     return url

@@ -220,6 +220,7 @@ def main() -> int:
     bench_url = create_bench_database(url)
     os.environ["DATABASE_URL"] = bench_url
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "workflowsite.settings")
+    os.environ.setdefault("TASKS_HANDLER_MODULES", "bench.handlers")  # its stages' handlers (and its workers')
     sys.path.insert(0, str(ROOT))
     import django
 

@@ -1,13 +1,18 @@
-"""System checks for the engine's settings."""
+"""System checks for the engine's settings, and for stored stages whose handler may not run."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import Error, register
+from django.core.checks import Warning as CheckWarning
+from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection
 
 from tasks_app import limits
+from tasks_app.handler_modules import handler_path_problem
+from tasks_app.models import Stage
 
 
 @register()
@@ -46,3 +51,37 @@ def check_task_settings(app_configs: Any, **kwargs: Any) -> list[Error]:
         message = f"TASKS_MAX_PAYLOAD_DEPTH must be a whole number from 1 to {limits.MAX_PAYLOAD_DEPTH}"
         errors.append(Error(message, id="tasks_app.E005"))
     return errors
+
+
+@register()
+def check_stage_handlers(
+    app_configs: Any, databases: Sequence[str] | None = None, **kwargs: Any
+) -> list[CheckWarning]:
+    """Stored stages whose handler TASKS_HANDLER_MODULES doesn't allow (or that doesn't import).
+
+    Saving refuses such a handler, but the list may have shrunk since, or a
+    row been written by hand: those stages fail their tasks at run time.
+    """
+    if databases is not None and DEFAULT_DB_ALIAS not in databases:
+        return []
+    try:
+        if Stage._meta.db_table not in connection.introspection.table_names():
+            return []  # not migrated yet: nothing is stored
+        with_handler = Stage.objects.exclude(handler="").exclude(kind=Stage.Kind.FORM)  # forms run no handler
+        stored = list(with_handler.order_by("slug").values_list("slug", "handler"))
+    except DatabaseError:
+        return []  # no database to look at (yet): the settings checks still run
+    warnings = []
+    for slug, handler in stored:
+        problem = handler_path_problem(handler.strip())
+        if problem is not None:
+            warnings.append(
+                CheckWarning(
+                    f"Stage '{slug}': handler {problem}.",
+                    hint="Nothing runs for this stage until its handler is changed or TASKS_HANDLER_MODULES "
+                    "allows it (its tasks fail, its job runs fail, its hook answers 503).",
+                    obj=slug,
+                    id="tasks_app.W001",
+                )
+            )
+    return warnings

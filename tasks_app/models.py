@@ -19,6 +19,7 @@ from django.db.models import CharField, Func, Q
 from django.db.models.lookups import Exact
 from django.utils import timezone
 
+from tasks_app.handler_modules import validate_handler
 from tasks_app.limits import MAX_ATTEMPTS, MAX_LOCK_TIMEOUT, MAX_RUN_TIME, json_depth_exceeds, json_has_nul
 
 TYPE_MAX_LENGTH = 100
@@ -70,7 +71,6 @@ def validate_no_nul(value: object) -> None:
     """No U+0000 in any string or key of a JSON value (Stage.schemas): jsonb can't store it."""
     if json_has_nul(value):
         raise ValidationError("Strings and keys must not contain the NUL character (U+0000).", code="null_characters")
-
 
 
 def validate_task_type(value: object) -> None:
@@ -145,7 +145,11 @@ class Stage(models.Model):
     handler = models.CharField(
         max_length=255,
         blank=True,
-        help_text="Dotted path of a Python callable handler(task), for script stages.",
+        # Who may name code: only callables defined in modules TASKS_HANDLER_MODULES lists.
+        validators=[validate_handler],
+        help_text="Dotted path of a Python callable: handler(task) for script stages, handler(context) for "
+        "job stages, transform(body, query) for hook stages. Only callables defined in the modules that "
+        "TASKS_HANDLER_MODULES lists are allowed.",
     )
     # Bounds: tasks_app.limits (and the check constraints below, for raw SQL).
     lock_timeout = models.PositiveIntegerField(

@@ -311,7 +311,9 @@ def test_a_job_whose_handler_cannot_be_imported_fails_before_claiming_anything(d
     [task] = waiting(stage, 1)
     [run] = jobs_run_due(worker_id="s", now=at(2, 3))
     assert run.status == R.FAILED
-    assert run.error.startswith("HandlerImportError: Cannot import handler 'tests.handlers.no_such_handler'")
+    assert run.error.startswith(
+        "HandlerImportError: Handler 'tests.handlers.no_such_handler' of stage 'nightly' cannot be imported"
+    ), run.error
     task.refresh_from_db()
     assert (task.status, task.attempts) == (S.PENDING, 0)
     assert not task.events.filter(kind=TaskEvent.Kind.CLAIMED).exists()

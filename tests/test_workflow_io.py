@@ -340,7 +340,8 @@ def test_a_file_with_many_problems_lists_every_one_and_changes_nothing(
     assert lines[0] == f"{path}: {len(lines) - 1} problem(s); nothing was changed."
     i = {s["slug"]: n for n, s in enumerate(data["stages"]) if "slug" in s}
     expected = [
-        f"stages[{i['ship']}] (slug 'ship'): handler 'nowhere.at_all' cannot be imported: ModuleNotFoundError",
+        # Refused before anything is imported: it is outside TASKS_HANDLER_MODULES.
+        f"stages[{i['ship']}] (slug 'ship'): handler 'nowhere.at_all' is not in a module that TASKS_HANDLER_MODULES",
         f"stages[{i['notify']}] (slug 'notify'): handler 'tests.handlers.NOT_THERE' cannot be imported: ImportError",
         f"stages[{i['digest']}] (slug 'digest'): schedule: '61 * * * *' is not a 5-field cron expression",
         f"stages[{i['review']}] (slug 'review'): schedule: Only job stages have a schedule.",
@@ -469,7 +470,7 @@ def test_command_line_exit_status_and_output(world: dict[str, Stage], tmp_path: 
     assert dumped.returncode == 0 and dumped.stdout == dump()
     good = write(tmp_path, dumped.stdout, "good.json")
     data = json.loads(dumped.stdout)
-    data["stages"][0]["handler"] = "no.such.module"
+    data["stages"][0]["handler"] = "tests.no_such_module.run"
     data["transitions"].append({"source": "audit", "target": "nope"})
     bad = write(tmp_path, data, "bad.json")
     before = snapshot()
@@ -480,8 +481,8 @@ def test_command_line_exit_status_and_output(world: dict[str, Stage], tmp_path: 
     assert failed.stdout == ""
     assert failed.stderr.splitlines() == [
         f"CommandError: {bad}: 2 problem(s); nothing was changed.",
-        "  stages[0] (slug 'audit'): handler 'no.such.module' cannot be imported: ModuleNotFoundError: "
-        "No module named 'no'",
+        "  stages[0] (slug 'audit'): handler 'tests.no_such_module.run' cannot be imported: ModuleNotFoundError: "
+        "No module named 'tests.no_such_module'",
         f"  transitions[{len(data['transitions']) - 1}]: unknown target stage 'nope'",
     ]
     assert snapshot() == before

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -324,6 +325,26 @@ if TASKS_LOG_FORMAT == "json":
     LOGGING["loggers"]["django.server"] = {"handlers": ["console"], "level": "INFO", "propagate": False}
     LOGGING["root"] = {"handlers": ["console"], "level": "WARNING"}
     LOGGING["loggers"]["tasks_app"]["propagate"] = False  # or root would write its lines again
+
+# Who may name code (README, "Who can do what"): a stage's handler (script and
+# job stages) or transform (hook stages) must be a callable defined in a module
+# under one of these comma-separated prefixes ("acme.tasks" allows acme.tasks and
+# acme.tasks.billing, not acme.tasks2). People who may edit stages choose among
+# them; only whoever sets the environment widens the list. Default: the demo's
+# handlers with DEBUG on, none with DEBUG off. The standard library is refused,
+# and so is the test suite (`tests`, shipped in the deployed tree) with DEBUG off;
+# the test run names it explicitly (tests/conftest.py).
+TASKS_HANDLER_MODULES = [
+    m.strip() for m in env_str("TASKS_HANDLER_MODULES", "tasks_app.demo" if DEBUG else "").split(",") if m.strip()
+]
+for _module in TASKS_HANDLER_MODULES:
+    _top = _module.partition(".")[0]
+    if not all(part.isidentifier() for part in _module.split(".")):
+        raise ImproperlyConfigured(f"TASKS_HANDLER_MODULES: {_module!r} is not a dotted module name")
+    if _top in sys.stdlib_module_names:
+        raise ImproperlyConfigured(f"TASKS_HANDLER_MODULES: {_module!r} is the standard library; list your own modules")
+    if _top == "tests" and not DEBUG:
+        raise ImproperlyConfigured(f"TASKS_HANDLER_MODULES: {_module!r} is the test suite, refused with DEBUG off")
 
 # Engine knobs (checked by tasks_app.checks).
 # Default lock timeout of a stage, in seconds.

@@ -10,25 +10,27 @@ already accepted (a HookReceipt row, written in the send's transaction):
 a captured request can't be replayed, now or later. The JSON body (an
 object) becomes the payload; `?type=` names the task type (default
 "webhook"); other query parameters are added under "query".
-A stage handler, if set, may transform (body, query) into (type, payload).
+A stage handler, if set, may transform (body, query) into (type, payload);
+what it raises is logged under a request id and never shown to the caller.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import time
+import uuid
 from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
-from django.utils.module_loading import import_string
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.exceptions import AuthenticationFailed, NotFound, ParseError, ValidationError
+from rest_framework.exceptions import APIException, AuthenticationFailed, NotFound, ParseError
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -38,8 +40,11 @@ from tasks_app import services
 from tasks_app.api.errors import translate
 from tasks_app.api.throttles import SharedRateThrottle
 from tasks_app.models import HookReceipt, Stage
+from tasks_app.services.handlers import HandlerImportError, call_handler, resolve_handler
 
 DEFAULT_TYPE = "webhook"
+
+logger = logging.getLogger("tasks_app.hooks")
 
 
 class HookThrottle(SharedRateThrottle):
@@ -118,13 +123,7 @@ class HookView(APIView):
         task_type = request.query_params.get("type", DEFAULT_TYPE)
         payload: Any = {**data, "query": query} if query else dict(data)
         if stage.handler.strip():
-            try:
-                result = import_string(stage.handler.strip())(data, query)
-            except Exception as exc:  # the transform is user code: report, don't crash
-                raise ValidationError(
-                    {"body": [f"The hook's handler refused it: {type(exc).__name__}: {exc}"]}
-                ) from exc
-            task_type, payload = result if isinstance(result, tuple) else (task_type, result)
+            task_type, payload = run_transform(stage, data, query, task_type)
         try:
             with transaction.atomic():
                 if signature:
@@ -151,3 +150,60 @@ def remember(stage: Stage, signature: str) -> None:
     except IntegrityError as exc:
         raise AuthenticationFailed("This signature was already used: a replayed request.") from exc
     HookReceipt.objects.filter(stage=stage, received_at__lt=horizon).delete()
+
+# -- the stage's transform (user code) -----------------------------------------------------------
+
+
+class TransformFailed(APIException):
+    """The transform raised (or returned something unusable); the details are in the log, not here."""
+
+    status_code = status.HTTP_400_BAD_REQUEST
+    default_code = "transform_failed"
+    message = "The hook's handler could not process this request; the server log has the details under request_id."
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__({"detail": self.message, "request_id": request_id})
+
+
+class TransformUnavailable(TransformFailed):
+    """The stored handler may not run (TASKS_HANDLER_MODULES) or doesn't import: nothing ran."""
+
+    status_code = status.HTTP_503_SERVICE_UNAVAILABLE
+    default_code = "transform_unavailable"
+    message = "This hook cannot take requests now (its handler cannot run); the server log has the details."
+
+
+def run_transform(stage: Stage, data: dict[str, Any], query: dict[str, str], task_type: str) -> tuple[Any, Any]:
+    """The stage's transform of (body, query) into (type, payload), or a bare payload keeping `task_type`.
+
+    Its errors are never echoed: they may carry anything the code can read
+    (files, the environment). The caller gets a fixed message and a request
+    id; the log gets the id with the traceback.
+    """
+    request_id = uuid.uuid4().hex
+    context = {"stage": stage.slug, "request_id": request_id}
+    try:
+        transform = resolve_handler(stage)
+    except HandlerImportError as exc:
+        logger.error("hook %s: request %s refused: %s", stage.slug, request_id, exc, extra=context)
+        raise TransformUnavailable(request_id) from exc
+    try:
+        return transform_result(call_handler(transform, data, query), task_type)
+    except Exception as exc:  # call_handler turns SystemExit and the like into HandlerAborted
+        logger.error("hook %s: transform failed (request %s)", stage.slug, request_id, exc_info=exc, extra=context)
+        raise TransformFailed(request_id) from exc
+
+
+def transform_result(result: Any, task_type: str) -> tuple[str, dict[str, Any]]:
+    """A transform's (type, payload) from what it returned: a payload object, or a (str, object) pair.
+
+    Anything else is the transform's error (TypeError), answered like any other it raises.
+    """
+    if isinstance(result, dict):
+        return task_type, result
+    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], str) and isinstance(result[1], dict):
+        return result[0], result[1]
+    shape = f"a tuple of {len(result)}" if isinstance(result, tuple) else type(result).__name__
+    if isinstance(result, tuple) and len(result) == 2:
+        shape = f"({type(result[0]).__name__}, {type(result[1]).__name__})"
+    raise TypeError(f"a transform returns a payload object or a (type, payload) pair of (str, dict), not {shape}")

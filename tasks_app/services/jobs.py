@@ -35,9 +35,9 @@ from tasks_app.models import JobRun, Stage, Task, Transition
 from tasks_app.services.claim import MAX_CLAIM_BATCH, task_claim
 from tasks_app.services.complete import Completion, tasks_complete_batch
 from tasks_app.services.errors import TaskLockLost, TaskStateError
+from tasks_app.services.handlers import call_handler, checked_send, resolve_handler
 from tasks_app.services.lifecycle import task_release
 from tasks_app.services.routing import Send, tasks_send_many
-from tasks_app.worker.handlers import checked_send, resolve_handler
 
 logger = logging.getLogger("tasks_app.jobs")
 
@@ -229,7 +229,8 @@ def _fail(run: JobRun, claimed: list[Task], exc: BaseException) -> None:
 def job_run_execute(*, run: JobRun, worker_id: str) -> JobRun:
     """Run a started run's handler on the waiting tasks and record the outcome; never raises.
 
-    1. Resolve the handler (a bad path fails the run before any task is claimed).
+    1. Resolve the handler (a path that is not allowed or doesn't import fails the run before any
+       task is claimed: nothing runs).
     2. Claim the waiting tasks, in batches.
     3. Call the handler with a JobContext.
     4. Succeeded: complete the tasks, send the job's sends, mark the run (one transaction).
@@ -237,10 +238,10 @@ def job_run_execute(*, run: JobRun, worker_id: str) -> JobRun:
     """
     claimed: list[Task] = []
     try:
-        handler = cast(JobHandler, resolve_handler(run.stage, {}))
+        handler = cast(JobHandler, resolve_handler(run.stage))
         claimed = _claim_waiting(run.stage, worker_id)
         context = _context(run, claimed)
-        handler(context)
+        call_handler(handler, context)  # SystemExit and the like come out as HandlerAborted
         _succeed(run, claimed, context.sent)
     except Exception as exc:  # the handler's, or a send refused at commit (route or schema changed)
         try:

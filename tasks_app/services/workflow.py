@@ -40,8 +40,8 @@ What a load does:
   generated (`Stage.save`).
 - Handlers: script and job stages need one; a hook stage's is optional (a
   transform of the request body); a form stage must have none, since people
-  work it and no handler would ever run. Every handler named must import (with
-  the worker's `import_string`) and be callable.
+  work it and no handler would ever run. Every handler named must be one the
+  worker may run: a callable defined in a module TASKS_HANDLER_MODULES lists.
 """
 
 from __future__ import annotations
@@ -55,10 +55,10 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import transaction
 from django.db.models import Prefetch
-from django.utils.module_loading import import_string
 
 from tasks_app.limits import MAX_DOCUMENT_DEPTH, NUL, json_depth_exceeds
 from tasks_app.models import Stage, Transition, json_kind
+from tasks_app.services.handlers import HANDLER_ERROR_CODE, stage_handler_problems
 
 FORMAT_VERSION = 1
 TOP_LEVEL_FIELDS = ("version", "stages", "transitions")
@@ -217,7 +217,6 @@ def _nul_problems(data: Any) -> list[str]:
     return problems
 
 
-
 def _repeated_keys(value: Any, where: str) -> Iterable[str]:
     """Keys given twice in one object, anywhere inside `value` (`schemas.order: key 'type' ...`)."""
     if isinstance(value, dict):
@@ -269,7 +268,11 @@ def _stage_field_problems(entry: dict[str, Any]) -> list[str]:
     try:
         stage.clean_fields(exclude=[*unusable, "hook_secret", "created_at", "updated_at"])
     except ValidationError as exc:
-        errors.update(exc.message_dict)
+        for name, field_errors in exc.error_dict.items():
+            # _handler_problems reports the handler's allow-list check, knowing the stage's kind.
+            kept = [e for e in field_errors if not (name == "handler" and e.code == HANDLER_ERROR_CODE)]
+            if kept:
+                errors[name] = ValidationError(kept).messages
     # Stage.clean relates kind and schedule: only meaningful when both are.
     if not {"kind", "schedule"} & (unusable | errors.keys()):
         try:
@@ -281,21 +284,11 @@ def _stage_field_problems(entry: dict[str, Any]) -> list[str]:
 
 
 def _handler_problems(entry: dict[str, Any]) -> list[str]:
-    """Whether the stage's kind wants a handler, and whether the one named imports like the worker would."""
+    """Whether the stage's kind wants a handler, and whether the one named may run (services.handlers)."""
     kind, handler = entry.get("kind", Stage.Kind.SCRIPT), entry.get("handler", "")
     if kind not in Stage.Kind.values or not isinstance(handler, str):
         return []  # already reported as a field problem
-    path = handler.strip()
-    if not path:
-        needs = kind in (Stage.Kind.SCRIPT, Stage.Kind.JOB)
-        return [f"handler: a {kind} stage needs one (the dotted path of a callable)"] if needs else []
-    if kind == Stage.Kind.FORM:
-        return [f"handler: form stages are worked by people and run no handler; leave it empty (got '{path}')"]
-    try:
-        obj = import_string(path)
-    except Exception as exc:  # ImportError, or the module itself raising on import
-        return [f"handler '{path}' cannot be imported: {type(exc).__name__}: {exc}"]
-    return [] if callable(obj) else [f"handler '{path}' is not callable"]
+    return stage_handler_problems(kind, handler)
 
 
 def _group_problems(entry: dict[str, Any]) -> list[str]:

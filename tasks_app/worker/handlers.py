@@ -1,88 +1,41 @@
-"""What a handler sees, and running one: the part of the worker that runs user code."""
+"""Running a handler in the worker: the call and how it ended.
+
+What a handler sees (HandlerTask) and which handlers may run live in
+tasks_app.services.handlers; the names are re-exported here because handlers
+import PermanentFailure from tasks_app.worker (README).
+"""
 
 from __future__ import annotations
 
-import copy
 import traceback
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import close_old_connections
-from django.utils.module_loading import import_string
 
-from tasks_app import services
-from tasks_app.models import Stage, Transition
 from tasks_app.services.errors import NoRouteError
+from tasks_app.services.handlers import (
+    Handler,
+    HandlerImportError,
+    HandlerTask,
+    PermanentFailure,
+    call_handler,
+    checked_send,
+    resolve_handler,
+)
 from tasks_app.services.routing import Send
-from tasks_app.services.schemas import validate_sent
 
-Handler = Callable[["HandlerTask"], Any]
-
-
-class PermanentFailure(Exception):
-    """Raise from a handler to fail the task at once, without retries (e.g. a payload it can't read)."""
-
-
-class HandlerImportError(Exception):
-    """The stage's handler is missing, unimportable or not callable."""
-
-
-@dataclass
-class HandlerTask:
-    """What a handler sees: a copy of the task's data and `send()` for successors."""
-
-    id: int
-    type: str
-    payload: dict[str, Any]
-    stage: str
-    attempts: int
-    created_at: datetime
-    parent_id: int | None
-    _stage: Stage = field(repr=False)
-    _routes: list[Transition] | None = field(default=None, repr=False)
-    sent: list[Send] = field(default_factory=list, repr=False)
-
-    def send(self, type: str, payload: dict[str, Any] | None = None) -> None:
-        """Queue a successor of `type`; it is created when this task completes, in the same transaction."""
-        self.sent.append(checked_send(self._stage, self._routes, type, payload))
-
-
-def checked_send(stage: Stage, routes: list[Transition] | None, type: str, payload: dict[str, Any] | None) -> Send:
-    """A handler's send, checked now rather than at commit: input, route and the stage's schema.
-
-    Failing inside the handler points at the line that sent it, instead of
-    failing the completion after the handler did all its work. `routes` are
-    the stage's transitions if the caller has them (None: read them).
-    """
-    payload = {} if payload is None else payload
-    services.validate_task_input(type=type, payload=payload)
-    if routes is None:
-        services.matching_transitions(stage=stage, type=type)
-    elif not any(t.accepts(type) for t in routes):
-        accepted = sorted({t.task_type or "*" for t in routes})
-        raise NoRouteError(stage_slug=stage.slug, task_type=type, accepted=accepted)
-    validate_sent(stage, type, payload)
-    return type, copy.deepcopy(payload)
-
-
-def resolve_handler(stage: Stage, cache: dict[str, Handler]) -> Handler:
-    path = stage.handler.strip()
-    if not path:
-        raise HandlerImportError(f"Stage '{stage.slug}' has no handler configured.")
-    if path not in cache:
-        try:
-            handler = import_string(path)
-        except Exception as exc:  # ImportError, or the module itself raising on import
-            raise HandlerImportError(
-                f"Cannot import handler '{path}' of stage '{stage.slug}': {type(exc).__name__}: {exc}"
-            ) from exc
-        if not callable(handler):
-            raise HandlerImportError(f"Handler '{path}' of stage '{stage.slug}' is not callable.")
-        cache[path] = handler
-    return cache[path]
+__all__ = [
+    "PERMANENT",
+    "Handler",
+    "HandlerImportError",
+    "HandlerTask",
+    "Outcome",
+    "PermanentFailure",
+    "checked_send",
+    "resolve_handler",
+    "run_handler",
+]
 
 
 @dataclass
@@ -109,9 +62,13 @@ PERMANENT = (HandlerImportError, NoRouteError, PermanentFailure, ValidationError
 
 
 def run_handler(handler: Handler, view: HandlerTask) -> Outcome:
-    """Call a handler; every exception becomes an Outcome (the worker never dies from a task)."""
+    """Call a handler; whatever it raises becomes an Outcome (the worker never dies from a task).
+
+    SystemExit, KeyboardInterrupt and the like come out of call_handler as
+    HandlerAborted: the task is released for a retry with the error recorded.
+    """
     try:
-        handler(view)
+        call_handler(handler, view)
     except Exception as exc:
         return Outcome.from_exception(exc, permanent=isinstance(exc, PERMANENT))
     finally:

@@ -51,16 +51,24 @@ class Slot(threading.Thread):
                     return
                 job.started_at = time.monotonic()
                 self.current = job
-                stage = job.view.stage
-                # Log lines of the handler (and of the code it calls) carry the task, stage and worker.
-                with log_context(task_id=job.task_id, stage=stage, worker_id=self.worker_id):
-                    outcome = run_handler(job.handler, job.view)
-                seconds = time.monotonic() - job.started_at
-                metrics.observe("handler", worker_id=self.worker_id, stage=stage, seconds=seconds)
+                outcome = self._run(job)
                 self.current = None
                 self.results.put((job, outcome))
         finally:
             connection.close()
+
+    def _run(self, job: Job) -> Outcome:
+        """Run one job; every job gets an outcome, so the coordinator never waits on a dead thread."""
+        stage = job.view.stage
+        try:
+            # Log lines of the handler (and of the code it calls) carry the task, stage and worker.
+            with log_context(task_id=job.task_id, stage=stage, worker_id=self.worker_id):
+                outcome = run_handler(job.handler, job.view)
+        except BaseException as exc:  # run_handler's own cleanup failing (the database gone): retry the task
+            outcome = Outcome.from_exception(exc, permanent=False)
+        seconds = time.monotonic() - (job.started_at or 0.0)
+        metrics.observe("handler", worker_id=self.worker_id, stage=stage, seconds=seconds)
+        return outcome
 
 
 class SlotPool:
