@@ -6,7 +6,6 @@ call the services, so the admin can never corrupt a lock or skip history.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Any
 
@@ -15,13 +14,33 @@ from django.contrib import admin, messages
 from django.core.exceptions import ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
+from django.template.defaultfilters import filesizeformat
+from django.urls import reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import escape, format_html
+from django.utils.safestring import SafeString
 
 from tasks_app import services
+from tasks_app.jsonpreview import PAGE_CHARS, editable_json, json_head, json_preview, json_size
 from tasks_app.models import JobRun, Stage, Task, TaskEvent, Transition, WorkerProcess, validate_payload
 from tasks_app.services.schemas import validate_arrival
-from tasks_app.widgets import JSONEditorWidget
+from tasks_app.widgets import JSONEditorWidget, SecretInput
+
+HISTORY_LIMIT = 50  # events shown under a task (a task retried forever has an endless history)
+
+
+def hook_url(stage: Stage) -> str:
+    """Where the stage's hook listens (its slug may not exist yet on the add page)."""
+    return reverse("hook", args=[stage.slug]) if stage.slug else "/hooks/<slug>/"
+
+
+def hook_secret_help(stage: Stage) -> SafeString:
+    # The admin renders help texts as HTML: the model's "<slug>" and "<HMAC ...>" vanished as unknown
+    # tags. This one names the real URL, escaped.
+    return escape(
+        f"Hook stages: requests to {hook_url(stage)} must carry it (X-Hook-Token: <secret>, or "
+        "X-Hook-Signature: sha256=<HMAC-SHA256 of the body>). Generated when left blank."
+    )
 
 
 class OutgoingTransitionInline(admin.TabularInline):
@@ -39,12 +58,14 @@ class StageAdminForm(forms.ModelForm):
             "slug", "name", "kind", "handler", "description", "is_paused", "lock_timeout", "max_attempts",
             "max_run_time", "schemas", "hook_secret", "schedule", "groups",
         ]  # fmt: skip
-        widgets = {"schemas": JSONEditorWidget()}
+        widgets = {"schemas": JSONEditorWidget(), "hook_secret": SecretInput()}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         if "schemas" in self.fields:
             self.fields["schemas"].required = False  # {} (no schemas) is the usual value
+        if "hook_secret" in self.fields:
+            self.fields["hook_secret"].help_text = hook_secret_help(self.instance)
 
     def clean_schemas(self) -> Any:
         return self.cleaned_data.get("schemas") or {}
@@ -67,6 +88,31 @@ class StageAdmin(admin.ModelAdmin):
         ("Form stages", {"fields": ["groups"]}),
     ]
     inlines = [OutgoingTransitionInline]
+    readonly_fields = ["hook_secret_masked"]
+
+    class Media:
+        css = {"all": ["tasks_app/admin.css"]}
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> Any:
+        """The hook secret in clear only for those who may change the stage (it lets anyone post tasks)."""
+        fieldsets = super().get_fieldsets(request, obj)
+        if obj is None or self.has_change_permission(request, obj):
+            return fieldsets
+        return [
+            (name, {**opts, "fields": ["hook_secret_masked" if f == "hook_secret" else f for f in opts["fields"]]})
+            for name, opts in fieldsets
+        ]
+
+    @admin.display(description="hook secret")
+    def hook_secret_masked(self, obj: Stage) -> str:
+        if not obj.hook_secret:
+            return "—"
+        return format_html(
+            '<span class="secret-masked">{}</span><div class="help">Hidden: only users who may change this stage '
+            "see it. Requests to {} must carry it.</div>",
+            "•" * 12,
+            hook_url(obj),
+        )
 
 
 @admin.register(JobRun)
@@ -102,12 +148,17 @@ class TaskEventInline(admin.TabularInline):
     model = TaskEvent
     extra = 0
     can_delete = False
-    fields = ["at", "kind", "actor", "details"]
+    fields = ["at", "kind", "actor", "details_preview"]
     readonly_fields = fields
     ordering = ["id"]
 
     def has_add_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         return False
+
+    @admin.display(description="details")
+    def details_preview(self, obj: TaskEvent) -> str:
+        # An edit's details hold the payload before and after: the head only, like every payload shown.
+        return json_preview(obj.details, 300)
 
 
 def _run_action(
@@ -183,15 +234,41 @@ class TaskAdmin(admin.ModelAdmin):
     actions = ["retry", "release", "mark_completed"]
     show_full_result_count = False  # no COUNT(*) over the whole table on every page
 
+    class Media:
+        css = {"all": ["tasks_app/admin.css"]}
+
+    def get_formset_kwargs(self, request: HttpRequest, obj: Any, inline: Any, prefix: str) -> dict[str, Any]:
+        kwargs = super().get_formset_kwargs(request, obj, inline, prefix)
+        if isinstance(inline, TaskEventInline) and obj is not None and obj.pk:
+            # The latest events only, as on the task's page.
+            latest = list(obj.events.order_by("-id").values_list("id", flat=True)[:HISTORY_LIMIT])
+            kwargs["queryset"] = kwargs["queryset"].filter(id__in=latest)
+        return kwargs
+
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
         fields = list(super().get_readonly_fields(request, obj))
         if obj is not None:
             # The stage and type of an existing task change only by sending it on;
             # scheduling belongs to the lifecycle (retries and backoff).
-            fields += ["stage", "type", "available_at"]
-            if obj.status == Task.Status.LOCKED:
-                # A worker holds it: its handler is reading this payload right now.
+            fields += ["stage", "type", "available_at", "payload_view"]
+            # A worker holds a locked task: its handler is reading this payload right now.
+            # A payload too large for a textarea is shown (bounded) but not edited in a page.
+            if obj.status == Task.Status.LOCKED or not self._payload_fits(obj):
                 fields.append("payload")
+        return fields
+
+    def _payload_fits(self, obj: Task) -> bool:
+        if not hasattr(obj, "_payload_fits"):  # asked several times per page; measured once
+            obj._payload_fits = editable_json(obj.payload) is not None  # type: ignore[attr-defined]
+        return obj._payload_fits  # type: ignore[attr-defined]
+
+    def get_fields(self, request: HttpRequest, obj: Any = None) -> list[str]:
+        """A payload that is not edited here is shown as payload_view: bounded, never the whole document."""
+        fields = [f for f in super().get_fields(request, obj) if f != "payload_view"]
+        if obj is not None and (
+            not self.has_change_permission(request, obj) or "payload" in self.get_readonly_fields(request, obj)
+        ):
+            fields = ["payload_view" if f == "payload" else f for f in fields]
         return fields
 
     def save_model(self, request: HttpRequest, obj: Task, form: Any, change: bool) -> None:
@@ -212,16 +289,26 @@ class TaskAdmin(admin.ModelAdmin):
 
     @admin.display(description="status", ordering="status")
     def status_badge(self, obj: Task) -> str:
-        colours = {"pending": "#b58900", "locked": "#268bd2", "completed": "#2aa198", "failed": "#dc322f"}
-        label = obj.get_status_display()
+        # Colours come from classes in admin.css: the CSP blocks style="" attributes.
+        label, state = obj.get_status_display(), obj.status
         if obj.status == Task.Status.LOCKED and obj.is_lock_expired(timezone.now()):
-            label += " (lock expired)"
-        return format_html('<b style="color:{}">{}</b>', colours.get(obj.status, "#000"), label)
+            label, state = label + " (lock expired)", "expired"
+        return format_html('<b class="task-status task-status-{}">{}</b>', state, label)
 
     @admin.display(description="payload")
     def payload_preview(self, obj: Task) -> str:
-        text = json.dumps(obj.payload, sort_keys=True)
-        return format_html("<code>{}</code>", text if len(text) <= 80 else text[:77] + "...")
+        return format_html("<code>{}</code>", json_preview(obj.payload, 80))
+
+    @admin.display(description="payload")
+    def payload_view(self, obj: Task) -> str:
+        """A read-only payload: the head of its indented JSON, and a link to the whole document."""
+        text, cut = json_head(obj.payload, PAGE_CHARS, indent=2)
+        link = format_html('<a href="{}">Raw JSON</a>', reverse("tasks_app:task-payload", args=[obj.pk]))
+        if cut:
+            size = filesizeformat(json_size(obj.payload))
+            note = format_html("Truncated: {} in full. {}", size, link)
+            return format_html('<pre class="payload-view">{}…</pre><p class="payload-note">{}</p>', text, note)
+        return format_html('<pre class="payload-view">{}</pre><p class="payload-note">{}</p>', text, link)
 
     @admin.action(description="Retry (completed or failed -> pending)", permissions=["change"])
     def retry(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:

@@ -16,3 +16,15 @@ class JSONEditorWidget(forms.Textarea):
 
     def __init__(self, attrs: dict[str, Any] | None = None) -> None:
         super().__init__(attrs={"rows": 14, "cols": 80, "class": "json-editor", "spellcheck": "false", **(attrs or {})})
+
+
+class SecretInput(forms.TextInput):
+    """A secret shown in clear (to those allowed to change it) with a Copy button; the script is a static file."""
+
+    template_name = "tasks_app/widgets/secret_input.html"
+
+    class Media:
+        js = ["tasks_app/admin_copy.js"]
+
+    def __init__(self, attrs: dict[str, Any] | None = None) -> None:
+        super().__init__(attrs={"autocomplete": "off", "spellcheck": "false", "size": 50, **(attrs or {})})

@@ -253,6 +253,7 @@ def test_no_page_breaks_the_content_security_policy(page: Any, world: dict[str, 
     page.click("button[type=submit]")
     page.wait_for_url("**/overview/")
     for path in ["/overview/", "/tasks/", f"/tasks/{task.pk}/", "/work/", "/workers/", "/admin/",
+                 "/admin/tasks_app/task/",  # its status badges
                  f"/admin/tasks_app/stage/{world['review'].pk}/change/"]:  # fmt: skip
         page.goto(page.base + path)
         page.wait_for_load_state("networkidle")

@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, Permission
-from django.test import Client
 from django.template.defaultfilters import filesizeformat
+from django.test import Client
 
 from tasks_app.models import Stage, Task
 from tasks_app.views.pages import PAGE_SIZE
