@@ -6,15 +6,22 @@ and each asyncio task has its own context); ContextFilter, on the console
 handler (settings.LOGGING), copies them onto each record, so the JSON
 formatter (TASKS_LOG_FORMAT=json) writes them as keys. A value passed with
 `extra=` on the logging call wins over the context's.
+
+JsonLines makes a command's status lines (stdout) JSON too, in the same shape,
+when TASKS_LOG_FORMAT=json: then every line a worker prints is JSON.
 """
 
 from __future__ import annotations
 
 import contextvars
+import io
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import IO, Any
+
+from django.conf import settings
+from django.utils.module_loading import import_string
 
 _fields: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("tasks_app_log_fields")
 
@@ -42,3 +49,41 @@ class ContextFilter(logging.Filter):
             if not hasattr(record, key):
                 setattr(record, key, value)
         return True
+
+
+def json_formatter() -> logging.Formatter:
+    """The formatter of settings.LOGGING's "json" entry (one definition of the line's shape)."""
+    spec = dict(settings.LOGGING["formatters"]["json"])
+    return import_string(spec.pop("()"))(**spec)
+
+
+class JsonLines(io.TextIOBase):
+    """A text stream that writes each write() as one JSON log line on `stream`.
+
+    For a command's self.stdout/self.stderr: Django's OutputWrapper writes one
+    whole message per call, so a message of several lines (system check
+    output) stays one record. No lock: a signal handler writes here too, and a
+    lock it interrupted would never be released.
+    """
+
+    def __init__(self, stream: IO[str], *, logger: str, level: int = logging.INFO) -> None:
+        super().__init__()
+        self._stream = stream
+        self._logger = logging.getLogger(logger)
+        self._level = level
+        self._formatter = json_formatter()
+        self._context = ContextFilter()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        message = text.rstrip("\n")
+        if message.strip():
+            record = self._logger.makeRecord(self._logger.name, self._level, "(stdout)", 0, message, None, None)
+            self._context.filter(record)
+            self._stream.write(self._formatter.format(record) + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        self._stream.flush()

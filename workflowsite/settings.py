@@ -316,6 +316,10 @@ LOGGING: dict[str, Any] = {
     },
     "loggers": {
         "tasks_app": {"handlers": ["console"], "level": env_str("TASKS_LOG_LEVEL", "INFO")},
+        # Server errors (500s) with their tracebacks, also with DEBUG off, where
+        # Django's own console handler is silent and nothing else would say why.
+        # In development the 4xx warnings ("Not Found: ...") show as before.
+        "django.request": {"handlers": ["console"], "level": "WARNING" if DEBUG else "ERROR", "propagate": False},
     },
 }
 if TASKS_LOG_FORMAT == "json":

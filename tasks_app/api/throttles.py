@@ -80,6 +80,6 @@ class AnonRateThrottle(SharedCounters, throttling.AnonRateThrottle):
     pass
 
 
-def create_cache_tables(*, using: str, verbosity: int = 1, **kwargs: Any) -> None:
+def create_cache_tables(*, using: str, **kwargs: Any) -> None:
     """post_migrate: `createcachetable` (it skips tables that exist and caches that aren't in the database)."""
-    call_command("createcachetable", database=using, verbosity=verbosity)
+    call_command("createcachetable", database=using, verbosity=0)

@@ -7,17 +7,19 @@ import signal
 from types import FrameType
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.db import connection
 
 from tasks_app.management.commands._args import positive_float
+from tasks_app.management.commands._output import JsonOutputCommand
 from tasks_app.models import JobRun, Stage
 from tasks_app.scheduler import Scheduler, run_summary
 from tasks_app.services.jobs import job_run_now
 from tasks_app.worker import default_worker_id
 
 
-class Command(BaseCommand):
+class Command(JsonOutputCommand):
+    output_logger = "tasks_app.scheduler"
     help = (
         "Run job stages when their cron schedule is due, until stopped (SIGTERM/SIGINT let a running job finish). "
         "Several schedulers may run at once: each due time runs once."

@@ -12,11 +12,12 @@ import signal
 from types import FrameType
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.core.management.base import CommandError, CommandParser
 from django.db import connection
 
 from tasks_app.limits import MAX_CONCURRENCY, MAX_LOCK_TIMEOUT
 from tasks_app.management.commands._args import int_up_to, non_negative_float, positive_float, positive_int
+from tasks_app.management.commands._output import JsonOutputCommand
 from tasks_app.models import Stage
 from tasks_app.scheduler import Scheduler
 from tasks_app.services import MAX_CLAIM_BATCH
@@ -30,7 +31,8 @@ def batch_size(raw: str) -> int:
     return value
 
 
-class Command(BaseCommand):
+class Command(JsonOutputCommand):
+    output_logger = "tasks_app.worker"
     help = "Claim and run tasks of script stages until stopped (SIGTERM/SIGINT finish the current task)."
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -127,7 +129,7 @@ class Command(BaseCommand):
         if not options["no_scheduler"]:
             scheduler = Scheduler(
                 worker_id=f"{worker_id}/scheduler",
-                stdout=self.stdout,
+                stdout=self.stdout_for("tasks_app.scheduler"),
                 application_name=f"{worker_id[:53]} scheduler",
             )
 
