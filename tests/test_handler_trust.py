@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from django.core.cache import cache
 from django.core.exceptions import ValidationError
-from django.core.management import call_command
+from django.core.management import CommandError, call_command
 from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
@@ -251,6 +251,22 @@ def test_worker_fails_a_task_whose_stored_handler_is_not_allowed_and_runs_nothin
     assert list(tmp_path.iterdir()) == []  # the handler never ran
 
 
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_process_refuses_the_test_suites_file_writing_handler_when_the_list_leaves_it_out(
+    workers: list[subprocess.Popen[str]], settings: Any, tmp_path: Path
+) -> None:
+    stage = Stage.objects.create(slug="marks", name="Marks", handler="tests.handlers.sleep_and_mark")
+    task = task_create(stage=stage, type="t", payload={"dir": str(tmp_path), "seconds": 0})
+    settings.TASKS_HANDLER_MODULES = ["tasks_app.demo"]  # what subprocess_env() hands the worker
+    proc = start_worker("--stage", "marks", "--once", "--progress-interval", "0", "--no-scheduler")
+    workers.append(proc)
+    out = finish(proc, timeout=60)
+    assert proc.returncode == 0, out
+    task.refresh_from_db()
+    assert task.status == S.FAILED and SETTING in task.last_error
+    assert list(tmp_path.iterdir()) == []  # the payload's file was never written
+
+
 def test_a_job_whose_stored_handler_is_not_allowed_fails_its_run_and_claims_nothing(
     db: None, settings: Any
 ) -> None:
@@ -263,6 +279,13 @@ def test_a_job_whose_stored_handler_is_not_allowed_fails_its_run_and_claims_noth
     assert run.status == JobRun.Status.FAILED and SETTING in run.error
     task.refresh_from_db()
     assert (task.status, task.attempts) == (S.PENDING, 0)
+
+
+def test_load_demo_refuses_when_the_demo_handlers_are_not_allowed(db: None, settings: Any) -> None:
+    settings.TASKS_HANDLER_MODULES = ["tests"]
+    with pytest.raises(CommandError, match="tasks_app.demo.*TASKS_HANDLER_MODULES"):
+        call_command("load_demo", stdout=StringIO())
+    assert not Stage.objects.exists()
 
 
 def test_check_warns_about_stored_stages_whose_handler_is_not_allowed(world: dict[str, Stage]) -> None:

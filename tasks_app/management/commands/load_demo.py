@@ -5,9 +5,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from django.core.management.base import BaseCommand, CommandParser
+from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from tasks_app.demo import load_demo
+from tasks_app.services.handlers import module_allowed
 
 
 class Command(BaseCommand):
@@ -17,6 +18,9 @@ class Command(BaseCommand):
         parser.add_argument("--no-orders", action="store_true", help="Only the stages and transitions.")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if not module_allowed("tasks_app.demo"):
+            # Its stages would be saved, and then every task and run of them would fail.
+            raise CommandError("the demo's handlers (tasks_app.demo) are not in TASKS_HANDLER_MODULES; add them")
         stages = load_demo(with_orders=not options["no_orders"])
         self.stdout.write(f"demo workflow ready: {', '.join(stages)}")
         hook = stages["orders"]
