@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django import forms
@@ -10,30 +9,42 @@ from django.db import connection
 from django.db.models import F, QuerySet
 from django.db.models.fields.json import KeyTransform
 from django_filters import rest_framework as filters
+from django_filters.fields import IsoDateTimeField
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 
 from tasks_app.models import Stage, Task
+from tasks_app.values import DB_INT_MAX, DB_INT_MIN, NotStorable, check_json, loads_bounded, to_utc
 
 
 class JSONObjectField(forms.CharField):
-    """A JSON object typed as text: `{"customer_id": 12345}` or `customer_id=12345`."""
+    """A JSON object typed as text: `{"customer_id": 12345}` or `customer_id=12345`.
+
+    Only values a query can carry: no NaN/Infinity, no integer beyond 64 bits, no NUL
+    character (values.loads_bounded), so the database never sees what it refuses.
+    """
 
     def to_python(self, value: Any) -> dict[str, Any] | None:
         value = super().to_python(value)
         if not value:
             return None
         text = value.strip()
-        if not text.startswith("{") and "=" in text:
-            # key=value shorthand; the value is JSON when it parses (12345, true, "x"), else a string.
-            key, _, raw = text.partition("=")
-            try:
-                parsed: Any = json.loads(raw)
-            except ValueError:
-                parsed = raw
-            return {key.strip(): parsed}
         try:
-            parsed = json.loads(text)
+            if not text.startswith("{") and "=" in text:
+                # key=value shorthand; the value is JSON when it parses (12345, true, "x"), else a string.
+                key, _, raw = text.partition("=")
+                try:
+                    parsed: Any = loads_bounded(raw)
+                except NotStorable:
+                    raise
+                except ValueError:
+                    parsed = raw
+                parsed = {key.strip(): parsed}
+                check_json(parsed)
+                return parsed
+            parsed = loads_bounded(text)
+        except NotStorable as exc:
+            raise forms.ValidationError(f"Not a value a query can match: {exc}.") from None
         except ValueError as exc:
             raise forms.ValidationError(f"Not valid JSON: {exc}") from None
         if not isinstance(parsed, dict):
@@ -71,8 +82,41 @@ def _leaves(obj: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[tup
     return out
 
 
-class NumberInFilter(filters.BaseInFilter, filters.NumberFilter):
-    pass
+class DBIntegerField(forms.IntegerField):
+    """A whole number a database integer column can hold (sqlite3 can't bind one beyond 64 bits)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("min_value", DB_INT_MIN)
+        kwargs.setdefault("max_value", DB_INT_MAX)
+        super().__init__(*args, **kwargs)
+
+
+@extend_schema_field(OpenApiTypes.INT64)
+class IntegerFilter(filters.NumberFilter):
+    """Every numeric filter: whole numbers in the 64-bit range ("1e999", "-1e100" and NaN are refused)."""
+
+    field_class = DBIntegerField
+
+
+class IntegerInFilter(filters.BaseInFilter, IntegerFilter):
+    """Comma-separated whole numbers, each bounded like IntegerFilter."""
+
+
+class DBDateTimeField(IsoDateTimeField):
+    """An ISO 8601 date-time whose instant has a UTC date the databases can store."""
+
+    def to_python(self, value: Any) -> Any:
+        result = super().to_python(value)
+        if result is None:
+            return None
+        try:
+            return to_utc(result, name="The date-time")
+        except ValueError as exc:
+            raise forms.ValidationError(str(exc)) from None
+
+
+class DateTimeFilter(filters.IsoDateTimeFilter):
+    field_class = DBDateTimeField
 
 
 @extend_schema_field(OpenApiTypes.STR)
@@ -89,14 +133,14 @@ class TaskFilter(filters.FilterSet):
     )
     status = filters.MultipleChoiceFilter(choices=Task.Status.choices, distinct=False)
     type = filters.CharFilter(field_name="type")
-    created_after = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    created_before = filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
-    parent = filters.NumberFilter(field_name="parent_id")
+    created_after = DateTimeFilter(field_name="created_at", lookup_expr="gte")
+    created_before = DateTimeFilter(field_name="created_at", lookup_expr="lt")
+    parent = IntegerFilter(field_name="parent_id")
     source_stage = filters.ModelChoiceFilter(
         field_name="source_stage", to_field_name="slug", queryset=Stage.objects.all()
     )
     payload = JSONContainsFilter(label="Payload contains")
-    id = NumberInFilter(field_name="id", lookup_expr="in", label="Ids (comma-separated)")
+    id = IntegerInFilter(field_name="id", lookup_expr="in", label="Ids (comma-separated)")
 
     class Meta:
         model = Task

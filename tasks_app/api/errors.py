@@ -1,10 +1,12 @@
 """Turning service errors into HTTP answers: 400 with field messages, 409 for
-state conflicts, 413 for over-size payloads."""
+state conflicts, 413 for over-size payloads and request bodies."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
+from django.core.exceptions import RequestDataTooBig, TooManyFieldsSent, TooManyFilesSent
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import IntegrityError
 from django.db.models import ProtectedError
@@ -13,6 +15,7 @@ from rest_framework.response import Response
 from rest_framework.views import exception_handler
 
 from tasks_app import services
+from tasks_app.api.parsers import RequestTooLarge
 from tasks_app.services.routing import TOO_LARGE
 
 
@@ -53,8 +56,22 @@ def translate(exc: Exception) -> Exception:
     return exc
 
 
+def request_error(exc: Exception) -> Exception:
+    """Django's refusals of a request's size (SuspiciousOperation) as JSON answers, not its HTML 400 page.
+
+    Raised where a view first reads the body or the query (request.body past
+    DATA_UPLOAD_MAX_MEMORY_SIZE, more fields than DATA_UPLOAD_MAX_NUMBER_FIELDS).
+    """
+    if isinstance(exc, RequestDataTooBig):
+        limit = settings.DATA_UPLOAD_MAX_MEMORY_SIZE
+        return RequestTooLarge(f"Request body too large; the limit is {limit} bytes.")
+    if isinstance(exc, TooManyFieldsSent | TooManyFilesSent):
+        return exceptions.ParseError(str(exc) or "Too many fields.")
+    return exc
+
+
 def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
-    exc = translate(exc)
+    exc = translate(request_error(exc))
     if isinstance(exc, exceptions.ValidationError) and TOO_LARGE in _codes(exc.get_codes()):
         exc = PayloadTooLarge(exc.detail)
     return exception_handler(exc, context)

@@ -10,7 +10,7 @@ from typing import Any
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, QueryDict
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseRedirect, QueryDict
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
@@ -19,7 +19,8 @@ from django.views.decorators.http import require_POST
 from tasks_app import services
 from tasks_app.jsonpreview import editable_json
 from tasks_app.models import Stage, Task
-from tasks_app.views.pages import filtered_tasks
+from tasks_app.values import parse_db_int
+from tasks_app.views.pages import errors_text, filtered_tasks
 
 SINGLE_ACTIONS: dict[str, tuple[str, Callable[..., Any]]] = {
     "retry": ("Retried", services.task_retry),
@@ -138,6 +139,11 @@ BULK_ACTIONS: dict[str, tuple[str, str, Callable[..., Any]]] = {
 BULK_LIMIT = 5000
 
 
+def bulk_refused(text: str) -> HttpResponse:
+    """A bulk request no page could have sent (a forged or hand-edited form): 400, nothing done."""
+    return HttpResponseBadRequest(text, content_type="text/plain; charset=utf-8")
+
+
 @login_required
 @permission_required("tasks_app.view_task", raise_exception=True)
 @require_POST
@@ -154,10 +160,15 @@ def task_bulk(request: HttpRequest) -> HttpResponse:
         return HttpResponse("Forbidden", status=403)
     if request.POST.get("scope") == "all":
         # Re-run the list's own filters on the query string the page was showing.
-        _, qs = filtered_tasks(QueryDict(query))
+        _, qs, errors = filtered_tasks(QueryDict(query))
+        if errors:  # acting on "all" of a query that can't run would act on nothing, or guess
+            return bulk_refused(f"The list's filter is not valid, so nothing was done.\n{errors_text(errors)}")
         ids = list(qs.order_by("id").values_list("id", flat=True)[: BULK_LIMIT + 1])
     else:
-        ids = [int(i) for i in request.POST.getlist("ids") if i.isdigit()][: BULK_LIMIT + 1]
+        try:
+            ids = [parse_db_int(i, name="A selected id") for i in request.POST.getlist("ids")][: BULK_LIMIT + 1]
+        except ValueError as exc:
+            return bulk_refused(f"{exc} Nothing was done.")
     more = len(ids) > BULK_LIMIT
     ids = ids[:BULK_LIMIT]
     if not ids:

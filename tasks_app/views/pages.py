@@ -10,15 +10,15 @@ from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied
 from django.db.models import Q, QuerySet, TextField
 from django.db.models.functions import Cast
-from django.http import HttpRequest, HttpResponse, QueryDict
+from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, QueryDict
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from tasks_app.filters import TaskFilter
 from tasks_app.jsonpreview import json_raw
 from tasks_app.models import Stage, Task, WorkerProcess
 from tasks_app.services.forms import may_work_on
+from tasks_app.values import parse_db_datetime, parse_db_int
 
 PAGE_SIZE = 50
 HISTORY_LIMIT = 50  # events shown on a task's page (a task retried forever has an endless history)
@@ -32,12 +32,20 @@ SORTS: dict[str, tuple[str, ...]] = {
 }
 
 
-def filtered_tasks(params: QueryDict) -> tuple[TaskFilter, QuerySet[Task]]:
-    """The task list's filters (from its query string), shared by the list page and the bulk actions."""
+def filtered_tasks(params: QueryDict) -> tuple[TaskFilter, QuerySet[Task], dict[str, list[str]]]:
+    """The task list's filters (from its query string), shared by the list page and the bulk actions.
+
+    Also returns what is wrong with the query string (field -> messages): with
+    errors it matches no task, never all of them.
+    """
     task_filter = TaskFilter(params, queryset=Task.objects.select_related("stage", "source_stage"))
-    # Invalid filters show their errors and no rows, never all rows.
-    qs = task_filter.qs if task_filter.is_valid() else Task.objects.none()
+    errors = {field: list(messages) for field, messages in task_filter.errors.items()}
     q = params.get("q", "").strip()
+    if "\x00" in q:  # PostgreSQL text can't hold it: the query would raise, not match nothing
+        errors["q"] = ["Text can't contain NUL (\\u0000) characters."]
+    if errors:
+        return task_filter, Task.objects.none(), errors
+    qs = task_filter.qs
     if q:
         # Free text over type and payload (a scan: narrow with other filters first on big tables).
         # Stored JSON text escapes quotes (and, on SQLite, non-ASCII letters): match those forms too.
@@ -46,46 +54,66 @@ def filtered_tasks(params: QueryDict) -> tuple[TaskFilter, QuerySet[Task]]:
         for form in forms:
             text_match |= Q(payload_text__icontains=form)
         qs = qs.annotate(payload_text=Cast("payload", TextField())).filter(Q(type__icontains=q) | text_match)
-    return task_filter, qs
+    return task_filter, qs, errors
 
 
-def keyset_page(qs: QuerySet[Task], sort: str, cursor: str) -> tuple[list[Task], str | None]:
-    """One page after `cursor` ("value|id"), by index order: no OFFSET, no COUNT(*)."""
+Cursor = tuple[int | datetime, int]
+
+
+def decode_cursor(sort: str, cursor: str) -> Cursor | None:
+    """The (sort value, id) of the row a page ended on, from its Next link's "value|id".
+
+    The one parser of page cursors: anything but what encode_cursor makes (an
+    id or a date-time, then an id, each one the databases can compare) is a
+    ValueError with a message, never a query that overflows or a silent first page.
+    """
+    if not cursor:
+        return None
+    raw_value, sep, raw_id = cursor.rpartition("|")
+    if not sep:
+        raise ValueError("Not a page cursor: follow the list's Next page link, or leave cursor out.")
+    last_id = parse_db_int(raw_id, name="The cursor's id")
+    if SORTS[sort][0].lstrip("-") == "id":
+        return parse_db_int(raw_value, name="The cursor's id"), last_id
+    return parse_db_datetime(raw_value, name="The cursor's date-time"), last_id
+
+
+def encode_cursor(sort: str, row: Task) -> str:
+    value: Any = getattr(row, SORTS[sort][0].lstrip("-"))
+    return f"{value.isoformat() if isinstance(value, datetime) else value}|{row.pk}"
+
+
+def keyset_page(qs: QuerySet[Task], sort: str, after: Cursor | None) -> tuple[list[Task], str | None]:
+    """One page after the row `after` names, by index order: no OFFSET, no COUNT(*)."""
     fields = SORTS[sort]
     qs = qs.order_by(*fields)
-    if cursor:
-        raw_value, _, raw_id = cursor.rpartition("|")
-        try:
-            last_id = int(raw_id)
-        except ValueError:
-            last_id = None
-        if last_id is not None:
-            field = fields[0].lstrip("-")
-            op = "lt" if fields[0].startswith("-") else "gt"
-            if field == "id":
-                qs = qs.filter(**{f"id__{op}": last_id})
-            else:
-                value = parse_datetime(raw_value)
-                if value is not None:
-                    qs = qs.filter(Q(**{f"{field}__{op}": value}) | Q(**{field: value, f"id__{op}": last_id}))
-    rows = list(qs[: PAGE_SIZE + 1])
-    next_cursor = None
-    if len(rows) > PAGE_SIZE:
-        last = rows[PAGE_SIZE - 1]
+    if after is not None:
+        value, last_id = after
         field = fields[0].lstrip("-")
-        value: Any = getattr(last, field)
-        next_cursor = f"{value.isoformat() if isinstance(value, datetime) else value}|{last.pk}"
+        op = "lt" if fields[0].startswith("-") else "gt"
+        if field == "id":
+            qs = qs.filter(**{f"id__{op}": last_id})
+        else:
+            qs = qs.filter(Q(**{f"{field}__{op}": value}) | Q(**{field: value, f"id__{op}": last_id}))
+    rows = list(qs[: PAGE_SIZE + 1])
+    next_cursor = encode_cursor(sort, rows[PAGE_SIZE - 1]) if len(rows) > PAGE_SIZE else None
     return rows[:PAGE_SIZE], next_cursor
 
 
 def _list_context(request: HttpRequest) -> dict[str, Any]:
-    task_filter, qs = filtered_tasks(request.GET)
+    """The list's context; its "errors" (field -> messages) make the page a 400 that lists no task."""
+    task_filter, qs, errors = filtered_tasks(request.GET)
     sort = request.GET.get("sort", "-id")
     if sort not in SORTS:
         sort = "-id"
-    tasks, next_cursor = keyset_page(qs, sort, request.GET.get("cursor", ""))
+    try:
+        after = decode_cursor(sort, request.GET.get("cursor", ""))
+    except ValueError as exc:
+        errors["cursor"] = [str(exc)]
+    tasks, next_cursor = ([], None) if errors else keyset_page(qs, sort, after)
     return {
         "filter": task_filter,
+        "errors": errors,
         "tasks": tasks,
         "next_cursor": next_cursor,
         "sort": sort,
@@ -97,17 +125,25 @@ def _list_context(request: HttpRequest) -> dict[str, Any]:
     }
 
 
+def errors_text(errors: dict[str, list[str]]) -> str:
+    return "\n".join(f"{field}: {' '.join(messages)}" for field, messages in errors.items())
+
+
 @login_required
 @permission_required("tasks_app.view_task", raise_exception=True)
 def task_list(request: HttpRequest) -> HttpResponse:
-    return render(request, "tasks_app/task_list.html", _list_context(request))
+    ctx = _list_context(request)
+    return render(request, "tasks_app/task_list.html", ctx, status=400 if ctx["errors"] else 200)
 
 
 @login_required
 @permission_required("tasks_app.view_task", raise_exception=True)
 def task_rows(request: HttpRequest) -> HttpResponse:
     """The table body alone, for the list's auto-refresh (same filters, same page)."""
-    return render(request, "tasks_app/_task_rows.html", _list_context(request))
+    ctx = _list_context(request)
+    if ctx["errors"]:  # the refresh keeps the rows it has (it replaces them only on a 200)
+        return HttpResponseBadRequest(errors_text(ctx["errors"]), content_type="text/plain; charset=utf-8")
+    return render(request, "tasks_app/_task_rows.html", ctx)
 
 
 @login_required
