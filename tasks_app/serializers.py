@@ -11,6 +11,7 @@ from rest_framework import serializers
 from tasks_app.limits import MAX_LOCK_TIMEOUT
 from tasks_app.models import TYPE_MAX_LENGTH, Stage, Task, TaskEvent, Transition, json_kind
 from tasks_app.services import MAX_CLAIM_BATCH, validate_task_input
+from tasks_app.values import DB_INT_MAX
 
 # -- output -----------------------------------------------------------------
 
@@ -143,7 +144,7 @@ class CompleteSerializer(serializers.Serializer):
 
 
 class BulkCompleteItemSerializer(CompleteSerializer):
-    id = serializers.IntegerField(min_value=1)
+    id = serializers.IntegerField(min_value=1, max_value=DB_INT_MAX)  # sqlite3 can't bind an int beyond 64 bits
 
 
 class BulkCompleteSerializer(serializers.Serializer):

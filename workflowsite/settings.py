@@ -439,11 +439,10 @@ REST_FRAMEWORK = {
         "hook": env_str("HOOK_THROTTLE", "600/minute"),
     },
     "EXCEPTION_HANDLER": "tasks_app.api.errors.api_exception_handler",
-    "DEFAULT_PARSER_CLASSES": [
-        "tasks_app.api.parsers.BoundedJSONParser",
-        "rest_framework.parsers.FormParser",
-        "rest_framework.parsers.MultiPartParser",
-    ],
+    # JSON only: every endpoint takes JSON objects (payloads are objects, not form lists), the schema
+    # advertises only JSON bodies, and the browsable API still offers its raw JSON form. Form and
+    # multipart bodies are a 415.
+    "DEFAULT_PARSER_CLASSES": ["tasks_app.api.parsers.BoundedJSONParser"],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import time
 import uuid
 from datetime import timedelta
@@ -27,10 +28,11 @@ from typing import Any
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
+from django.views.decorators.debug import sensitive_variables
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.exceptions import APIException, AuthenticationFailed, NotFound, ParseError
+from rest_framework.exceptions import APIException, AuthenticationFailed, NotFound, ParseError, UnsupportedMediaType
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -38,6 +40,7 @@ from rest_framework.views import APIView
 
 from tasks_app import services
 from tasks_app.api.errors import translate
+from tasks_app.api.parsers import BoundedJSONParser
 from tasks_app.api.throttles import SharedRateThrottle
 from tasks_app.models import HookReceipt, Stage
 from tasks_app.services.handlers import HandlerImportError, call_handler, resolve_handler
@@ -58,14 +61,27 @@ class HookThrottle(SharedRateThrottle):
         }
 
 
+# What a signed request's headers may hold, checked before any arithmetic or comparison:
+# ASCII digits only ("²".isdigit() is True, int("²") raises; thousands of digits overflow
+# float or exceed int()'s limit), and a lowercase hex digest (compare_digest raises
+# TypeError on non-ASCII str). 12 digits reach the year 33658.
+TIMESTAMP = re.compile(r"[0-9]{1,12}")
+SIGNATURE = re.compile(r"sha256=[0-9a-f]{64}")
+
+
+@sensitive_variables()  # a traceback page must never show the secret (nor the key in hmac's frames)
 def sign(secret: str, timestamp: int | str, body: bytes) -> str:
     """The X-Hook-Signature value for a body sent at `timestamp` (what senders compute)."""
     digest = hmac.new(secret.encode(), f"{timestamp}.".encode() + body, hashlib.sha256).hexdigest()
     return f"sha256={digest}"
 
 
+@sensitive_variables()
 def check_secret(request: Request, secret: str, body: bytes) -> str:
-    """Raise AuthenticationFailed unless the request carries the secret; returns the signature digest or ''."""
+    """Raise AuthenticationFailed unless the request carries the secret; returns the signature digest or ''.
+
+    Every malformed header is a 401 like a wrong one: nothing a caller sends reaches int() or compare_digest unchecked.
+    """
     token = request.headers.get("X-Hook-Token", "")
     if token:
         if secret and hmac.compare_digest(token.encode(), secret.encode()):
@@ -75,12 +91,14 @@ def check_secret(request: Request, secret: str, body: bytes) -> str:
     if not signature:
         raise AuthenticationFailed("Missing hook secret: send X-Hook-Token, or X-Hook-Timestamp and X-Hook-Signature.")
     timestamp = request.headers.get("X-Hook-Timestamp", "")
-    if not timestamp.isdigit():
-        raise AuthenticationFailed("A signed hook request needs X-Hook-Timestamp (unix seconds).")
+    if not TIMESTAMP.fullmatch(timestamp):
+        raise AuthenticationFailed("A signed hook request needs X-Hook-Timestamp: unix seconds, in digits 0-9.")
     tolerance = float(settings.TASKS_HOOK_TOLERANCE)
     if abs(time.time() - int(timestamp)) > tolerance:
         raise AuthenticationFailed(f"X-Hook-Timestamp is more than {tolerance:g}s from the server's clock.")
-    if not (secret and hmac.compare_digest(signature, sign(secret, timestamp, body))):
+    if not SIGNATURE.fullmatch(signature):
+        raise AuthenticationFailed("X-Hook-Signature must be sha256=<64 hex digits>.")
+    if not (secret and hmac.compare_digest(signature.encode(), sign(secret, timestamp, body).encode())):
         raise AuthenticationFailed("Wrong X-Hook-Signature (sha256 HMAC of '<timestamp>.<body>').")
     return signature[len("sha256=") :]
 
@@ -89,6 +107,8 @@ class HookView(APIView):
     authentication_classes: list[type] = []
     permission_classes = [AllowAny]
     throttle_classes = [HookThrottle]
+    # JSON only: form and multipart bodies made payloads of lists ({"a": ["1"]}); they are a 415 now.
+    parser_classes = [BoundedJSONParser]
 
     def get_authenticate_header(self, request: Request) -> str:
         # Makes DRF answer a wrong or missing secret with 401 (not 403).
@@ -114,8 +134,11 @@ class HookView(APIView):
         stage = Stage.objects.filter(slug=slug, kind=Stage.Kind.HOOK).first()
         if stage is None:
             raise NotFound(f"No hook stage '{slug}'.")
-        body = request.body  # read before request.data, for the signature
+        body = request.body  # read before request.data, for the signature (over the limit: a JSON 413, api.errors)
         signature = check_secret(request, stage.hook_secret, body)
+        if request.content_type and self.get_content_negotiator().select_parser(request, self.get_parsers()) is None:
+            # DRF would parse an empty form body into an empty QueryDict rather than refuse it.
+            raise UnsupportedMediaType(request.content_type)
         data = request.data
         if not isinstance(data, dict):
             raise ParseError("The body must be a JSON object.")

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import QuerySet
+from django.db.models import DateTimeField, IntegerField, QuerySet
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
+from rest_framework.exceptions import NotFound, ValidationError
 from rest_framework.filters import OrderingFilter
-from rest_framework.pagination import CursorPagination
+from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -30,6 +31,9 @@ from tasks_app.serializers import (
     TaskEventSerializer,
     TaskSerializer,
 )
+from tasks_app.values import parse_db_datetime, parse_db_int
+
+BAD_CURSOR = "Not a page cursor: follow the next or previous link, or leave cursor out."
 
 
 class TaskCursorPagination(CursorPagination):
@@ -39,6 +43,30 @@ class TaskCursorPagination(CursorPagination):
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 1000
+
+    def decode_cursor(self, request: Request) -> Cursor | None:
+        """DRF's decoding, then the position parsed as the ordering field's type, within the databases' bounds.
+
+        DRF answers an undecodable cursor with 404 and hands any position to the
+        query as it is ("p=abc" on an id ordering was a 500): both are a 400 here.
+        """
+        try:
+            cursor = super().decode_cursor(request)
+        except NotFound:
+            raise ValidationError({"cursor": [BAD_CURSOR]}) from None
+        if cursor is None or cursor.position is None:
+            return cursor
+        field = Task._meta.get_field(self.ordering[0].lstrip("-"))
+        try:
+            if isinstance(field, DateTimeField):
+                position: Any = parse_db_datetime(cursor.position, name="The cursor's position")
+            elif isinstance(field, IntegerField):
+                position = parse_db_int(cursor.position, name="The cursor's position")
+            else:
+                position = cursor.position
+        except ValueError as exc:
+            raise ValidationError({"cursor": [f"{exc} {BAD_CURSOR}"]}) from None
+        return cursor._replace(position=position)
 
 
 def _sends(items: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
