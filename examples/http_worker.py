@@ -374,13 +374,18 @@ class Worker:
     # 4. completing and releasing
     def complete(self, tasks: list[Task], beat: Heartbeat) -> None:
         """One call for the batch (bulk-complete) or, for a single task, the plain complete."""
-        if len(tasks) == 1:
-            self.complete_one(tasks[0], beat)
-        elif tasks:
-            self.complete_bulk(tasks, beat)
+        try:
+            if len(tasks) == 1:
+                self.complete_one(tasks[0], beat)
+            elif tasks:
+                self.complete_bulk(tasks, beat)
+        except OSError as exc:  # no answer, even after retries: as for a 5xx
+            self._unsettled(tasks, 0, str(exc))
 
     def complete_bulk(self, tasks: list[Task], beat: Heartbeat) -> None:
         body = {"tasks": [{"id": t.id, "lock_token": t.lock_token, "send": t.sent} for t in tasks]}
+        for task in tasks:
+            beat.done(task)  # from here on a heartbeat could only race the completion and log a false alarm
         status, data = self.api.post("/api/tasks/bulk-complete/", body)
         if status >= 500:
             self._unsettled(tasks, status, data)
@@ -395,7 +400,6 @@ class Worker:
         by_id = {t.id: t for t in tasks}
         for result in data["results"]:
             task = by_id[result["id"]]
-            beat.done(task)
             if result["status"] == "completed":
                 self.counts["completed"] += 1
             elif result["status"] == "lock_lost":
@@ -404,10 +408,10 @@ class Worker:
                 self.release(task, result.get("error", "completion refused"))
 
     def complete_one(self, task: Task, beat: Heartbeat) -> None:
+        beat.done(task)
         status, data = self.api.post(
             f"/api/tasks/{task.id}/complete/", {"lock_token": task.lock_token, "send": task.sent}
         )
-        beat.done(task)
         if status == 200:
             self.counts["completed"] += 1
         elif status == 409:
@@ -422,19 +426,24 @@ class Worker:
         body: Json = {"lock_token": task.lock_token, "error": error[:MAX_ERROR_CHARS]}
         if retry_in is not None:
             body["retry_in"] = retry_in
-        status, data = self.api.post(f"/api/tasks/{task.id}/release/", body)
+        try:
+            status, data = self.api.post(f"/api/tasks/{task.id}/release/", body)
+        except OSError as exc:  # the lock expires and the task runs again: carry on with the batch
+            self._unsettled([task], 0, str(exc))
+            return
         if status == 200:
             self.counts["released"] += 1
         elif status == 409:
             self._lost(task, _detail(data))
         else:
-            log.error("task %s: release refused: HTTP %s %s", task.id, status, _detail(data))
+            self._unsettled([task], status, data)
 
     def _unsettled(self, tasks: list[Task], status: int, data: Any) -> None:
-        # The server failed (after retries): leave the tasks locked; when their locks expire they are
-        # claimed and run again, which is the at-least-once promise, not a loss.
+        # The server failed or never answered (status 0), after retries: the tasks stay locked until
+        # their locks expire, then they are claimed and run again (at least once), not lost.
         self.counts["unsettled"] += len(tasks)
-        log.error("completing %s task(s) failed: HTTP %s %s", len(tasks), status, _detail(data))
+        ids = ", ".join(str(t.id) for t in tasks)
+        log.error("task(s) %s left locked: HTTP %s %s", ids, status or "-", _detail(data))
 
     def _lost(self, task: Task, why: str) -> None:
         # Not an error of ours to fix: the task is someone else's now, and the history shows who finished it.

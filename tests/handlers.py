@@ -61,6 +61,14 @@ def forward_unless_fail(task: Any) -> None:
     forward(task)
 
 
+def forward_or_misroute(task: Any) -> None:
+    """Like `forward`, but send a type nothing routes for a payload with "misroute": true."""
+    if task.payload.get("misroute"):
+        task.send("nobody-routes-this", {})
+    else:
+        forward(task)
+
+
 def slow_forward(task: Any) -> None:
     """Sleep payload["seconds"], then `forward`: longer than its lock lasts, so only heartbeats keep it."""
     time.sleep(float(task.payload.get("seconds", 1)))

@@ -174,6 +174,35 @@ def test_a_handler_error_releases_the_task_with_the_error_in_its_history(server:
 
 
 @pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize(
+    ("payload", "refusal"),
+    [
+        # The bulk call answers per item: this one "error", the others completed.
+        ({"n": 3, "misroute": True}, "nobody-routes-this"),
+        # The stage's schema refuses the send: the whole bulk call answers 400, nothing is completed,
+        # and the client completes one by one, so that only this task is refused.
+        ({"n": "three"}, "completion refused (HTTP 400)"),
+    ],
+)
+def test_a_refused_send_releases_only_its_task(server: str, token: str, payload: dict, refusal: str) -> None:
+    stage, sink = pipeline("picky", "tests.handlers.forward_or_misroute")
+    # What "picky" sends as "next" must carry an integer n.
+    Stage.objects.filter(pk=stage.pk).update(schemas={"next": {"properties": {"n": {"type": "integer"}}}})
+    ids = make_tasks(stage, [{"n": 0}, {"n": 1}, {"n": 2}, payload])
+    bad = max(ids)
+
+    client = start_client(server, token, "--stage", "picky", "--once", "--limit", "4",
+                          "--handler", "tests.handlers:forward_or_misroute")  # fmt: skip
+    out = client.communicate(timeout=120)[0]
+    assert client.returncode == 0, out
+    assert summary(out) == {"completed": 3, "released": 1, "lost": 0, "unsettled": 0}
+    assert set(Task.objects.filter(stage=sink).values_list("parent_id", flat=True)) == ids - {bad}
+    task = Task.objects.get(pk=bad)
+    assert task.status == Task.Status.PENDING and refusal in task.last_error
+    assert events_per_task("completed", ids) == dict.fromkeys(ids - {bad}, 1)
+
+
+@pytest.mark.django_db(transaction=True)
 def test_heartbeats_keep_a_slow_task_from_being_claimed_again(server: str, token: str, workers: Procs) -> None:
     # A 3-second lock, a 6-second handler, and a run_worker polling the stage all along: without the
     # client's heartbeats the lock would expire half-way and run_worker would claim the task again.
