@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from django.contrib.auth.models import Group
@@ -151,10 +152,20 @@ class BulkCompleteSerializer(serializers.Serializer):
     tasks = BulkCompleteItemSerializer(many=True, allow_empty=False, max_length=1000)
 
 
+class FiniteFloatField(serializers.FloatField):
+    """A float that is a number: "NaN" passes min/max validators (every comparison with it is false)."""
+
+    def to_internal_value(self, data: Any) -> float:
+        value = super().to_internal_value(data)
+        if not math.isfinite(value):
+            self.fail("invalid")
+        return value
+
+
 class ReleaseSerializer(serializers.Serializer):
     lock_token = serializers.CharField(max_length=64)
     error = serializers.CharField(allow_blank=True, default="", max_length=100_000)
-    retry_in = serializers.FloatField(min_value=0, max_value=365 * 24 * 3600, required=False)
+    retry_in = FiniteFloatField(min_value=0, max_value=365 * 24 * 3600, required=False)
 
 
 class HeartbeatSerializer(serializers.Serializer):

@@ -359,3 +359,27 @@ def test_too_many_query_parameters_is_a_json_400(admin: APIClient, tasks: list[T
     response = admin.get("/api/tasks/?" + "&".join(f"x{i}=1" for i in range(1100)))
     assert response.status_code == 400
     assert response.json()["detail"]
+
+
+# -- the same class on other API entries ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("value", ["NaN", "nan", "Infinity", "-Infinity", "1e999"])
+def test_release_refuses_a_retry_in_that_is_not_a_number(admin: APIClient, tasks: list[Task], value: str) -> None:
+    # "NaN" passed min/max (every comparison with it is false) and became a retry in 0 seconds.
+    [claimed] = Task.objects.filter(status=Task.Status.LOCKED)
+    with unchanged():
+        response = admin.post(
+            f"/api/tasks/{claimed.pk}/release/", {"lock_token": claimed.lock_token, "retry_in": value}, format="json"
+        )
+    assert response.status_code == 400
+    assert response.json()["retry_in"][0]
+
+
+@pytest.mark.parametrize(("method", "url"), [("get", "/api/stages/a%00b/"), ("post", "/api/stages/a%00b/claim/")])
+def test_a_stage_path_that_is_not_a_slug_is_404(admin: APIClient, tasks: list[Task], method: str, url: str) -> None:
+    # On PostgreSQL a NUL in the slug reached the query (DataError, a 500).
+    with unchanged():
+        response = getattr(admin, method)(url)
+    assert response.status_code == 404
+    assert response.json()["detail"]
