@@ -7,6 +7,13 @@ from typing import Any
 from rest_framework.permissions import DjangoModelPermissions
 from rest_framework.request import Request
 
+from tasks_app.models import Stage, Task
+from tasks_app.services.forms import form_stage_refusal
+
+# Actions on a stage (send, claim) or on a task (complete, release, heartbeat) that a
+# form stage's group rule also governs: checked on the object get_object() returns.
+FORM_STAGE_ACTIONS = frozenset({"send", "claim", "complete", "release", "heartbeat"})
+
 # Actions that change tasks need task permissions whichever viewset they live on.
 ACTION_PERMS: dict[str, list[str]] = {
     "send": ["tasks_app.add_task"],
@@ -37,3 +44,13 @@ class ModelPermissions(DjangoModelPermissions):
         if action in ACTION_PERMS:
             return bool(request.user.has_perms(ACTION_PERMS[action]))
         return super().has_permission(request, view)
+
+    def has_object_permission(self, request: Request, view: Any, obj: Any) -> bool:
+        """A form stage's tasks are its groups' (services.forms); bulk-complete checks its items itself."""
+        if getattr(view, "action", None) in FORM_STAGE_ACTIONS:
+            stage = obj if isinstance(obj, Stage) else obj.stage if isinstance(obj, Task) else None
+            refusal = form_stage_refusal(request.user, stage) if stage is not None else None
+            if refusal:
+                self.message = refusal  # DRF answers 403 with the permission's message
+                return False
+        return super().has_object_permission(request, view, obj)

@@ -12,7 +12,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from tasks_app import services
-from tasks_app.api.errors import translate
+from tasks_app.api.errors import Conflict, translate
 from tasks_app.models import Stage, Task, Transition
 from tasks_app.serializers import (
     ClaimedTaskSerializer,
@@ -40,7 +40,6 @@ class StageViewSet(viewsets.ModelViewSet):
     queryset = Stage.objects.order_by("slug")
     serializer_class = StageSerializer
     lookup_field = "slug"
-    lookup_value_regex = "[-a-zA-Z0-9_]+"  # a SlugField's characters: "a%00b" is a 404, not a PostgreSQL DataError
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
@@ -88,7 +87,13 @@ class StageViewSet(viewsets.ModelViewSet):
     @action(detail=True, methods=["post"])
     def claim(self, request: Request, slug: str | None = None) -> Response:
         """Claim up to `limit` tasks of this stage; each comes with the lock_token that completes it."""
-        stage = self.get_object()
+        stage = self.get_object()  # a form stage's group rule: api.permissions
+        if stage.kind == Stage.Kind.JOB:
+            # A claim would take the task away from the job's next run, which would never see it.
+            raise Conflict(
+                f"Stage '{stage.slug}' is a job stage: its tasks are taken by the scheduler's runs, "
+                "not claimed over the API."
+            )
         data = ClaimSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         tasks = services.task_claim(

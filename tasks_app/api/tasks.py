@@ -10,7 +10,7 @@ from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.filters import OrderingFilter
 from rest_framework.pagination import Cursor, CursorPagination
 from rest_framework.request import Request
@@ -31,6 +31,7 @@ from tasks_app.serializers import (
     TaskEventSerializer,
     TaskSerializer,
 )
+from tasks_app.services.forms import form_tasks_refusal
 from tasks_app.values import parse_db_datetime, parse_db_int
 
 BAD_CURSOR = "Not a page cursor: follow the next or previous link, or leave cursor out."
@@ -192,6 +193,9 @@ class TaskViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         data = BulkCompleteSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         items = [services.Completion(t["id"], t["lock_token"], _sends(t["send"])) for t in data.validated_data["tasks"]]
+        refusal = form_tasks_refusal(request.user, [item.task_id for item in items])
+        if refusal:
+            raise PermissionDenied(refusal)  # as complete: a form stage's tasks are its groups'
         results: dict[int, dict[str, Any]] = {}
         try:
             outcome = services.tasks_complete_batch(items=items)

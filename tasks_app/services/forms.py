@@ -155,3 +155,28 @@ def outgoing_types(stage: Stage, task_type: str) -> list[str]:
         if type not in seen:
             seen.append(type)
     return seen
+
+
+def form_stage_refusal(user: Any, stage: Stage) -> str | None:
+    """Why `user` may not claim, complete, release, extend or send the tasks of `stage` (None: they may).
+
+    The group rule of /work/ (may_work_on), for every other way in (the API):
+    a form stage's tasks are decided by its groups' members, whoever holds
+    the change-task permission.
+    """
+    if stage.kind != Stage.Kind.FORM or may_work_on(user, stage):
+        return None
+    return (
+        f"Stage '{stage.slug}' is a form stage: only members of its groups may claim, complete, release, "
+        "extend or send its tasks."
+    )
+
+
+def form_tasks_refusal(user: Any, task_ids: list[int]) -> str | None:
+    """form_stage_refusal for the stages of many tasks at once (a bulk completion); None if all are allowed."""
+    stage_ids = Task.objects.filter(pk__in=task_ids, stage__kind=Stage.Kind.FORM).values("stage_id").distinct()
+    for stage in Stage.objects.filter(pk__in=stage_ids).order_by("slug"):
+        refusal = form_stage_refusal(user, stage)
+        if refusal:
+            return refusal
+    return None
