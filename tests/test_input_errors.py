@@ -381,5 +381,5 @@ def test_a_stage_path_that_is_not_a_slug_is_404(admin: APIClient, tasks: list[Ta
     # On PostgreSQL a NUL in the slug reached the query (DataError, a 500).
     with unchanged():
         response = getattr(admin, method)(url)
-    assert response.status_code == 404
-    assert response.json()["detail"]
+    assert response.status_code == 404  # the URL doesn't resolve: the API's 404, whatever its renderer
+    assert response.content.strip()
