@@ -59,7 +59,7 @@ def _never_retrieve(uri: str) -> Resource[Any]:
     raise NoSuchResource(ref=uri)
 
 
-NO_RETRIEVAL: Registry[Any] = Registry(retrieve=_never_retrieve)  # type: ignore[call-arg]
+NO_RETRIEVAL: Registry[Any] = Registry(retrieve=_never_retrieve)
 
 
 # -- what makes a schema unusable -------------------------------------------------------------
@@ -134,7 +134,11 @@ def _dialect_problems(schema: dict[str, Any]) -> list[str]:
 
 
 def _references(schema: object) -> Iterator[tuple[str, str]]:
-    """(path, reference) of every $ref-like string in the schema."""
+    """(path, reference) of every $ref-like string in the schema.
+
+    Anywhere, values of `enum`, `const` or `default` included: refusing a URL
+    that was only data costs an edit; missing a real reference costs a fetch.
+    """
     for path, value, _depth in _walk(schema):
         if isinstance(value, dict):
             for keyword in REF_KEYWORDS:
