@@ -7,6 +7,9 @@ from typing import Any
 
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import models
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from tasks_app.limits import MAX_LOCK_TIMEOUT
@@ -17,7 +20,20 @@ from tasks_app.values import DB_INT_MAX
 # -- output -----------------------------------------------------------------
 
 
-class StageSerializer(serializers.ModelSerializer):
+@extend_schema_field(OpenApiTypes.OBJECT)
+class ObjectJSONField(serializers.JSONField):
+    """A JSONField whose value is always an object (payload, schemas, details): typed so in the OpenAPI schema."""
+
+
+class ModelSerializer(serializers.ModelSerializer):
+    # The model's JSON fields keep ModelSerializer's validators and encoders; only their schema type changes.
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        models.JSONField: ObjectJSONField,
+    }
+
+
+class StageSerializer(ModelSerializer):
     groups = serializers.SlugRelatedField(
         slug_field="name", many=True, required=False, queryset=Group.objects.all(), help_text="Form stages."
     )
@@ -45,7 +61,7 @@ class StageSerializer(serializers.ModelSerializer):
         return {"kind": self.instance.kind, "schedule": self.instance.schedule}
 
 
-class TransitionSerializer(serializers.ModelSerializer):
+class TransitionSerializer(ModelSerializer):
     source = serializers.SlugRelatedField(slug_field="slug", queryset=Stage.objects.all())
     target = serializers.SlugRelatedField(slug_field="slug", queryset=Stage.objects.all())
     # Blank passes every type, so leaving it out means exactly that.
@@ -56,9 +72,10 @@ class TransitionSerializer(serializers.ModelSerializer):
         fields = ["id", "source", "target", "task_type"]
 
 
-class TaskSerializer(serializers.ModelSerializer):
+class TaskSerializer(ModelSerializer):
     stage = serializers.SlugRelatedField(slug_field="slug", read_only=True)
-    source_stage = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    # allow_null only tells the schema: a task created directly (not sent) has no source stage.
+    source_stage = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
 
     class Meta:
         model = Task
@@ -78,7 +95,7 @@ class ClaimedTaskSerializer(TaskSerializer):
         read_only_fields = fields
 
 
-class TaskEventSerializer(serializers.ModelSerializer):
+class TaskEventSerializer(ModelSerializer):
     class Meta:
         model = TaskEvent
         fields = ["id", "kind", "at", "actor", "details"]
@@ -88,6 +105,7 @@ class TaskEventSerializer(serializers.ModelSerializer):
 # -- input ------------------------------------------------------------------
 
 
+@extend_schema_field(OpenApiTypes.OBJECT)
 class PayloadField(serializers.JSONField):
     def to_internal_value(self, data: Any) -> Any:
         value = super().to_internal_value(data)
@@ -136,7 +154,9 @@ class BulkCreateSerializer(serializers.Serializer):
 
 class ClaimSerializer(serializers.Serializer):
     limit = serializers.IntegerField(min_value=1, max_value=MAX_CLAIM_BATCH, default=1)
-    lock_timeout = serializers.IntegerField(min_value=1, max_value=MAX_LOCK_TIMEOUT, required=False)
+    lock_timeout = serializers.IntegerField(
+        min_value=1, max_value=MAX_LOCK_TIMEOUT, required=False, help_text="Seconds; default: the stage's lock_timeout."
+    )
 
 
 class CompleteSerializer(serializers.Serializer):

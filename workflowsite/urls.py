@@ -16,3 +16,6 @@ urlpatterns = [
     path("hooks/<slug:slug>/", HookView.as_view(), name="hook"),
     path("metrics", metrics, name="metrics"),
 ]
+
+# API paths no route matches answer JSON, like the API's own 404s (HTML elsewhere).
+handler404 = "tasks_app.api.fallback.not_found"

@@ -8,7 +8,8 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.db.models import Count
 from django.utils import timezone
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -23,7 +24,27 @@ class HealthView(APIView):
     permission_classes = [AllowAny]
     throttle_classes = [AnonRateThrottle]
 
-    @extend_schema(responses={200: None, 503: None})
+    @extend_schema(
+        summary="Health",
+        description="ok when the database answers; pending and locked task counts, live workers. No login.",
+        tags=["health"],
+        responses={
+            200: inline_serializer(
+                "Health",
+                {
+                    "status": serializers.ChoiceField(choices=["ok"]),
+                    "database": serializers.CharField(),
+                    "pending": serializers.IntegerField(),
+                    "locked": serializers.IntegerField(),
+                    "workers_alive": serializers.IntegerField(),
+                },
+            ),
+            503: inline_serializer(
+                "HealthError",
+                {"status": serializers.ChoiceField(choices=["error"]), "database": serializers.CharField()},
+            ),
+        },
+    )
     def get(self, request: Request) -> Response:
         try:
             # Counts over the claim index only (pending and locked): cheap on any table size.

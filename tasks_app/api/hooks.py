@@ -30,7 +30,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import APIException, AuthenticationFailed, NotFound, ParseError, UnsupportedMediaType
 from rest_framework.permissions import AllowAny
@@ -116,6 +116,11 @@ class HookView(APIView):
 
     @extend_schema(
         summary="Send a task out of a hook stage",
+        description=(
+            "No login: the request carries the stage's secret (X-Hook-Token), or is signed with it "
+            "(X-Hook-Timestamp and X-Hook-Signature). The JSON object body becomes the payload."
+        ),
+        tags=["hooks"],
         auth=[],
         request=OpenApiTypes.OBJECT,
         parameters=[
@@ -127,7 +132,8 @@ class HookView(APIView):
             ),
         ],
         responses={
-            202: inline_serializer("HookAccepted", {"tasks": serializers.ListField(child=serializers.IntegerField())})
+            202: inline_serializer("HookAccepted", {"tasks": serializers.ListField(child=serializers.IntegerField())}),
+            401: OpenApiResponse(description="No secret, a wrong one, a stale timestamp or a replayed signature."),
         },
     )
     def post(self, request: Request, slug: str) -> Response:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django.db import transaction
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -36,6 +36,17 @@ def actor(request: Request) -> str:
     return f"user:{request.user.get_username()}"
 
 
+@extend_schema(tags=["stages"])
+@extend_schema_view(
+    list=extend_schema(summary="List stages", description="Every stage, by slug (limit/offset pages)."),
+    create=extend_schema(summary="Create a stage"),
+    retrieve=extend_schema(summary="Get a stage"),
+    partial_update=extend_schema(summary="Change a stage", description="Only the fields sent change."),
+    destroy=extend_schema(
+        summary="Delete a stage",
+        description="Refused (409) while the stage has pending or locked tasks; its finished tasks go with it.",
+    ),
+)
 class StageViewSet(viewsets.ModelViewSet):
     queryset = Stage.objects.order_by("slug")
     serializer_class = StageSerializer
@@ -64,8 +75,11 @@ class StageViewSet(viewsets.ModelViewSet):
             raise translate(exc) from exc
         return Response(status=status.HTTP_204_NO_CONTENT)
 
-    @extend_schema(request=SendItemSerializer, responses={201: TaskSerializer(many=True)})
-    @action(detail=True, methods=["post"])
+    @extend_schema(
+        summary="Send a task out of a stage", request=SendItemSerializer, responses={201: TaskSerializer(many=True)}
+    )
+    # The answer is the created tasks, a plain list: not paged.
+    @action(detail=True, methods=["post"], pagination_class=None)
     def send(self, request: Request, slug: str | None = None) -> Response:
         """Send a task out of this stage through its transitions."""
         stage = self.get_object()
@@ -83,8 +97,14 @@ class StageViewSet(viewsets.ModelViewSet):
         tasks = Task.objects.filter(pk__in=[t.pk for t in created]).select_related("stage", "source_stage")
         return Response(TaskSerializer(tasks.order_by("id"), many=True).data, status=status.HTTP_201_CREATED)
 
-    @extend_schema(request=ClaimSerializer, responses={200: ClaimedTaskSerializer(many=True)})
-    @action(detail=True, methods=["post"])
+    @extend_schema(
+        summary="Claim tasks of a stage",
+        request=ClaimSerializer,
+        responses={200: ClaimedTaskSerializer(many=True)},
+        # Swagger UI sends its example as is: a short lock, not the maximum (7 days).
+        examples=[OpenApiExample("Claim one task for 30 s", value={"limit": 1, "lock_timeout": 30}, request_only=True)],
+    )
+    @action(detail=True, methods=["post"], pagination_class=None)
     def claim(self, request: Request, slug: str | None = None) -> Response:
         """Claim up to `limit` tasks of this stage; each comes with the lock_token that completes it."""
         stage = self.get_object()  # a form stage's group rule: api.permissions
@@ -106,6 +126,17 @@ class StageViewSet(viewsets.ModelViewSet):
         return Response(ClaimedTaskSerializer(tasks, many=True).data)
 
 
+@extend_schema(tags=["transitions"])
+@extend_schema_view(
+    list=extend_schema(summary="List transitions", description="Every transition (limit/offset pages)."),
+    create=extend_schema(
+        summary="Create a transition",
+        description="Tasks of `task_type` sent out of `source` go to `target`; a blank type routes every type.",
+    ),
+    retrieve=extend_schema(summary="Get a transition"),
+    partial_update=extend_schema(summary="Change a transition"),
+    destroy=extend_schema(summary="Delete a transition"),
+)
 class TransitionViewSet(viewsets.ModelViewSet):
     queryset = Transition.objects.select_related("source", "target").order_by("id")
     serializer_class = TransitionSerializer

@@ -7,7 +7,14 @@ from typing import Any
 
 from django.db.models import DateTimeField, IntegerField, QuerySet
 from django_filters.rest_framework import DjangoFilterBackend
-from drf_spectacular.utils import extend_schema, inline_serializer
+from drf_spectacular.utils import (
+    OpenApiExample,
+    OpenApiParameter,
+    OpenApiResponse,
+    extend_schema,
+    extend_schema_view,
+    inline_serializer,
+)
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
@@ -74,6 +81,42 @@ def _sends(items: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
     return [(item["type"], item["payload"]) for item in items]
 
 
+BULK_COMPLETE_RESULT = inline_serializer(
+    "BulkCompleteResult",
+    {
+        "results": inline_serializer(
+            "BulkCompleteItemResult",
+            {
+                "id": serializers.IntegerField(),
+                "status": serializers.ChoiceField(choices=["completed", "lock_lost", "error"]),
+                "sent": serializers.ListField(child=serializers.IntegerField(), required=False),
+                "error": serializers.CharField(required=False),
+            },
+            many=True,
+        )
+    },
+)
+
+
+@extend_schema(tags=["tasks"])
+@extend_schema_view(
+    list=extend_schema(
+        summary="List tasks",
+        description=(
+            "Newest first, in cursor pages: follow `next` and `previous` (no total count, so page 10,000 "
+            "costs what page 1 does). `ordering` picks id, created_at or updated_at (prefix - for descending)."
+        ),
+        parameters=[
+            OpenApiParameter(
+                "payload",
+                str,
+                description='Payload contains this JSON object, e.g. {"customer_id": 12345}; or key=value.',
+            ),
+            OpenApiParameter("parent", int, description="Tasks sent by this task."),
+        ],
+    ),
+    retrieve=extend_schema(summary="Get a task"),
+)
 class TaskViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     serializer_class = TaskSerializer
     filter_backends = [DjangoFilterBackend, OrderingFilter]
@@ -90,7 +133,11 @@ class TaskViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         data = TaskSerializer(tasks, many=True).data
         return Response(data, status=code)
 
-    @extend_schema(request=TaskCreateSerializer, responses={201: TaskSerializer, 200: TaskSerializer})
+    @extend_schema(
+        summary="Create a task",
+        request=TaskCreateSerializer,
+        responses={201: TaskSerializer, 200: OpenApiResponse(TaskSerializer, "A retry: the task the key made.")},
+    )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         """Create a pending task; with an idempotency_key a retried request returns the first task (200)."""
         data = TaskCreateSerializer(data=request.data)
@@ -112,8 +159,11 @@ class TaskViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         task = self.get_queryset().get(pk=task.pk)
         return Response(TaskSerializer(task).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
-    @extend_schema(request=BulkCreateSerializer, responses={201: TaskSerializer(many=True)})
-    @action(detail=False, methods=["post"], url_path="bulk", url_name="bulk")
+    @extend_schema(
+        summary="Create tasks in bulk", request=BulkCreateSerializer, responses={201: TaskSerializer(many=True)}
+    )
+    # The answers of the actions below are plain lists (or one object), neither paged nor filtered.
+    @action(detail=False, methods=["post"], url_path="bulk", url_name="bulk", pagination_class=None, filter_backends=[])
     def bulk_create(self, request: Request) -> Response:
         """Create up to 1,000 tasks in one transaction: all of them, or none."""
         data = BulkCreateSerializer(data=request.data)
@@ -125,15 +175,17 @@ class TaskViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
             raise translate(exc) from exc
         return self._out([t.pk for t in created], status.HTTP_201_CREATED)
 
-    @extend_schema(responses={200: TaskEventSerializer(many=True)})
-    @action(detail=True, methods=["get"])
+    @extend_schema(summary="A task's history", responses={200: TaskEventSerializer(many=True)})
+    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
     def events(self, request: Request, pk: str | None = None) -> Response:
         """The task's history, oldest first."""
         task = self.get_object()
         return Response(TaskEventSerializer(task.events.order_by("id"), many=True).data)
 
-    @extend_schema(request=CompleteSerializer, responses={200: TaskSerializer(many=True)})
-    @action(detail=True, methods=["post"])
+    @extend_schema(
+        summary="Complete a claimed task", request=CompleteSerializer, responses={200: TaskSerializer(many=True)}
+    )
+    @action(detail=True, methods=["post"], pagination_class=None, filter_backends=[])
     def complete(self, request: Request, pk: str | None = None) -> Response:
         """Complete a task you claimed, sending its successors; answers with the tasks it created."""
         data = CompleteSerializer(data=request.data)
@@ -147,7 +199,7 @@ class TaskViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
             raise translate(exc) from exc
         return self._out([t.pk for t in created])
 
-    @extend_schema(request=ReleaseSerializer, responses={200: TaskSerializer})
+    @extend_schema(summary="Release a claimed task", request=ReleaseSerializer, responses={200: TaskSerializer})
     @action(detail=True, methods=["post"])
     def release(self, request: Request, pk: str | None = None) -> Response:
         """Give a claimed task back after a failure: pending after retry_in (default backoff), or failed."""
@@ -166,7 +218,10 @@ class TaskViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         return Response(TaskSerializer(self.get_queryset().get(pk=task.pk)).data)
 
     @extend_schema(
+        summary="Extend a claim's lock",
         request=HeartbeatSerializer,
+        examples=[OpenApiExample("Keep the lock 30 s more", value={"lock_token": "<lock_token>", "lock_timeout": 30},
+                                 request_only=True)],
         responses={200: inline_serializer("HeartbeatResult", {"id": serializers.IntegerField(),
                                                          "locked_until": serializers.DateTimeField()})},
     )  # fmt: skip
@@ -186,7 +241,8 @@ class TaskViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
             raise translate(exc) from exc
         return Response({"id": task.pk, "locked_until": serializers.DateTimeField().to_representation(until)})
 
-    @extend_schema(request=BulkCompleteSerializer, responses={200: None})
+    @extend_schema(summary="Complete claimed tasks in bulk", request=BulkCompleteSerializer,
+                   responses={200: BULK_COMPLETE_RESULT})  # fmt: skip
     @action(detail=False, methods=["post"], url_path="bulk-complete", url_name="bulk-complete")
     def bulk_complete(self, request: Request) -> Response:
         """Complete many claimed tasks; answers one result per item (completed, lock lost, or an error)."""
@@ -220,7 +276,7 @@ class TaskViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
             raise translate(exc) from exc
         return Response({"results": [results[item.task_id] for item in items]})
 
-    @extend_schema(request=None, responses={200: TaskSerializer})
+    @extend_schema(summary="Retry a finished task", request=None, responses={200: TaskSerializer})
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str | None = None) -> Response:
         """Send a completed or failed task back to pending (operators)."""
