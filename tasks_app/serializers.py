@@ -12,8 +12,8 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from tasks_app.limits import MAX_LOCK_TIMEOUT
-from tasks_app.models import TYPE_MAX_LENGTH, Stage, Task, TaskEvent, Transition, json_kind
+from tasks_app.limits import MAX_LOCK_TIMEOUT, NUL
+from tasks_app.models import NO_NUL, TYPE_MAX_LENGTH, Stage, Task, TaskEvent, Transition, json_kind
 from tasks_app.services import MAX_CLAIM_BATCH, validate_task_input
 from tasks_app.values import DB_INT_MAX
 
@@ -33,8 +33,19 @@ class ModelSerializer(serializers.ModelSerializer):
     }
 
 
+class SlugRelatedField(serializers.SlugRelatedField):
+    """Refuses a NUL character before looking it up: PostgreSQL can't even be asked about one (DataError, 500)."""
+
+    default_error_messages = {**serializers.SlugRelatedField.default_error_messages, "null": NO_NUL.message}
+
+    def to_internal_value(self, data: Any) -> Any:
+        if isinstance(data, str) and NUL in data:
+            self.fail("null")
+        return super().to_internal_value(data)
+
+
 class StageSerializer(ModelSerializer):
-    groups = serializers.SlugRelatedField(
+    groups = SlugRelatedField(
         slug_field="name", many=True, required=False, queryset=Group.objects.all(), help_text="Form stages."
     )
 
@@ -62,8 +73,8 @@ class StageSerializer(ModelSerializer):
 
 
 class TransitionSerializer(ModelSerializer):
-    source = serializers.SlugRelatedField(slug_field="slug", queryset=Stage.objects.all())
-    target = serializers.SlugRelatedField(slug_field="slug", queryset=Stage.objects.all())
+    source = SlugRelatedField(slug_field="slug", queryset=Stage.objects.all())
+    target = SlugRelatedField(slug_field="slug", queryset=Stage.objects.all())
     # Blank passes every type, so leaving it out means exactly that.
     task_type = serializers.CharField(max_length=TYPE_MAX_LENGTH, allow_blank=True, default="")
 
@@ -137,7 +148,7 @@ class SendItemSerializer(serializers.Serializer):
 
 
 class TaskCreateSerializer(serializers.Serializer):
-    stage = serializers.SlugRelatedField(slug_field="slug", queryset=Stage.objects.all())
+    stage = SlugRelatedField(slug_field="slug", queryset=Stage.objects.all())
     type = TypeField()
     payload = PayloadField(default=dict)
     idempotency_key = serializers.CharField(max_length=200, required=False, allow_blank=False)

@@ -544,3 +544,43 @@ def test_api_refuses_nul_in_stage_schemas_and_task_payloads(world: dict[str, Sta
     assert (schemas.status_code, list(schemas.json())) == (400, ["schemas"])
     assert (payload.status_code, list(payload.json())) == (400, ["payload"])
     assert (typed.status_code, list(typed.json())) == (400, ["type"])
+
+
+@pytest.mark.parametrize(
+    ("url", "body", "field"),
+    [
+        ("/api/tasks/", {"stage": "rev\x00", "type": "t"}, "stage"),
+        ("/api/tasks/bulk/", {"tasks": [{"stage": "rev\x00", "type": "t"}]}, "tasks"),
+        ("/api/transitions/", {"source": "review", "target": "sh\x00ip", "task_type": "x"}, "target"),
+        ("/api/stages/", {"slug": "n", "name": "N", "handler": "tests.handlers.noop", "groups": ["g\x00"]}, "groups"),
+    ],
+)
+def test_api_refuses_nul_in_names_it_looks_up(
+    world: dict[str, Stage], admin: APIClient, url: str, body: dict[str, Any], field: str
+) -> None:
+    # PostgreSQL can't even be asked about such a name: these lookups were 500s (DataError).
+    with nothing_written():
+        response = post(admin, url, body)
+    assert response.status_code == 400, response.content
+    assert field in response.json()
+    assert "Null characters" in messages(response)
+
+
+def test_page_create_refuses_nul_in_the_stage_and_type(admin_client: Client, world: dict[str, Stage]) -> None:
+    with nothing_written():
+        stage = admin_client.post("/tasks/new/", {"stage": "rev\x00", "type": "t", "payload": "{}"})
+        typed = admin_client.post("/tasks/new/", {"stage": "review", "type": "t\x00", "payload": "{}"})
+    assert stage.status_code == 400  # was a 500 on PostgreSQL
+    assert "Unknown stage" in stage.content.decode()
+    assert typed.status_code == 400
+    assert "Null characters" in typed.content.decode()
+
+
+def test_hook_refuses_nul_in_the_type_and_query(world: dict[str, Stage]) -> None:
+    headers = {"X-Hook-Token": world["intake"].hook_secret}
+    for query in ("?type=t%00", "?type=t&note=%00"):
+        with nothing_written():
+            response = APIClient().generic(
+                "POST", f"/hooks/intake/{query}", b"{}", content_type="application/json", headers=headers
+            )
+        assert response.status_code == 400, (query, response.content)

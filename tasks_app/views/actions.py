@@ -18,6 +18,7 @@ from django.views.decorators.http import require_POST
 
 from tasks_app import services
 from tasks_app.jsonpreview import editable_json
+from tasks_app.limits import NUL
 from tasks_app.models import Stage, Task
 from tasks_app.values import parse_db_int
 from tasks_app.views.pages import errors_text, filtered_tasks
@@ -114,7 +115,8 @@ def task_create(request: HttpRequest) -> HttpResponse:
     error = ""
     if request.method == "POST":
         values = {k: request.POST.get(k, "") for k in ("stage", "type", "payload")}
-        stage = Stage.objects.filter(slug=values["stage"]).first()
+        # A NUL can't be looked up on PostgreSQL (DataError): it names no stage anyway.
+        stage = Stage.objects.filter(slug=values["stage"]).first() if NUL not in values["stage"] else None
         payload, error = _parse_payload(values["payload"])
         if stage is None:
             error = f"Unknown stage '{values['stage']}'."
