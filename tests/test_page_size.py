@@ -21,7 +21,9 @@ from django.contrib.auth.models import Group, Permission
 from django.template.defaultfilters import filesizeformat
 from django.test import Client
 
+from tasks_app.jsonpreview import iter_json, json_head
 from tasks_app.models import Stage, Task
+from tasks_app.services import task_edit_payload
 from tasks_app.views.pages import PAGE_SIZE
 
 MAX_PAGE = 300_000  # bytes: "no page exceeds a few hundred KB"
@@ -210,8 +212,6 @@ def test_admin_edits_a_payload_that_fits_and_shows_a_too_large_one_read_only(adm
 
 def test_admin_history_of_an_edited_task_shows_the_payloads_bounded(admin_client: Client, amp: Stage) -> None:
     # An edit records the payload before and after in its event: the admin lists events under the task.
-    from tasks_app.services import task_edit_payload
-
     [task] = store(amp, FLAT)
     task_edit_payload(task_id=task.pk, payload={"small": 1}, actor="user:admin")
 
@@ -258,3 +258,29 @@ def test_raw_payload_needs_a_login_and_the_view_permission_or_the_stages_group(a
     assert json.loads(worker_client(amp).get(url).content) == XSS  # the work page shows it to them
     assert Client().get("/tasks/999999/payload.json").status_code == 302
     assert as_viewer.get("/tasks/999999/payload.json").status_code == 404
+
+
+# -- the bounded encoder ----------------------------------------------------------------------
+
+TRICKY = [
+    {},
+    {"a": [], "b": {}, "c": [[], {}], "é": "ü\u2028\x00\"\\\n<&>'", "n": [0, -1, 2**70, 1.5, -0.0, 1e300, None]},
+    {"z": True, "a": False, "m": {"y": [1, [2, [3, {"k": "v"}]]], "b": ""}},
+    {"float": [float("nan"), float("inf"), float("-inf")]},
+    {"deep": nested(50), "wide": list(range(100))},
+]
+
+
+@pytest.mark.parametrize("value", TRICKY)
+@pytest.mark.parametrize("indent", [None, 2])
+def test_iter_json_writes_what_json_dumps_writes(value: Any, indent: int | None) -> None:
+    expected = json.dumps(value, indent=indent, sort_keys=True, ensure_ascii=False)
+    assert "".join(iter_json(value, indent=indent)) == expected
+
+
+def test_json_head_of_a_document_deeper_than_the_recursion_limit_is_its_first_characters() -> None:
+    value = {"d": nested(5000)}  # json's own encoders raise RecursionError on it
+
+    assert json_head(value, 100) == ('{"d": ' + "[" * 94, True)
+    text, cut = json_head(value, 20_000, indent=2)
+    assert cut and len(text) == 20_000 and text.startswith('{\n  "d": [\n    [\n      [')
