@@ -74,7 +74,6 @@ def env_float(name: str, default: float, *, minimum: float = 0.0, maximum: float
     return value
 
 
-
 DEBUG = env_bool("DEBUG", True)
 SECRET_KEY = env_str("SECRET_KEY", DEV_SECRET_KEY)
 if not DEBUG and (SECRET_KEY == DEV_SECRET_KEY or not SECRET_KEY.strip()):
