@@ -132,6 +132,14 @@ def test_behind_one_proxy_the_forwarded_client_is_locked(users: dict[str, User],
     assert response.status_code == 302
 
 
+def test_a_forged_forwarded_for_that_is_no_address_is_not_stored(users: dict[str, User], settings: Any) -> None:
+    """With NUM_PROXIES set, a client reaching gunicorn directly can send anything in the header."""
+    settings.NUM_PROXIES = 1
+    response = attempt(Client(), "alice", "guess", HTTP_X_FORWARDED_FOR="not-an-address", REMOTE_ADDR="192.0.2.7")
+    assert response.status_code == 200
+    assert AccessAttempt.objects.get(username="alice").ip_address == "192.0.2.7"
+
+
 def test_api_tokens_and_sessions_made_without_a_password_keep_working(users: dict[str, User]) -> None:
     """Lockout is about guessing passwords: a token (a separate credential) still works while locked."""
     fail(Client(), "alice")

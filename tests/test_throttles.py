@@ -84,6 +84,12 @@ def test_with_one_trusted_proxy_the_last_hop_is_the_client(
         (3, "2.2.2.2", "2.2.2.2"),  # fewer hops than proxies: the first
         (1, "", "10.0.0.1"),  # no header: the peer
         (1, " , ", "10.0.0.1"),
+        (1, "1.1.1.1, 203.0.113.5:4711", "203.0.113.5"),  # a proxy that adds the port
+        (1, "[2001:db8::1]:443", "2001:db8::1"),
+        (1, "2001:db8::1", "2001:db8::1"),
+        # Not an address: not written by a proxy, so the client reached gunicorn directly.
+        (1, "<script>", "10.0.0.1"),
+        (1, "x" * 300, "10.0.0.1"),
     ],
 )
 def test_client_ip_counts_trusted_proxies_from_the_right(

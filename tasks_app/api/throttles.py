@@ -11,6 +11,7 @@ lockout uses too.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from typing import Any
 
@@ -40,7 +41,24 @@ def client_ip(request: HttpRequest | Request) -> str:
     hops = [hop for hop in hops if hop]
     if not hops:
         return remote
-    return hops[-min(proxies, len(hops))]
+    # A proxy writes an address (some add a port). Anything else was written by a
+    # client that reached gunicorn directly, and then REMOTE_ADDR is that client.
+    return _address(hops[-min(proxies, len(hops))]) or remote
+
+
+def _address(hop: str) -> str:
+    """`hop` as an IP address ("1.2.3.4", "1.2.3.4:80", "[::1]:80" → without the port), or ''."""
+    candidates = [hop]
+    if hop.startswith("[") and "]" in hop:
+        candidates.append(hop[1 : hop.index("]")])
+    elif hop.count(":") == 1:
+        candidates.append(hop.partition(":")[0])
+    for candidate in candidates:
+        try:
+            return str(ipaddress.ip_address(candidate))
+        except ValueError:
+            continue
+    return ""
 
 
 class SharedCounters:
