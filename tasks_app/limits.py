@@ -12,7 +12,7 @@ schema validation, templates) and raises RecursionError.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 # Stage.lock_timeout, the claim and heartbeat `lock_timeout` inputs, --lock-timeout
 # and TASKS_LOCK_TIMEOUT, in seconds. A week: a lock held longer is a lost worker,
@@ -38,34 +38,44 @@ MAX_DOCUMENT_DEPTH = 500
 NUL = "\x00"
 
 
-Container = dict[object, object] | list[object] | tuple[object, ...]
+CONTAINERS = (dict, list, tuple)
 
 
-def _containers(value: object) -> Iterator[tuple[Container, int]]:
-    """Every object and array inside `value` (itself included) with its depth, 1 for the outermost; iterative."""
-    stack: list[tuple[object, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if not isinstance(item, dict | list | tuple):
-            continue
-        yield item, depth
-        children = item.values() if isinstance(item, dict) else item
-        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list | tuple))
+def _children(item: object) -> Iterable[object]:
+    return item.values() if isinstance(item, dict) else item  # type: ignore[return-value]
 
 
 def json_depth_exceeds(value: object, limit: int) -> bool:
-    """Whether objects and arrays nest more than `limit` levels deep ({} is one level, {"a": []} two)."""
-    return any(depth > limit for _item, depth in _containers(value))
+    """Whether objects and arrays nest more than `limit` levels deep ({} is one level, {"a": []} two).
+
+    Iterative, one level at a time: about as fast as json.loads itself on a large document.
+    """
+    level = [value] if isinstance(value, CONTAINERS) else []
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        level = [child for item in level for child in _children(item) if isinstance(child, CONTAINERS)]
+    return False
 
 
 def json_has_nul(value: object) -> bool:
     """Whether a string or key anywhere in `value` contains U+0000 (PostgreSQL can store neither)."""
-    if isinstance(value, str):
-        return NUL in value
-    for item, _depth in _containers(value):
-        strings: Iterable[object] = (*item.keys(), *item.values()) if isinstance(item, dict) else item
-        if any(isinstance(s, str) and NUL in s for s in strings):
-            return True
+    level = [value]
+    while level:
+        deeper = []
+        for item in level:
+            if isinstance(item, str):
+                if NUL in item:
+                    return True
+            elif isinstance(item, dict):
+                if any(isinstance(key, str) and NUL in key for key in item):
+                    return True
+                deeper.extend(item.values())
+            elif isinstance(item, list | tuple):
+                deeper.extend(item)
+        level = deeper
     return False
 
 
