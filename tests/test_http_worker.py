@@ -254,6 +254,20 @@ def test_sigterm_finishes_the_task_in_hand_and_gives_the_rest_back(
         assert task.last_error.startswith("not run: the worker was stopped")
 
 
+@pytest.mark.django_db(transaction=True)
+def test_max_tasks_claims_no_more_than_it_will_handle(server: str, token: str) -> None:
+    stage, _ = pipeline("capped", "tests.handlers.forward")
+    ids = make_tasks(stage, [{"n": n} for n in range(5)])
+    client = start_client(server, token, "--stage", "capped", "--limit", "10", "--max-tasks", "3",
+                          "--handler", "tests.handlers:forward")  # fmt: skip
+    out = client.communicate(timeout=60)[0]
+    assert client.returncode == 0, out
+    assert summary(out) == {"completed": 3, "released": 0, "lost": 0, "unsettled": 0}
+    # The other two were never claimed (the claim asked for 3, not 10), so nobody waits for their locks.
+    assert len(events_per_task("claimed", ids)) == 3
+    assert Task.objects.filter(stage=stage, status=Task.Status.PENDING, attempts=0).count() == 2
+
+
 def test_the_client_stops_with_one_line_on_a_wrong_token(server: str) -> None:
     client = start_client(server, "not-a-token", "--stage", "drain", "--once")
     out = client.communicate(timeout=60)[0]
