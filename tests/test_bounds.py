@@ -307,6 +307,21 @@ def test_run_worker_refuses_flags_out_of_bounds(db: None, flag: str, value: str)
         call_command("run_worker", flag, value, "--once")
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["run_worker", "--max-tasks", str(2**70), "--once"],
+        ["run_worker", "--poll-interval", "1e300", "--once"],
+        ["run_scheduler", "--interval", "1e300", "--once"],
+        ["prune_tasks", "--older-than", "30d", "--batch-size", str(2**64)],
+    ],
+)
+def test_command_numbers_have_a_ceiling(db: None, args: list[str]) -> None:
+    # 2**64 as a LIMIT overflowed SQLite's integer (and PostgreSQL's bigint).
+    with pytest.raises(CommandError, match="must be at most"):
+        call_command(*args)
+
+
 def settings_check(**env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "manage.py", "check"],

@@ -6,6 +6,11 @@ import argparse
 import math
 from collections.abc import Callable
 
+# Every number has a ceiling: a bigger one overflows a database integer (a LIMIT,
+# a counter) or a timedelta far from the flag that carried it.
+INT_MAX = 2**31 - 1
+SECONDS_MAX = 1e9  # about 31 years
+
 
 def positive_int(raw: str) -> int:
     try:
@@ -14,6 +19,8 @@ def positive_int(raw: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {raw!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    if value > INT_MAX:
+        raise argparse.ArgumentTypeError(f"must be at most {INT_MAX}, got {value}")
     return value
 
 
@@ -36,6 +43,8 @@ def positive_float(raw: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {raw!r}") from None
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be greater than 0, got {raw}")
+    if value > SECONDS_MAX:
+        raise argparse.ArgumentTypeError(f"must be at most {SECONDS_MAX:g}, got {raw}")
     return value
 
 
@@ -46,4 +55,6 @@ def non_negative_float(raw: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number of seconds, got {raw!r}") from None
     if not (value >= 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {raw}")
+    if value > SECONDS_MAX:
+        raise argparse.ArgumentTypeError(f"must be at most {SECONDS_MAX:g}, got {raw}")
     return value
