@@ -34,7 +34,7 @@ API_ACTOR = f"api:{API_USER}"  # what the API writes as the locker of the tasks 
 
 
 @pytest.fixture(scope="module")
-def server(django_db_setup: None, django_db_blocker: object, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+def server(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A gunicorn serving this run's test database; yields its base URL."""
     port = free_port()
     log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
