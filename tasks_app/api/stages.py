@@ -51,6 +51,7 @@ class StageViewSet(viewsets.ModelViewSet):
     queryset = Stage.objects.order_by("slug")
     serializer_class = StageSerializer
     lookup_field = "slug"
+    lookup_value_regex = "[-a-zA-Z0-9_]+"  # a SlugField's characters: "a%00b" is a 404, not a PostgreSQL DataError
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
 
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
