@@ -21,6 +21,7 @@ from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString
 
 from tasks_app import services
+from tasks_app.formfields import JSONDocumentField
 from tasks_app.jsonpreview import PAGE_CHARS, editable_json, json_head, json_preview, json_size
 from tasks_app.models import JobRun, Stage, Task, TaskEvent, Transition, WorkerProcess, validate_payload
 from tasks_app.services.schemas import validate_arrival
@@ -59,6 +60,7 @@ class StageAdminForm(forms.ModelForm):
             "max_run_time", "schemas", "hook_secret", "schedule", "groups",
         ]  # fmt: skip
         widgets = {"schemas": JSONEditorWidget(), "hook_secret": SecretInput()}
+        field_classes = {"schemas": JSONDocumentField}  # bounded nesting, no RecursionError
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -184,6 +186,7 @@ class TaskAdminForm(forms.ModelForm):
         model = Task
         fields = ["stage", "type", "payload", "available_at"]
         widgets = {"payload": JSONEditorWidget()}
+        field_classes = {"payload": JSONDocumentField}  # bounded nesting, no RecursionError
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

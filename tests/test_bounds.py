@@ -472,6 +472,26 @@ def test_admin_add_form_refuses_a_350_deep_payload(admin_client: Client, world: 
     assert any(TOO_DEEP in m for m in response.context["adminform"].form.errors["payload"])
 
 
+@pytest.mark.parametrize("levels", [limits.MAX_DOCUMENT_DEPTH + 1, 5000])
+def test_admin_refuses_payloads_and_schemas_nested_beyond_any_limit(
+    admin_client: Client, world: dict[str, Stage], levels: int
+) -> None:
+    text = "[" * levels + "]" * levels  # 5000: json itself raised RecursionError, a 500
+    data = form_fields(admin_client, TASK_URL + "add/")
+    data.update(stage=str(world["review"].pk), type="t", payload='{"a": ' + text + "}", _save="Save")
+    url = f"{STAGE_URL}{world['review'].pk}/change/"
+    stage_data = form_fields(admin_client, url, form_id="stage_form")
+    stage_data.update(schemas='{"t": ' + text + "}", _save="Save")
+    with nothing_written():
+        task = admin_client.post(TASK_URL + "add/", data)
+        stage = admin_client.post(url, stage_data)
+    assert task.status_code == 200
+    too_deep = [f"Nested deeper than {limits.MAX_DOCUMENT_DEPTH} levels."]
+    assert task.context["adminform"].form.errors["payload"] == too_deep
+    assert stage.status_code == 200
+    assert stage.context["adminform"].form.errors["schemas"] == too_deep
+
+
 def test_create_task_command_refuses_a_350_deep_payload_in_one_line(world: dict[str, Stage]) -> None:
     with nothing_written(), pytest.raises(CommandError) as exc:
         call_command("create_task", "review", "t", "--payload", json.dumps(nested(350)))
