@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import User
+from django.db import connection
 from django.db.models import Count
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
@@ -35,7 +36,13 @@ API_ACTOR = f"api:{API_USER}"  # what the API writes as the locker of the tasks 
 
 @pytest.fixture(scope="module")
 def server(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A gunicorn serving this run's test database; yields its base URL."""
+    """A gunicorn serving this run's test database; yields its base URL.
+
+    Only tests that use the database may use it: in a session without one,
+    pytest-django leaves the connection on the development database.
+    """
+    db = connection.settings_dict
+    assert db["NAME"] == db["TEST"]["NAME"] or db["NAME"].startswith("test_"), f"not a test database: {db['NAME']}"
     port = free_port()
     log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
     env = {**subprocess_env(), "GUNICORN_BIND": f"127.0.0.1:{port}", "GUNICORN_WORKERS": "2", "GUNICORN_THREADS": "4"}
@@ -268,6 +275,7 @@ def test_max_tasks_claims_no_more_than_it_will_handle(server: str, token: str) -
     assert Task.objects.filter(stage=stage, status=Task.Status.PENDING, attempts=0).count() == 2
 
 
+@pytest.mark.django_db
 def test_the_client_stops_with_one_line_on_a_wrong_token(server: str) -> None:
     client = start_client(server, "not-a-token", "--stage", "drain", "--once")
     out = client.communicate(timeout=60)[0]
