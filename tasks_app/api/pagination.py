@@ -29,9 +29,11 @@ class LimitOffsetPagination(pagination.LimitOffsetPagination):
         return offset
 
     def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
-        bounds = {self.limit_query_param: (1, MAX_LIMIT), self.offset_query_param: (0, MAX_OFFSET)}
-        parameters = super().get_schema_operation_parameters(view)
-        for parameter in parameters:
-            low, high = bounds[parameter["name"]]
-            parameter["schema"] = {**parameter["schema"], "minimum": low, "maximum": high}
-        return parameters
+        parameters = {p["name"]: p for p in super().get_schema_operation_parameters(view)}
+        # A larger limit is capped, not refused: documented as a cap, not as a maximum.
+        limit = parameters[self.limit_query_param]
+        limit["description"] = f"Number of results to return per page (at most {MAX_LIMIT}; a larger limit is capped)."
+        limit["schema"] = {**limit["schema"], "minimum": 1}
+        offset = parameters[self.offset_query_param]
+        offset["schema"] = {**offset["schema"], "minimum": 0, "maximum": MAX_OFFSET}
+        return list(parameters.values())
