@@ -170,6 +170,12 @@ def throttle_rows_cleared() -> Iterator[None]:
     caches["throttle"].clear()
 
 
+@pytest.fixture(autouse=True)
+def _fresh_counters(db: None) -> None:
+    """Start every test here from no counters: earlier tests' clients (127.0.0.1) counted in the same table."""
+    caches["throttle"].clear()
+
+
 @pytest.mark.django_db(transaction=True)
 def test_two_processes_share_one_count(throttle_rows_cleared: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each gunicorn process counted on its own: N processes let N times the rate through."""
