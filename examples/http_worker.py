@@ -391,8 +391,8 @@ class Worker:
             self._unsettled(tasks, status, data)
             return
         if status != 200:
-            # The whole batch was refused (400: some send's payload breaks a schema; 413: too large):
-            # nothing was completed, so complete one by one and release only the ones at fault.
+            # The whole request was refused (400: malformed; 413: too large): nothing was
+            # completed, so complete one by one and release only the ones at fault.
             log.warning("bulk complete: HTTP %s %s; completing one by one", status, _detail(data))
             for task in tasks:
                 self.complete_one(task, beat)

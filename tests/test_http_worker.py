@@ -186,9 +186,8 @@ def test_a_handler_error_releases_the_task_with_the_error_in_its_history(server:
     [
         # The bulk call answers per item: this one "error", the others completed.
         ({"n": 3, "misroute": True}, "nobody-routes-this"),
-        # The stage's schema refuses the send: the whole bulk call answers 400, nothing is completed,
-        # and the client completes one by one, so that only this task is refused.
-        ({"n": "three"}, "completion refused (HTTP 400)"),
+        # The stage's schema refuses the send: that item answers "error" too, with the schema's message.
+        ({"n": "three"}, "Does not match the 'next' schema of stage 'picky'"),
     ],
 )
 def test_a_refused_send_releases_only_its_task(server: str, token: str, payload: dict, refusal: str) -> None:

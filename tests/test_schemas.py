@@ -405,7 +405,7 @@ def test_api_complete_with_a_breaking_send_answers_400_and_the_task_stays_locked
     assert_still_locked(task)
 
 
-def test_api_bulk_complete_with_a_breaking_send_answers_400_and_completes_none(
+def test_api_bulk_complete_refuses_only_the_item_whose_send_breaks_the_schema(
     schemed: dict[str, Stage], operator: APIClient
 ) -> None:
     task_create(stage=schemed["review"], type="order", payload={})
@@ -421,12 +421,14 @@ def test_api_bulk_complete_with_a_breaking_send_answers_400_and_completes_none(
             },
         ]
     }
-    with nothing_written():
-        response = post(operator, "/api/tasks/bulk-complete/", body)
-    assert response.status_code == 400, response.content
-    assert response.json() == {"payload": AMOUNT_ZERO}
-    assert_still_locked(first)
+    response = post(operator, "/api/tasks/bulk-complete/", body)
+    assert response.status_code == 200, response.content
+    done, refused = response.json()["results"]
+    assert done["status"] == "completed" and len(done["sent"]) == 2  # approved fans out to two stages
+    assert refused["status"] == "error" and refused["error"] == "; ".join(AMOUNT_ZERO)
+    assert Task.objects.get(pk=first.pk).status == Task.Status.COMPLETED
     assert_still_locked(second)
+    assert not Task.objects.filter(parent_id=second.pk).exists()
 
 
 @pytest.mark.parametrize(
@@ -638,3 +640,27 @@ def test_monitor_create_and_edit_show_the_schema_messages(admin_client: Client, 
     assert response.status_code == 400
     assert response.context["error"] == AMOUNT_ZERO[0]
     assert Task.objects.get(pk=task.pk).payload == {"amount": 1}
+
+
+def test_api_bulk_complete_with_an_unrouted_and_a_breaking_send_completes_the_good_item_and_says_so(
+    schemed: dict[str, Stage], operator: APIClient
+) -> None:
+    # The per-item fallback used to catch only unrouted sends: the schema refusal then answered 400
+    # for the whole request after the first item had already been completed.
+    for _ in range(3):
+        task_create(stage=schemed["review"], type="order", payload={})
+    good, unrouted, breaking = task_claim(stage=schemed["review"], worker_id="w", limit=3)
+    sends = [[{"type": "approved", "payload": {"amount": 1}}], [{"type": "maybe"}],
+             [{"type": "approved", "payload": {"amount": 0}}]]  # fmt: skip
+    body = {
+        "tasks": [
+            {"id": t.pk, "lock_token": t.lock_token, "send": s}
+            for t, s in zip([good, unrouted, breaking], sends, strict=True)
+        ]
+    }
+    response = post(operator, "/api/tasks/bulk-complete/", body)
+    assert response.status_code == 200, response.content
+    assert [r["status"] for r in response.json()["results"]] == ["completed", "error", "error"]
+    assert Task.objects.get(pk=good.pk).status == Task.Status.COMPLETED
+    assert_still_locked(unrouted)
+    assert_still_locked(breaking)

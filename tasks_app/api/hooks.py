@@ -180,6 +180,7 @@ def remember(stage: Stage, signature: str) -> None:
         raise AuthenticationFailed("This signature was already used: a replayed request.") from exc
     HookReceipt.objects.filter(stage=stage, received_at__lt=horizon).delete()
 
+
 # -- the stage's transform (user code) -----------------------------------------------------------
 
 

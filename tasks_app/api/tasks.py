@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import DateTimeField, IntegerField, QuerySet
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import (
@@ -40,6 +41,16 @@ from tasks_app.serializers import (
 )
 from tasks_app.services.forms import form_tasks_refusal
 from tasks_app.values import parse_db_datetime, parse_db_int
+
+# What one item of a bulk completion can be refused for while the others go through.
+PER_ITEM_REFUSALS = (services.NoRouteError, DjangoValidationError)
+
+
+def refusal_text(exc: Exception) -> str:
+    """One line for an item's refusal: the schema's messages, or the routing error."""
+    if isinstance(exc, DjangoValidationError):
+        return "; ".join(exc.messages)
+    return str(exc)
 
 BAD_CURSOR = "Not a page cursor: follow the next or previous link, or leave cursor out."
 
@@ -242,6 +253,8 @@ class TaskViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         return Response({"id": task.pk, "locked_until": serializers.DateTimeField().to_representation(until)})
 
     @extend_schema(summary="Complete claimed tasks in bulk", request=BulkCompleteSerializer,
+                   description="One result per item. An item whose send nothing routes or whose payload breaks "
+                   "a schema answers `error` and stays locked; the other items complete.",
                    responses={200: BULK_COMPLETE_RESULT})  # fmt: skip
     @action(detail=False, methods=["post"], url_path="bulk-complete", url_name="bulk-complete")
     def bulk_complete(self, request: Request) -> Response:
@@ -261,8 +274,9 @@ class TaskViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
                 results[task_id] = {"id": task_id, "status": "lock_lost"}
             for child in outcome.successors:
                 results[child.parent_id].setdefault("sent", []).append(child.pk)
-        except services.NoRouteError:
-            # One item sends a type nothing routes: complete item by item so only it fails.
+        except PER_ITEM_REFUSALS:
+            # One item sends a type nothing routes or a payload its schema refuses: complete
+            # item by item so only it fails (as the worker does), each in its own transaction.
             for item in items:
                 try:
                     one = services.tasks_complete_batch(items=[item])
@@ -270,8 +284,8 @@ class TaskViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
                     results[item.task_id] = {"id": item.task_id, "status": state}
                     if one.successors:
                         results[item.task_id]["sent"] = [c.pk for c in one.successors]
-                except services.NoRouteError as exc:
-                    results[item.task_id] = {"id": item.task_id, "status": "error", "error": str(exc)}
+                except PER_ITEM_REFUSALS as exc:
+                    results[item.task_id] = {"id": item.task_id, "status": "error", "error": refusal_text(exc)}
         except Exception as exc:
             raise translate(exc) from exc
         return Response({"results": [results[item.task_id] for item in items]})
