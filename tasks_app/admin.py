@@ -21,11 +21,11 @@ from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString
 
 from tasks_app import services
-from tasks_app.formfields import JSONDocumentField
+from tasks_app.forms.fields import JSONDocumentField
+from tasks_app.forms.widgets import JSONEditorWidget, SecretInput
 from tasks_app.jsonpreview import PAGE_CHARS, editable_json, json_head, json_preview, json_size
 from tasks_app.models import JobRun, Stage, Task, TaskEvent, Transition, WorkerProcess, validate_payload
 from tasks_app.services.schemas import validate_arrival
-from tasks_app.widgets import JSONEditorWidget, SecretInput
 
 HISTORY_LIMIT = 50  # events shown under a task (a task retried forever has an endless history)
 

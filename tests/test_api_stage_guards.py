@@ -1,6 +1,6 @@
 """Form and job stages are guarded in the API too (issue 11, section 3).
 
-A form stage's group rule (services.forms.may_work_on) held only on /work/: an
+A form stage's group rule (services.form_stages.may_work_on) held only on /work/: an
 operator outside "reviewers" got 403 opening a task there, but approved it with
 POST /api/stages/review/claim/ + /api/tasks/<id>/complete/ and created an
 invoice with /api/stages/review/send/. An API claim on a job stage took its task

@@ -10,7 +10,7 @@ The world here is its own (not conftest's checkout workflow):
 Alice and Bob are reviewers; Carol may change tasks but is in no group (so
 she works on triage only); Nobody has neither. Everything goes through the
 URLs and the rendered HTML, like test_monitor_*; the mapping of a JSON
-Schema to form fields (schema_forms) is tested directly at the end.
+Schema to form fields (forms.schema) is tested directly at the end.
 """
 
 from __future__ import annotations
@@ -27,11 +27,11 @@ from django.http import HttpResponse
 from django.test import Client
 from django.utils import timezone
 
+from tasks_app.forms.schema import form_fields, schema_form
 from tasks_app.models import Stage, Task, TaskEvent, Transition
-from tasks_app.schema_forms import form_fields, schema_form
 from tasks_app.services import TaskError, task_create
 from tasks_app.services.errors import TaskStateError
-from tasks_app.services.forms import (
+from tasks_app.services.form_stages import (
     TaskHeldError,
     form_stages_for,
     form_task_cancel,
@@ -776,7 +776,7 @@ def test_services_open_submit_cancel_and_who_holds_it(
     assert (sent.stage, sent.payload, sent.parent_id) == (stages["notify"], {"amount": 10, "reason": "late"}, task.pk)
 
 
-# -- schema_forms: JSON Schema properties -> form fields -------------------------------------------
+# -- forms.schema: JSON Schema properties -> form fields -------------------------------------------
 
 EVERY_KIND = {
     "type": "object",

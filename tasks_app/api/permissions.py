@@ -8,7 +8,7 @@ from rest_framework.permissions import DjangoModelPermissions
 from rest_framework.request import Request
 
 from tasks_app.models import Stage, Task
-from tasks_app.services.forms import form_stage_refusal
+from tasks_app.services.form_stages import form_stage_refusal
 
 # Actions on a stage (send, claim) or on a task (complete, release, heartbeat) that a
 # form stage's group rule also governs: checked on the object get_object() returns.
@@ -46,7 +46,7 @@ class ModelPermissions(DjangoModelPermissions):
         return super().has_permission(request, view)
 
     def has_object_permission(self, request: Request, view: Any, obj: Any) -> bool:
-        """A form stage's tasks are its groups' (services.forms); bulk-complete checks its items itself."""
+        """A form stage's tasks are its groups' (services.form_stages); bulk-complete checks its items itself."""
         if getattr(view, "action", None) in FORM_STAGE_ACTIONS:
             stage = obj if isinstance(obj, Stage) else obj.stage if isinstance(obj, Task) else None
             refusal = form_stage_refusal(request.user, stage) if stage is not None else None

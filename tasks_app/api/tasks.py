@@ -39,7 +39,7 @@ from tasks_app.serializers import (
     TaskEventSerializer,
     TaskSerializer,
 )
-from tasks_app.services.forms import form_tasks_refusal
+from tasks_app.services.form_stages import form_tasks_refusal
 from tasks_app.values import parse_db_datetime, parse_db_int
 
 # What one item of a bulk completion can be refused for while the others go through.

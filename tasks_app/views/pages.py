@@ -17,7 +17,7 @@ from django.utils import timezone
 from tasks_app.filters import TaskFilter
 from tasks_app.jsonpreview import json_raw
 from tasks_app.models import Stage, Task, WorkerProcess
-from tasks_app.services.forms import may_work_on
+from tasks_app.services.form_stages import may_work_on
 from tasks_app.values import parse_db_datetime, parse_db_int
 
 PAGE_SIZE = 50

@@ -2,7 +2,7 @@
 
 Open, submit and cancel are POSTs (CSRF-protected) that call the form
 services; the task page itself only reads. Who may work on a stage is
-decided by services.forms (groups on the stage).
+decided by services.form_stages (groups on the stage).
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.utils import timezone
 from django.views.decorators.http import require_POST
 
+from tasks_app.forms.schema import button_label, form_fields, schema_form
 from tasks_app.models import Task
-from tasks_app.schema_forms import button_label, form_fields, schema_form
 from tasks_app.services import TaskError
-from tasks_app.services.forms import (
+from tasks_app.services.form_stages import (
     TaskHeldError,
     form_stages_for,
     form_task_cancel,
