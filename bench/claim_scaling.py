@@ -602,10 +602,12 @@ def main() -> int:
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
-        server = conn.execute("SHOW server_version").fetchone()[0]
+        server_row = conn.execute("SHOW server_version").fetchone()
         settings_row = conn.execute(
             "SELECT current_setting('shared_buffers'), current_setting('work_mem'), current_setting('fsync')"
         ).fetchone()
+    assert server_row is not None and settings_row is not None  # SHOW and a bare SELECT return one row
+    server = server_row[0]
     os.environ.setdefault("TASKS_LOG_LEVEL", "ERROR")
     import django
 
@@ -742,10 +744,10 @@ def main() -> int:
         print("|---:|---|---|---|---|---|")
         for m in results:
             for label in ("fresh", "after"):
-                cells = [m[f"explain-{label}-{b}-{k}"] for b in (1, 100) for k in ("custom", "generic")]
+                explains = [m[f"explain-{label}-{b}-{k}"] for b in (1, 100) for k in ("custom", "generic")]
                 print(
                     f"| {m['rows']:,} | {label} | "
-                    + " | ".join(f"{e['pick']}; {e['hit']} / {e['read']}; {e['exec_ms']:.2f} ms" for e in cells)
+                    + " | ".join(f"{e['pick']}; {e['hit']} / {e['read']}; {e['exec_ms']:.2f} ms" for e in explains)
                     + " |"
                 )
         print("Autovacuums of the task table during the series:", end=" ")
@@ -769,7 +771,7 @@ def fmt3(values: tuple[float, float, float]) -> str:
     return " / ".join(f"{v:.2f}" for v in values)
 
 
-def pretty(n: int) -> str:
+def pretty(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB"):
         if n < 1024 or unit == "GB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -65,7 +65,7 @@ def main() -> int:
         print(f"seeding up to {size:,} tasks ...", flush=True)
         call_command("seed_tasks", count=size - seeded, stdout=open(os.devnull, "w"))
         seeded = size
-        stage = Stage.objects.order_by("id").first()
+        stage = Stage.objects.earliest("id")  # seed_tasks made the stages
         middle = Task.objects.filter(pk__gte=size // 2).order_by("id").values_list("id", flat=True).first()
         pages = [
             ("overview, cold counts", "/overview/", True),

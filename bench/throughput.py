@@ -26,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+from multiprocessing.synchronize import Barrier
 from pathlib import Path
 from urllib.parse import urlparse, urlunparse
 
@@ -89,7 +90,7 @@ def create_bench_database(url: str) -> str:
 
 
 # -- raw-SQL baseline ----------------------------------------------------------
-def raw_worker(url: str, stage: int, batch: int, worker: str, ready: mp.Barrier, counts: mp.Queue) -> None:
+def raw_worker(url: str, stage: int, batch: int, worker: str, ready: Barrier, counts: mp.Queue) -> None:
     import psycopg
 
     done = 0

@@ -54,7 +54,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeGuard
 
 log = logging.getLogger("http_worker")
 
@@ -185,7 +185,7 @@ def _decode(raw: bytes) -> Any:
         return raw[:500].decode(errors="replace")  # an HTML error page from a proxy, say
 
 
-def _is_number(value: str | None) -> bool:
+def _is_number(value: str | None) -> TypeGuard[str]:
     try:
         return value is not None and float(value) >= 0
     except ValueError:

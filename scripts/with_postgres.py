@@ -79,7 +79,6 @@ def main(argv: list[str]) -> int:
         ent = pwd.getpwnam(user)
         os.chown(tmp, ent.pw_uid, ent.pw_gid)
     port = free_port()
-    run_as = {"user": user} if user else {}
     log = os.path.join(tmp, "server.log")
     try:
         subprocess.run(
@@ -96,7 +95,7 @@ def main(argv: list[str]) -> int:
             ],
             check=True,
             stdout=subprocess.DEVNULL,
-            **run_as,
+            user=user,  # None: the current user (subprocess's default)
         )
         options = (
             f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={tmp} "
@@ -108,7 +107,7 @@ def main(argv: list[str]) -> int:
             [f"{bindir}/pg_ctl", "-D", data, "-l", log, "-o", options, "-w", "-t", "60", "start"],
             check=True,
             stdout=subprocess.DEVNULL,
-            **run_as,
+            user=user,
         )
         url = f"postgres://postgres@127.0.0.1:{port}/postgres"
         env = dict(os.environ, DATABASE_URL=url, TEST_PG_BINDIR=bindir, TEST_PG_DATA=data, TEST_PG_USER=user or "")
@@ -124,7 +123,7 @@ def main(argv: list[str]) -> int:
             [f"{bindir}/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            **run_as,
+            user=user,
         )
         shutil.rmtree(tmp, ignore_errors=True)
 
