@@ -80,7 +80,7 @@ def send_bad_schema(task: Any) -> None:
     task.send("approved", {"amount": "lots", "items": [{"qty": 0}]})
 
 
-# -- job stage handlers (they get a services.jobs.JobContext) ------------------------------------
+# -- job stage handlers (they get a services.handlers.JobContext) --------------------------------
 
 
 def digest(job: Any) -> None:

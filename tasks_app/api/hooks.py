@@ -10,7 +10,8 @@ already accepted (a HookReceipt row, written in the send's transaction):
 a captured request can't be replayed, now or later. The JSON body (an
 object) becomes the payload; `?type=` names the task type (default
 "webhook"); other query parameters are added under "query".
-A stage handler, if set, may transform (body, query) into (type, payload);
+A stage handler, if set, may transform (body, query) into (type, payload)
+(the call is part of the handler contract, tasks_app.services.handlers);
 what it raises is logged under a request id and never shown to the caller.
 """
 
@@ -43,7 +44,7 @@ from tasks_app.api.errors import translate
 from tasks_app.api.parsers import BoundedJSONParser
 from tasks_app.api.throttles import SharedRateThrottle
 from tasks_app.models import HookReceipt, Stage
-from tasks_app.services.handlers import HandlerImportError, call_handler, resolve_handler
+from tasks_app.services.handlers import HandlerImportError, call_transform, resolve_handler
 
 DEFAULT_TYPE = "webhook"
 
@@ -218,22 +219,7 @@ def run_transform(stage: Stage, data: dict[str, Any], query: dict[str, str], tas
         logger.error("hook %s: request %s refused: %s", stage.slug, request_id, exc, extra=context)
         raise TransformUnavailable(request_id) from exc
     try:
-        return transform_result(call_handler(transform, data, query), task_type)
-    except Exception as exc:  # call_handler turns SystemExit and the like into HandlerAborted
+        return call_transform(transform, data, query, task_type)
+    except Exception as exc:  # SystemExit and the like come out as HandlerAborted; a bad result as TypeError
         logger.error("hook %s: transform failed (request %s)", stage.slug, request_id, exc_info=exc, extra=context)
         raise TransformFailed(request_id) from exc
-
-
-def transform_result(result: Any, task_type: str) -> tuple[str, dict[str, Any]]:
-    """A transform's (type, payload) from what it returned: a payload object, or a (str, object) pair.
-
-    Anything else is the transform's error (TypeError), answered like any other it raises.
-    """
-    if isinstance(result, dict):
-        return task_type, result
-    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], str) and isinstance(result[1], dict):
-        return result[0], result[1]
-    shape = f"a tuple of {len(result)}" if isinstance(result, tuple) else type(result).__name__
-    if isinstance(result, tuple) and len(result) == 2:
-        shape = f"({type(result[0]).__name__}, {type(result[1]).__name__})"
-    raise TypeError(f"a transform returns a payload object or a (type, payload) pair of (str, dict), not {shape}")

@@ -1,12 +1,23 @@
 """The contract for user code: which code a stage may name, and what that code sees.
 
 Script handlers, job handlers and hook transforms are all named by a stage's
-`handler`, a dotted path. The worker, the job runner, the hook view and the
-workflow loader resolve it here and nowhere else, so one rule decides what
-may run: only callables defined in the modules TASKS_HANDLER_MODULES lists
-(tasks_app.handler_modules; it sits below the models because Stage.handler's
-validator uses it). Saving refuses other paths; resolving at run time checks
-again, so a stored path the list no longer allows runs nothing.
+`handler`, a dotted path. The worker, the job runner (scheduler), the hook
+view and the workflow loader resolve it here and nowhere else, so one rule
+decides what may run: only callables defined in the modules
+TASKS_HANDLER_MODULES lists (tasks_app.handler_modules; it sits below the
+models because Stage.handler's validator uses it). Saving refuses other
+paths; resolving at run time checks again, so a stored path the list no
+longer allows runs nothing.
+
+What the code is called with is defined here too:
+
+- a script handler: `handler(task)`, a HandlerTask (the worker);
+- a job handler: `handler(job)`, a JobContext (services.jobs);
+- a hook transform: `transform(data, query)`, returning a payload or a
+  (type, payload) pair (`call_transform`; the hook view).
+
+Handlers and job handlers send successors with `send()`, checked at once
+(`checked_send`); raising PermanentFailure fails a script task without retries.
 
 User code may raise anything, SystemExit and KeyboardInterrupt included:
 `call_handler` turns what is not an Exception into HandlerAborted, so the
@@ -34,12 +45,16 @@ __all__ = [
     "HandlerAborted",
     "HandlerImportError",
     "HandlerTask",
+    "JobContext",
+    "JobTask",
     "PermanentFailure",
     "call_handler",
+    "call_transform",
     "checked_send",
     "module_allowed",
     "resolve_handler",
     "stage_handler_problems",
+    "transform_result",
 ]
 
 Handler = Callable[..., Any]
@@ -144,3 +159,64 @@ def checked_send(stage: Stage, routes: list[Transition] | None, type: str, paylo
         raise NoRouteError(stage_slug=stage.slug, task_type=type, accepted=accepted)
     validate_sent(stage, type, payload)
     return type, copy.deepcopy(payload)
+
+
+# -- what a job handler sees ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class JobTask:
+    """A task waiting at the job stage, as the handler sees it (read-only; edits are not stored)."""
+
+    id: int
+    type: str
+    payload: dict[str, Any]
+    created_at: datetime
+    attempts: int
+    parent_id: int | None
+
+
+@dataclass
+class JobContext:
+    """What a job handler gets: the due time, the waiting tasks and `send()` for new tasks."""
+
+    stage: str
+    due_at: datetime
+    missed: int
+    run_id: int
+    tasks: list[JobTask]
+    _stage: Stage = field(repr=False)
+    _routes: list[Transition] = field(default_factory=list, repr=False)
+    sent: list[Send] = field(default_factory=list, repr=False)
+
+    def send(self, type: str, payload: dict[str, Any] | None = None) -> None:
+        """Queue a task of `type` out of the job stage; created when the run succeeds, in its transaction."""
+        self.sent.append(checked_send(self._stage, self._routes, type, payload))
+
+
+# -- what a hook transform is called with, and what it returns ----------------------------------
+
+
+def call_transform(transform: Handler, data: dict[str, Any], query: dict[str, str], task_type: str) -> Send:
+    """A hook transform's (type, payload) for a request's body and query; `task_type` if it returns a payload.
+
+    Whatever the transform raises propagates (SystemExit and the like as
+    HandlerAborted), and so does a TypeError for a result of the wrong shape:
+    the caller treats both as the transform's error.
+    """
+    return transform_result(call_handler(transform, data, query), task_type)
+
+
+def transform_result(result: Any, task_type: str) -> Send:
+    """A transform's (type, payload) from what it returned: a payload object, or a (str, object) pair.
+
+    Anything else is the transform's error (TypeError), answered like any other it raises.
+    """
+    if isinstance(result, dict):
+        return task_type, result
+    if isinstance(result, tuple) and len(result) == 2 and isinstance(result[0], str) and isinstance(result[1], dict):
+        return result[0], result[1]
+    shape = f"a tuple of {len(result)}" if isinstance(result, tuple) else type(result).__name__
+    if isinstance(result, tuple) and len(result) == 2:
+        shape = f"({type(result[0]).__name__}, {type(result[1]).__name__})"
+    raise TypeError(f"a transform returns a payload object or a (type, payload) pair of (str, dict), not {shape}")

@@ -20,7 +20,6 @@ import logging
 import traceback
 import zoneinfo
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -31,11 +30,11 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from tasks_app.limits import clamp_lock_timeout
-from tasks_app.models import JobRun, Stage, Task, Transition
+from tasks_app.models import JobRun, Stage, Task
 from tasks_app.services.claim import MAX_CLAIM_BATCH, task_claim
 from tasks_app.services.complete import Completion, tasks_complete_batch
 from tasks_app.services.errors import TaskLockLost, TaskStateError
-from tasks_app.services.handlers import call_handler, checked_send, resolve_handler
+from tasks_app.services.handlers import JobContext, JobTask, call_handler, resolve_handler
 from tasks_app.services.lifecycle import task_release
 from tasks_app.services.routing import Send, tasks_send_many
 
@@ -47,40 +46,8 @@ MAX_MISSED = 1000
 # Default of TASKS_JOB_MAX_TASKS: tasks one run claims at most; the rest wait for the next run.
 DEFAULT_MAX_TASKS = 10_000
 
-JobHandler = Callable[["JobContext"], Any]
-
-
-# -- what a job handler sees ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class JobTask:
-    """A task waiting at the job stage, as the handler sees it (read-only; edits are not stored)."""
-
-    id: int
-    type: str
-    payload: dict[str, Any]
-    created_at: datetime
-    attempts: int
-    parent_id: int | None
-
-
-@dataclass
-class JobContext:
-    """What a job handler gets: the due time, the waiting tasks and `send()` for new tasks."""
-
-    stage: str
-    due_at: datetime
-    missed: int
-    run_id: int
-    tasks: list[JobTask]
-    _stage: Stage = field(repr=False)
-    _routes: list[Transition] = field(default_factory=list, repr=False)
-    sent: list[Send] = field(default_factory=list, repr=False)
-
-    def send(self, type: str, payload: dict[str, Any] | None = None) -> None:
-        """Queue a task of `type` out of the job stage; created when the run succeeds, in its transaction."""
-        self.sent.append(checked_send(self._stage, self._routes, type, payload))
+# A job handler is called with a JobContext (services.handlers, the contract for user code).
+JobHandler = Callable[[JobContext], Any]
 
 
 # -- when a job is due ----------------------------------------------------------------------------
