@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from json.encoder import INFINITY, encode_basestring
-from typing import Any
+from typing import Any, cast
 
 from django.utils.html import escape
 
@@ -82,7 +82,7 @@ def iter_json(value: Any, *, indent: int | None = None, max_string: int = 1 << 6
                 stack.pop()
                 yield newline(len(stack)) + top[1]
                 continue
-            key, node = child
+            key, node = cast("tuple[Any, Any]", child)  # a (key, value) pair once not _END
             label = "" if key is _NO_KEY else _key(key, max_string) + ": "
             yield (sep if top[2] else "") + newline(len(stack)) + label
             top[2] += 1

@@ -64,7 +64,7 @@ def json_has_nul(value: object) -> bool:
     """Whether a string or key anywhere in `value` contains U+0000 (PostgreSQL can store neither)."""
     level = [value]
     while level:
-        deeper = []
+        deeper: list[object] = []
         for item in level:
             if isinstance(item, str):
                 if NUL in item:

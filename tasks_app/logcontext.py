@@ -14,14 +14,15 @@ when TASKS_LOG_FORMAT=json: then every line a worker prints is JSON.
 from __future__ import annotations
 
 import contextvars
+import copy
 import io
 import logging
+import logging.config
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO, Any
 
 from django.conf import settings
-from django.utils.module_loading import import_string
 
 _fields: contextvars.ContextVar[dict[str, Any]] = contextvars.ContextVar("tasks_app_log_fields")
 
@@ -52,9 +53,17 @@ class ContextFilter(logging.Filter):
 
 
 def json_formatter() -> logging.Formatter:
-    """The formatter of settings.LOGGING's "json" entry (one definition of the line's shape)."""
-    spec = dict(settings.LOGGING["formatters"]["json"])
-    return import_string(spec.pop("()"))(**spec)
+    """The formatter of settings.LOGGING's "json" entry (one definition of the line's shape).
+
+    Built by logging.config's own configurator, which resolves the entry's
+    "()" factory exactly as it did for the console handler at start-up: no
+    second importer of dotted paths (handler paths have theirs, with an
+    allow-list, in tasks_app.handler_modules).
+    """
+    spec = copy.deepcopy(settings.LOGGING["formatters"]["json"])  # configure_formatter pops "()" from it
+    formatter = logging.config.DictConfigurator(settings.LOGGING).configure_formatter(spec)
+    assert isinstance(formatter, logging.Formatter), formatter
+    return formatter
 
 
 class JsonLines(io.TextIOBase):
@@ -80,7 +89,7 @@ class JsonLines(io.TextIOBase):
     def write(self, text: str) -> int:
         message = text.rstrip("\n")
         if message.strip():
-            record = self._logger.makeRecord(self._logger.name, self._level, "(stdout)", 0, message, None, None)
+            record = self._logger.makeRecord(self._logger.name, self._level, "(stdout)", 0, message, (), None)
             self._context.filter(record)
             self._stream.write(self._formatter.format(record) + "\n")
         return len(text)

@@ -110,7 +110,8 @@ _TOKEN = re.compile(
 
 def highlight(text: str) -> SafeString:
     """JSON text with each token escaped and wrapped in a span for colouring (a cut text too)."""
-    out, pos = [], 0
+    out: list[str] = []
+    pos = 0
     for m in _TOKEN.finditer(text):
         out.append(escape(text[pos : m.start()]))
         out.append(f'<span class="j-{m.lastgroup}">{escape(m.group())}</span>')
