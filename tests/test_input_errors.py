@@ -176,7 +176,7 @@ def test_list_page_refuses_a_malformed_cursor(
 
 def test_page_cursors_the_page_made_still_page(admin_client: Client, world: dict[str, Stage]) -> None:
     from tasks_app.services import tasks_create_bulk
-    from tasks_app.views.pages import PAGE_SIZE
+    from tasks_app.selectors.tasks import PAGE_SIZE
 
     tasks_create_bulk(items=[(world["review"], "t", {})] * (PAGE_SIZE + 1))
     for sort in ("-id", "id", "created_at", "-updated_at"):

@@ -20,9 +20,10 @@ from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
 
-from tasks_app import metrics
 from tasks_app.logcontext import ContextFilter, log_context
 from tasks_app.models import CounterCursor, Stage, StageCounter, Task, TaskEvent, WorkerProcess
+from tasks_app.services import counters as stage_counters
+from tasks_app.services import histograms
 from tasks_app.services import (
     task_claim,
     task_complete,
@@ -48,7 +49,7 @@ def _fresh_scrapes(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
     settings.TASKS_METRICS_CACHE = 0
     settings.TASKS_METRICS_TOKEN = ""
     settings.TASKS_METRICS_ALLOW = []
-    monkeypatch.setattr(metrics, "SETTLE_SECONDS", 0.0)
+    monkeypatch.setattr(stage_counters, "SETTLE_SECONDS", 0.0)
     cache.clear()
     yield
     cache.clear()
@@ -270,7 +271,7 @@ def test_the_fold_steps_over_a_gap_of_pruned_ids(world: dict[str, Stage]) -> Non
     Task.objects.filter(pk__in=[t.pk for t in old]).delete()
     task_create(stage=world["ship"], type="t", payload={})
     # The first 5 ids past the cursor are gone; the window starts at the first id left.
-    assert metrics.counters_fold(max_rows=2) == 1
+    assert stage_counters.counters_fold(max_rows=2) == 1
 
 
 def test_events_of_a_task_deleted_before_they_were_counted_are_skipped(world: dict[str, Stage], token: None) -> None:
@@ -285,12 +286,12 @@ def test_a_bounded_fold_goes_on_where_it_stopped(world: dict[str, Stage]) -> Non
     run_the_lifecycle(world)
     events = TaskEvent.objects.count()
     last_id = TaskEvent.objects.order_by("-id").values_list("id", flat=True)[0]
-    folded = [metrics.counters_fold(max_rows=3)]
+    folded = [stage_counters.counters_fold(max_rows=3)]
     while CounterCursor.objects.get().last_event_id < last_id:
-        folded.append(metrics.counters_fold(max_rows=3))
+        folded.append(stage_counters.counters_fold(max_rows=3))
     assert max(folded) <= 3 and sum(folded) == events
     expected = {(s.pk, "created"): n for s in world.values() if (n := EXPECTED[s.slug][0])}
-    values = metrics.counter_values()
+    values = stage_counters.counter_values()
     assert {k: v for k, v in values.items() if k[1] == "created"} == expected
 
 
@@ -298,10 +299,10 @@ def test_a_bounded_fold_goes_on_where_it_stopped(world: dict[str, Stage]) -> Non
 def test_on_postgresql_only_settled_events_are_folded(world: dict[str, Stage], monkeypatch: pytest.MonkeyPatch) -> None:
     # Ids are taken before commit: folding the newest events could skip a lower id
     # that commits a moment later, so only events SETTLE_SECONDS old are counted.
-    monkeypatch.setattr(metrics, "SETTLE_SECONDS", 30.0)
+    monkeypatch.setattr(stage_counters, "SETTLE_SECONDS", 30.0)
     task_create(stage=world["ship"], type="t", payload={})
-    assert metrics.counters_fold() == 0
-    assert metrics.counters_fold(now=timezone.now() + timedelta(seconds=31)) == 1
+    assert stage_counters.counters_fold() == 0
+    assert stage_counters.counters_fold(now=timezone.now() + timedelta(seconds=31)) == 1
 
 
 @pytest.mark.django_db(transaction=True)
@@ -316,7 +317,7 @@ def test_concurrent_folds_count_each_event_once() -> None:
     def fold() -> None:
         try:
             start.wait()
-            while n := metrics.counters_fold(max_rows=500):
+            while n := stage_counters.counters_fold(max_rows=500):
                 folded.append(n)
         except BaseException as exc:  # noqa: B036 - reported by the test thread
             errors.append(exc)
@@ -363,7 +364,7 @@ def test_live_workers_counts_running_workers_heard_from_lately(db: None, token: 
 
 
 def histogram(samples: Samples, name: str, stage: str) -> tuple[list[float], float, float]:
-    buckets = [value(samples, f"{name}_bucket", stage=stage, le=str(b)) for b in metrics.BUCKETS]
+    buckets = [value(samples, f"{name}_bucket", stage=stage, le=str(b)) for b in histograms.BUCKETS]
     buckets.append(value(samples, f"{name}_bucket", stage=stage, le="+Inf"))
     return buckets, value(samples, f"{name}_count", stage=stage), value(samples, f"{name}_sum", stage=stage)
 
@@ -397,11 +398,11 @@ def test_histograms_add_up_every_worker_stopped_ones_and_reused_ids_included(
 
 
 def snapshot_of(handled: int) -> dict[str, Any]:
-    counts = [0] * (len(metrics.BUCKETS) + 1)
+    counts = [0] * (len(histograms.BUCKETS) + 1)
     counts[3] = handled
     return {
         "version": 1,
-        "buckets": list(metrics.BUCKETS),
+        "buckets": list(histograms.BUCKETS),
         "claim": {},
         "handler": {"ship": {"counts": counts, "sum": 1.0}},
     }
@@ -424,31 +425,31 @@ def test_stopped_workers_are_summed_once_through_their_cache(db: None, token: No
 def test_snapshots_with_other_buckets_are_left_out() -> None:
     good = {
         "version": 1,
-        "buckets": list(metrics.BUCKETS),
+        "buckets": list(histograms.BUCKETS),
         "claim": {},
         "handler": {"s": {"counts": [1] * 16, "sum": 2}},
     }
     other = {**good, "buckets": [1, 2, 3]}
     short = {**good, "handler": {"s": {"counts": [1] * 3, "sum": 2}}}
-    merged = metrics.merge_snapshots([good, other, short, {}, None, good])
+    merged = histograms.merge_snapshots([good, other, short, {}, None, good])
     assert merged["handler"]["s"] == ([2] * 16, 4.0)
 
 
 def test_observations_of_workers_not_running_here_cost_nothing(world: dict[str, Stage]) -> None:
     task_create(stage=world["ship"], type="t", payload={})
     task_claim(stage=world["ship"], worker_id="api-client")  # e.g. a claim through the API
-    assert metrics.snapshot("api-client") is None
-    assert "api-client" not in metrics._workers
+    assert histograms.snapshot("api-client") is None
+    assert "api-client" not in histograms._workers
 
 
 def test_observe_buckets_are_less_than_or_equal() -> None:
-    metrics.worker_opened("w-buckets")
+    histograms.worker_opened("w-buckets")
     try:
         for seconds in (0.0005, 0.001, 0.0011, 61.0):
-            metrics.observe("claim", worker_id="w-buckets", stage="s", seconds=seconds)
-        snap = metrics.snapshot("w-buckets")
+            histograms.observe("claim", worker_id="w-buckets", stage="s", seconds=seconds)
+        snap = histograms.snapshot("w-buckets")
     finally:
-        metrics.worker_closed("w-buckets")
+        histograms.worker_closed("w-buckets")
     assert snap is not None
     counts = snap["claim"]["s"]["counts"]
     assert counts[0] == 2 and counts[1] == 1 and counts[-1] == 1 and sum(counts) == 4

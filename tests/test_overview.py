@@ -11,8 +11,8 @@ from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
 from tasks_app.models import Stage
+from tasks_app.selectors import overview
 from tasks_app.services import task_claim, task_complete, task_create, task_fail
-from tasks_app.views import overview
 
 
 @pytest.fixture(autouse=True)

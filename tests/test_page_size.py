@@ -23,8 +23,8 @@ from django.test import Client
 
 from tasks_app.jsonpreview import iter_json, json_head
 from tasks_app.models import Stage, Task
+from tasks_app.selectors.tasks import PAGE_SIZE
 from tasks_app.services import task_edit_payload
-from tasks_app.views.pages import PAGE_SIZE
 
 MAX_PAGE = 300_000  # bytes: "no page exceeds a few hundred KB"
 SCRIPT = "<script>alert(1)</script>"

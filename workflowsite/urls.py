@@ -5,7 +5,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from tasks_app.api.hooks import HookView
-from tasks_app.views.metrics import metrics
+from tasks_app.views.prometheus import metrics
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="tasks_app:overview", permanent=False)),

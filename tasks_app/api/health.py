@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
-from django.conf import settings
 from django.db import DatabaseError
-from django.db.models import Count
-from django.utils import timezone
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
@@ -16,7 +11,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from tasks_app.api.throttles import AnonRateThrottle
-from tasks_app.models import Task, WorkerProcess
+from tasks_app.models import Task
+from tasks_app.selectors.overview import live_totals
+from tasks_app.selectors.workers import live_workers
 
 
 class HealthView(APIView):
@@ -48,21 +45,16 @@ class HealthView(APIView):
     def get(self, request: Request) -> Response:
         try:
             # Counts over the claim index only (pending and locked): cheap on any table size.
-            counts = dict(
-                Task.objects.filter(status__in=[Task.Status.PENDING, Task.Status.LOCKED])
-                .values_list("status")
-                .annotate(n=Count("id"))
-            )
-            cutoff = timezone.now() - timedelta(seconds=settings.TASKS_WORKER_DEAD_AFTER)
-            alive = WorkerProcess.objects.filter(stopped_at__isnull=True, last_heartbeat__gte=cutoff).count()
+            counts = live_totals()
+            alive = live_workers().count()
         except DatabaseError as exc:
             return Response({"status": "error", "database": f"unreachable: {type(exc).__name__}"}, status=503)
         return Response(
             {
                 "status": "ok",
                 "database": "ok",
-                "pending": counts.get(Task.Status.PENDING, 0),
-                "locked": counts.get(Task.Status.LOCKED, 0),
+                "pending": counts[Task.Status.PENDING],
+                "locked": counts[Task.Status.LOCKED],
                 "workers_alive": alive,
             }
         )

@@ -20,9 +20,9 @@ from typing import Any
 from django.db import connection, transaction
 from django.utils import timezone
 
-from tasks_app import metrics
 from tasks_app.limits import clamp_lock_timeout
 from tasks_app.models import Stage, Task, TaskEvent
+from tasks_app.services import histograms
 from tasks_app.services.pg import execute_prepared
 
 MAX_CLAIM_BATCH = 1000
@@ -146,7 +146,7 @@ def task_claim(
         with transaction.atomic():
             tasks = _claim_sqlite(params, now=now, until=until)
     # Empty claims too: an idle worker's polls are claims. A no-op unless worker_id runs in this process.
-    metrics.observe("claim", worker_id=worker_id, stage=stage.slug, seconds=time.perf_counter() - started)
+    histograms.observe("claim", worker_id=worker_id, stage=stage.slug, seconds=time.perf_counter() - started)
     for task in tasks:
         task.stage = stage  # saves a query per task in the worker
     return tasks

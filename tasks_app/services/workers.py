@@ -15,8 +15,8 @@ from typing import Any
 
 from django.utils import timezone
 
-from tasks_app import metrics
 from tasks_app.models import WorkerProcess
+from tasks_app.services import histograms
 
 
 def worker_register(
@@ -27,7 +27,7 @@ def worker_register(
     # A reused id (a fixed --worker-id across restarts) goes on from its row's
     # histograms: starting again from zero would make /metrics' sums drop.
     previous = WorkerProcess.objects.filter(worker_id=worker_id).values_list("metrics", flat=True).first()
-    metrics.worker_opened(worker_id, previous)
+    histograms.worker_opened(worker_id, previous)
     worker, _ = WorkerProcess.objects.update_or_create(
         worker_id=worker_id,
         defaults={
@@ -41,14 +41,14 @@ def worker_register(
             "tasks_done": 0,
             "tasks_failed": 0,
             "current_tasks": [],
-            "metrics": metrics.snapshot(worker_id),
+            "metrics": histograms.snapshot(worker_id),
         },
     )
     return worker
 
 
 def _with_metrics(worker_id: str, fields: dict[str, Any]) -> dict[str, Any]:
-    snapshot = metrics.snapshot(worker_id)
+    snapshot = histograms.snapshot(worker_id)
     if snapshot is not None:  # recorded in this process (not, say, a test calling the service directly)
         fields["metrics"] = snapshot
     return fields
@@ -69,4 +69,4 @@ def worker_stopped(*, worker_id: str, done: int, failed: int, now: datetime | No
     now = now or timezone.now()
     fields = {"last_heartbeat": now, "stopped_at": now, "tasks_done": done, "tasks_failed": failed, "current_tasks": []}
     WorkerProcess.objects.filter(worker_id=worker_id).update(**_with_metrics(worker_id, fields))
-    metrics.worker_closed(worker_id)
+    histograms.worker_closed(worker_id)

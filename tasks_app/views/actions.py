@@ -20,8 +20,8 @@ from tasks_app import services
 from tasks_app.jsonpreview import editable_json
 from tasks_app.limits import NUL
 from tasks_app.models import Stage, Task
+from tasks_app.selectors.tasks import errors_text, filtered_tasks
 from tasks_app.values import parse_db_int
-from tasks_app.views.pages import errors_text, filtered_tasks
 
 SINGLE_ACTIONS: dict[str, tuple[str, Callable[..., Any]]] = {
     "retry": ("Retried", services.task_retry),

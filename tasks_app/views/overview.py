@@ -1,119 +1,23 @@
-"""The workflow overview (home page): the graph, counts, ages, throughput, workers.
+"""The workflow overview (home page): the graph of stages, their counts, ages, throughput, and the live workers.
 
-Counts stay cheap on millions of rows: pending and locked are counted exactly
-(they are the small, indexed part of the table); completed and failed come
-from one GROUP BY (a 1% block sample on big PostgreSQL tables, shown as
-estimates) cached for FINISHED_TTL seconds; throughput reads the last hour
-through the completed_at index, cached for THROUGHPUT_TTL seconds.
+The numbers come from selectors/overview.py (exact live counts, cached and
+possibly sampled finished counts, cached throughput); this module draws them.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict, deque
-from datetime import timedelta
-from typing import Any
 
-from django.conf import settings
 from django.contrib.auth.decorators import login_required, permission_required
-from django.core.cache import cache
-from django.db import connection
-from django.db.models import Count, Min
-from django.db.models.functions import TruncMinute
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.utils import timezone
 
-from tasks_app.models import Stage, Task, Transition, WorkerProcess
+from tasks_app.models import Stage, Task, Transition
+from tasks_app.selectors.overview import FINISHED_TTL, finished_counts, live_counts, throughput
+from tasks_app.selectors.workers import live_workers
 
-FINISHED_TTL = 60
-THROUGHPUT_TTL = 15
 BOX_W, BOX_H, COL_W, ROW_H, PAD = 250, 112, 330, 140, 20
-
-
-# Above this many rows (PostgreSQL's own estimate), completed and failed counts
-# are estimated from a block sample instead of counted: the exact GROUP BY
-# costs ~0.4 s at a million rows, the sample a few milliseconds. The sample is
-# 1% of the table but at most SAMPLE_PAGES pages (~20,000 rows): a fixed 1% read
-# 4,600 random pages (~0.75 s cold) at 10M rows.
-ESTIMATE_ABOVE = 200_000
-SAMPLE_PERCENT = 1.0
-SAMPLE_PAGES = 1000
-
-
-def _table_estimate() -> tuple[int, int]:
-    """(rows, pages) of the task table from pg_class; (0, 0) on SQLite."""
-    if connection.vendor != "postgresql":
-        return 0, 0
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT reltuples::bigint, relpages FROM pg_class WHERE oid = 'tasks_app_task'::regclass")
-        row = cursor.fetchone()
-    return (max(int(row[0]), 0), max(int(row[1]), 0)) if row else (0, 0)
-
-
-def finished_counts() -> tuple[dict[int, dict[str, int]], bool]:
-    """Completed and failed tasks per stage, and whether they are estimates."""
-
-    def compute() -> tuple[dict[int, dict[str, int]], bool]:
-        out: dict[int, dict[str, int]] = defaultdict(dict)
-        rows_estimate, pages = _table_estimate()
-        if rows_estimate > ESTIMATE_ABOVE:
-            percent = min(SAMPLE_PERCENT, 100 * SAMPLE_PAGES / max(pages, 1))
-            with connection.cursor() as cursor:
-                cursor.execute(
-                    "SELECT stage_id, status, count(*) FROM tasks_app_task TABLESAMPLE SYSTEM (%s)"
-                    " WHERE status IN ('completed', 'failed') GROUP BY 1, 2",
-                    [percent],
-                )
-                for stage_id, status, n in cursor.fetchall():
-                    out[stage_id][status] = round(n * 100 / percent)
-            return dict(out), True
-        rows = (
-            Task.objects.filter(status__in=[Task.Status.COMPLETED, Task.Status.FAILED])
-            .values_list("stage_id", "status")
-            .annotate(n=Count("id"))
-        )
-        for stage_id, status, n in rows:
-            out[stage_id][status] = n
-        return dict(out), False
-
-    return cache.get_or_set("tasks_app:overview:finished", compute, FINISHED_TTL)
-
-
-def live_counts() -> dict[int, dict[str, Any]]:
-    out: dict[int, dict[str, Any]] = defaultdict(dict)
-    rows = (
-        Task.objects.filter(status__in=[Task.Status.PENDING, Task.Status.LOCKED])
-        .values_list("stage_id", "status")
-        .annotate(n=Count("id"), oldest=Min("created_at"))
-    )
-    for stage_id, status, n, oldest in rows:
-        out[stage_id][status] = n
-        if status == Task.Status.PENDING:
-            out[stage_id]["oldest_pending"] = oldest
-    return dict(out)
-
-
-def throughput() -> tuple[dict[int, int], dict[int, list[int]]]:
-    """Completions per stage in the last hour, and per minute (60 buckets, oldest first)."""
-
-    def compute() -> tuple[dict[int, int], dict[int, list[int]]]:
-        now = timezone.now().replace(second=0, microsecond=0)
-        start = now - timedelta(minutes=59)
-        per_minute: dict[int, list[int]] = defaultdict(lambda: [0] * 60)
-        rows = (
-            Task.objects.filter(completed_at__gte=start, status=Task.Status.COMPLETED)
-            .annotate(minute=TruncMinute("completed_at"))
-            .values_list("stage_id", "minute")
-            .annotate(n=Count("id"))
-        )
-        for stage_id, minute, n in rows:
-            index = int((minute - start).total_seconds() // 60)
-            if 0 <= index < 60:
-                per_minute[stage_id][index] += n
-        per_minute = dict(per_minute)
-        return {sid: sum(series) for sid, series in per_minute.items()}, per_minute
-
-    return cache.get_or_set("tasks_app:overview:throughput", compute, THROUGHPUT_TTL)
 
 
 def layout(stages: list[Stage], transitions: list[Transition]) -> dict[int, tuple[int, int]]:
@@ -187,8 +91,7 @@ def overview(request: HttpRequest) -> HttpResponse:
                        "lx": (x1 + x2) / 2, "ly": (y1 + y2) / 2 - 6})  # fmt: skip
     width = max((b["x"] for b in boxes), default=0) + BOX_W + PAD
     height = max((b["y"] for b in boxes), default=0) + BOX_H + PAD * 2
-    cutoff = now - timedelta(seconds=settings.TASKS_WORKER_DEAD_AFTER)
-    workers = WorkerProcess.objects.filter(stopped_at__isnull=True, last_heartbeat__gte=cutoff).order_by("worker_id")
+    workers = live_workers(now).order_by("worker_id")
     ctx = {
         "boxes": boxes,
         "arrows": arrows,

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 from django.db import connection
 
-from tasks_app import metrics
 from tasks_app.logcontext import log_context
+from tasks_app.services import histograms
 from tasks_app.worker.handlers import Handler, HandlerTask, Outcome, run_handler
 
 
@@ -67,7 +67,7 @@ class Slot(threading.Thread):
         except BaseException as exc:  # run_handler's own cleanup failing (the database gone): retry the task
             outcome = Outcome.from_exception(exc, permanent=False)
         seconds = time.monotonic() - (job.started_at or 0.0)
-        metrics.observe("handler", worker_id=self.worker_id, stage=stage, seconds=seconds)
+        histograms.observe("handler", worker_id=self.worker_id, stage=stage, seconds=seconds)
         return outcome
 
 

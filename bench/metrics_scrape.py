@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Cost of /metrics on a big PostgreSQL database, and of the claim histogram.
 
-    python scripts/with_postgres.py -- python bench/metrics.py --count 1000000
+    python scripts/with_postgres.py -- python bench/metrics_scrape.py --count 1000000
 
 Seeds --count tasks (with their ~2 events each) with `manage.py seed_tasks`,
 then measures, server side, in milliseconds:
@@ -13,7 +13,7 @@ then measures, server side, in milliseconds:
   scrape every TASKS_METRICS_CACHE seconds costs), and cached;
 - an incremental fold of --new fresh events (what a scrape after a busy
   15 seconds adds);
-- a claim of one batch at one stage, and metrics.observe() alone.
+- a claim of one batch at one stage, and histograms.observe() alone.
 """
 
 from __future__ import annotations
@@ -56,10 +56,9 @@ def main() -> int:
     from django.test import Client
     from django.utils import timezone
 
-    from tasks_app import metrics
     from tasks_app.models import CounterCursor, Stage, TaskEvent, WorkerProcess
-    from tasks_app.services import task_claim, tasks_create_bulk
-    from tasks_app.views.metrics import CACHE_KEY
+    from tasks_app.services import counters, histograms, task_claim, tasks_create_bulk
+    from tasks_app.views.prometheus import CACHE_KEY
 
     call_command("migrate", verbosity=0)
     print(f"seeding {args.count:,} tasks ...", flush=True)
@@ -71,11 +70,11 @@ def main() -> int:
 
     # 1. The first fold: from nothing to every seeded event, in bounded steps
     #    (as if SETTLE_SECONDS had passed since the newest seeded event).
-    later = timezone.now() + timedelta(seconds=metrics.SETTLE_SECONDS + 1)
+    later = timezone.now() + timedelta(seconds=counters.SETTLE_SECONDS + 1)
     steps = []
     while not CounterCursor.objects.filter(last_event_id__gte=last_id).exists():
         t = time.perf_counter()
-        counted = metrics.counters_fold(now=later)
+        counted = counters.counters_fold(now=later)
         steps.append((time.perf_counter() - t, counted))
     total = sum(s for s, _ in steps)
     print(f"first fold: {len(steps)} step(s), {ms(total)} ms in all; per step (ms, events):", flush=True)
@@ -84,9 +83,9 @@ def main() -> int:
 
     # Registry rows as a long-lived installation has them: every start leaves one.
     stages = list(Stage.objects.values_list("slug", flat=True))
-    snapshot = {"version": 1, "buckets": list(metrics.BUCKETS)}
-    for name in metrics.HISTOGRAMS:
-        snapshot[name] = {slug: {"counts": [3] * (len(metrics.BUCKETS) + 1), "sum": 1.5} for slug in stages}
+    snapshot = {"version": 1, "buckets": list(histograms.BUCKETS)}
+    for name in histograms.HISTOGRAMS:
+        snapshot[name] = {slug: {"counts": [3] * (len(histograms.BUCKETS) + 1), "sum": 1.5} for slug in stages}
     now = timezone.now()
     WorkerProcess.objects.bulk_create(
         WorkerProcess(worker_id=f"bench-{i}", host="h", pid=i, last_heartbeat=now, stopped_at=now, metrics=snapshot)
@@ -120,7 +119,7 @@ def main() -> int:
         rows.append((label, statistics.median(samples), max(samples)))
 
     # 2. What a scrape parts cost on their own (median of --repeat).
-    from tasks_app.views.overview import live_counts
+    from tasks_app.selectors.overview import live_counts
 
     def timed(fn) -> tuple[float, float]:  # type: ignore[no-untyped-def]
         samples = []
@@ -130,27 +129,28 @@ def main() -> int:
             samples.append(time.perf_counter() - t)
         return statistics.median(samples), max(samples)
 
-    rows.append(("  of which: fold with nothing new", *timed(metrics.counters_fold)))
+    rows.append(("  of which: fold with nothing new", *timed(counters.counters_fold)))
     rows.append(("  of which: pending/locked/oldest (live_counts)", *timed(live_counts)))
 
     def histograms_cold() -> object:
         cache.clear()
-        return metrics.worker_histograms()
+        return histograms.worker_histograms()
 
-    rows.append((f"  of which: histograms, {args.workers} stopped workers cached", *timed(metrics.worker_histograms)))
+    cached = timed(histograms.worker_histograms)
+    rows.append((f"  of which: histograms, {args.workers} stopped workers cached", *cached))
     rows.append((f"  of which: histograms, {args.workers} stopped workers summed", *timed(histograms_cold)))
 
     # 3. An incremental fold of --new fresh events (folded as if SETTLE_SECONDS had passed).
     stage = Stage.objects.create(slug="bench-metrics", name="Bench", handler="bench.handlers.noop")
     tasks_create_bulk(items=[(stage, "order", {"n": i}) for i in range(args.new)])
-    later = timezone.now() + timedelta(seconds=metrics.SETTLE_SECONDS + 1)
+    later = timezone.now() + timedelta(seconds=counters.SETTLE_SECONDS + 1)
     t = time.perf_counter()
-    counted = metrics.counters_fold(now=later)
+    counted = counters.counters_fold(now=later)
     seconds = time.perf_counter() - t
     rows.append((f"incremental fold of {counted:,} new events", seconds, seconds))
 
     # 4. The claim and its histogram observation.
-    metrics.worker_opened("bench-claimer")
+    histograms.worker_opened("bench-claimer")
     claims = []
     for _ in range(50):
         t = time.perf_counter()
@@ -158,7 +158,7 @@ def main() -> int:
         claims.append(time.perf_counter() - t)
     rows.append(("claim of 10 tasks (observed)", statistics.median(claims), max(claims)))
     n = 200_000
-    observe = metrics.observe
+    observe = histograms.observe
     per_call = timeit.timeit(
         lambda: observe("claim", worker_id="bench-claimer", stage=stage.slug, seconds=0.003), number=n
     )

@@ -14,7 +14,7 @@ set, or a user without the permission), or 404 when neither setting is set:
 the endpoint is off until it is configured.
 
 The body is computed at most once per TASKS_METRICS_CACHE seconds per
-process: one counter fold (tasks_app.metrics) and a handful of small queries.
+process: one counter fold (services/counters.py) and a handful of small queries.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import hmac
 import ipaddress
 from collections.abc import Iterator, Sequence
-from datetime import timedelta
 from typing import Any
 
 from django.conf import settings
@@ -34,9 +33,11 @@ from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
-from tasks_app.metrics import BUCKETS, EXPIRED_FAILED, counter_values, counters_fold, worker_histograms
-from tasks_app.models import Stage, TaskEvent, WorkerProcess
-from tasks_app.views.overview import live_counts
+from tasks_app.models import Stage, TaskEvent
+from tasks_app.selectors.overview import live_counts
+from tasks_app.selectors.workers import live_workers
+from tasks_app.services.counters import EXPIRED_FAILED, counter_values, counters_fold
+from tasks_app.services.histograms import BUCKETS, worker_histograms
 
 CACHE_KEY = "tasks_app:metrics"
 
@@ -114,8 +115,7 @@ class TasksCollector:
         yield from (pending, locked, age)
 
     def _workers(self) -> Metric:
-        cutoff = timezone.now() - timedelta(seconds=settings.TASKS_WORKER_DEAD_AFTER)
-        live = WorkerProcess.objects.filter(stopped_at__isnull=True, last_heartbeat__gte=cutoff).count()
+        live = live_workers().count()
         return GaugeMetricFamily("tasks_workers_live", "Worker processes running and heard from lately.", value=live)
 
     def _histograms(self) -> Iterator[Metric]:

@@ -1,0 +1,13 @@
+"""Reads that more than one interface needs (pages, API, /metrics, health, benchmarks).
+
+Selectors only read: every write is a service (tasks_app.services). A view,
+an API view or a command that needs the same rows as another imports them
+from here, never from another view.
+
+- tasks.py: the task list's filters and its keyset pages (list page, rows refresh, bulk actions).
+- overview.py: tasks per stage and status: live counts (exact), finished counts (sampled on big
+  PostgreSQL tables), throughput; the overview, /metrics and /api/health/ read them.
+- workers.py: the worker processes alive now.
+"""
+
+from __future__ import annotations

@@ -1,0 +1,114 @@
+"""Per-stage counters that outlive a process and a prune: tasks created, completed, failed, ... per stage.
+
+Counters must be right with any number of web and worker processes on any
+number of machines, and keep growing when old tasks and their history are
+pruned. So they live in the database: `counters_fold()` adds the history
+events written since the last fold (CounterCursor) to StageCounter, one row
+per (stage, event kind). Events whose task was deleted before they were
+folded are skipped: pruning runs on tasks finished days ago, whose events
+were folded long before, so in practice nothing is lost. /metrics
+(views/prometheus.py) folds, then reads them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from django.db import connection, transaction
+from django.db.models import Count, Max, Min, Q
+from django.utils import timezone
+
+from tasks_app.models import CounterCursor, StageCounter, TaskEvent
+
+# A pseudo-kind: lock_expired events whose sweep failed the task (max attempts
+# reached). The sweep writes no "failed" event for them, yet the task failed.
+EXPIRED_FAILED = "lock_expired:failed"
+
+# The most events one fold reads, so the first scrape of a long history stays
+# bounded; the next scrape goes on from there.
+FOLD_MAX_ROWS = 1_000_000
+
+# PostgreSQL: only events at least this old are folded. Event ids come from a
+# sequence when the row is inserted, not when it commits: a transaction that
+# took id 100 and commits after another one committed id 101 would be skipped
+# for ever by a cursor that had already moved past 101. Folding only up to the
+# newest event older than SETTLE_SECONDS leaves that much time for such a
+# transaction to commit; every event written by the services commits within
+# milliseconds of its `at`. SQLite needs no margin: writers are serialised
+# (BEGIN IMMEDIATE) and the fold holds the write lock, so no lower id can
+# still appear.
+SETTLE_SECONDS = 30.0
+
+CURSOR_PK = 1
+
+
+def counters_fold(*, now: datetime | None = None, max_rows: int = FOLD_MAX_ROWS) -> int:
+    """Add the history events written since the last fold to StageCounter; returns how many were counted.
+
+    The count leaves out events of deleted tasks, so 0 does not always mean the
+    cursor stood still; loop on the cursor to catch up.
+
+    1. Lock the cursor row: a concurrent fold waits here, then sees the moved cursor.
+    2. Pick the upper id: at most max_rows ids from the first new one, and settled (SETTLE_SECONDS).
+    3. Count the events in (cursor, upper] per stage and kind: one GROUP BY, joined to
+       tasks for the stage (a task never changes stage; events of deleted tasks drop out).
+    4. Add the counts to StageCounter and move the cursor, in the same transaction.
+    """
+    now = now or timezone.now()
+    CounterCursor.objects.get_or_create(pk=CURSOR_PK)
+    with transaction.atomic():
+        cursor = CounterCursor.objects.select_for_update().get(pk=CURSOR_PK)
+        start = cursor.last_event_id
+        upper = _fold_upper(start=start, max_rows=max_rows, now=now)
+        if upper <= start:
+            return 0
+        rows = (
+            TaskEvent.objects.filter(id__gt=start, id__lte=upper)
+            .values_list("task__stage_id", "kind")
+            .annotate(n=Count("id"), failed=Count("id", filter=Q(kind="lock_expired", details__now="failed")))
+        )
+        counts: dict[tuple[int, str], int] = {}
+        for stage_id, kind, n, failed in rows:
+            counts[(stage_id, kind)] = n
+            if failed:
+                counts[(stage_id, EXPIRED_FAILED)] = failed
+        _add_counts(counts)
+        CounterCursor.objects.filter(pk=CURSOR_PK).update(last_event_id=upper, updated_at=now)
+    return sum(n for (_, kind), n in counts.items() if kind != EXPIRED_FAILED)
+
+
+def _fold_upper(*, start: int, max_rows: int, now: datetime) -> int:
+    """The highest event id this fold may count (start if none)."""
+    # Count max_rows ids from the first event after the cursor, not from the
+    # cursor: after a prune (or a first fold of a table whose low ids are
+    # gone) the ids just past the cursor may all be deleted.
+    first = TaskEvent.objects.filter(id__gt=start).aggregate(first=Min("id"))["first"]
+    if first is None:
+        return start
+    events = TaskEvent.objects.filter(id__gt=start, id__lt=first + max_rows)
+    if connection.vendor == "postgresql":
+        # max(id) with a filter: a backward walk of the primary key that stops at
+        # the first settled event, so it reads only the last few seconds' events.
+        events = events.filter(at__lte=now - timedelta(seconds=SETTLE_SECONDS))
+    return events.aggregate(upper=Max("id"))["upper"] or start
+
+
+def _add_counts(counts: dict[tuple[int, str], int]) -> None:
+    """Add to StageCounter; the caller holds the cursor lock, so nobody else writes these rows."""
+    assert connection.in_atomic_block
+    existing = {(c.stage_id, c.kind): c for c in StageCounter.objects.filter(stage_id__in={s for s, _ in counts})}
+    changed, new = [], []
+    for key, n in counts.items():
+        counter = existing.get(key)
+        if counter is None:
+            new.append(StageCounter(stage_id=key[0], kind=key[1], value=n))
+        else:
+            counter.value += n
+            changed.append(counter)
+    StageCounter.objects.bulk_create(new)
+    StageCounter.objects.bulk_update(changed, ["value"])
+
+
+def counter_values() -> dict[tuple[int, str], int]:
+    """Every counter: (stage id, kind) -> value."""
+    return {(s, k): v for s, k, v in StageCounter.objects.values_list("stage_id", "kind", "value")}
