@@ -10,6 +10,7 @@ import secrets
 from datetime import datetime
 from typing import Any
 
+from croniter import croniter
 from django.conf import settings
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
@@ -21,6 +22,7 @@ from django.utils import timezone
 
 from tasks_app.handler_modules import validate_handler
 from tasks_app.limits import MAX_ATTEMPTS, MAX_LOCK_TIMEOUT, MAX_RUN_TIME, json_depth_exceeds, json_has_nul
+from tasks_app.schema_rules import schema_map_problems
 
 TYPE_MAX_LENGTH = 100
 # PostgreSQL stores no U+0000 in text or jsonb; refuse it on every database alike.
@@ -91,8 +93,6 @@ CRON_MAX_YEARS_BETWEEN = 10
 
 
 def validate_cron(value: str) -> None:
-    from croniter import croniter
-
     if not value:
         return
     if len(value.split()) != 5 or not croniter.is_valid(value):
@@ -115,8 +115,6 @@ def validate_cron(value: str) -> None:
 
 
 def validate_schema_map(value: object) -> None:
-    from tasks_app.services.schemas import schema_map_problems
-
     problems = schema_map_problems(value)
     if problems:
         raise ValidationError(problems, code="bad_schema")

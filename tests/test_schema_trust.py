@@ -30,8 +30,8 @@ from django.test import Client
 from jsonschema import validators
 from rest_framework.test import APIClient
 
+from tasks_app import schema_rules as schemas_module
 from tasks_app.models import Stage, Task, TaskEvent, Transition, validate_cron
-from tasks_app.services import schemas as schemas_module
 from tasks_app.services import task_claim, task_create, task_send
 from tasks_app.services.schemas import MAX_SCHEMA_DEPTH, payload_errors, schema_map_problems
 
