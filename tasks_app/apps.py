@@ -1,6 +1,9 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
+
+from tasks_app.api.throttles import create_cache_tables
 
 
 class TasksAppConfig(AppConfig):
@@ -9,10 +12,10 @@ class TasksAppConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from django.db.models.signals import post_migrate
-
+        # Not at the top: Django imports this module while it is still loading the
+        # apps, and the checks import the models, which need the app registry
+        # ready. ready() is where Django wants checks registered (their decorators run on import).
         from tasks_app import checks  # noqa: F401  (registers the system checks)
-        from tasks_app.api.throttles import create_cache_tables
 
         # `migrate` also creates the throttle counters' table: no extra deploy step to forget.
         post_migrate.connect(create_cache_tables, sender=self)
