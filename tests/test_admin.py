@@ -7,94 +7,26 @@ rendered page (see form_fields) and the test changes only what it means to.
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from html.parser import HTMLParser
 from typing import Any
 
 import pytest
 from django.contrib import messages
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser, Permission
+from django.contrib.auth.models import AbstractBaseUser
 from django.http import HttpResponse
 from django.test import Client
 from django.utils import timezone
 
 from tasks_app.models import Stage, Task, TaskEvent
 from tasks_app.services import task_create
-from tests.conftest import make_tasks_in_every_state
-
-TASK_URL = "/admin/tasks_app/task/"
-STAGE_URL = "/admin/tasks_app/stage/"
-TRANSITION_URL = "/admin/tasks_app/transition/"
-SCRIPT = "<script>alert(1)</script>"
-ESCAPED_SCRIPT = "&lt;script&gt;alert(1)&lt;/script&gt;"
+from tests.support.pages import ESCAPED_SCRIPT, SCRIPT, STAGE_URL, TASK_URL, TRANSITION_URL, form_fields
+from tests.support.users import all_view_codenames, logged_in, make_user
 
 
 def change_url(task: Task) -> str:
     return f"{TASK_URL}{task.pk}/change/"
 
 
-# -- posting forms like a browser ----------------------------------------------
-
-
-class _FormFields(HTMLParser):
-    """Collects what a browser would submit from the <form id=...> of a page."""
-
-    def __init__(self, form_id: str) -> None:
-        super().__init__(convert_charrefs=True)
-        self.form_id = form_id
-        self.inside = False
-        self.data: dict[str, list[str]] = {}
-        self._textarea: str | None = None
-        self._text: list[str] = []
-        self._select: str | None = None
-        self._options: list[tuple[str, bool]] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k: v or "" for k, v in attrs}
-        if tag == "form" and a.get("id") == self.form_id:
-            self.inside = True
-        if not self.inside or "name" not in a:
-            if tag == "option" and self._select is not None:
-                self._options.append((a.get("value", ""), "selected" in a))
-            return
-        name = a["name"]
-        if tag == "input":
-            kind = a.get("type", "text")
-            if kind in ("submit", "button", "file", "image", "reset"):
-                return
-            if kind in ("checkbox", "radio") and "checked" not in a:
-                return
-            self.data.setdefault(name, []).append(a.get("value", "on" if kind == "checkbox" else ""))
-        elif tag == "textarea":
-            self._textarea, self._text = name, []
-        elif tag == "select":
-            self._select, self._options = name, []
-
-    def handle_data(self, data: str) -> None:
-        if self._textarea is not None:
-            self._text.append(data)
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "form":
-            self.inside = False
-        elif tag == "textarea" and self._textarea is not None:
-            # Browsers drop the one newline that follows <textarea>.
-            self.data.setdefault(self._textarea, []).append("".join(self._text).removeprefix("\n"))
-            self._textarea = None
-        elif tag == "select" and self._select is not None:
-            chosen = [v for v, selected in self._options if selected] or [v for v, _ in self._options[:1]]
-            self.data.setdefault(self._select, []).extend(chosen)
-            self._select = None
-
-
-def form_fields(client: Client, url: str, form_id: str = "task_form") -> dict[str, Any]:
-    response = client.get(url)
-    assert response.status_code == 200
-    parser = _FormFields(form_id)
-    parser.feed(response.content.decode())
-    assert parser.data, f"no <form id={form_id}> fields on {url}"
-    # A <select> with no options (an empty autocomplete) submits nothing.
-    return {name: values if len(values) > 1 else values[0] for name, values in parser.data.items() if values}
+# -- posting forms like a browser (the fields come from tests.support.pages.form_fields) ----
 
 
 def split_datetime(when: datetime) -> dict[str, str]:
@@ -121,7 +53,7 @@ def snapshot(task: Task) -> dict[str, Any]:
 
 @pytest.fixture
 def boss(db: None) -> AbstractBaseUser:
-    return get_user_model().objects.create_superuser("boss", "boss@example.com", "pw")
+    return make_user("boss", superuser=True)
 
 
 @pytest.fixture
@@ -133,19 +65,7 @@ def boss_client(client: Client, boss: AbstractBaseUser) -> Client:
 @pytest.fixture
 def viewer_client(db: None) -> Client:
     """A staff user with only the view permissions of tasks_app."""
-    viewer = get_user_model().objects.create_user("viewer", password="pw", is_staff=True)
-    viewer.user_permissions.set(
-        Permission.objects.filter(content_type__app_label="tasks_app", codename__startswith="view_")
-    )
-    client = Client()
-    client.force_login(viewer)
-    return client
-
-
-@pytest.fixture
-def tasks(world: dict[str, Stage]) -> dict[str, Task]:
-    """One task in every state, each at its own stage: pending, locked, expired lock, completed, failed."""
-    return make_tasks_in_every_state(world)
+    return logged_in(make_user("viewer", *all_view_codenames(), staff=True))
 
 
 # -- pages render ----------------------------------------------------------------
@@ -168,34 +88,34 @@ def tasks(world: dict[str, Stage]) -> dict[str, Task]:
     ],
 )
 def test_admin_page_renders_200_with_tasks_of_every_status(
-    boss_client: Client, tasks: dict[str, Task], url: str
+    boss_client: Client, every_state: dict[str, Task], url: str
 ) -> None:
     assert boss_client.get(url).status_code == 200
 
 
 def test_task_changelist_lists_every_task_and_flags_the_expired_lock(
-    boss_client: Client, tasks: dict[str, Task]
+    boss_client: Client, every_state: dict[str, Task]
 ) -> None:
     response = boss_client.get(TASK_URL)
     listed = {row.pk for row in response.context["cl"].result_list}
-    assert listed == {t.pk for t in tasks.values()}
+    assert listed == {t.pk for t in every_state.values()}
     html = response.content.decode()
     assert html.count("Locked (lock expired)") == 1
     for label in ("Pending", "Completed", "Failed"):
         assert f">{label}</b>" in html
 
 
-def test_task_search_by_id_finds_exactly_that_task(boss_client: Client, tasks: dict[str, Task]) -> None:
-    target = tasks["failed"]
+def test_task_search_by_id_finds_exactly_that_task(boss_client: Client, every_state: dict[str, Task]) -> None:
+    target = every_state["failed"]
     response = boss_client.get(TASK_URL, {"q": str(target.pk)})
     assert [t.pk for t in response.context["cl"].result_list] == [target.pk]
 
 
 @pytest.mark.parametrize("name", ["pending", "locked", "expired", "completed", "failed"])
 def test_task_change_page_renders_200_with_its_history_and_read_only_lifecycle_fields(
-    boss_client: Client, tasks: dict[str, Task], name: str
+    boss_client: Client, every_state: dict[str, Task], name: str
 ) -> None:
-    task = tasks[name]
+    task = every_state[name]
     response = boss_client.get(change_url(task))
     assert response.status_code == 200
     form = response.context["adminform"].form
@@ -243,9 +163,9 @@ def test_stage_change_form_adds_an_outgoing_transition_through_the_inline(
 
 
 def test_retry_action_makes_a_completed_task_pending_with_an_event_naming_the_user(
-    boss_client: Client, tasks: dict[str, Task]
+    boss_client: Client, every_state: dict[str, Task]
 ) -> None:
-    task = tasks["completed"]
+    task = every_state["completed"]
     response = post_action(boss_client, "retry", task, follow=True)
 
     assert response.status_code == 200
@@ -260,9 +180,9 @@ def test_retry_action_makes_a_completed_task_pending_with_an_event_naming_the_us
 
 
 def test_release_action_makes_a_locked_task_pending_with_lock_fields_cleared(
-    boss_client: Client, tasks: dict[str, Task]
+    boss_client: Client, every_state: dict[str, Task]
 ) -> None:
-    task = tasks["locked"]
+    task = every_state["locked"]
     response = post_action(boss_client, "release", task)
 
     assert response.status_code == 302
@@ -273,8 +193,8 @@ def test_release_action_makes_a_locked_task_pending_with_lock_fields_cleared(
     assert (event.actor, event.details) == ("user:boss", {"previous_status": "locked"})
 
 
-def test_mark_completed_action_completes_a_pending_task(boss_client: Client, tasks: dict[str, Task]) -> None:
-    task = tasks["pending"]
+def test_mark_completed_action_completes_a_pending_task(boss_client: Client, every_state: dict[str, Task]) -> None:
+    task = every_state["pending"]
     before = Task.objects.count()
     post_action(boss_client, "mark_completed", task)
 
@@ -286,9 +206,9 @@ def test_mark_completed_action_completes_a_pending_task(boss_client: Client, tas
 
 
 def test_action_on_a_task_in_the_wrong_state_changes_nothing_and_shows_a_warning(
-    boss_client: Client, tasks: dict[str, Task]
+    boss_client: Client, every_state: dict[str, Task]
 ) -> None:
-    task = tasks["pending"]
+    task = every_state["pending"]
     before = snapshot(task)
     events_before = TaskEvent.objects.count()
 
@@ -303,14 +223,15 @@ def test_action_on_a_task_in_the_wrong_state_changes_nothing_and_shows_a_warning
 
 
 def test_action_on_a_mixed_selection_changes_the_allowed_tasks_and_warns_about_the_rest(
-    boss_client: Client, tasks: dict[str, Task]
+    boss_client: Client, every_state: dict[str, Task]
 ) -> None:
-    response = post_action(boss_client, "retry", tasks["completed"], tasks["failed"], tasks["pending"], follow=True)
+    chosen = every_state["completed"], every_state["failed"], every_state["pending"]
+    response = post_action(boss_client, "retry", *chosen, follow=True)
 
     shown = shown_messages(response)
     assert shown[0] == (messages.SUCCESS, "Retried 2 task(s).")
-    assert shown[1][0] == messages.WARNING and f"Cannot retry task {tasks['pending'].pk}" in shown[1][1]
-    statuses = Task.objects.filter(pk__in=[t.pk for t in tasks.values()]).values_list("status", flat=True)
+    assert shown[1][0] == messages.WARNING and f"Cannot retry task {every_state['pending'].pk}" in shown[1][1]
+    statuses = Task.objects.filter(pk__in=[t.pk for t in every_state.values()]).values_list("status", flat=True)
     assert sorted(statuses) == ["locked", "locked", "pending", "pending", "pending"]
 
 
@@ -409,9 +330,9 @@ def test_add_form_keeps_a_future_available_at(boss_client: Client, world: dict[s
 
 
 def test_editing_the_payload_of_a_pending_task_records_an_edited_event(
-    boss_client: Client, tasks: dict[str, Task]
+    boss_client: Client, every_state: dict[str, Task]
 ) -> None:
-    task = tasks["pending"]
+    task = every_state["pending"]
     data = form_fields(boss_client, change_url(task))
     data.update(payload='{"amount": 99, "note": "fixed by hand"}', _save="Save")
 
@@ -427,9 +348,9 @@ def test_editing_the_payload_of_a_pending_task_records_an_edited_event(
 
 
 def test_change_form_ignores_posted_status_lock_stage_and_type(
-    boss_client: Client, tasks: dict[str, Task], world: dict[str, Stage]
+    boss_client: Client, every_state: dict[str, Task], world: dict[str, Stage]
 ) -> None:
-    task = tasks["pending"]
+    task = every_state["pending"]
     data = form_fields(boss_client, change_url(task))
     data.update(
         payload='{"amount": 11}',
@@ -460,8 +381,8 @@ def test_change_form_ignores_posted_status_lock_stage_and_type(
     assert list(task.events.values_list("kind", flat=True)) == ["created", "edited"]
 
 
-def test_saving_the_change_form_unchanged_records_no_event(boss_client: Client, tasks: dict[str, Task]) -> None:
-    task = tasks["failed"]
+def test_saving_the_change_form_unchanged_records_no_event(boss_client: Client, every_state: dict[str, Task]) -> None:
+    task = every_state["failed"]
     before = snapshot(task)
     events_before = TaskEvent.objects.count()
     data = form_fields(boss_client, change_url(task))
@@ -474,10 +395,12 @@ def test_saving_the_change_form_unchanged_records_no_event(boss_client: Client, 
     assert TaskEvent.objects.count() == events_before
 
 
-def test_change_form_does_not_silently_drop_an_edited_available_at(boss_client: Client, tasks: dict[str, Task]) -> None:
+def test_change_form_does_not_silently_drop_an_edited_available_at(
+    boss_client: Client, every_state: dict[str, Task]
+) -> None:
     # Scheduling belongs to the lifecycle: available_at is read-only on change,
     # so a posted value can't be silently dropped while the admin reports success.
-    task = tasks["pending"]
+    task = every_state["pending"]
     later = (timezone.now() + timedelta(days=2)).replace(microsecond=0)
     response = boss_client.get(change_url(task))
     if "available_at" not in response.context["adminform"].form.fields:
@@ -494,9 +417,9 @@ def test_change_form_does_not_silently_drop_an_edited_available_at(boss_client: 
 
 
 def test_change_form_rejects_a_non_object_payload_and_keeps_the_old_one(
-    boss_client: Client, tasks: dict[str, Task]
+    boss_client: Client, every_state: dict[str, Task]
 ) -> None:
-    task = tasks["pending"]
+    task = every_state["pending"]
     data = form_fields(boss_client, change_url(task))
     data.update(payload="[1, 2]", _save="Save")
 
@@ -510,14 +433,14 @@ def test_change_form_rejects_a_non_object_payload_and_keeps_the_old_one(
 
 
 def test_editing_the_payload_of_a_locked_task_is_refused_without_a_server_error(
-    boss_client: Client, tasks: dict[str, Task]
+    boss_client: Client, every_state: dict[str, Task]
 ) -> None:
     # The payload of a locked task is editable in the form, but
     # services.task_edit_payload refuses locked tasks with TaskStateError,
     # which TaskAdmin.save_model does not handle: the POST is a 500. Fails
     # until the admin makes the payload read-only for locked tasks (or turns
     # the refusal into a form error / message).
-    task = tasks["locked"]
+    task = every_state["locked"]
     before = snapshot(task)
     data = form_fields(boss_client, change_url(task))
     if "payload" in data:
@@ -558,25 +481,25 @@ def test_a_long_payload_is_truncated_in_the_changelist(boss_client: Client, worl
 # -- permissions -------------------------------------------------------------------
 
 
-def test_view_only_staff_can_see_the_task_pages(viewer_client: Client, tasks: dict[str, Task]) -> None:
+def test_view_only_staff_can_see_the_task_pages(viewer_client: Client, every_state: dict[str, Task]) -> None:
     assert viewer_client.get(TASK_URL).status_code == 200
     assert viewer_client.get(STAGE_URL).status_code == 200
-    response = viewer_client.get(change_url(tasks["pending"]))
+    response = viewer_client.get(change_url(every_state["pending"]))
     assert response.status_code == 200
     assert 'name="_save"' not in response.content.decode()
 
 
-def test_view_only_staff_is_offered_no_actions(viewer_client: Client, tasks: dict[str, Task]) -> None:
+def test_view_only_staff_is_offered_no_actions(viewer_client: Client, every_state: dict[str, Task]) -> None:
     response = viewer_client.get(TASK_URL)
     assert response.context["action_form"] is None
 
 
-def test_view_only_staff_posting_an_action_changes_nothing(viewer_client: Client, tasks: dict[str, Task]) -> None:
+def test_view_only_staff_posting_an_action_changes_nothing(viewer_client: Client, every_state: dict[str, Task]) -> None:
     # Django (5.2) does not answer 403 here: a user without the actions'
     # "change" permission has no actions at all, so ModelAdmin.changelist_view
     # does not treat the POST as one and renders the changelist again (200).
     # What matters is that nothing happens.
-    task = tasks["completed"]
+    task = every_state["completed"]
     before = snapshot(task)
     events_before = TaskEvent.objects.count()
 
@@ -590,9 +513,9 @@ def test_view_only_staff_posting_an_action_changes_nothing(viewer_client: Client
 
 
 def test_view_only_staff_posting_the_change_form_gets_403(
-    viewer_client: Client, boss_client: Client, tasks: dict[str, Task]
+    viewer_client: Client, boss_client: Client, every_state: dict[str, Task]
 ) -> None:
-    task = tasks["pending"]
+    task = every_state["pending"]
     before = snapshot(task)
     data = form_fields(boss_client, change_url(task))
     data.update(payload='{"amount": 1000}', _save="Save")
@@ -619,9 +542,9 @@ def test_anonymous_user_is_redirected_to_the_login_page(client: Client, world: d
 
 
 def test_anonymous_action_post_is_redirected_to_login_and_changes_nothing(
-    client: Client, tasks: dict[str, Task]
+    client: Client, every_state: dict[str, Task]
 ) -> None:
-    task = tasks["completed"]
+    task = every_state["completed"]
     before = snapshot(task)
 
     response = post_action(client, "retry", task)

@@ -14,23 +14,16 @@ from __future__ import annotations
 import re
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
 from django.test import Client
 
 from tasks_app.models import Stage
-from tests.conftest import make_tasks_in_every_state
-
-STAGE_URL = "/admin/tasks_app/stage/"
-TASK_URL = "/admin/tasks_app/task/"
+from tests.support.pages import STAGE_URL, TASK_URL
+from tests.support.users import logged_in, make_user
+from tests.support.world import make_tasks_in_every_state
 
 
 def staff_client(username: str, *codenames: str) -> Client:
-    user = get_user_model().objects.create_user(username, password="pw", is_staff=True)
-    user.user_permissions.set(Permission.objects.filter(content_type__app_label="tasks_app", codename__in=codenames))
-    client = Client()
-    client.force_login(user)
-    return client
+    return logged_in(make_user(username, *codenames, staff=True))
 
 
 @pytest.fixture

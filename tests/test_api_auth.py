@@ -26,12 +26,10 @@ from rest_framework.throttling import SimpleRateThrottle
 from tasks_app.api import health
 from tasks_app.models import Stage, Task, TaskEvent, Transition, WorkerProcess
 from tasks_app.services import task_complete
-from tests.conftest import ROOT
-
-pytest.register_assert_rewrite("tests.api_support")
-from tests.api_support import ROLES, call, claim_one, create, make_user, nothing_written, post  # noqa: E402
-
-pytest_plugins = ["tests.api_support"]
+from tests.support.api import call, post
+from tests.support.processes import ROOT
+from tests.support.users import ROLES, make_user
+from tests.support.world import claim_one, create, nothing_written
 
 
 @dataclass

@@ -38,10 +38,8 @@ from rest_framework.authtoken.models import Token
 
 from tasks_app.models import Stage, Task, Transition
 from tasks_app.services import task_claim, task_create
-from tests.conftest import make_tasks_in_every_state
-
-pytest.register_assert_rewrite("tests.api_support")
-from tests.api_support import OPERATOR_PERMS, make_user  # noqa: E402
+from tests.support.users import OPERATOR_PERMS, make_user
+from tests.support.world import make_tasks_in_every_state
 
 # Per operation. FUZZ_MAX_EXAMPLES=500 makes a deeper run (still derandomized) when hunting.
 MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "25"))
@@ -131,7 +129,7 @@ class World:
         )
         self.transition_ids = list(Transition.objects.order_by("id").values_list("id", flat=True))
         admin = make_user("fuzz-admin", superuser=True)
-        staff = make_user("fuzz-staff", codenames=OPERATOR_PERMS)
+        staff = make_user("fuzz-staff", *OPERATOR_PERMS)
         staff.is_staff = True
         staff.save(update_fields=["is_staff"])
         self.tokens = {role: Token.objects.create(user=user).key for role, user in [("admin", admin), ("staff", staff)]}

@@ -29,11 +29,9 @@ from rest_framework.test import APIClient
 
 from tasks_app.models import Stage, Task, Transition
 from tasks_app.services import task_claim, task_create
-
-pytest.register_assert_rewrite("tests.api_support")
-from tests.api_support import OPERATOR_PERMS, make_user, nothing_written, post, token_client  # noqa: E402
-
-pytest_plugins = ["tests.api_support"]
+from tests.support.api import post
+from tests.support.users import OPERATOR_PERMS, make_user, token_client
+from tests.support.world import nothing_written
 
 ROLES = ("member", "outsider", "superuser", "nobody")
 FORM_REFUSAL = (
@@ -64,8 +62,8 @@ def make_role(role: str) -> Any:
     if role == "superuser":
         return make_user("root", superuser=True)
     if role == "nobody":
-        return make_user("nobody", codenames=[])
-    user = make_user(role, codenames=OPERATOR_PERMS)
+        return make_user("nobody")
+    user = make_user(role, *OPERATOR_PERMS)
     if role == "member":
         user.groups.add(Group.objects.get(name="reviewers"))
     return user

@@ -1,6 +1,6 @@
 """REST API for stages and transitions, and the two stage-level task verbs: send and claim.
 
-Every refused request is checked to write nothing (tests.api_support.nothing_written).
+Every refused request is checked to write nothing (tests.support.world.nothing_written).
 """
 
 from __future__ import annotations
@@ -8,19 +8,14 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from rest_framework.test import APIClient
 
 from tasks_app.models import Stage, Task, TaskEvent, Transition
 from tasks_app.services import task_claim, task_complete
-
-pytest.register_assert_rewrite("tests.api_support")
-from tests.api_support import assert_refused, claim_one, create, ids, nothing_written, payload_of_size, post, raw_post  # noqa: E402
-
-pytest_plugins = ["tests.api_support"]
-
+from tests.support.api import assert_refused, ids, payload_of_size, post, raw_post
+from tests.support.world import claim_one, create, nothing_written
 
 # -- stages --------------------------------------------------------------------------------
 

@@ -1,7 +1,7 @@
 """REST API: the verbs a remote worker uses on claimed tasks (complete, release,
 heartbeat, bulk-complete), the operator's retry, and a worker's whole round trip.
 
-Every refused request is checked to write nothing (tests.api_support.nothing_written).
+Every refused request is checked to write nothing (tests.support.world.nothing_written).
 """
 
 from __future__ import annotations
@@ -9,29 +9,13 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from tasks_app.models import Stage, Task, TaskEvent
 from tasks_app.services import task_claim, task_complete
-
-pytest.register_assert_rewrite("tests.api_support")
-from tests.api_support import (  # noqa: E402
-    assert_refused,
-    at,
-    claim_one,
-    create,
-    get,
-    ids,
-    kinds,
-    nothing_written,
-    payload_of_size,
-    post,
-)
-
-pytest_plugins = ["tests.api_support"]
-
+from tests.support.api import assert_refused, at, get, ids, payload_of_size, post
+from tests.support.world import claim_one, create, kinds, nothing_written
 
 # -- complete ---------------------------------------------------------------------------
 

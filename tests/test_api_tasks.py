@@ -1,7 +1,7 @@
 """REST API for tasks: list and filter, create (single, idempotent, bulk), detail
 and history. The lock verbs are in test_api_task_actions.py.
 
-Every refused request is checked to write nothing (tests.api_support.nothing_written).
+Every refused request is checked to write nothing (tests.support.world.nothing_written).
 """
 
 from __future__ import annotations
@@ -9,28 +9,13 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
 from tasks_app.models import Stage, Task, TaskEvent
 from tasks_app.services import task_complete, task_create, task_send, tasks_create_bulk
-
-pytest.register_assert_rewrite("tests.api_support")
-from tests.api_support import (  # noqa: E402
-    assert_refused,
-    claim_one,
-    create,
-    get,
-    ids,
-    list_ids,
-    nothing_written,
-    payload_of_size,
-    post,
-    raw_post,
-)
-
-pytest_plugins = ["tests.api_support"]
+from tests.support.api import assert_refused, get, ids, list_ids, payload_of_size, post, raw_post
+from tests.support.world import claim_one, create, nothing_written
 
 KiB = 1024
 

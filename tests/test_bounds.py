@@ -25,13 +25,10 @@ from rest_framework.test import APIClient
 from tasks_app import limits, services
 from tasks_app.models import Stage, Task, Transition
 from tasks_app.worker import Worker
-from tests.conftest import ROOT, manage, subprocess_env
-from tests.test_admin import STAGE_URL, TASK_URL, form_fields
-
-pytest.register_assert_rewrite("tests.api_support")
-from tests.api_support import claim_one, create, nothing_written, post, raw_post, state  # noqa: E402
-
-pytest_plugins = ["tests.api_support"]
+from tests.support.api import post, raw_post
+from tests.support.pages import STAGE_URL, TASK_URL, form_fields
+from tests.support.processes import ROOT, manage, subprocess_env
+from tests.support.world import claim_one, create, nothing_written, state
 
 HUGE = 4611686018427387904  # 2**62: the lock_timeout that killed the worker on SQLite
 DEPTH = limits.DEFAULT_PAYLOAD_DEPTH

@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from tasks_app.models import Stage, Task, TaskEvent
 from tasks_app.services import task_claim, task_create
-from tests.conftest import manage
+from tests.support.processes import manage
 
 committed = pytest.mark.django_db(transaction=True)
 

@@ -21,7 +21,7 @@ from django.utils import timezone
 from tasks_app.models import Stage, Task, TaskEvent
 from tasks_app.services import TaskLockLost, task_claim, task_complete, task_create
 from tasks_app.services.claim import PG_CLAIM_SQL, claim_params
-from tests.conftest import finish, start_worker, wait_for
+from tests.support.processes import finish, start_worker, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 

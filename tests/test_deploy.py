@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import secrets
-import socket
 import subprocess
 import sys
 import time
@@ -15,26 +13,7 @@ from typing import Any
 
 from django.test import Client
 
-from tests.conftest import ROOT, subprocess_env
-
-
-def production_env(tmp_path: Path) -> dict[str, str]:
-    """The environment .env.example's production block describes, with a real secret and local paths."""
-    block = (ROOT / ".env.example").read_text().split("# --- production essentials ---")[1].split("\n# --- ")[0]
-    values = dict(
-        line.split("=", 1) for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")
-    )
-    assert {"DEBUG", "SECRET_KEY", "ALLOWED_HOSTS", "DATABASE_URL", "SECURE_PROXY_SSL_HEADER"} <= values.keys()
-    # Not the test run's own switches (the browser tests set DJANGO_ALLOW_ASYNC_UNSAFE).
-    drop = ("DATABASE_URL", "DEBUG", "DJANGO_ALLOW_ASYNC_UNSAFE")
-    env = {k: v for k, v in subprocess_env().items() if k not in drop}
-    env.update(values)
-    env["SECRET_KEY"] = secrets.token_urlsafe(50)
-    env["STATIC_ROOT"] = str(tmp_path / "static")
-    env["ALLOWED_HOSTS"] = values["ALLOWED_HOSTS"] + ",127.0.0.1"
-    # Nothing here needs the database; keep it local and throwaway.
-    env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'db.sqlite3'}"
-    return env
+from tests.support.processes import ROOT, free_port, production_env
 
 
 def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -72,12 +51,6 @@ def test_pages_carry_a_content_security_policy_and_refuse_framing(db: None, clie
     assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
     assert "unsafe-inline" not in policy
     assert response.headers["X-Frame-Options"] == "DENY"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:

@@ -1,6 +1,6 @@
 """Form stages ("My work"): who may work on them, open / submit / cancel, and the schema forms.
 
-The world here is its own (not conftest's checkout workflow):
+The world here is its own (not the checkout workflow of the `world` fixture):
 
     triage (form, no groups) --*-->        review
     review (form, reviewers) --approved--> invoice
@@ -40,17 +40,9 @@ from tasks_app.services.form_stages import (
     may_work_on,
     outgoing_types,
 )
-from tests.test_monitor_access import (
-    ESCAPED_SCRIPT,
-    LOGOUT_URL,
-    SCRIPT,
-    db_state,
-    logged_in,
-    login_redirect,
-    make_user,
-    page,
-    shown_messages,
-)
+from tests.support.pages import ESCAPED_SCRIPT, LOGOUT_URL, SCRIPT, login_redirect, page, shown_messages
+from tests.support.users import logged_in, make_user
+from tests.support.world import db_state
 
 S = Task.Status
 K = TaskEvent.Kind

@@ -36,9 +36,9 @@ from tasks_app.services import task_create
 from tasks_app.services.jobs import jobs_run_due
 from tasks_app.services.workflow import WorkflowInvalid, workflow_dump, workflow_load
 from tasks_app.worker import Worker
-from tests.api_support import make_user, token_client
-from tests.conftest import ROOT, finish, start_worker, subprocess_env, wait_for
-from tests.test_admin import form_fields
+from tests.support.pages import form_fields
+from tests.support.processes import ROOT, finish, start_worker, subprocess_env, wait_for
+from tests.support.users import make_user, token_client
 
 S = Task.Status
 FILE_CONFIG = "logging.config.fileConfig"
@@ -153,7 +153,7 @@ def test_model_validation_refuses_a_handler_outside_the_list(world: dict[str, St
 
 
 def test_api_patch_and_post_refuse_a_handler_outside_the_list(world: dict[str, Stage], settings: Any) -> None:
-    staff = token_client(make_user("stager", codenames=["view_stage", "change_stage", "add_stage"]))
+    staff = token_client(make_user("stager", "view_stage", "change_stage", "add_stage"))
     response = staff.patch("/api/stages/intake/", {"handler": FILE_CONFIG}, format="json")
     assert response.status_code == 400
     assert SETTING in response.json()["handler"][0]

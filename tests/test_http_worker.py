@@ -25,8 +25,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from tasks_app.models import Stage, Task, TaskEvent, Transition
-from tests.conftest import ROOT, start_worker, subprocess_env, wait_for
-from tests.test_deploy import free_port
+from tests.support.processes import ROOT, free_port, start_worker, subprocess_env, wait_for
 
 Procs = list[subprocess.Popen[str]]
 EXAMPLE = ROOT / "examples" / "http_worker.py"

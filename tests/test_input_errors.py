@@ -26,11 +26,7 @@ from rest_framework.test import APIClient, APIRequestFactory
 from tasks_app.api.hooks import check_secret
 from tasks_app.models import HookReceipt, Stage, Task
 from tasks_app.services import task_claim, task_create
-
-pytest.register_assert_rewrite("tests.api_support")
-from tests.api_support import state  # noqa: E402
-
-pytest_plugins = ["tests.api_support"]
+from tests.support.world import state
 
 HUGE = "99999999999999999999999"  # beyond 64 bits: sqlite3 raises OverflowError binding it
 
@@ -175,8 +171,8 @@ def test_list_page_refuses_a_malformed_cursor(
 
 
 def test_page_cursors_the_page_made_still_page(admin_client: Client, world: dict[str, Stage]) -> None:
-    from tasks_app.services import tasks_create_bulk
     from tasks_app.selectors.tasks import PAGE_SIZE
+    from tasks_app.services import tasks_create_bulk
 
     tasks_create_bulk(items=[(world["review"], "t", {})] * (PAGE_SIZE + 1))
     for sort in ("-id", "id", "created_at", "-updated_at"):

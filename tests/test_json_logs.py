@@ -20,8 +20,7 @@ from tasks_app.api import health
 from tasks_app.logcontext import ContextFilter
 from tasks_app.models import Stage
 from tasks_app.services import task_create
-from tests.conftest import ROOT, subprocess_env
-from tests.test_deploy import free_port, production_env
+from tests.support.processes import ROOT, free_port, production_env, subprocess_env
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:

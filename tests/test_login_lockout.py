@@ -16,7 +16,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from tests.conftest import ROOT, subprocess_env
+from tests.support.processes import ROOT, subprocess_env
 
 LIMIT = 3
 LOGIN = "/accounts/login/"

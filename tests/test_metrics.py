@@ -12,8 +12,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Permission
 from django.core.cache import cache
 from django.db import connection
 from django.test import Client
@@ -23,8 +21,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from tasks_app.logcontext import ContextFilter, log_context
 from tasks_app.models import CounterCursor, Stage, StageCounter, Task, TaskEvent, WorkerProcess
 from tasks_app.services import counters as stage_counters
-from tasks_app.services import histograms
 from tasks_app.services import (
+    histograms,
     task_claim,
     task_complete,
     task_create,
@@ -36,7 +34,9 @@ from tasks_app.services import (
     tasks_expire_locks,
 )
 from tasks_app.worker import Worker
-from tests.conftest import ROOT, make_tasks_in_every_state, subprocess_env
+from tests.support.processes import ROOT, subprocess_env
+from tests.support.users import make_user
+from tests.support.world import make_tasks_in_every_state
 
 TOKEN = "s3cret-metrics-token-0123456789"
 
@@ -53,12 +53,6 @@ def _fresh_scrapes(settings: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[N
     cache.clear()
     yield
     cache.clear()
-
-
-def make_user(username: str, *codenames: str) -> Any:
-    user = get_user_model().objects.create_user(username, f"{username}@example.com", "pw")
-    user.user_permissions.set(Permission.objects.filter(content_type__app_label="tasks_app", codename__in=codenames))
-    return user
 
 
 def scrape(client: Client | None = None, **extra: Any) -> Samples:

@@ -1,106 +1,31 @@
 """Monitoring pages: login, permissions, CSRF, escaping and safe redirects.
 
 Everything goes through the URLs and the rendered HTML, the way a browser
-would use the pages. The helpers at the top are shared with the other
-test_monitor_* modules.
+would use the pages (tests.support.pages reads them).
 """
 
 from __future__ import annotations
 
-from html.parser import HTMLParser
-from typing import Any
-
 import pytest
 from django.conf import settings
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import AbstractBaseUser, Permission
-from django.http import HttpResponse, QueryDict
+from django.contrib.auth.models import AbstractBaseUser
+from django.http import HttpResponse
 from django.shortcuts import resolve_url
 from django.test import Client
 
-from tasks_app.models import Stage, Task, TaskEvent
+from tasks_app.models import Stage, Task
 from tasks_app.services import task_claim, task_create, task_fail
-from tests.conftest import make_tasks_in_every_state
-
-LOGIN_URL = "/accounts/login/"
-LOGOUT_URL = "/accounts/logout/"
-LIST_URL = "/tasks/"
-SCRIPT = "<script>alert(1)</script>"
-ESCAPED_SCRIPT = "&lt;script&gt;alert(1)&lt;/script&gt;"
-
-
-# -- reading pages like a browser ----------------------------------------------------
-
-
-class Page(HTMLParser):
-    """The forms, links, inputs and text of a rendered page."""
-
-    def __init__(self, html: str) -> None:
-        super().__init__(convert_charrefs=True)
-        self.forms: list[dict[str, str]] = []  # method, action, id
-        self.links: list[tuple[str, str]] = []  # (href, rel)
-        self.inputs: list[dict[str, str]] = []
-        self._text: list[str] = []
-        self.feed(html)
-        self.close()
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = {k: v or "" for k, v in attrs}
-        if tag == "form":
-            self.forms.append({"method": a.get("method", "get").lower(), "action": a.get("action", ""), **a})
-        elif tag == "a" and "href" in a:
-            self.links.append((a["href"], a.get("rel", "")))
-        elif tag in ("input", "textarea", "select"):
-            self.inputs.append({"tag": tag, **a})
-
-    def handle_data(self, data: str) -> None:
-        self._text.append(data)
-
-    @property
-    def text(self) -> str:
-        return " ".join("".join(self._text).split())
-
-    def post_actions(self) -> list[str]:
-        return [f["action"] for f in self.forms if f["method"] == "post"]
-
-    def hrefs(self) -> list[str]:
-        return [href for href, _ in self.links]
-
-    def csrf_token(self) -> str:
-        return next(i["value"] for i in self.inputs if i.get("name") == "csrfmiddlewaretoken")
-
-
-def page(response: HttpResponse) -> Page:
-    return Page(response.content.decode())
-
-
-def shown_messages(response: HttpResponse) -> list[tuple[str, str]]:
-    """The messages a followed response displayed, as (level tag, text)."""
-    return [(m.level_tag, str(m)) for m in response.context["messages"]]
-
-
-def db_state() -> tuple[list[dict[str, Any]], int]:
-    """Every task row and the number of events: to show that nothing changed."""
-    return list(Task.objects.order_by("id").values()), TaskEvent.objects.count()
-
-
-def login_redirect(path: str) -> str:
-    query = QueryDict(mutable=True)
-    query["next"] = path
-    return f"{LOGIN_URL}?{query.urlencode(safe='/')}"
-
-
-def make_user(username: str, *codenames: str) -> AbstractBaseUser:
-    user = get_user_model().objects.create_user(username, f"{username}@example.com", "pw")
-    user.user_permissions.set(Permission.objects.filter(content_type__app_label="tasks_app", codename__in=codenames))
-    return user
-
-
-def logged_in(user: AbstractBaseUser, **client_kwargs: Any) -> Client:
-    client = Client(**client_kwargs)
-    client.force_login(user)
-    return client
-
+from tests.support.pages import (
+    ESCAPED_SCRIPT,
+    LIST_URL,
+    LOGIN_URL,
+    LOGOUT_URL,
+    SCRIPT,
+    login_redirect,
+    page,
+)
+from tests.support.users import logged_in, make_user
+from tests.support.world import db_state
 
 # Every URL that changes something, as (path template, POST data); {id} is a task id.
 ACTION_POSTS: list[tuple[str, dict[str, str]]] = [
@@ -128,11 +53,6 @@ PAGES = [
 
 
 # -- fixtures ----------------------------------------------------------------------
-
-
-@pytest.fixture
-def every_state(world: dict[str, Stage]) -> dict[str, Task]:
-    return make_tasks_in_every_state(world)
 
 
 @pytest.fixture

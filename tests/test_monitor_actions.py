@@ -17,15 +17,11 @@ from django.test import Client
 
 from tasks_app.models import Stage, Task, TaskEvent
 from tasks_app.services import task_claim, task_complete, task_create
-from tests.test_monitor_access import LIST_URL, db_state, make_tasks_in_every_state, page, shown_messages
+from tests.support.pages import LIST_URL, page, shown_messages
+from tests.support.world import db_state
 
 S = Task.Status
 K = TaskEvent.Kind
-
-
-@pytest.fixture
-def every_state(world: dict[str, Stage]) -> dict[str, Task]:
-    return make_tasks_in_every_state(world)
 
 
 def textarea(html: str, name: str) -> str:

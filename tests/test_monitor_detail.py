@@ -1,7 +1,6 @@
 """Monitoring pages: the task detail (payload, details, lock, history, lineage) and the workers page.
 
-Read through the URLs and the rendered HTML only; shared helpers are in
-test_monitor_access.
+Read through the URLs and the rendered HTML only (tests.support.pages).
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ from datetime import timedelta
 from html import unescape
 from typing import Any
 
-import pytest
 from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
@@ -20,7 +18,7 @@ from django.utils import timezone
 
 from tasks_app.models import Stage, Task, WorkerProcess
 from tasks_app.services import task_claim, task_complete, task_create, task_release
-from tests.test_monitor_access import make_tasks_in_every_state, page
+from tests.support.pages import page
 
 
 def definitions(html: str) -> dict[str, str]:
@@ -29,11 +27,6 @@ def definitions(html: str) -> dict[str, str]:
         unescape(re.sub(r"<[^>]+>", "", dt)).strip(): " ".join(unescape(re.sub(r"<[^>]+>", "", dd)).split())
         for dt, dd in re.findall(r"<dt>(.*?)</dt>\s*<dd[^>]*>(.*?)</dd>", html, re.DOTALL)
     }
-
-
-@pytest.fixture
-def every_state(world: dict[str, Stage]) -> dict[str, Task]:
-    return make_tasks_in_every_state(world)
 
 
 # -- task detail ----------------------------------------------------------------------------

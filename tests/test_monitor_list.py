@@ -1,7 +1,6 @@
 """Monitoring pages: the task list: columns, filters, free text, sorting, keyset pages.
 
-Read through the URLs and the rendered HTML only; shared helpers are in
-test_monitor_access.
+Read through the URLs and the rendered HTML only (tests.support.pages).
 """
 
 from __future__ import annotations
@@ -10,7 +9,6 @@ import json
 import re
 from datetime import timedelta
 from html import unescape
-from html.parser import HTMLParser
 from typing import Any
 
 import pytest
@@ -21,58 +19,16 @@ from django.utils import timezone
 
 from tasks_app.models import Stage, Task
 from tasks_app.services import task_claim, task_complete, task_create, task_release, tasks_create_bulk
-from tests.test_monitor_access import LIST_URL, Page, make_tasks_in_every_state, page
+from tests.support.pages import LIST_URL, Page, page
 
-# -- reading the task table -------------------------------------------------------------
-
-
-class TaskTable(HTMLParser):
-    """The task table of a list page: its header and, per task id, the text of each column."""
-
-    def __init__(self, html: str) -> None:
-        super().__init__(convert_charrefs=True)
-        self.headers: list[str] = []
-        self.rows: dict[int, dict[str, str]] = {}
-        self.order: list[int] = []
-        self._th: list[str] | None = None
-        self._row: int | None = None
-        self._cells: list[str] = []
-        self._cell: list[str] | None = None
-        self.feed(html)
-        self.close()
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        a = dict(attrs)
-        if tag == "th":
-            self._th = []
-        elif tag == "tr" and (a.get("id") or "").startswith("task-"):
-            self._row, self._cells = int((a["id"] or "").removeprefix("task-")), []
-        elif tag == "td" and self._row is not None:
-            self._cell = []
-
-    def handle_data(self, data: str) -> None:
-        if self._th is not None:
-            self._th.append(data)
-        if self._cell is not None:
-            self._cell.append(data)
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "th" and self._th is not None:
-            self.headers.append(" ".join("".join(self._th).split()))
-            self._th = None
-        elif tag == "td" and self._cell is not None:
-            self._cells.append(" ".join("".join(self._cell).split()))
-            self._cell = None
-        elif tag == "tr" and self._row is not None:
-            self.rows[self._row] = dict(zip(self.headers, self._cells, strict=True))
-            self.order.append(self._row)
-            self._row = None
+# -- reading the task table (tests.support.pages.Page) -----------------------------------------
 
 
-def table(client: Client, query: dict[str, Any] | None = None) -> TaskTable:
+def table(client: Client, query: dict[str, Any] | None = None) -> Page:
+    """The list page: its task table is Page.headers, .rows and .order."""
     response = client.get(LIST_URL, query)
     assert response.status_code == 200
-    return TaskTable(response.content.decode())
+    return Page(response.content.decode())
 
 
 def listed(client: Client, query: dict[str, Any] | None = None) -> list[int]:
@@ -83,11 +39,6 @@ def row_html(html: str, task: Task) -> str:
     match = re.search(rf'<tr id="task-{task.pk}">(.*?)</tr>', html, re.DOTALL)
     assert match, f"no row for task {task.pk}"
     return match.group(1)
-
-
-@pytest.fixture
-def every_state(world: dict[str, Stage]) -> dict[str, Task]:
-    return make_tasks_in_every_state(world)
 
 
 # -- task list: columns -------------------------------------------------------------------
@@ -362,7 +313,7 @@ def test_task_list_with_an_invalid_filter_shows_the_error_and_no_rows(
 
     assert response.status_code == 400  # the page, its form and the error; no rows
     html = response.content.decode()
-    assert TaskTable(html).order == []
+    assert Page(html).order == []
     errors = re.search(r'<ul class="error">(.*?)</ul>', html, re.DOTALL)
     assert errors and f"{field}:" in errors.group(1)
     assert "No tasks match." in html
@@ -419,7 +370,7 @@ def test_task_list_sorts_by_the_chosen_column(
 ) -> None:
     response = admin_client.get(LIST_URL, {"sort": sort})
 
-    assert TaskTable(response.content.decode()).order == [dated[i].pk for i in order]
+    assert Page(response.content.decode()).order == [dated[i].pk for i in order]
     assert re.search(rf'<option value="{sort}"\s+selected>', response.content.decode())
 
 
@@ -459,7 +410,7 @@ def follow_pages(client: Client, first_url: str) -> list[list[int]]:
         response = client.get(url)
         assert response.status_code == 200
         html = response.content.decode()
-        pages.append(TaskTable(html).order)
+        pages.append(Page(html).order)
         assert len(pages) < 20, "the Next page links go round in circles"
         p = Page(html)
         nexts = [href for href, rel in p.links if rel == "next"]
@@ -517,7 +468,7 @@ def test_a_malformed_cursor_is_a_400_page_naming_the_cursor(
     response = admin_client.get(LIST_URL, query)
     assert response.status_code == 400
     assert "cursor:" in response.content.decode()
-    assert TaskTable(response.content.decode()).order == []
+    assert Page(response.content.decode()).order == []
 
 
 def test_stage_and_status_filters_list_without_select_distinct(

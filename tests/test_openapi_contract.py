@@ -22,11 +22,8 @@ from rest_framework.test import APIClient
 
 from tasks_app.api.pagination import MAX_LIMIT, MAX_OFFSET
 from tasks_app.models import Stage, Task
-
-pytest.register_assert_rewrite("tests.api_support")
-from tests.api_support import claim_one, create, post  # noqa: E402
-
-pytest_plugins = ["tests.api_support"]
+from tests.support.api import post
+from tests.support.world import claim_one, create
 
 TAGS = {"tasks", "stages", "transitions", "hooks", "health"}
 METHODS = {"get", "post", "patch", "put", "delete"}

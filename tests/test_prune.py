@@ -34,7 +34,8 @@ from tasks_app.services import (
 )
 from tasks_app.services.retention import PruneBatch, PruneResult, delete_batch, prune_due, tasks_prune
 from tasks_app.worker import Worker
-from tests.conftest import make_tasks_in_every_state, manage
+from tests.support.processes import manage
+from tests.support.world import make_tasks_in_every_state
 
 committed = pytest.mark.django_db(transaction=True)
 DAY = timedelta(days=1)

@@ -29,7 +29,7 @@ from rest_framework.test import APIClient
 from tasks_app.models import JobRun, Stage, Task, TaskEvent, Transition
 from tasks_app.services import task_create
 from tasks_app.services.jobs import MAX_MISSED, due_time, job_run_start, job_runs_abandon, jobs_run_due
-from tests.conftest import ROOT, finish, manage, start_worker, subprocess_env, wait_for
+from tests.support.processes import ROOT, finish, manage, start_worker, subprocess_env, wait_for
 
 committed = pytest.mark.django_db(transaction=True)
 Procs = list[subprocess.Popen[str]]

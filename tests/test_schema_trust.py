@@ -34,11 +34,10 @@ from tasks_app import schema_rules as schemas_module
 from tasks_app.models import Stage, Task, TaskEvent, Transition, validate_cron
 from tasks_app.services import task_claim, task_create, task_send
 from tasks_app.services.schemas import MAX_SCHEMA_DEPTH, payload_errors, schema_map_problems
-
-pytest.register_assert_rewrite("tests.api_support")
-from tests.api_support import make_user, nothing_written, post, token_client  # noqa: E402
-
-pytest_plugins = ["tests.api_support"]
+from tests.support.api import post
+from tests.support.pages import form_fields
+from tests.support.users import make_user, token_client
+from tests.support.world import nothing_written
 
 # What the test server answers: if it were used, {} would fail as "not of type 'integer'".
 REMOTE_SCHEMA = {"type": "integer"}
@@ -253,8 +252,6 @@ def via_api_patch(stages: dict[str, Stage], name: str, value: Any) -> list[str]:
 
 
 def via_admin(stages: dict[str, Stage], name: str, value: Any) -> list[str]:
-    from tests.test_admin import form_fields
-
     client = Client()
     client.force_login(make_user("root", superuser=True))
     url = f"{STAGE_URL}{stages[name].pk}/change/"

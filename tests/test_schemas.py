@@ -1,6 +1,6 @@
 """Payload schemas (Stage.schemas): checked on send, create, completion, handler send and payload edit.
 
-In the test world (tests/conftest.py) "review" declares an "approved" order
+In the test world (tests.support.world, the `world` fixture) "review" declares an "approved" order
 schema, so every "approved" task it sends to ship and audit must match it, and
 a task created directly at ship or audit with type "approved" must too.
 """
@@ -34,11 +34,9 @@ from tasks_app.services import (
 )
 from tasks_app.services.schemas import check_payload, payload_errors, schema_for, schema_map_problems
 from tasks_app.worker import Worker, loop
-
-pytest.register_assert_rewrite("tests.api_support")
-from tests.api_support import claim_one, nothing_written, post  # noqa: E402
-
-pytest_plugins = ["tests.api_support"]
+from tests.support.api import post
+from tests.support.pages import form_fields
+from tests.support.world import claim_one, nothing_written
 
 ORDER = {
     "type": "object",
@@ -561,8 +559,6 @@ TASK_URL = "/admin/tasks_app/task/"
 
 
 def admin_stage_form(client: Client, stage: Stage) -> dict[str, Any]:
-    from tests.test_admin import form_fields
-
     data = form_fields(client, f"{STAGE_URL}{stage.pk}/change/", form_id="stage_form")
     data["_save"] = "Save"
     return data
@@ -597,8 +593,6 @@ def test_admin_stage_form_saves_a_good_schema_map(admin_client: Client, world: d
 def test_admin_task_add_form_refuses_a_payload_breaking_the_schema(
     admin_client: Client, schemed: dict[str, Stage]
 ) -> None:
-    from tests.test_admin import form_fields
-
     data = form_fields(admin_client, TASK_URL + "add/")
     data.update(stage=str(schemed["ship"].pk), type="approved", payload='{"amount": 0}', _save="Save")
     before = counts()
@@ -614,8 +608,6 @@ def test_admin_task_add_form_refuses_a_payload_breaking_the_schema(
 def test_admin_task_change_form_refuses_a_payload_breaking_the_schema(
     admin_client: Client, schemed: dict[str, Stage]
 ) -> None:
-    from tests.test_admin import form_fields
-
     task = task_create(stage=schemed["ship"], type="approved", payload={"amount": 1})
     url = f"{TASK_URL}{task.pk}/change/"
     data = form_fields(admin_client, url)

@@ -22,7 +22,7 @@ from rest_framework.throttling import SimpleRateThrottle
 from tasks_app.api.hooks import HookThrottle
 from tasks_app.api.throttles import client_ip
 from tasks_app.models import Stage
-from tests.conftest import ROOT, subprocess_env
+from tests.support.processes import ROOT, subprocess_env
 
 WRONG = {"X-Hook-Token": "not-the-secret"}
 

@@ -11,7 +11,7 @@ from django.core.exceptions import ValidationError
 from tasks_app.models import Stage, Task, TaskEvent
 from tasks_app.services import NoRouteError, task_claim, task_create
 from tasks_app.worker import HandlerTask, Worker
-from tests.conftest import start_worker
+from tests.support.processes import start_worker
 
 
 def test_run_once_claims_runs_and_completes(world: dict[str, Stage]) -> None:

@@ -29,7 +29,7 @@ from django.utils import timezone
 from tasks_app.models import Stage, Task, TaskEvent, Transition, WorkerProcess
 from tasks_app.services import task_claim, task_complete, task_create, tasks_expire_locks
 from tasks_app.services.lifecycle import SWEEP_LOCK_KEY
-from tests.conftest import ROOT, finish, start_worker, subprocess_env, wait_for
+from tests.support.processes import ROOT, finish, start_worker, subprocess_env, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 

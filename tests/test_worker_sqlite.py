@@ -14,7 +14,7 @@ from django.db.models import Count
 from django.utils import timezone
 
 from tasks_app.models import Stage, Task, TaskEvent
-from tests.conftest import start_worker
+from tests.support.processes import start_worker
 
 Workers = list[subprocess.Popen[str]]
 

@@ -25,7 +25,7 @@ from tasks_app.services.workflow import (
     workflow_load,
     workflow_problems,
 )
-from tests.conftest import manage
+from tests.support.processes import manage
 
 ORDER_SCHEMA = {"type": "object", "required": ["id"], "properties": {"id": {"type": "integer"}}}
 
@@ -372,7 +372,7 @@ def test_a_file_with_many_problems_lists_every_one_and_changes_nothing(
         (stage("j", kind="job", schedule="0 * * * *"), "stages[0] (slug 'j'): handler: a job stage needs one"),
         (stage("f", kind="form", handler="tests.handlers.noop"), "handler: form stages are worked by people"),
         (stage("h", kind="hook", handler="tests.handlers.gone"), "handler 'tests.handlers.gone' cannot be imported"),
-        (stage("s", handler="tests.conftest.ROOT"), "handler 'tests.conftest.ROOT' is not callable"),
+        (stage("s", handler="tests.support.processes.ROOT"), "handler 'tests.support.processes.ROOT' is not callable"),
         (stage("s", handler="tests.handlers.noop", is_paused="no"), "is_paused must be true or false, not a string"),
         (stage("s", handler="tests.handlers.noop", groups="ops"), "groups must be an array of group names"),
         (stage("s", handler="tests.handlers.noop", groups=["a", "a"]), "groups: 'a' is listed twice"),
