@@ -24,7 +24,8 @@ class JSONObjectField(forms.CharField):
     character (values.loads_bounded), so the database never sees what it refuses.
     """
 
-    def to_python(self, value: Any) -> dict[str, Any] | None:
+    # Any, not dict | None: a CharField (text handling, widget, schema) whose Python value is the parsed object.
+    def to_python(self, value: Any) -> Any:
         value = super().to_python(value)
         if not value:
             return None
@@ -95,7 +96,8 @@ class DBIntegerField(forms.IntegerField):
 class IntegerFilter(filters.NumberFilter):
     """Every numeric filter: whole numbers in the 64-bit range ("1e999", "-1e100" and NaN are refused)."""
 
-    field_class = DBIntegerField
+    # stubs: field_class is any form field; types-django-filter pins NumberFilter's to DecimalField.
+    field_class = DBIntegerField  # type: ignore[assignment]
 
 
 class IntegerInFilter(filters.BaseInFilter, IntegerFilter):

@@ -73,7 +73,8 @@ class StageSerializer(ModelSerializer):
 
 
 class TransitionSerializer(ModelSerializer):
-    source = SlugRelatedField(slug_field="slug", queryset=Stage.objects.all())
+    # stubs: a declared field is popped from the class by SerializerMetaclass, so it never shadows Field.source.
+    source = SlugRelatedField(slug_field="slug", queryset=Stage.objects.all())  # type: ignore[assignment]
     target = SlugRelatedField(slug_field="slug", queryset=Stage.objects.all())
     # Blank passes every type, so leaving it out means exactly that.
     task_type = serializers.CharField(max_length=TYPE_MAX_LENGTH, allow_blank=True, default="")
@@ -84,9 +85,11 @@ class TransitionSerializer(ModelSerializer):
 
 
 class TaskSerializer(ModelSerializer):
-    stage = serializers.SlugRelatedField(slug_field="slug", read_only=True)
+    stage: serializers.SlugRelatedField[Stage] = serializers.SlugRelatedField(slug_field="slug", read_only=True)
     # allow_null only tells the schema: a task created directly (not sent) has no source stage.
-    source_stage = serializers.SlugRelatedField(slug_field="slug", read_only=True, allow_null=True)
+    source_stage: serializers.SlugRelatedField[Stage] = serializers.SlugRelatedField(
+        slug_field="slug", read_only=True, allow_null=True
+    )
 
     class Meta:
         model = Task
@@ -155,7 +158,8 @@ class TaskCreateSerializer(serializers.Serializer):
 
 
 class BulkCreateSerializer(serializers.Serializer):
-    tasks = TaskCreateSerializer(many=True, allow_empty=False, max_length=1000)
+    # stubs: many=True passes max_length on to the ListSerializer (DRF 3.15+).
+    tasks = TaskCreateSerializer(many=True, allow_empty=False, max_length=1000)  # type: ignore[call-arg]
 
     def validate_tasks(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if any("idempotency_key" in item for item in value):
@@ -172,7 +176,8 @@ class ClaimSerializer(serializers.Serializer):
 
 class CompleteSerializer(serializers.Serializer):
     lock_token = serializers.CharField(max_length=64)
-    send = SendItemSerializer(many=True, default=list, max_length=1000)
+    # stubs: many=True passes max_length on to the ListSerializer (DRF 3.15+).
+    send = SendItemSerializer(many=True, default=list, max_length=1000)  # type: ignore[call-arg]
 
 
 class BulkCompleteItemSerializer(CompleteSerializer):
@@ -180,7 +185,8 @@ class BulkCompleteItemSerializer(CompleteSerializer):
 
 
 class BulkCompleteSerializer(serializers.Serializer):
-    tasks = BulkCompleteItemSerializer(many=True, allow_empty=False, max_length=1000)
+    # stubs: many=True passes max_length on to the ListSerializer (DRF 3.15+).
+    tasks = BulkCompleteItemSerializer(many=True, allow_empty=False, max_length=1000)  # type: ignore[call-arg]
 
 
 class FiniteFloatField(serializers.FloatField):

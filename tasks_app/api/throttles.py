@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.core.cache import BaseCache, caches
 from django.core.management import call_command
 from django.http import HttpRequest
+from django.utils.connection import ConnectionProxy
 from rest_framework import throttling
 from rest_framework.request import Request
 
@@ -69,9 +70,8 @@ class SharedCounters:
     a broken rate limiter must not take the API and the hooks down with it.
     """
 
-    @property
-    def cache(self) -> BaseCache:
-        return caches["throttle"]
+    # Looked up on each use, in the calling thread, as django.core.cache.cache is for "default".
+    cache = cast(BaseCache, ConnectionProxy(caches, "throttle"))
 
     def get_ident(self, request: Request) -> str:
         return client_ip(request)
