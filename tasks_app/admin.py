@@ -11,9 +11,11 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.actions import delete_selected
 from django.core.exceptions import ValidationError
+from django.db import transaction
 from django.db.models import QuerySet
-from django.http import HttpRequest
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.defaultfilters import filesizeformat
 from django.urls import reverse
 from django.utils import timezone
@@ -25,7 +27,9 @@ from tasks_app.forms.fields import JSONDocumentField
 from tasks_app.forms.widgets import JSONEditorWidget, SecretInput
 from tasks_app.jsonpreview import PAGE_CHARS, editable_json, json_head, json_preview, json_size
 from tasks_app.models import JobRun, Stage, Task, TaskEvent, Transition, WorkerProcess, validate_payload
+from tasks_app.selectors.stages import stage_delete_counts
 from tasks_app.services.schemas import validate_arrival
+from tasks_app.services.stages import stage_delete, stage_delete_refusal
 
 HISTORY_LIMIT = 50  # events shown under a task (a task retried forever has an endless history)
 
@@ -73,6 +77,16 @@ class StageAdminForm(forms.ModelForm):
         return self.cleaned_data.get("schemas") or {}
 
 
+def _delete_stages(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Stage]) -> Any:
+    """Django's "delete selected", where a task arriving after the confirmation is a message, not a 500."""
+    try:
+        with transaction.atomic():
+            return delete_selected(modeladmin, request, queryset)
+    except services.TaskError as exc:
+        modeladmin.message_user(request, str(exc), messages.ERROR)
+        return None
+
+
 @admin.register(Stage)
 class StageAdmin(admin.ModelAdmin):
     form = StageAdminForm
@@ -104,6 +118,42 @@ class StageAdmin(admin.ModelAdmin):
             (name, {**opts, "fields": ["hook_secret_masked" if f == "hook_secret" else f for f in opts["fields"]]})
             for name, opts in fieldsets
         ]
+
+    # Deleting: services/stages.py's policy, as DELETE /api/stages/<slug>/ does. Not Django's collector:
+    # Task.stage is PROTECT, so it listed every task as protected and refused any stage that ever had one.
+    def get_deleted_objects(
+        self, objs: Any, request: HttpRequest
+    ) -> tuple[list[Any], dict[str, int], set[str], list[str]]:
+        """The confirmation page: refused while a stage has pending or locked tasks, else what goes with them."""
+        stages = list(objs)
+        refusals = [refusal for refusal in map(stage_delete_refusal, stages) if refusal]
+        if refusals:
+            return [], {}, set(), refusals
+        counts = {what: n for what, n in stage_delete_counts(stages).items() if n}
+        listed: list[Any] = [str(s) for s in stages] + [f"{n} {what}" for what, n in counts.items()]
+        return listed, {"stages": len(stages), **counts}, set(), []
+
+    def delete_model(self, request: HttpRequest, obj: Stage) -> None:
+        stage_delete(stage=obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Stage]) -> None:
+        with transaction.atomic():  # all the selected stages or none
+            for stage in queryset:
+                stage_delete(stage=stage)
+
+    def delete_view(self, request: HttpRequest, object_id: str, extra_context: Any = None) -> HttpResponse:
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except services.TaskError as exc:  # a task arrived after the confirmation page: rolled back
+            self.message_user(request, str(exc), messages.ERROR)
+            return HttpResponseRedirect(reverse("admin:tasks_app_stage_change", args=[object_id]))
+
+    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
+        actions = super().get_actions(request)
+        if "delete_selected" in actions:
+            _, name, description = actions["delete_selected"]
+            actions["delete_selected"] = (_delete_stages, name, description)
+        return actions
 
     @admin.display(description="hook secret")
     def hook_secret_masked(self, obj: Stage) -> str:

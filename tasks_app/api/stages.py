@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db import transaction
 from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
@@ -22,6 +21,7 @@ from tasks_app.serializers import (
     TaskSerializer,
     TransitionSerializer,
 )
+from tasks_app.services.stages import stage_delete
 
 
 def attach_source_stages(tasks: list[Task]) -> None:
@@ -57,21 +57,7 @@ class StageViewSet(viewsets.ModelViewSet):
     def destroy(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         stage = self.get_object()
         try:
-            with transaction.atomic():
-                # Lock the stage's live tasks first so none is claimed or created half-way.
-                live = list(
-                    Task.objects.select_for_update()
-                    .filter(stage=stage, status__in=[Task.Status.PENDING, Task.Status.LOCKED])
-                    .values_list("id", flat=True)[:1]
-                )
-                if live:
-                    raise services.TaskStateError(
-                        f"Stage '{stage.slug}' still has pending or locked tasks; "
-                        "pause it and let them finish (or move them) first."
-                    )
-                # Finished tasks and their history go with the stage.
-                Task.objects.filter(stage=stage).delete()
-                stage.delete()
+            stage_delete(stage=stage)  # the admin's delete calls the same policy
         except Exception as exc:
             raise translate(exc) from exc
         return Response(status=status.HTTP_204_NO_CONTENT)

@@ -8,6 +8,7 @@ from here, never from another view.
 - overview.py: tasks per stage and status: live counts (exact), finished counts (sampled on big
   PostgreSQL tables), throughput; the overview, /metrics and /api/health/ read them.
 - workers.py: the worker processes alive now.
+- stages.py: what deleting stages would take with them (the admin's confirmation page).
 """
 
 from __future__ import annotations
