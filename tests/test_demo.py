@@ -6,13 +6,13 @@ from io import StringIO
 from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.core.management import call_command
 from rest_framework.test import APIClient
 
 from tasks_app.demo import SAMPLE_ORDERS, STAGES, TRANSITIONS
 from tasks_app.models import Stage, Task, TaskEvent, Transition
+from tests.support.users import make_user
 
 committed = pytest.mark.django_db(transaction=True)
 
@@ -89,7 +89,7 @@ def test_an_order_travels_the_whole_demo(db: None, client: Any) -> None:
     assert (waiting.type, waiting.status) == ("in_stock", Task.Status.PENDING)
 
     # A reviewer approves it in the browser's form.
-    reviewer = get_user_model().objects.create_user("rita", password="pw")
+    reviewer = make_user("rita")
     reviewer.groups.add(Stage.objects.get(slug="review").groups.get())
     client.force_login(reviewer)
     assert client.post(f"/work/{waiting.pk}/open/").status_code == 302
@@ -137,7 +137,7 @@ def test_out_of_stock_orders_reach_review_and_a_decline_notifies_the_customer(db
     assert {k: t.type for k, t in review.items()} == {1001: "in_stock", 1002: "out_of_stock", 1003: "in_stock"}
     assert review[1002].payload["missing"] == ["sofa"]
 
-    admin = get_user_model().objects.create_superuser("boss", password="pw")
+    admin = make_user("boss", superuser=True)
     client.force_login(admin)
     client.post(f"/work/{review[1002].pk}/open/")
     refused = client.post(f"/work/{review[1002].pk}/submit/", {"type": "declined", "f-declined-reason": ""})

@@ -21,7 +21,6 @@ from typing import Any
 
 import pytest
 from django import forms
-from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group
 from django.http import HttpResponse
 from django.test import Client
@@ -241,7 +240,7 @@ def test_user_not_allowed_at_the_stage_gets_403_and_changes_nothing(
 
 def test_task_of_a_non_form_stage_is_not_offered_even_to_a_superuser(stages: dict[str, Stage]) -> None:
     shipped = task_create(stage=stages["ship"], type="order", payload={})
-    boss = get_user_model().objects.create_superuser("boss", password="pw")
+    boss = make_user("boss", superuser=True)
     client = logged_in(boss)
     before = db_state()
 
@@ -270,7 +269,7 @@ def test_get_of_a_post_only_url_is_405_and_changes_nothing(alice_client: Client,
 def test_form_stages_for_follows_groups_change_permission_and_superuser(
     stages: dict[str, Stage], alice: AbstractBaseUser, carol: AbstractBaseUser, nobody: AbstractBaseUser
 ) -> None:
-    boss = get_user_model().objects.create_superuser("boss", password="pw")
+    boss = make_user("boss", superuser=True)
     # Carol joins a group that is on no stage: still only the stages without groups.
     carol.groups.add(Group.objects.create(name="bystanders"))
     both_ways = make_user("dora", "change_task")

@@ -16,8 +16,7 @@ from html import unescape
 from typing import Any
 
 import pytest
-from django.contrib.auth import get_user_model
-from django.contrib.auth.models import Group, Permission
+from django.contrib.auth.models import Group
 from django.template.defaultfilters import filesizeformat
 from django.test import Client
 
@@ -25,6 +24,7 @@ from tasks_app.jsonpreview import iter_json, json_head
 from tasks_app.models import Stage, Task
 from tasks_app.selectors.tasks import PAGE_SIZE
 from tasks_app.services import task_edit_payload
+from tests.support.users import logged_in, make_user
 
 MAX_PAGE = 300_000  # bytes: "no page exceeds a few hundred KB"
 SCRIPT = "<script>alert(1)</script>"
@@ -69,11 +69,9 @@ def html_of(client: Client, url: str) -> str:
 
 def worker_client(stage: Stage) -> Client:
     """A person in the stage's group, without the view-task permission."""
-    user = get_user_model().objects.create_user("wanda", password="pw")
+    user = make_user("wanda")
     user.groups.add(*stage.groups.all())
-    client = Client()
-    client.force_login(user)
-    return client
+    return logged_in(user)
 
 
 # -- the list, its rows endpoint ---------------------------------------------------------
@@ -242,10 +240,8 @@ def test_raw_payload_is_the_exact_document_as_json_never_html(admin_client: Clie
 def test_raw_payload_needs_a_login_and_the_view_permission_or_the_stages_group(amp: Stage) -> None:
     [task] = store(amp, XSS)
     url = f"/tasks/{task.pk}/payload.json"
-    users = get_user_model().objects
-    outsider = users.create_user("olga", password="pw")  # no permission, in no group
-    viewer = users.create_user("vera", password="pw")
-    viewer.user_permissions.add(Permission.objects.get(codename="view_task"))
+    outsider = make_user("olga")  # no permission, in no group
+    viewer = make_user("vera", "view_task")
 
     anonymous = Client().get(url)
     assert anonymous.status_code == 302 and anonymous["Location"].startswith("/accounts/login/")
