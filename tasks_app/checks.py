@@ -10,47 +10,66 @@ from django.core.checks import Error, register
 from django.core.checks import Warning as CheckWarning
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection
 
-from tasks_app import limits
 from tasks_app.handler_modules import handler_path_problem
 from tasks_app.models import Stage
+from workflowsite.env import BOUNDS
+
+# The engine's numbers this check holds to their bounds: the ones settings.py read
+# them with (workflowsite.env.BOUNDS), so a value set in Python (a settings module
+# of one's own, override_settings) that no environment reader saw meets the same rule.
+ENGINE_NUMBERS = [
+    "TASKS_LOCK_TIMEOUT",
+    "TASKS_POLL_INTERVAL",
+    "TASKS_RETRY_BACKOFF_BASE",
+    "TASKS_RETRY_BACKOFF_MAX",
+    "TASKS_RETRY_JITTER",
+    "TASKS_MAX_PAYLOAD_BYTES",
+    "TASKS_MAX_PAYLOAD_DEPTH",
+    "API_MAX_REQUEST_BYTES",
+    "TASKS_EXPIRE_INTERVAL",
+    "TASKS_WORKER_HEARTBEAT",
+    "TASKS_WORKER_DEAD_AFTER",
+    "TASKS_NOTIFY_THROTTLE",
+    "TASKS_HOOK_TOLERANCE",
+    "TASKS_SCHEDULER_INTERVAL",
+    "TASKS_JOB_MAX_TASKS",
+    "TASKS_PRUNE_INTERVAL",
+    "TASKS_METRICS_CACHE",
+]
+# The ids are older than the table (SILENCED_SYSTEM_CHECKS may name them): E001 a
+# number below its bounds or no number at all, E005 one above its ceiling (where
+# values overflow datetimes or break recursive code), and a few settings their own.
+OWN_IDS = {
+    "TASKS_RETRY_BACKOFF_BASE": "tasks_app.E002",
+    "TASKS_RETRY_JITTER": "tasks_app.E003",
+    "TASKS_MAX_PAYLOAD_DEPTH": "tasks_app.E005",
+}
+
+
+def _bounds_error(name: str, value: object) -> Error | None:
+    bounds = BOUNDS[name]
+    if bounds.admits(value):
+        return None
+    above = isinstance(value, int | float) and not isinstance(value, bool) and value > bounds.maximum
+    check_id = OWN_IDS.get(name, "tasks_app.E005" if above else "tasks_app.E001")
+    return Error(f"{name} must be {bounds.describe()}, got {value!r}", id=check_id)
+
+
+def _retention_error(value: object) -> Error | None:
+    """Unset (None) keeps tasks forever; the environment's 0 means the same and is stored as None."""
+    bounds = BOUNDS["TASKS_RETENTION_DAYS"]
+    if value is None or (bounds.admits(value) and value):
+        return None
+    rule = f"unset or a positive number of days up to {bounds.maximum:g}"
+    return Error(f"TASKS_RETENTION_DAYS must be {rule}, got {value!r}", id="tasks_app.E004")
 
 
 @register()
 def check_task_settings(app_configs: Any, **kwargs: Any) -> list[Error]:
-    errors = []
-    positive = [
-        "TASKS_LOCK_TIMEOUT",
-        "TASKS_POLL_INTERVAL",
-        "TASKS_RETRY_BACKOFF_MAX",
-        "TASKS_EXPIRE_INTERVAL",
-        "TASKS_WORKER_HEARTBEAT",
-        "TASKS_WORKER_DEAD_AFTER",
-        "TASKS_HOOK_TOLERANCE",
-        "TASKS_SCHEDULER_INTERVAL",
-        "TASKS_PRUNE_INTERVAL",
-        "TASKS_JOB_MAX_TASKS",
-    ]
-    for name in positive:
-        value = getattr(settings, name)
-        if not isinstance(value, int | float) or value <= 0:
-            errors.append(Error(f"{name} must be a positive number", id="tasks_app.E001"))
-    base = settings.TASKS_RETRY_BACKOFF_BASE
-    if not isinstance(base, int | float) or base < 0:
-        errors.append(Error("TASKS_RETRY_BACKOFF_BASE must be >= 0", id="tasks_app.E002"))
-    jitter = settings.TASKS_RETRY_JITTER
-    if not isinstance(jitter, int | float) or not 0 <= jitter <= 1:
-        errors.append(Error("TASKS_RETRY_JITTER must be between 0 and 1", id="tasks_app.E003"))
-    retention = settings.TASKS_RETENTION_DAYS
-    if retention is not None and (not isinstance(retention, int | float) or retention <= 0):
-        errors.append(Error("TASKS_RETENTION_DAYS must be unset or a positive number of days", id="tasks_app.E004"))
-    # Above these, values overflow datetimes or break recursive code (tasks_app.limits).
-    if isinstance(settings.TASKS_LOCK_TIMEOUT, int | float) and settings.TASKS_LOCK_TIMEOUT > limits.MAX_LOCK_TIMEOUT:
-        errors.append(Error(f"TASKS_LOCK_TIMEOUT must be at most {limits.MAX_LOCK_TIMEOUT}", id="tasks_app.E005"))
-    depth = settings.TASKS_MAX_PAYLOAD_DEPTH
-    if not isinstance(depth, int) or not 1 <= depth <= limits.MAX_PAYLOAD_DEPTH:
-        message = f"TASKS_MAX_PAYLOAD_DEPTH must be a whole number from 1 to {limits.MAX_PAYLOAD_DEPTH}"
-        errors.append(Error(message, id="tasks_app.E005"))
-    return errors
+    """The engine's numbers within their bounds, wherever the values came from."""
+    errors = [_bounds_error(name, getattr(settings, name)) for name in ENGINE_NUMBERS]
+    errors.append(_retention_error(settings.TASKS_RETENTION_DAYS))
+    return [error for error in errors if error is not None]
 
 
 @register()

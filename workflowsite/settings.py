@@ -8,7 +8,6 @@ in the project, a development secret key.
 from __future__ import annotations
 
 import ipaddress
-import math
 import os
 import sys
 import tempfile
@@ -19,59 +18,11 @@ import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
 from tasks_app import limits
+from workflowsite.env import env_bool, env_choice, env_float, env_int, env_list, env_rate, env_str
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 DEV_SECRET_KEY = "dev-insecure-secret-key-change-me"
-
-
-def env_str(name: str, default: str) -> str:
-    return os.environ.get(name, default)
-
-
-def env_bool(name: str, default: bool) -> bool:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    value = raw.strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ImproperlyConfigured(f"{name} must be a boolean (true/false), got {raw!r}")
-
-
-# Every number from the environment is bounded: unbounded ones end up in a
-# timedelta or a database integer and overflow there, far from the setting.
-# The default maxima fit a 32-bit integer column, and ~31 years of seconds.
-INT_MAX = 2**31 - 1
-FLOAT_MAX = 1e9
-
-
-def env_int(name: str, default: int, *, minimum: int = 0, maximum: int = INT_MAX) -> int:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name} must be an integer, got {raw!r}") from None
-    if not minimum <= value <= maximum:
-        raise ImproperlyConfigured(f"{name} must be between {minimum} and {maximum}, got {value}")
-    return value
-
-
-def env_float(name: str, default: float, *, minimum: float = 0.0, maximum: float = FLOAT_MAX) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ImproperlyConfigured(f"{name} must be a number, got {raw!r}") from None
-    if not (math.isfinite(value) and minimum <= value <= maximum):
-        raise ImproperlyConfigured(f"{name} must be between {minimum:g} and {maximum:g}, got {raw!r}")
-    return value
 
 
 DEBUG = env_bool("DEBUG", True)
@@ -81,7 +32,7 @@ if not DEBUG and (SECRET_KEY == DEV_SECRET_KEY or not SECRET_KEY.strip()):
     # or with none at all (`SECRET_KEY=` in an env file sets it to "").
     raise ImproperlyConfigured("SECRET_KEY must be set when DEBUG is off")
 
-ALLOWED_HOSTS = [h.strip() for h in env_str("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h.strip()]
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]")
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -133,13 +84,16 @@ TEMPLATES = [
 WSGI_APPLICATION = "workflowsite.wsgi.application"
 
 # DATABASE_URL picks the database; unset means a SQLite file in the project.
-DATABASES = {
-    "default": dj_database_url.parse(
-        env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
-        conn_max_age=env_int("DB_CONN_MAX_AGE", 60),
-        conn_health_checks=True,
-    )
-}
+try:
+    DATABASES = {
+        "default": dj_database_url.parse(
+            env_str("DATABASE_URL", f"sqlite:///{BASE_DIR / 'db.sqlite3'}"),
+            conn_max_age=env_int("DB_CONN_MAX_AGE", 60),
+            conn_health_checks=True,
+        )
+    }
+except ValueError as exc:  # an unknown scheme, a port that isn't a number; the URL itself holds the password
+    raise ImproperlyConfigured(f"DATABASE_URL is not a database URL: {exc}") from None
 _db = DATABASES["default"]
 if _db["ENGINE"] == "django.db.backends.sqlite3":
     _db["OPTIONS"] = {
@@ -214,7 +168,7 @@ if env_bool("SECURE_PROXY_SSL_HEADER", False):
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
-CSRF_TRUSTED_ORIGINS = [o.strip() for o in env_str("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS")
 # Content security policy (django-csp): only this origin's scripts, styles and
 # forms; no inline scripts anywhere (the pages and the admin need none), no
 # framing. The API docs page alone allows its inline <style> (see api/urls.py).
@@ -275,7 +229,7 @@ CACHES = {
 # another person out from elsewhere, and the people behind one office NAT
 # aren't locked out together.
 AXES_ENABLED = env_bool("AXES_ENABLED", True)
-AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 10, minimum=1)
+AXES_FAILURE_LIMIT = env_int("AXES_FAILURE_LIMIT", 10)
 AXES_COOLOFF_TIME = env_float("AXES_COOLOFF_TIME", 1.0) or None
 AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
 AXES_RESET_ON_SUCCESS = True
@@ -289,9 +243,9 @@ AUTHENTICATION_BACKENDS = [
 
 # "text" (default) or "json": one JSON object per line (time, level, logger,
 # message, and task_id / stage / worker_id where known; tasks_app.logcontext).
-TASKS_LOG_FORMAT = env_str("TASKS_LOG_FORMAT", "text").strip().lower()
-if TASKS_LOG_FORMAT not in ("text", "json"):
-    raise ImproperlyConfigured(f"TASKS_LOG_FORMAT must be text or json, got {TASKS_LOG_FORMAT!r}")
+TASKS_LOG_FORMAT = env_choice("TASKS_LOG_FORMAT", "text", ("text", "json"))
+# Level of the tasks_app loggers (case does not matter: "info" is INFO).
+TASKS_LOG_LEVEL = env_choice("TASKS_LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
 
 LOGGING: dict[str, Any] = {
     "version": 1,
@@ -314,7 +268,7 @@ LOGGING: dict[str, Any] = {
         },
     },
     "loggers": {
-        "tasks_app": {"handlers": ["console"], "level": env_str("TASKS_LOG_LEVEL", "INFO")},
+        "tasks_app": {"handlers": ["console"], "level": TASKS_LOG_LEVEL},
         # Server errors (500s) with their tracebacks, also with DEBUG off, where
         # Django's own console handler is silent and nothing else would say why.
         # In development the 4xx warnings ("Not Found: ...") show as before.
@@ -337,21 +291,26 @@ if TASKS_LOG_FORMAT == "json":
 # handlers with DEBUG on, none with DEBUG off. The standard library is refused,
 # and so is the test suite (`tests`, shipped in the deployed tree) with DEBUG off;
 # the test run names it explicitly (tests/conftest.py).
-TASKS_HANDLER_MODULES = [
-    m.strip() for m in env_str("TASKS_HANDLER_MODULES", "tasks_app.demo" if DEBUG else "").split(",") if m.strip()
-]
-for _module in TASKS_HANDLER_MODULES:
-    _top = _module.partition(".")[0]
-    if not all(part.isidentifier() for part in _module.split(".")):
-        raise ImproperlyConfigured(f"TASKS_HANDLER_MODULES: {_module!r} is not a dotted module name")
-    if _top in sys.stdlib_module_names:
-        raise ImproperlyConfigured(f"TASKS_HANDLER_MODULES: {_module!r} is the standard library; list your own modules")
-    if _top == "tests" and not DEBUG:
-        raise ImproperlyConfigured(f"TASKS_HANDLER_MODULES: {_module!r} is the test suite, refused with DEBUG off")
 
-# Engine knobs (checked by tasks_app.checks).
+
+def _handler_module_problem(module: str) -> str | None:
+    top = module.partition(".")[0]
+    if not all(part.isidentifier() for part in module.split(".")):
+        return "is not a dotted module name"
+    if top in sys.stdlib_module_names:
+        return "is the standard library; list your own modules"
+    if top == "tests" and not DEBUG:
+        return "is the test suite, refused with DEBUG off"
+    return None
+
+
+_HANDLER_MODULES_DEFAULT = "tasks_app.demo" if DEBUG else ""
+TASKS_HANDLER_MODULES = env_list("TASKS_HANDLER_MODULES", _HANDLER_MODULES_DEFAULT, item=_handler_module_problem)
+
+# Engine knobs. Their bounds are in workflowsite.env.BOUNDS, which tasks_app.checks
+# also holds values set in Python to.
 # Default lock timeout of a stage, in seconds.
-TASKS_LOCK_TIMEOUT = env_int("TASKS_LOCK_TIMEOUT", 300, minimum=1, maximum=limits.MAX_LOCK_TIMEOUT)
+TASKS_LOCK_TIMEOUT = env_int("TASKS_LOCK_TIMEOUT", 300)
 # How long an idle worker sleeps between polls, in seconds.
 TASKS_POLL_INTERVAL = env_float("TASKS_POLL_INTERVAL", 1.0)
 # Retry backoff after a failed attempt: base * 2**(attempt-1), capped, with jitter.
@@ -360,16 +319,14 @@ TASKS_RETRY_BACKOFF_MAX = env_float("TASKS_RETRY_BACKOFF_MAX", 3600.0)
 # Fraction of the delay that is randomised (0 = no jitter, 1 = anywhere in [0, delay]).
 TASKS_RETRY_JITTER = env_float("TASKS_RETRY_JITTER", 0.5)
 # Largest task payload accepted, in bytes of compact JSON (the API answers 413 beyond it).
-TASKS_MAX_PAYLOAD_BYTES = env_int("TASKS_MAX_PAYLOAD_BYTES", 256 * 1024, minimum=1)
+TASKS_MAX_PAYLOAD_BYTES = env_int("TASKS_MAX_PAYLOAD_BYTES", 256 * 1024)
 # Deepest nesting of objects and arrays in a payload ({} is 1 level); deeper
 # payloads are refused with a 400 wherever they enter (API, hooks, pages,
 # commands, handler sends). At most 200: much deeper documents break recursive
 # code (JSON encoding, schema validation) before any check could run.
-TASKS_MAX_PAYLOAD_DEPTH = env_int(
-    "TASKS_MAX_PAYLOAD_DEPTH", limits.DEFAULT_PAYLOAD_DEPTH, minimum=1, maximum=limits.MAX_PAYLOAD_DEPTH
-)
+TASKS_MAX_PAYLOAD_DEPTH = env_int("TASKS_MAX_PAYLOAD_DEPTH", limits.DEFAULT_PAYLOAD_DEPTH)
 # Largest API request body (bulk requests carry many payloads); 413 beyond it.
-API_MAX_REQUEST_BYTES = env_int("API_MAX_REQUEST_BYTES", 16 * 1024 * 1024, minimum=1024)
+API_MAX_REQUEST_BYTES = env_int("API_MAX_REQUEST_BYTES", 16 * 1024 * 1024)
 # How often a worker sweeps expired locks, in seconds.
 TASKS_EXPIRE_INTERVAL = env_float("TASKS_EXPIRE_INTERVAL", 30.0)
 # How often a worker updates its registry row, and after how long without an
@@ -389,14 +346,14 @@ TASKS_HOOK_TOLERANCE = env_float("TASKS_HOOK_TOLERANCE", 300.0)
 # Job stages: seconds between the scheduler's looks for due jobs, and the most
 # tasks one run takes from its stage (the rest wait for the next run).
 TASKS_SCHEDULER_INTERVAL = env_float("TASKS_SCHEDULER_INTERVAL", 1.0)
-TASKS_JOB_MAX_TASKS = env_int("TASKS_JOB_MAX_TASKS", 10000, minimum=1)
+TASKS_JOB_MAX_TASKS = env_int("TASKS_JOB_MAX_TASKS", 10000)
 # Retention: workers delete completed and failed tasks (and their history)
 # finished more than this many days ago, as `manage.py prune_tasks` does.
 # Unset or 0 keeps every task forever. Fractions are allowed (0.5 = 12 hours).
-TASKS_RETENTION_DAYS = env_float("TASKS_RETENTION_DAYS", 0.0, maximum=36500.0) or None  # 100 years
+TASKS_RETENTION_DAYS = env_float("TASKS_RETENTION_DAYS", 0.0) or None
 # How often each worker prunes, in seconds (one worker at a time prunes: the
 # others skip their turn while it does).
-TASKS_PRUNE_INTERVAL = env_float("TASKS_PRUNE_INTERVAL", 3600.0, minimum=1.0)
+TASKS_PRUNE_INTERVAL = env_float("TASKS_PRUNE_INTERVAL", 3600.0)
 # GET /metrics (Prometheus): scrapers send "Authorization: Bearer <token>", or
 # come from an allowed address (comma-separated IPs or CIDR networks, matched
 # against REMOTE_ADDR). Neither set: /metrics answers 404 (users with the
@@ -404,12 +361,17 @@ TASKS_PRUNE_INTERVAL = env_float("TASKS_PRUNE_INTERVAL", 3600.0, minimum=1.0)
 TASKS_METRICS_TOKEN = env_str("TASKS_METRICS_TOKEN", "").strip()
 if TASKS_METRICS_TOKEN and len(TASKS_METRICS_TOKEN) < 16:
     raise ImproperlyConfigured("TASKS_METRICS_TOKEN must be at least 16 characters")
-TASKS_METRICS_ALLOW = [a.strip() for a in env_str("TASKS_METRICS_ALLOW", "").split(",") if a.strip()]
-for _network in TASKS_METRICS_ALLOW:
+
+
+def _network_problem(network: str) -> str | None:
     try:
-        ipaddress.ip_network(_network, strict=False)
+        ipaddress.ip_network(network, strict=False)
     except ValueError:
-        raise ImproperlyConfigured(f"TASKS_METRICS_ALLOW: {_network!r} is not an IP address or network") from None
+        return "is not an IP address or network"
+    return None
+
+
+TASKS_METRICS_ALLOW = env_list("TASKS_METRICS_ALLOW", item=_network_problem)
 # Seconds a process reuses its last /metrics body (each computation folds the
 # history into the counters); 0 computes every scrape.
 TASKS_METRICS_CACHE = env_float("TASKS_METRICS_CACHE", 15.0)
@@ -433,9 +395,9 @@ REST_FRAMEWORK = {
     # For DRF's own get_ident (None would trust X-Forwarded-For from anyone).
     "NUM_PROXIES": NUM_PROXIES,
     "DEFAULT_THROTTLE_RATES": {
-        "user": env_str("API_THROTTLE_USER", "20000/minute"),
-        "anon": env_str("API_THROTTLE_ANON", "120/minute"),
-        "hook": env_str("HOOK_THROTTLE", "600/minute"),
+        "user": env_rate("API_THROTTLE_USER", "20000/minute"),
+        "anon": env_rate("API_THROTTLE_ANON", "120/minute"),
+        "hook": env_rate("HOOK_THROTTLE", "600/minute"),
     },
     "EXCEPTION_HANDLER": "tasks_app.api.errors.api_exception_handler",
     # JSON only: every endpoint takes JSON objects (payloads are objects, not form lists), the schema
