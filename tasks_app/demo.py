@@ -1,5 +1,10 @@
 """The demo order workflow that `make run` loads: every kind of stage, and its handlers.
 
+The stages and transitions are a workflow file, tasks_app/workflows/demo.json
+(the format dump_workflow writes and load_workflow reads); this module holds
+the handlers it names, the sample orders, and `load_demo`, which loads the
+file through the same service as load_workflow.
+
     orders (hook) --order--> check-stock (script) --in_stock / out_of_stock--> review (form)
     review --approved--> invoice (script) --invoiced--> daily-digest (job, nightly)
     review --declined--> notify-customer (script) --notified--> daily-digest
@@ -13,50 +18,20 @@ token makes sure only one completion is recorded.
 from __future__ import annotations
 
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
-from django.contrib.auth.models import Group
 from django.db import transaction
 
-from tasks_app.models import Stage, Transition
+from tasks_app.models import Stage
 from tasks_app.services import task_send
+from tasks_app.services.handlers import module_allowed
+from tasks_app.services.workflow import workflow_load, workflow_parse
 from tasks_app.worker import PermanentFailure
 
 # What the warehouse has, and what things cost (a real handler would ask a service).
 STOCK = {"book": 25, "lamp": 3, "mug": 40, "sofa": 0}
 PRICES = {"book": 18.0, "lamp": 45.0, "mug": 9.5, "sofa": 640.0}
-REVIEWERS = "reviewers"
-
-ORDER_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["order_id", "customer", "items"],
-    "properties": {
-        "order_id": {"type": "integer"},
-        "customer": {"type": "string", "minLength": 1},
-        "items": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
-                "type": "object",
-                "required": ["sku", "qty"],
-                "properties": {"sku": {"type": "string"}, "qty": {"type": "integer", "minimum": 1}},
-            },
-        },
-    },
-}
-REVIEW_SCHEMAS: dict[str, Any] = {
-    "approved": {
-        "title": "Approve",
-        "type": "object",
-        "properties": {"note": {"type": "string", "title": "Note for the invoice", "maxLength": 500}},
-    },
-    "declined": {
-        "title": "Decline",
-        "type": "object",
-        "required": ["reason"],
-        "properties": {"reason": {"type": "string", "title": "Reason (sent to the customer)", "minLength": 3}},
-    },
-}
 
 
 def check_stock(task: Any) -> None:
@@ -102,32 +77,11 @@ def send_digest(task: Any) -> None:
     """Pretend to email the digest to the shop owner: completing is the record."""
 
 
-STAGES: list[dict[str, Any]] = [
-    {"slug": "orders", "name": "Incoming orders", "kind": Stage.Kind.HOOK, "schemas": {"order": ORDER_SCHEMA},
-     "description": "POST /hooks/orders/?type=order: orders from the shop arrive here."},
-    {"slug": "check-stock", "name": "Check stock", "kind": Stage.Kind.SCRIPT, "handler": "tasks_app.demo.check_stock",
-     "description": "Sends in_stock or out_of_stock."},
-    {"slug": "review", "name": "Review order", "kind": Stage.Kind.FORM, "schemas": REVIEW_SCHEMAS,
-     "description": "A reviewer approves or declines each order (My work)."},
-    {"slug": "invoice", "name": "Invoice", "kind": Stage.Kind.SCRIPT, "handler": "tasks_app.demo.invoice",
-     "description": "Prices approved orders."},
-    {"slug": "notify-customer", "name": "Notify customer", "kind": Stage.Kind.SCRIPT,
-     "handler": "tasks_app.demo.notify_customer", "description": "Tells the customer their order was declined."},
-    {"slug": "daily-digest", "name": "Daily digest", "kind": Stage.Kind.JOB, "handler": "tasks_app.demo.daily_digest",
-     "schedule": "0 2 * * *", "description": "Every night at 02:00: one digest of the day's orders."},
-    {"slug": "send-digest", "name": "Send digest", "kind": Stage.Kind.SCRIPT, "handler": "tasks_app.demo.send_digest",
-     "description": "Emails the digest."},
-]  # fmt: skip
-TRANSITIONS = [
-    ("orders", "check-stock", "order"),
-    ("check-stock", "review", "in_stock"),
-    ("check-stock", "review", "out_of_stock"),
-    ("review", "invoice", "approved"),
-    ("review", "notify-customer", "declined"),
-    ("invoice", "daily-digest", "invoiced"),
-    ("notify-customer", "daily-digest", "notified"),
-    ("daily-digest", "send-digest", "digest"),
-]
+# The stages and transitions: a workflow file, loaded as `load_workflow` loads one.
+WORKFLOW_FILE = Path(__file__).resolve().parent / "workflows" / "demo.json"
+WORKFLOW: dict[str, Any] = workflow_parse(WORKFLOW_FILE.read_text(encoding="utf-8"))
+STAGES: list[dict[str, Any]] = WORKFLOW["stages"]
+TRANSITIONS: list[tuple[str, str, str]] = [(t["source"], t["target"], t["type"]) for t in WORKFLOW["transitions"]]
 SAMPLE_ORDERS: list[dict[str, Any]] = [
     {"order_id": 1001, "customer": "ada@example.com", "items": [{"sku": "book", "qty": 2}]},
     {
@@ -139,18 +93,23 @@ SAMPLE_ORDERS: list[dict[str, Any]] = [
 ]
 
 
+class DemoUnavailable(Exception):
+    """The demo cannot be loaded here: its handlers may not run."""
+
+
 @transaction.atomic
 def load_demo(*, with_orders: bool = True) -> dict[str, Stage]:
-    """Create or update the demo stages and transitions; optionally send sample orders."""
-    reviewers, _ = Group.objects.get_or_create(name=REVIEWERS)
-    stages = {}
-    for spec in STAGES:
-        defaults = {"handler": "", "schemas": {}, "schedule": "", **spec}
-        slug = defaults.pop("slug")
-        stages[slug], _ = Stage.objects.update_or_create(slug=slug, defaults=defaults)
-    stages["review"].groups.add(reviewers)
-    for source, target, task_type in TRANSITIONS:
-        Transition.objects.get_or_create(source=stages[source], target=stages[target], task_type=task_type)
+    """Load the demo workflow file (as `load_workflow` does: the demo's stages become the file's);
+    then, unless the demo has had orders already, send the sample orders.
+
+    Returns the demo's stages by slug, in the file's order.
+    """
+    if not module_allowed(__name__):
+        # Its stages would be saved, and then every task and run of them would fail.
+        raise DemoUnavailable(f"the demo's handlers ({__name__}) are not in TASKS_HANDLER_MODULES; add them")
+    workflow_load(WORKFLOW)
+    by_slug = Stage.objects.in_bulk([s["slug"] for s in STAGES], field_name="slug")
+    stages = {s["slug"]: by_slug[s["slug"]] for s in STAGES}
     if with_orders and not stages["check-stock"].tasks.exists():
         for order in SAMPLE_ORDERS:
             task_send(stage=stages["orders"], type="order", payload=order, actor="demo")

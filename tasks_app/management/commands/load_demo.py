@@ -1,4 +1,4 @@
-"""Load (or refresh) the demo order workflow."""
+"""Load (or refresh) the demo order workflow: its workflow file, then a few sample orders."""
 
 from __future__ import annotations
 
@@ -7,21 +7,23 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from tasks_app.demo import load_demo
-from tasks_app.services.handlers import module_allowed
+from tasks_app.demo import WORKFLOW_FILE, DemoUnavailable, load_demo
 
 
 class Command(BaseCommand):
-    help = "Create the demo order workflow (idempotent) and send a few sample orders."
+    help = (
+        f"Load the demo order workflow ({WORKFLOW_FILE.name}, as load_workflow would; idempotent) "
+        "and send a few sample orders."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--no-orders", action="store_true", help="Only the stages and transitions.")
 
     def handle(self, *args: Any, **options: Any) -> None:
-        if not module_allowed("tasks_app.demo"):
-            # Its stages would be saved, and then every task and run of them would fail.
-            raise CommandError("the demo's handlers (tasks_app.demo) are not in TASKS_HANDLER_MODULES; add them")
-        stages = load_demo(with_orders=not options["no_orders"])
+        try:
+            stages = load_demo(with_orders=not options["no_orders"])
+        except DemoUnavailable as exc:
+            raise CommandError(str(exc)) from None
         self.stdout.write(f"demo workflow ready: {', '.join(stages)}")
         hook = stages["orders"]
         address = os.environ.get("RUN_ADDR", "127.0.0.1:8000")  # where `make run` serves
