@@ -1,7 +1,7 @@
 """seed_tasks: many realistic tasks and their history, fast (COPY on PostgreSQL, bulk_create on SQLite).
 
-Small counts here; the million-task timing is measured by hand (see the
-command's docstring). Most tests call the command in-process; a few run
+Small counts here; the million-task timing is measured by hand (see
+tasks_app.seeding's docstring). Most tests call the command in-process; a few run
 `python manage.py seed_tasks` for real for the exit status and stderr.
 """
 
@@ -29,6 +29,7 @@ from tasks_app.demo import STAGES as DEMO_STAGES
 from tasks_app.demo import TRANSITIONS as DEMO_TRANSITIONS
 from tasks_app.management.commands import seed_tasks
 from tasks_app.models import Stage, Task, TaskEvent, Transition
+from tasks_app.seeding import generator, writers
 from tasks_app.services import task_create
 from tests.support.processes import manage
 
@@ -275,8 +276,8 @@ def test_a_type_with_copy_special_characters_is_stored_as_is(world: dict[str, St
 
 
 def test_copy_text_escapes_what_copy_reads_specially() -> None:
-    assert seed_tasks.copy_text("plain 'text' {\"a\": 1}") == "plain 'text' {\"a\": 1}"
-    assert seed_tasks.copy_text("a\\b\tc\nd\re") == "a\\\\b\\tc\\nd\\re"
+    assert writers.copy_text("plain 'text' {\"a\": 1}") == "plain 'text' {\"a\": 1}"
+    assert writers.copy_text("a\\b\tc\nd\re") == "a\\\\b\\tc\\nd\\re"
 
 
 def test_seeded_tasks_show_on_the_monitoring_pages(seeded: tuple[list[Task], str]) -> None:
@@ -383,7 +384,7 @@ def test_a_failing_chunk_keeps_the_chunks_before_it_and_stops_the_producer(
     world: dict[str, Stage], monkeypatch: pytest.MonkeyPatch, failing: int
 ) -> None:
     # When the last chunk fails, the producer is done and waiting to hand over DONE: it must not hang.
-    writer = seed_tasks.PostgresWriter if connection.vendor == "postgresql" else seed_tasks.OrmWriter
+    writer = writers.PostgresWriter if connection.vendor == "postgresql" else writers.OrmWriter
     real_write = writer.write
     calls = []
 
@@ -410,7 +411,7 @@ def test_a_generator_error_reaches_the_command(world: dict[str, Stage], monkeypa
     def broken(self: Any, ids: Any) -> Any:
         raise ValueError("bad plan")
 
-    monkeypatch.setattr(seed_tasks.Generator, "chunk", broken)
+    monkeypatch.setattr(generator.Generator, "chunk", broken)
     with pytest.raises(ValueError, match="bad plan"):
         seed("--count", "10")
     assert Task.objects.count() == 0
