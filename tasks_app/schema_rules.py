@@ -51,10 +51,12 @@ PROBES: tuple[object, ...] = ({}, None)
 
 def _never_retrieve(uri: str) -> Resource[Any]:
     # Only the schema itself (and the drafts' meta-schemas jsonschema bundles) can be referred to.
-    raise NoSuchResource(ref=uri)
+    # referencing's attrs classes are declared for pyright (a private __dataclass_transform__): mypy sees
+    # KeyError's and Mapping's constructors, here and for Registry below.
+    raise NoSuchResource(ref=uri)  # type: ignore[call-arg]
 
 
-NO_RETRIEVAL: Registry[Any] = Registry(retrieve=_never_retrieve)
+NO_RETRIEVAL: Registry[Any] = Registry(retrieve=_never_retrieve)  # type: ignore[call-arg]
 
 
 # -- what makes a schema unusable -------------------------------------------------------------
@@ -97,7 +99,8 @@ def _draft(schema: dict[str, Any]) -> Any:
     if not isinstance(dialect, str):
         return None
     try:
-        return validators.validator_for(schema, default=None)
+        # For an unknown $schema jsonschema returns `default` as given; the stubs allow only a validator class.
+        return validators.validator_for(schema, default=None)  # type: ignore[arg-type]
     except ValueError:  # not even a URI ("http://[")
         return None
 
@@ -122,7 +125,7 @@ def _dialect_problems(schema: dict[str, Any]) -> list[str]:
         else:
             problems.append(
                 f"names an unknown $schema {named}{_at(path)}: supported are "
-                + ", ".join(c.ID_OF(c.META_SCHEMA) for c in SUPPORTED_DRAFTS)
+                + ", ".join(str(c.ID_OF(c.META_SCHEMA)) for c in SUPPORTED_DRAFTS)
                 + "."
             )
     return problems

@@ -66,7 +66,8 @@ def _typed_field(spec: dict[str, Any], common: dict[str, Any]) -> forms.Field:
         return forms.BooleanField(**{**common, "required": False})
     if kind in ("integer", "number"):
         field = forms.IntegerField if kind == "integer" else forms.FloatField
-        return field(min_value=_number(spec.get("minimum")), max_value=_number(spec.get("maximum")), **common)
+        # stubs: IntegerField's bounds may be floats ("minimum": 1.5), as Django's validators compare any number.
+        return field(min_value=_number(spec.get("minimum")), max_value=_number(spec.get("maximum")), **common)  # type: ignore[arg-type]
     if kind == "string":
         max_length = _count(spec.get("maxLength"))
         long = (max_length or 0) > LONG_TEXT or spec.get("format") == "textarea"

@@ -89,7 +89,7 @@ def due_time(stage: Stage, now: datetime | None = None) -> tuple[datetime, int] 
     # get_prev() excludes its start and looks at whole seconds: start one second
     # past `now` so that a tick at exactly `now` counts as due.
     ticks = _ticks_before(stage.schedule, now.replace(microsecond=0) + timedelta(seconds=1))
-    due_at = cast(datetime, ticks.get_prev(datetime))
+    due_at = ticks.get_prev(datetime)
     baseline = _baseline(stage)
     if due_at <= baseline:
         return None

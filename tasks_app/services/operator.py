@@ -3,6 +3,7 @@ an event naming the acting user."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -20,7 +21,7 @@ from tasks_app.services.schemas import validate_arrival
 S = Task.Status
 
 
-def _refuse(task_id: int, action: str, allowed: list[str]) -> TaskStateError:
+def _refuse(task_id: int, action: str, allowed: Sequence[str]) -> TaskStateError:
     status = Task.objects.filter(pk=task_id).values_list("status", flat=True).first()
     if status is None:
         return TaskStateError(f"Task {task_id} does not exist.")

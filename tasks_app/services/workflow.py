@@ -49,7 +49,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from django.contrib.auth.models import Group
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
@@ -90,7 +90,7 @@ def _is_int(v: object) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_names(v: object) -> bool:
+def _is_names(v: object) -> TypeGuard[list[str]]:
     return isinstance(v, list) and all(isinstance(x, str) for x in v)
 
 
@@ -396,8 +396,8 @@ def workflow_problems(data: Any) -> list[str]:
                 first[slug] = i
         in_file = set(first)
     if isinstance(transitions, list):
-        named = {e.get(k) for e in transitions if isinstance(e, dict) for k in ("source", "target")}
-        named = {s for s in named if isinstance(s, str)} - (in_file or set())
+        mentioned = {e.get(k) for e in transitions if isinstance(e, dict) for k in ("source", "target")}
+        named = {s for s in mentioned if isinstance(s, str)} - (in_file or set())
         in_db = set(Stage.objects.filter(slug__in=named).values_list("slug", flat=True))
         seen: dict[tuple[str, str, str], int] = {}
         for i, entry in enumerate(transitions):

@@ -99,7 +99,7 @@ class SlotPool:
 
     def take_unstarted(self) -> list[Job]:
         """Remove and return the jobs no slot has taken yet (shutdown)."""
-        jobs = []
+        jobs: list[Job] = []
         while True:
             try:
                 job = self.work.get_nowait()
