@@ -22,16 +22,7 @@ from rest_framework.test import APIClient  # noqa: E402
 
 from tasks_app.models import Stage, Task  # noqa: E402
 from tasks_app.services import task_create  # noqa: E402
-from tests.support.processes import (  # noqa: E402, F401 (old import paths, until every module uses tests.support)
-    IS_POSTGRES,
-    ROOT,
-    TEST_HANDLER_MODULES,
-    finish,
-    manage,
-    start_worker,
-    subprocess_env,
-    wait_for,
-)
+from tests.support.processes import IS_POSTGRES, TEST_HANDLER_MODULES  # noqa: E402
 from tests.support.users import ROLES, make_role_user, token_client  # noqa: E402
 from tests.support.world import make_tasks_in_every_state, make_world  # noqa: E402
 
