@@ -10,6 +10,7 @@ when a batch really commits.
 from __future__ import annotations
 
 import threading
+import time
 from datetime import timedelta
 from io import StringIO
 from typing import Any
@@ -32,19 +33,14 @@ from tasks_app.services import (
     task_fail,
     task_retry,
 )
-from tasks_app.services.retention import PruneBatch, PruneResult, delete_batch, prune_due, tasks_prune
+from tasks_app.services.locks import LockKey
+from tasks_app.services.retention import PruneBatch, PruneResult, delete_batch, tasks_prune
 from tasks_app.worker import Worker
 from tests.support.processes import manage
 from tests.support.world import make_tasks_in_every_state
 
 committed = pytest.mark.django_db(transaction=True)
 DAY = timedelta(days=1)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_schedule() -> None:
-    # The periodic schedule is per process; each test starts with a prune due.
-    retention.schedule.next_at = 0.0
 
 
 def finished(
@@ -73,6 +69,11 @@ def ids() -> set[int]:
 
 def event_task_ids() -> set[int]:
     return set(TaskEvent.objects.values_list("task_id", flat=True))
+
+
+def prune_due(worker: Worker) -> PruneResult | None:
+    """What `worker`'s upkeep does for retention: prune if its prune cadence is due."""
+    return worker.cadences.prune.run(time.monotonic(), worker.prune)
 
 
 def snapshot() -> tuple[object, ...]:
@@ -470,7 +471,7 @@ def test_command_process_exits_non_zero_with_one_readable_line(world: dict[str, 
 def test_prune_due_is_off_without_a_retention_setting(world: dict[str, Stage], settings: Any) -> None:
     settings.TASKS_RETENTION_DAYS = None
     finished(world["ship"], days_ago=4000)
-    assert prune_due() is None
+    assert prune_due(Worker(listen=False)) is None
     assert Task.objects.count() == 1
 
 
@@ -479,20 +480,21 @@ def test_prune_due_prunes_then_waits_for_its_interval(world: dict[str, Stage], s
     settings.TASKS_PRUNE_INTERVAL = 600
     old = finished(world["ship"], days_ago=40)
     recent = finished(world["ship"], days_ago=20)
+    pruner = Worker(listen=False)
 
-    result = prune_due()
+    result = prune_due(pruner)
 
     assert result is not None and (result.tasks, result.finished) == (1, True)
     assert ids() == {recent.pk}
     # Not due again before the interval (±10% jitter) ...
-    waited = retention.schedule.next_at - retention.time.monotonic()
+    waited = pruner.cadences.prune.next_at - time.monotonic()
     assert 500 < waited <= 660
     finished(world["ship"], days_ago=41)
-    assert prune_due() is None
+    assert prune_due(pruner) is None
     assert Task.objects.count() == 2
     # ... and due once it has passed.
-    retention.schedule.next_at = retention.time.monotonic() - 1
-    result = prune_due()
+    pruner.cadences.prune.next_at = time.monotonic() - 1
+    result = prune_due(pruner)
     assert result is not None and result.tasks == 1
     assert old.pk not in ids()
 
@@ -505,14 +507,15 @@ def test_prune_due_takes_a_bounded_bite_and_comes_back_soon(
         finished(world["ship"], days_ago=40 + n)
     monkeypatch.setattr(retention, "PERIODIC_BATCH", 1)
     monkeypatch.setattr(retention, "PERIODIC_BUDGET", 0.0)  # one batch per call
+    pruner = Worker(listen=False)
 
-    result = prune_due()
+    result = prune_due(pruner)
 
     assert result is not None and (result.tasks, result.finished) == (1, False)
     # A backlog brings it back after PERIODIC_PAUSE, not after the interval.
-    assert retention.schedule.next_at - retention.time.monotonic() <= retention.PERIODIC_PAUSE
-    retention.schedule.next_at = 0.0
-    assert prune_due().tasks == 1  # type: ignore[union-attr]
+    assert pruner.cadences.prune.next_at - time.monotonic() <= retention.PERIODIC_PAUSE
+    pruner.cadences.prune.next_at = 0.0
+    assert prune_due(pruner).tasks == 1  # type: ignore[union-attr]
 
 
 def test_prune_due_stops_when_another_worker_takes_the_lock_over(
@@ -525,18 +528,19 @@ def test_prune_due_stops_when_another_worker_takes_the_lock_over(
     monkeypatch.setattr(retention, "PERIODIC_BATCH", 1)
     # Free for the first two batches (the failed pass finds none, then one completed task), then taken.
     answers = iter([True, True, False])
-    monkeypatch.setattr(retention, "_prune_lock", lambda wait: next(answers))
+    monkeypatch.setattr(retention, "advisory_xact_lock", lambda key, wait: next(answers))
+    pruner = Worker(listen=False)
 
-    result = prune_due()
+    result = prune_due(pruner)
 
     assert result is not None and (result.tasks, result.busy, result.finished) == (1, True, False)
     assert Task.objects.count() == 2
     # The other worker carries on: this one waits for its interval, not PERIODIC_PAUSE.
-    assert retention.schedule.next_at - retention.time.monotonic() > 500
+    assert pruner.cadences.prune.next_at - time.monotonic() > 500
     # Taken from the start: it did not prune at all.
-    retention.schedule.next_at = 0.0
-    monkeypatch.setattr(retention, "_prune_lock", lambda wait: False)
-    assert prune_due() is None
+    pruner.cadences.prune.next_at = 0.0
+    monkeypatch.setattr(retention, "advisory_xact_lock", lambda key, wait: False)
+    assert prune_due(pruner) is None
     assert Task.objects.count() == 2
 
 
@@ -580,23 +584,24 @@ def other_connection() -> psycopg.Connection[Any]:
 def test_prune_due_skips_while_another_worker_holds_the_prune_lock(world: dict[str, Stage], settings: Any) -> None:
     settings.TASKS_RETENTION_DAYS = 30
     old = finished(world["ship"], days_ago=40)
+    pruner = Worker(listen=False)
     other = other_connection()
     try:
-        assert other.execute("SELECT pg_try_advisory_lock(%s)", [retention.PRUNE_LOCK_KEY]).fetchone() == (True,)
-        assert prune_due() is None
+        assert other.execute("SELECT pg_try_advisory_lock(%s)", [LockKey.PRUNE]).fetchone() == (True,)
+        assert prune_due(pruner) is None
         assert old.pk in ids()
         # A dry run needs no lock.
         assert tasks_prune(older_than=30 * DAY, dry_run=True).tasks == 1
-        other.execute("SELECT pg_advisory_unlock(%s)", [retention.PRUNE_LOCK_KEY])
+        other.execute("SELECT pg_advisory_unlock(%s)", [LockKey.PRUNE])
     finally:
         other.close()
-    retention.schedule.next_at = 0.0
-    result = prune_due()
+    pruner.cadences.prune.next_at = 0.0
+    result = prune_due(pruner)
     assert result is not None and result.tasks == 1
     # The lock lives only as long as a batch's transaction: another session can take it now.
     other = other_connection()
     try:
-        assert other.execute("SELECT pg_try_advisory_lock(%s)", [retention.PRUNE_LOCK_KEY]).fetchone() == (True,)
+        assert other.execute("SELECT pg_try_advisory_lock(%s)", [LockKey.PRUNE]).fetchone() == (True,)
     finally:
         other.close()
 
@@ -622,7 +627,7 @@ def test_two_concurrent_periodic_prunes_only_one_prunes(
 
     def worker(name: str) -> None:
         try:
-            results[name] = prune_due()
+            results[name] = prune_due(Worker(listen=False, worker_id=name))
         except BaseException as exc:  # reported by the main thread
             errors.append(exc)
         finally:
@@ -631,8 +636,7 @@ def test_two_concurrent_periodic_prunes_only_one_prunes(
     first = threading.Thread(target=worker, args=("first",))
     first.start()
     assert inside.wait(timeout=30)
-    # A second worker (its own process in real life, so its own schedule) comes along now.
-    retention.schedule.next_at = 0.0
+    # A second worker (its own process in real life, and its own schedule) comes along now.
     second = threading.Thread(target=worker, args=("second",))
     second.start()
     second.join(timeout=30)
@@ -663,7 +667,7 @@ def test_the_command_waits_for_a_periodic_prune_instead_of_racing_it(world: dict
     try:
         # A worker's batch holds the lock (here: for as long as the test likes).
         other.execute("BEGIN")
-        other.execute("SELECT pg_advisory_xact_lock(%s)", [retention.PRUNE_LOCK_KEY])
+        other.execute("SELECT pg_advisory_xact_lock(%s)", [LockKey.PRUNE])
         thread = threading.Thread(target=run_command_prune)
         thread.start()
         assert not done.wait(timeout=1.0)  # queued behind it, deleting nothing meanwhile

@@ -28,7 +28,7 @@ from django.utils import timezone
 
 from tasks_app.models import Stage, Task, TaskEvent, Transition, WorkerProcess
 from tasks_app.services import task_claim, task_complete, task_create, tasks_expire_locks
-from tasks_app.services.lifecycle import SWEEP_LOCK_KEY
+from tasks_app.services.locks import LockKey
 from tests.support.processes import ROOT, finish, start_worker, subprocess_env, wait_for
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
@@ -502,7 +502,7 @@ def test_expiry_sweep_does_nothing_while_another_holds_the_sweep_lock() -> None:
         autocommit=True,
     )  # fmt: skip
     try:
-        other.execute("SELECT pg_advisory_lock(%s)", [SWEEP_LOCK_KEY])
+        other.execute("SELECT pg_advisory_lock(%s)", [LockKey.SWEEP])
         started = time.monotonic()
         assert tasks_expire_locks() == 0
         # It gives up at once rather than waiting for the other sweeper.
@@ -510,7 +510,7 @@ def test_expiry_sweep_does_nothing_while_another_holds_the_sweep_lock() -> None:
         assert Task.objects.filter(pk=task.pk).values().get() == before
         assert not TaskEvent.objects.filter(task=task, kind=E.LOCK_EXPIRED).exists()
 
-        row = other.execute("SELECT pg_advisory_unlock(%s)", [SWEEP_LOCK_KEY]).fetchone()
+        row = other.execute("SELECT pg_advisory_unlock(%s)", [LockKey.SWEEP]).fetchone()
         assert row is not None and row[0] is True
     finally:
         other.close()

@@ -13,13 +13,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
 from tasks_app.models import Task, TaskEvent
 from tasks_app.services.errors import TaskLockLost
 from tasks_app.services.events import event_record
+from tasks_app.services.locks import LockKey, advisory_xact_lock
 from tasks_app.services.notify import notify_stages
 
 # Lock columns reset whenever a task goes back to pending.
@@ -164,29 +165,13 @@ def task_fail(*, task_id: int, lock_token: str, error: str, traceback: str = "",
         )
 
 
-# Key of the PostgreSQL advisory lock that makes the expiry sweep one-at-a-time.
-SWEEP_LOCK_KEY = 0x7A5C_0001
-
-
-def _sweep_lock() -> bool:
-    """Take the sweep's transaction-scoped advisory lock, if free (PostgreSQL).
-
-    SQLite needs none: its transactions begin IMMEDIATE, so sweeps serialise.
-    """
-    if connection.vendor != "postgresql":
-        return True
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [SWEEP_LOCK_KEY])
-        return bool(cursor.fetchone()[0])
-
-
 def tasks_expire_locks(*, now: datetime | None = None, batch_size: int = 1000) -> int:
     """Turn every task whose lock has passed back to pending (failed at max attempts); returns the count."""
     now = now or timezone.now()
     total = 0
     while True:
         with transaction.atomic():
-            if not _sweep_lock():
+            if not advisory_xact_lock(LockKey.SWEEP):
                 return total  # another worker is sweeping right now
             rows = list(
                 Task.objects.lock_expired(now)

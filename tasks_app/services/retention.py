@@ -44,7 +44,6 @@ batch, and a worker whose periodic prune finds the lock taken skips its turn.
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -57,15 +56,13 @@ from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
 from tasks_app.models import JobRun, Task
+from tasks_app.services.locks import LockKey, advisory_xact_lock
 
 logger = logging.getLogger("tasks_app.retention")
 
 PRUNABLE = (Task.Status.COMPLETED, Task.Status.FAILED)
 # The column that says how long ago a task finished, per status.
 AGE_COLUMN = {Task.Status.COMPLETED: "completed_at", Task.Status.FAILED: "updated_at"}
-# Key of the PostgreSQL advisory lock that makes periodic pruning one worker at a time
-# (the expiry sweep's is 0x7A5C_0001, in lifecycle.py).
-PRUNE_LOCK_KEY = 0x7A5C_0002
 # Periodic pruning runs in a worker's coordinator thread, which also extends the
 # locks of the tasks it holds: it prunes in small batches for at most
 # PERIODIC_BUDGET seconds, and comes back after PERIODIC_PAUSE while a backlog lasts.
@@ -87,6 +84,11 @@ class PruneResult:
     finished: bool = True  # False when it stopped early, with more possibly left
     busy: bool = False  # stopped (or never started) because another worker is pruning
     dry_run: bool = False
+
+    @property
+    def backlog(self) -> bool:
+        """Stopped for its time budget with more left (not for another worker, which carries on itself)."""
+        return not self.finished and not self.busy
 
 
 @dataclass(frozen=True)
@@ -301,7 +303,7 @@ def tasks_prune(
         while True:
             batch_started = time.monotonic()
             with transaction.atomic():
-                if lock is not None and not dry_run and not _prune_lock(wait=lock == "wait"):
+                if lock is not None and not dry_run and not advisory_xact_lock(LockKey.PRUNE, wait=lock == "wait"):
                     result.finished, result.busy = False, True
                     return result
                 ids, after = _select_batch(status=status, cutoff=cutoff, after=after, limit=batch_size)
@@ -332,54 +334,20 @@ def tasks_prune(
 # -- periodic pruning by workers ------------------------------------------------
 
 
-@dataclass
-class _Schedule:
-    """When this process may prune next (time.monotonic()); 0 means at the first chance."""
+def tasks_prune_periodic(*, now: datetime | None = None) -> PruneResult | None:
+    """A worker's periodic prune: one bite of at most PERIODIC_BUDGET seconds, if TASKS_RETENTION_DAYS is set.
 
-    next_at: float = 0.0
-
-
-schedule = _Schedule()
-
-
-def _prune_lock(*, wait: bool) -> bool:
-    """Take the prune's transaction-scoped advisory lock (PostgreSQL), as the expiry sweep does.
-
-    Returns False if `wait` is off and another prune holds it. Per batch, not
-    per session: nothing outlives a transaction, so a dropped connection or a
-    transaction-pooling PgBouncer can't leave it held. Between two batches
-    another prune may take over. SQLite needs none: BEGIN IMMEDIATE
-    serialises the batches.
-    """
-    if connection.vendor != "postgresql":
-        return True
-    with connection.cursor() as cursor:
-        if wait:
-            cursor.execute("SELECT pg_advisory_xact_lock(%s)", [PRUNE_LOCK_KEY])
-            return True
-        cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [PRUNE_LOCK_KEY])
-        return bool(cursor.fetchone()[0])
-
-
-def prune_due(*, now: datetime | None = None) -> PruneResult | None:
-    """Prune if TASKS_RETENTION_DAYS is set, this process's interval has passed and no other worker is pruning.
-
-    Returns None when it did not prune. Each process keeps its own schedule
-    (TASKS_PRUNE_INTERVAL with ±10% jitter); that needs no shared "last run"
-    row, because a prune's work is the tasks that aged past the cutoff since
-    the last one, whichever worker ran it, and the advisory lock lets one
-    worker at a time do it (a worker that finds it taken skips its turn). A
-    call prunes for at most PERIODIC_BUDGET seconds; while a backlog lasts, it
-    is due again after PERIODIC_PAUSE.
+    Returns None when it did not prune: retention is off, or another worker
+    held the prune lock from the start (it skips its turn). The worker calls
+    it on its own cadence (TASKS_PRUNE_INTERVAL with ±10% jitter, see
+    worker.loop), and sooner, after PERIODIC_PAUSE, while `backlog` says more
+    is left. That needs no shared "last run" row: a prune's work is the tasks
+    that aged past the cutoff since the last one, whichever worker ran it, and
+    the advisory lock lets one worker at a time do it.
     """
     days = settings.TASKS_RETENTION_DAYS
     if days is None or days <= 0:
         return None
-    clock = time.monotonic()
-    if clock < schedule.next_at:
-        return None
-    # Set first: after a database error the worker retries at the next interval, not in a loop.
-    schedule.next_at = clock + float(settings.TASKS_PRUNE_INTERVAL) * random.uniform(0.9, 1.1)
     result = tasks_prune(
         older_than=timedelta(days=days),
         batch_size=PERIODIC_BATCH,
@@ -387,9 +355,6 @@ def prune_due(*, now: datetime | None = None) -> PruneResult | None:
         lock="try",
         now=now,
     )
-    if result.busy:
-        # Another worker is pruning (and carries on with what is left).
-        return result if result.batches else None
-    if not result.finished:
-        schedule.next_at = time.monotonic() + PERIODIC_PAUSE
+    if result.busy and not result.batches:
+        return None  # another worker is pruning (and carries on with what is left)
     return result

@@ -17,7 +17,7 @@ import random
 import secrets
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import IO
 
@@ -29,9 +29,10 @@ from tasks_app import services
 from tasks_app.limits import clamp_lock_timeout
 from tasks_app.logcontext import log_context
 from tasks_app.models import Stage, Task, Transition
-from tasks_app.services.retention import prune_due
+from tasks_app.services.retention import PERIODIC_PAUSE, PruneResult, tasks_prune_periodic
 from tasks_app.worker.handlers import Handler, HandlerImportError, HandlerTask, Outcome, resolve_handler
 from tasks_app.worker.listener import Listener
+from tasks_app.worker.pacing import NAP_SLICE, Backoff, Cadence, close_connection, nap, say
 from tasks_app.worker.slots import Job, SlotPool
 
 logger = logging.getLogger("tasks_app.worker")
@@ -39,7 +40,8 @@ logger = logging.getLogger("tasks_app.worker")
 STAGE_REFRESH = 1.0  # seconds between re-reads of the stages (pauses, new handlers)
 FLUSH_AFTER = 0.5  # longest a finished task waits for its batch's commit
 HEARTBEAT_CHECK = 0.25  # seconds between looks for locks that need extending
-MAX_BACKOFF = 30.0  # longest pause after database errors
+CONNECTION_CHECK = 1.0  # seconds between close_old_connections() calls
+PRUNE_JITTER = 0.1  # workers started together spread their prunes over ±10% of TASKS_PRUNE_INTERVAL
 
 
 def default_worker_id() -> str:
@@ -72,6 +74,76 @@ class Held:
 
 
 @dataclass
+class Cadences:
+    """The coordinator's clocks: each periodic thing it does, with its own interval."""
+
+    heartbeat: Cadence  # look for held locks that need extending
+    connections: Cadence  # close_old_connections()
+    expiry: Cadence  # the expiry sweep (TASKS_EXPIRE_INTERVAL)
+    prune: Cadence  # retention (TASKS_PRUNE_INTERVAL; sooner while a backlog lasts)
+    registry: Cadence  # the registry heartbeat (TASKS_WORKER_HEARTBEAT)
+    progress: Cadence | None  # the progress line; None when off
+
+    @classmethod
+    def from_settings(cls, *, progress_interval: float, now: float) -> Cadences:
+        """Due at the first step, except the progress line, which has nothing to say yet."""
+        return cls(
+            heartbeat=Cadence(HEARTBEAT_CHECK),
+            connections=Cadence(CONNECTION_CHECK),
+            expiry=Cadence(float(settings.TASKS_EXPIRE_INTERVAL)),
+            prune=Cadence(float(settings.TASKS_PRUNE_INTERVAL), jitter=PRUNE_JITTER),
+            registry=Cadence(float(settings.TASKS_WORKER_HEARTBEAT)),
+            progress=Cadence(progress_interval, next_at=now + progress_interval) if progress_interval > 0 else None,
+        )
+
+
+@dataclass
+class ServedStages:
+    """The script stages a worker serves and their transitions, re-read every STAGE_REFRESH s."""
+
+    slugs: Sequence[str]
+    cadence: Cadence = field(default_factory=lambda: Cadence(STAGE_REFRESH))
+    stages: list[Stage] = field(default_factory=list)
+    routes: dict[int, list[Transition]] = field(default_factory=dict)
+    rotation: int = 0
+
+    def current(self) -> list[Stage]:
+        if self.cadence.tick(time.monotonic()):
+            qs = Stage.objects.filter(kind=Stage.Kind.SCRIPT, is_paused=False)
+            if self.slugs:
+                qs = qs.filter(slug__in=self.slugs)
+            self.stages = list(qs.order_by("id"))
+            self.routes = {s.pk: [] for s in self.stages}
+            for t in Transition.objects.filter(source__in=self.stages).order_by("id"):
+                self.routes[t.source_id].append(t)
+        return self.stages
+
+    def in_turn(self) -> list[Stage]:
+        """The current stages, starting one further along at every call: no stage always claims first."""
+        stages = self.current()
+        if not stages:
+            return []
+        self.rotation = (self.rotation + 1) % len(stages)
+        return stages[self.rotation :] + stages[: self.rotation]
+
+
+@dataclass
+class RateMeter:
+    """Tasks done per second between two readings."""
+
+    at: float = field(default_factory=time.monotonic)
+    done: int = 0
+
+    def reading(self, now: float, done: int) -> float:
+        rate = (done - self.done) / max(now - self.at, 1e-9)
+        self.at, self.done = now, done
+        return rate
+
+
+Chore = tuple[Cadence, Callable[[], object]]
+
+
+@dataclass
 class Worker:
     stage_slugs: Sequence[str] = ()
     batch_size: int = 10
@@ -91,38 +163,31 @@ class Worker:
         self.worker_id = self.worker_id or default_worker_id()
         if self.poll_interval is None:
             self.poll_interval = float(settings.TASKS_POLL_INTERVAL)
-        self.held: dict[int, Held] = {}  # every task whose lock we hold
-        self.in_flight: set[int] = set()  # handed to the slots, handler not finished
-        self.done: list[Held] = []  # handler finished, outcome not yet written
-        self._next_heartbeat_check = 0.0
-        self._handlers: dict[str, Handler] = {}
-        self._stages: list[Stage] = []
-        self._routes: dict[int, list[Transition]] = {}
-        self._stages_read = -STAGE_REFRESH
-        self._rotation = 0
-        self._next_expiry = 0.0
-        self._next_registry = 0.0
-        self._next_progress = time.monotonic() + self.progress_interval
-        self._progress_mark = (time.monotonic(), 0)
-        self._db_backoff = 0.0
-        self._next_conn_check = 0.0
+        # The tasks, by where they are: every task whose lock we hold; handed to the
+        # slots, handler not finished; handler finished, outcome not yet written.
+        self.held: dict[int, Held] = {}
+        self.in_flight: set[int] = set()
+        self.done: list[Held] = []
+        self.served = ServedStages(self.stage_slugs)
+        self.cadences = Cadences.from_settings(progress_interval=self.progress_interval, now=time.monotonic())
+        # The upkeep, in order: each chore runs when its cadence is due.
+        self.chores: list[Chore] = [
+            (self.cadences.expiry, self.expire_locks),
+            (self.cadences.prune, self.prune),
+            (self.cadences.registry, self.report_in),
+        ]
+        if self.cadences.progress is not None:
+            self.chores.append((self.cadences.progress, self.print_progress))
+        self.rate = RateMeter()
+        self.backoff = Backoff()  # after database errors
+        self._handlers: dict[str, Handler] = {}  # resolved handlers, by dotted path
         self._pool: SlotPool | None = None
         self._listener: Listener | None = None
 
     # -- stages and claiming ---------------------------------------------
     def stages(self) -> list[Stage]:
         """The script stages served, re-read at most every STAGE_REFRESH s."""
-        now = time.monotonic()
-        if now - self._stages_read >= STAGE_REFRESH:
-            qs = Stage.objects.filter(kind=Stage.Kind.SCRIPT, is_paused=False)
-            if self.stage_slugs:
-                qs = qs.filter(slug__in=self.stage_slugs)
-            self._stages = list(qs.order_by("id"))
-            self._routes = {s.pk: [] for s in self._stages}
-            for t in Transition.objects.filter(source__in=self._stages).order_by("id"):
-                self._routes[t.source_id].append(t)
-            self._stages_read = now
-        return self._stages
+        return self.served.current()
 
     def _room(self) -> int:
         room = self.batch_size
@@ -132,12 +197,8 @@ class Worker:
 
     def claim(self) -> int:
         """Claim up to one batch, visiting the stages in turn; returns how many were claimed."""
-        stages = self.stages()
         claimed = 0
-        if not stages:
-            return 0
-        self._rotation = (self._rotation + 1) % len(stages)
-        for stage in stages[self._rotation :] + stages[: self._rotation]:
+        for stage in self.served.in_turn():
             room = self._room() - claimed
             if room <= 0 or self.stop_requested:
                 break
@@ -171,7 +232,7 @@ class Worker:
                 created_at=task.created_at,
                 parent_id=task.parent_id,
                 _stage=task.stage,
-                _routes=self._routes.get(task.stage_id),
+                _routes=self.served.routes.get(task.stage_id),
             )
             self.in_flight.add(task.pk)
             self._pool.submit(Job(task_id=task.pk, lock_token=task.lock_token, handler=handler, view=view))
@@ -279,9 +340,8 @@ class Worker:
     def heartbeat(self) -> None:
         """Extend the locks of held tasks whose lock is half used up."""
         now = time.monotonic()
-        if now < self._next_heartbeat_check:
+        if not self.cadences.heartbeat.tick(now):
             return
-        self._next_heartbeat_check = now + HEARTBEAT_CHECK
         due: dict[int, list[Held]] = {}
         for h in self.held.values():
             if now - h.extended_at >= h.lock_timeout / 2:
@@ -350,43 +410,59 @@ class Worker:
                 pass
 
     def upkeep(self) -> None:
+        """Run the chores whose cadence is due (each marked done first: one that fails waits for its next turn)."""
         now = time.monotonic()
-        if now >= self._next_expiry:
-            self._next_expiry = now + float(settings.TASKS_EXPIRE_INTERVAL)
-            count = services.tasks_expire_locks()
-            if count:
-                logger.info("expired %d lock(s)", count)
-        # Retention (TASKS_RETENTION_DAYS): keeps its own interval and lock; None when not due.
-        pruned = prune_due()
-        if pruned is not None and (pruned.tasks or pruned.job_runs):
+        for cadence, chore in self.chores:
+            cadence.run(now, chore)
+
+    def expire_locks(self) -> None:
+        """The expiry sweep: tasks whose lock passed go back to pending (one worker sweeps at a time)."""
+        count = services.tasks_expire_locks()
+        if count:
+            logger.info("expired %d lock(s)", count)
+
+    def prune(self) -> PruneResult | None:
+        """Retention (TASKS_RETENTION_DAYS): one bounded bite; while a backlog lasts, due again after PERIODIC_PAUSE."""
+        pruned = tasks_prune_periodic()
+        if pruned is None:
+            return None
+        if pruned.backlog:
+            self.cadences.prune.done(time.monotonic(), after=PERIODIC_PAUSE)
+        if pruned.tasks or pruned.job_runs:
             logger.info(
                 "pruned %d old task(s) with %d event(s) and %d job run(s)",
                 pruned.tasks,
                 pruned.events,
                 pruned.job_runs,
             )
-        if now >= self._next_registry:
-            self._next_registry = now + float(settings.TASKS_WORKER_HEARTBEAT)
-            services.worker_heartbeat(
-                worker_id=self.worker_id,
-                done=self.stats.done,
-                failed=self.stats.failed,
-                current=sorted(self.held),
-            )
-        if self.progress_interval > 0 and now >= self._next_progress:
-            self._next_progress = now + self.progress_interval
-            mark_time, mark_done = self._progress_mark
-            rate = (self.stats.done - mark_done) / max(now - mark_time, 1e-9)
-            self._progress_mark = (now, self.stats.done)
-            s = self.stats
-            self._say(
-                f"{self.worker_id}: {rate:.1f} tasks/s, done {s.done}, failed {s.failed}, "
-                f"released {s.released}, claimed {s.claimed}, holding {len(self.held)}"
-            )
+        return pruned
+
+    def report_in(self) -> None:
+        """The registry heartbeat: counters and held tasks, so the monitor shows this worker alive."""
+        services.worker_heartbeat(
+            worker_id=self.worker_id,
+            done=self.stats.done,
+            failed=self.stats.failed,
+            current=sorted(self.held),
+        )
+
+    def print_progress(self) -> None:
+        rate = self.rate.reading(time.monotonic(), self.stats.done)
+        s = self.stats
+        self._say(
+            f"{self.worker_id}: {rate:.1f} tasks/s, done {s.done}, failed {s.failed}, "
+            f"released {s.released}, claimed {s.claimed}, holding {len(self.held)}"
+        )
 
     # -- the loop -------------------------------------------------------------
-    def step(self) -> bool:
-        """One coordinator step; returns True if any task was claimed, running or finished."""
+    def turn(self, *, claim: bool) -> None:
+        """One coordinator turn, in the one order that step() and run_once() share.
+
+        Write finished outcomes (when a batch is due), extend locks, enforce
+        run-time limits, run the upkeep, then hand back unstarted tasks if
+        stopping, or else claim (if `claim` and the slots have room), and
+        collect finished handler runs.
+        """
         assert self._pool is not None
         if self.flush_due():
             self.record()
@@ -395,25 +471,24 @@ class Worker:
         self.upkeep()
         if self.stop_requested:
             self.unclaim_unstarted()
-        elif self._pool.idle() and len(self.in_flight) < self.concurrency:
+        elif claim and self._pool.idle() and len(self.in_flight) < self.concurrency:
             self.claim()
         if self.in_flight:
             self.collect(timeout=0.05)
+
+    def step(self) -> bool:
+        """One coordinator step; returns True if any task was claimed, running or finished."""
+        self.turn(claim=True)
         return bool(self.held)
 
     def run_once(self) -> bool:
         """Claim, run and record one batch; True if any task was claimed."""
         self._start_pool()
-        claimed = self.claim()
+        claimed = self.stats.claimed
+        self.turn(claim=True)
         while self.held:
-            self.collect(timeout=0.05)
-            self.heartbeat()
-            self.enforce_max_run_time()
-            if self.stop_requested:
-                self.unclaim_unstarted()
-            if not self.in_flight:
-                self.record()
-        return claimed > 0
+            self.turn(claim=False)
+        return self.stats.claimed > claimed
 
     def run(self, *, once: bool = False) -> Stats:
         """Work until stopped (or, with once=True, until nothing is claimable and nothing is held)."""
@@ -433,10 +508,10 @@ class Worker:
             while True:
                 self._maybe_close_old_connections()
                 try:
-                    if self._db_backoff:
+                    if self.backoff.seconds:
                         self._release_orphans()
                     busy = self.step()
-                    self._db_backoff = 0.0
+                    self.backoff.reset()
                 except DatabaseError as exc:
                     if self.stop_requested:
                         logger.error("database error while stopping (%s); held locks will expire", exc)
@@ -468,26 +543,21 @@ class Worker:
     def _maybe_close_old_connections(self) -> None:
         # Once a second, not every step: with health checks on, the next query
         # after close_old_connections() pays an extra round trip.
-        now = time.monotonic()
-        if now >= self._next_conn_check and not connection.in_atomic_block:
-            self._next_conn_check = now + 1.0
+        if not connection.in_atomic_block and self.cadences.connections.tick(time.monotonic()):
             close_old_connections()
 
     def _database_trouble(self, exc: Exception) -> None:
-        self._db_backoff = min(MAX_BACKOFF, max(0.5, self._db_backoff * 2))
-        logger.error("database error (%s); reconnecting in %.1fs", exc, self._db_backoff)
-        try:
-            connection.close()
-        except DatabaseError:
-            pass
-        self._sleep(self._db_backoff, stop_early=False)
+        pause = self.backoff.failed()
+        logger.error("database error (%s); reconnecting in %.1fs", exc, pause)
+        close_connection()
+        nap(pause)  # the whole pause, stopping or not: what is left to write needs the database back
 
     def _idle(self) -> None:
         """Wait for work: a notification (PostgreSQL) or the poll interval with jitter."""
         wait = (self.poll_interval or 1.0) * random.uniform(0.8, 1.2)
         # Wake in time for the registry heartbeat and the expiry sweep, so an idle
         # worker with a long poll interval is not shown as dead.
-        deadline = min(time.monotonic() + wait, self._next_registry, self._next_expiry)
+        deadline = min(time.monotonic() + wait, self.cadences.registry.next_at, self.cadences.expiry.next_at)
         while not self.stop_requested:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -499,15 +569,7 @@ class Worker:
                     return
                 if notified is not None:
                     continue
-            time.sleep(min(chunk, 0.25))
-
-    def _sleep(self, seconds: float, *, stop_early: bool = True) -> None:
-        deadline = time.monotonic() + seconds
-        while not (stop_early and self.stop_requested):
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            time.sleep(min(left, 0.25))
+            time.sleep(min(chunk, NAP_SLICE))
 
     def _start_pool(self) -> None:
         if self._pool is None:
@@ -528,7 +590,4 @@ class Worker:
         self._say(f"worker {self.worker_id} stopped: {s.done} done, {s.failed} failed, {s.released} released")
 
     def _say(self, line: str) -> None:
-        logger.debug(line)
-        if self.stdout is not None:
-            self.stdout.write(line + "\n")
-            self.stdout.flush()
+        say(logger, self.stdout, line)

@@ -13,9 +13,9 @@ from django.db import connection
 from tasks_app.management.commands._args import positive_float
 from tasks_app.management.commands._output import JsonOutputCommand
 from tasks_app.models import JobRun, Stage
-from tasks_app.scheduler import Scheduler, run_summary
 from tasks_app.services.jobs import job_run_now
 from tasks_app.worker import default_worker_id
+from tasks_app.worker.scheduler import Scheduler, run_summary
 
 
 class Command(JsonOutputCommand):

@@ -19,9 +19,9 @@ from tasks_app.limits import MAX_CONCURRENCY, MAX_LOCK_TIMEOUT
 from tasks_app.management.commands._args import int_up_to, non_negative_float, positive_float, positive_int
 from tasks_app.management.commands._output import JsonOutputCommand
 from tasks_app.models import Stage
-from tasks_app.scheduler import Scheduler
 from tasks_app.services import MAX_CLAIM_BATCH
 from tasks_app.worker import Worker, default_worker_id
+from tasks_app.worker.scheduler import Scheduler
 
 
 def batch_size(raw: str) -> int:

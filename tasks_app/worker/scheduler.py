@@ -9,22 +9,21 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import IO
 
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connection
+from django.db import DatabaseError, connection
 
 from tasks_app.models import JobRun
 from tasks_app.services.jobs import jobs_run_due
+from tasks_app.worker.pacing import Backoff, close_connection, close_old_connections_outside_transactions, nap, say
 
+# Its own name (not tasks_app.worker.scheduler): run_scheduler's output and log filters use it.
 logger = logging.getLogger("tasks_app.scheduler")
 
 DEFAULT_INTERVAL = 1.0  # seconds between looks for due jobs, unless TASKS_SCHEDULER_INTERVAL says otherwise
-MAX_BACKOFF = 30.0  # longest pause after database errors
-SLEEP_SLICE = 0.25  # a stop request is noticed within this many seconds
 
 
 def run_summary(run: JobRun) -> str:
@@ -57,8 +56,7 @@ class Scheduler:
 
     def tick(self, now: datetime | None = None) -> list[JobRun]:
         """Run every job that is due now; returns the runs this scheduler ran."""
-        if not connection.in_atomic_block:
-            close_old_connections()
+        close_old_connections_outside_transactions()
         runs = jobs_run_due(worker_id=self.worker_id, now=now)
         self.runs += len(runs)
         for run in runs:
@@ -68,20 +66,20 @@ class Scheduler:
     def run(self) -> None:
         """Tick every `interval` s until stop_requested; errors are logged and retried after a backoff."""
         self._say(f"scheduler {self.worker_id} started (every {self.interval:g}s)")
-        backoff = 0.0
+        backoff = Backoff()
         while not self.stop_requested:
             try:
                 self.tick()
-                backoff = 0.0
+                backoff.reset()
             except Exception as exc:
                 # The database went away (or something unforeseen): never die, try again later.
-                backoff = min(MAX_BACKOFF, max(0.5, backoff * 2))
+                pause = backoff.failed()
                 if isinstance(exc, DatabaseError):
-                    logger.error("scheduler: database error (%s); retrying in %.1fs", exc, backoff)
+                    logger.error("scheduler: database error (%s); retrying in %.1fs", exc, pause)
                 else:
-                    logger.exception("scheduler: unexpected error; retrying in %.1fs", backoff)
-                self._close_connection()
-            self._sleep(max(backoff, self.interval or DEFAULT_INTERVAL))
+                    logger.exception("scheduler: unexpected error; retrying in %.1fs", pause)
+                close_connection()
+            nap(max(backoff.seconds, self.interval or DEFAULT_INTERVAL), stop=lambda: self.stop_requested)
         self._say(f"scheduler {self.worker_id} stopped ({self.runs} run(s))")
 
     def start_thread(self) -> threading.Thread:
@@ -99,24 +97,7 @@ class Scheduler:
                 connection.settings_dict = {**connection.settings_dict, "OPTIONS": options}
             self.run()
         finally:
-            self._close_connection()
-
-    def _close_connection(self) -> None:
-        try:
-            connection.close()
-        except DatabaseError:
-            pass
-
-    def _sleep(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        while not self.stop_requested:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            time.sleep(min(left, SLEEP_SLICE))
+            close_connection()
 
     def _say(self, line: str) -> None:
-        logger.debug(line)
-        if self.stdout is not None:
-            self.stdout.write(line + "\n")
-            self.stdout.flush()
+        say(logger, self.stdout, line)
