@@ -28,6 +28,7 @@ from tasks_app.forms.widgets import JSONEditorWidget, SecretInput
 from tasks_app.jsonpreview import PAGE_CHARS, editable_json, json_head, json_preview, json_size
 from tasks_app.models import JobRun, Stage, Task, TaskEvent, Transition, WorkerProcess, validate_payload
 from tasks_app.selectors.stages import stage_delete_counts
+from tasks_app.services.events import actor_for
 from tasks_app.services.schemas import validate_arrival
 from tasks_app.services.stages import stage_delete, stage_delete_refusal
 
@@ -215,7 +216,7 @@ class TaskEventInline(admin.TabularInline):
 def _run_action(
     modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Task], verb: str, action: Callable[..., Any]
 ) -> None:
-    actor = f"user:{request.user.get_username()}"
+    actor = actor_for(request.user)
     done, refused = 0, []
     for task_id in queryset.values_list("id", flat=True):
         try:
@@ -325,7 +326,7 @@ class TaskAdmin(admin.ModelAdmin):
         return fields
 
     def save_model(self, request: HttpRequest, obj: Task, form: Any, change: bool) -> None:
-        actor = f"user:{request.user.get_username()}"
+        actor = actor_for(request.user)
         if not change:
             created = services.task_create(
                 stage=obj.stage, type=obj.type, payload=obj.payload, actor=actor, available_at=obj.available_at

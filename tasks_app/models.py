@@ -16,7 +16,7 @@ from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator, ProhibitNullCharactersValidator
 from django.db import models
-from django.db.models import CharField, Func, Q
+from django.db.models import CharField, F, Func, Q
 from django.db.models.lookups import Exact
 from django.utils import timezone
 
@@ -267,9 +267,17 @@ class TaskQuerySet(models.QuerySet["Task"]):
         return self.filter(status=Task.Status.LOCKED, locked_until__lt=now)
 
     def claimable(self, now: datetime) -> TaskQuerySet:
-        """Pending and due, or locked with an expired lock (no reaper delay)."""
+        """What a claim may take: pending and due, or locked with an expired lock (no reaper delay) and attempts left.
+
+        An expired lock on its stage's last attempt is the expiry sweep's to
+        fail, so a reclaim never runs a task beyond max_attempts. The claim's
+        SQL spelling is services.claim.CLAIMABLE_WHERE; tests/test_lifecycle_rules.py
+        holds the two to the same rows on both databases.
+        """
+        attempts_left = Q(stage__max_attempts__isnull=True) | Q(attempts__lt=F("stage__max_attempts"))
         return self.filter(
-            Q(status=Task.Status.PENDING, available_at__lte=now) | Q(status=Task.Status.LOCKED, locked_until__lt=now)
+            Q(status=Task.Status.PENDING, available_at__lte=now)
+            | (Q(status=Task.Status.LOCKED, locked_until__lt=now) & attempts_left)
         )
 
 

@@ -21,6 +21,7 @@ from tasks_app.serializers import (
     TaskSerializer,
     TransitionSerializer,
 )
+from tasks_app.services.events import actor_for
 from tasks_app.services.stages import stage_delete
 
 
@@ -30,10 +31,6 @@ def attach_source_stages(tasks: list[Task]) -> None:
     for t in tasks:
         if t.source_stage_id:
             t.source_stage = stages.get(t.source_stage_id)
-
-
-def actor(request: Request) -> str:
-    return f"user:{request.user.get_username()}"
 
 
 @extend_schema(tags=["stages"])
@@ -77,7 +74,7 @@ class StageViewSet(viewsets.ModelViewSet):
                 stage=stage,
                 type=data.validated_data["type"],
                 payload=data.validated_data["payload"],
-                actor=actor(request),
+                actor=actor_for(request.user),
             )
         except Exception as exc:
             raise translate(exc) from exc

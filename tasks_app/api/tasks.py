@@ -26,7 +26,6 @@ from rest_framework.response import Response
 
 from tasks_app import services
 from tasks_app.api.errors import translate
-from tasks_app.api.stages import actor
 from tasks_app.filters import TaskFilter
 from tasks_app.models import Task
 from tasks_app.serializers import (
@@ -39,6 +38,7 @@ from tasks_app.serializers import (
     TaskEventSerializer,
     TaskSerializer,
 )
+from tasks_app.services.events import actor_for
 from tasks_app.services.form_stages import form_tasks_refusal
 from tasks_app.values import parse_db_datetime, parse_db_int
 
@@ -158,11 +158,13 @@ class TaskViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
             if v.get("idempotency_key"):
                 task, created = services.task_create_idempotent(
                     stage=v["stage"], type=v["type"], payload=v["payload"],
-                    idempotency_key=v["idempotency_key"], actor=actor(request),
+                    idempotency_key=v["idempotency_key"], actor=actor_for(request.user),
                 )  # fmt: skip
             else:
                 task, created = (
-                    services.task_create(stage=v["stage"], type=v["type"], payload=v["payload"], actor=actor(request)),
+                    services.task_create(
+                        stage=v["stage"], type=v["type"], payload=v["payload"], actor=actor_for(request.user)
+                    ),
                     True,
                 )
         except Exception as exc:
@@ -181,7 +183,7 @@ class TaskViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         data.is_valid(raise_exception=True)
         items = [(t["stage"], t["type"], t["payload"]) for t in data.validated_data["tasks"]]
         try:
-            created = services.tasks_create_bulk(items=items, actor=actor(request))
+            created = services.tasks_create_bulk(items=items, actor=actor_for(request.user))
         except Exception as exc:
             raise translate(exc) from exc
         return self._out([t.pk for t in created], status.HTTP_201_CREATED)
@@ -296,7 +298,7 @@ class TaskViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         """Send a completed or failed task back to pending (operators)."""
         task = self.get_object()
         try:
-            services.task_retry(task_id=task.pk, actor=actor(request))
+            services.task_retry(task_id=task.pk, actor=actor_for(request.user))
         except Exception as exc:
             raise translate(exc) from exc
         return Response(TaskSerializer(self.get_queryset().get(pk=task.pk)).data)

@@ -13,6 +13,7 @@ is atomic.
 from __future__ import annotations
 
 import json
+import secrets
 import time
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -23,12 +24,32 @@ from django.utils import timezone
 from tasks_app.limits import clamp_lock_timeout
 from tasks_app.models import Stage, Task, TaskEvent
 from tasks_app.services import histograms
+from tasks_app.services.events import claimed_details, details_sql, event_time
 from tasks_app.services.pg import execute_prepared
 
 MAX_CLAIM_BATCH = 1000
+TASK = connection.ops.quote_name(Task._meta.db_table)
+TASK_EVENT = connection.ops.quote_name(TaskEvent._meta.db_table)
+
+# Lock tokens: 16 random bytes, 32 hex characters (Task.lock_token holds 64).
+LOCK_TOKEN_BYTES = 16
+LOCK_TOKEN_CHARS = 2 * LOCK_TOKEN_BYTES
+
+
+def new_lock_tokens(count: int = 1) -> str:
+    """`count` fresh lock tokens, LOCK_TOKEN_CHARS each, end to end in one string.
+
+    The one source of lock tokens: a claim's SQL gives its n-th row the n-th
+    slice (one random read for a whole batch), a person opening a form task
+    takes a single one.
+    """
+    return secrets.token_hex(LOCK_TOKEN_BYTES * count)
+
 
 # Shared by both backends and by the EXPLAIN test: the claimable predicate
-# and the order that the partial index task_claim_idx serves.
+# and the order that the partial index task_claim_idx serves. The ORM's
+# spelling is TaskQuerySet.claimable (a form open uses it);
+# tests/test_lifecycle_rules.py holds the two to the same rows on both databases.
 # No separate "status IN (...)": PostgreSQL proves the index predicate from the
 # OR itself, and a redundant status filter makes it underestimate the matching
 # rows and pick a backlog-sized sort instead of the index (see the EXPLAIN test).
@@ -52,55 +73,63 @@ RETURNED = ", ".join(
     for f in RETURNED_FIELDS
 )
 
+# The claimed event's details (services.events.claimed_details), as the SQL writes them.
+CLAIMED_DETAILS_SQL = details_sql(
+    claimed_details,
+    attempt="c.attempts",
+    locked_until="%(until_text)s::text",
+    reclaimed_from="CASE WHEN p.old_status = 'locked' THEN p.old_locked_by END",
+)
+
 PG_CLAIM_SQL = f"""
 WITH picked AS MATERIALIZED (
     SELECT id, status AS old_status, locked_by AS old_locked_by
-    FROM tasks_app_task
+    FROM {TASK}
     WHERE {CLAIMABLE_WHERE}
     ORDER BY id
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
+), numbered AS (
+    -- Row n takes the n-th token of new_lock_tokens(limit); any order will do.
+    SELECT id, row_number() OVER () AS n FROM picked
 ), claimed AS (
-    UPDATE tasks_app_task AS t
+    UPDATE {TASK} AS t
     SET status = 'locked',
-        lock_token = replace(gen_random_uuid()::text, '-', ''),
+        lock_token = substr(%(tokens)s::text, ((n - 1) * {LOCK_TOKEN_CHARS} + 1)::integer, {LOCK_TOKEN_CHARS}),
         locked_by = %(worker_id)s,
         locked_at = %(now)s,
         locked_until = %(until)s,
         attempts = t.attempts + 1,
         updated_at = %(now)s
-    FROM picked
-    WHERE t.id = picked.id
+    FROM numbered
+    WHERE t.id = numbered.id
     RETURNING {RETURNED}
 ), events AS (
-    INSERT INTO tasks_app_taskevent (task_id, kind, at, actor, details)
-    SELECT c.id, 'claimed', %(now)s, %(worker_id)s,
-           jsonb_build_object(
-               'attempt', c.attempts,
-               'locked_until', %(until)s::timestamptz,
-               'reclaimed_from', CASE WHEN p.old_status = 'locked' THEN p.old_locked_by END)
+    INSERT INTO {TASK_EVENT} (task_id, kind, at, actor, details)
+    SELECT c.id, 'claimed', %(now)s, %(worker_id)s, {CLAIMED_DETAILS_SQL}
     FROM claimed c JOIN picked p ON p.id = c.id
 )
 SELECT * FROM claimed ORDER BY id
 """
 
 SQLITE_PICK_SQL = f"""
-SELECT id, status, locked_by FROM tasks_app_task
+SELECT id, status, locked_by FROM {TASK}
 WHERE {CLAIMABLE_WHERE}
 ORDER BY id
 LIMIT %(limit)s
 """
 
-SQLITE_CLAIM_SQL = """
-UPDATE tasks_app_task
+# {ids} and {claimable} are filled in per claim; %(tokens)s is a JSON object {"<id>": token}.
+SQLITE_CLAIM_SQL = f"""
+UPDATE {TASK}
 SET status = 'locked',
-    lock_token = lower(hex(randomblob(16))),
+    lock_token = json_extract(%(tokens)s, '$."' || id || '"'),
     locked_by = %(worker_id)s,
     locked_at = %(now)s,
     locked_until = %(until)s,
     attempts = attempts + 1,
     updated_at = %(now)s
-WHERE id IN ({ids}) AND {claimable}
+WHERE id IN ({{ids}}) AND {{claimable}}
 RETURNING *
 """
 
@@ -112,9 +141,11 @@ def claim_params(*, stage: Stage, worker_id: str, limit: int, now: datetime, unt
         "stage_id": stage.pk,
         "now": ops.adapt_datetimefield_value(now),
         "until": ops.adapt_datetimefield_value(until),
+        "until_text": event_time(until),  # as the claimed event's details say it
         "limit": limit,
         "max_attempts": stage.max_attempts,
         "worker_id": worker_id,
+        "tokens": new_lock_tokens(limit),
     }
 
 
@@ -179,7 +210,7 @@ def _tasks_from_rows(cursor: Any, params: dict[str, Any], *, now: datetime, unti
     return tasks
 
 
-def _claim_sqlite(params: dict[str, object], *, now: datetime, until: datetime) -> list[Task]:
+def _claim_sqlite(params: dict[str, Any], *, now: datetime, until: datetime) -> list[Task]:
     with connection.cursor() as cursor:
         cursor.execute(SQLITE_PICK_SQL, params)
         picked = cursor.fetchall()
@@ -187,17 +218,18 @@ def _claim_sqlite(params: dict[str, object], *, now: datetime, until: datetime) 
         return []
     previous = {row[0]: (row[1], row[2]) for row in picked}
     ids = ",".join(str(int(row[0])) for row in picked)
-    tasks = sorted(
-        Task.objects.raw(SQLITE_CLAIM_SQL.format(ids=ids, claimable=CLAIMABLE_WHERE), params), key=lambda t: t.pk
-    )
+    block = str(params["tokens"])
+    tokens = {row[0]: block[n * LOCK_TOKEN_CHARS : (n + 1) * LOCK_TOKEN_CHARS] for n, row in enumerate(picked)}
+    sql = SQLITE_CLAIM_SQL.format(ids=ids, claimable=CLAIMABLE_WHERE)
+    tasks = sorted(Task.objects.raw(sql, {**params, "tokens": json.dumps(tokens)}), key=lambda t: t.pk)
     events = []
     for task in tasks:
         old_status, old_locked_by = previous[task.pk]
-        details = {
-            "attempt": task.attempts,
-            "locked_until": until.isoformat(),
-            "reclaimed_from": old_locked_by if old_status == Task.Status.LOCKED else None,
-        }
+        details = claimed_details(
+            attempt=task.attempts,
+            locked_until=until,
+            reclaimed_from=old_locked_by if old_status == Task.Status.LOCKED else None,
+        )
         events.append(
             TaskEvent(task_id=task.pk, kind=TaskEvent.Kind.CLAIMED, at=now, actor=task.locked_by, details=details)
         )

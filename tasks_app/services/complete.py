@@ -9,11 +9,12 @@ RETURNING: it is reported as lost and nothing is sent for it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
+from django.core.exceptions import ValidationError
 from django.db import connection, transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -21,11 +22,15 @@ from django.utils.dateparse import parse_datetime
 from tasks_app.limits import clamp_lock_timeout
 from tasks_app.models import Stage, Task, TaskEvent, Transition
 from tasks_app.services.errors import NoRouteError, TaskLockLost
+from tasks_app.services.events import completed_details, details_sql
 from tasks_app.services.lifecycle import lock_lost
 from tasks_app.services.notify import notify_stages
 from tasks_app.services.pg import execute_prepared
 from tasks_app.services.routing import Send, successor_tasks, validate_task_input
 from tasks_app.services.schemas import validate_sent
+
+TASK = connection.ops.quote_name(Task._meta.db_table)
+TASK_EVENT = connection.ops.quote_name(TaskEvent._meta.db_table)
 
 
 @dataclass
@@ -79,19 +84,25 @@ def _no_route(stage_id: int, task_type: str, transitions: list[Transition]) -> N
     return NoRouteError(stage_slug=slug, task_type=task_type, accepted=accepted)
 
 
-PG_COMPLETE_SQL = """
+# The completed event's details (services.events.completed_details), as the SQL writes them:
+# this statement runs only when nothing is sent.
+COMPLETED_DETAILS_SQL = details_sql(
+    completed_details,
+    attempt="attempts",
+    duration="extract(epoch FROM %(now)s::timestamptz - locked_at)::float8",
+    sent="'[]'::jsonb",
+)
+
+PG_COMPLETE_SQL = f"""
 WITH done AS (
-    UPDATE tasks_app_task
+    UPDATE {TASK}
     SET status = 'completed', completed_at = %(now)s, updated_at = %(now)s, lock_token = '', locked_until = NULL
     WHERE id = ANY(%(ids)s::bigint[]) AND status = 'locked'
       AND (id, lock_token) IN (SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::text[]))
     RETURNING id, locked_by, locked_at, attempts
 ), events AS (
-    INSERT INTO tasks_app_taskevent (task_id, kind, at, actor, details)
-    SELECT id, 'completed', %(now)s, locked_by,
-           jsonb_build_object('attempt', attempts,
-                              'duration', extract(epoch FROM %(now)s::timestamptz - locked_at)::float8,
-                              'sent', '[]'::jsonb)
+    INSERT INTO {TASK_EVENT} (task_id, kind, at, actor, details)
+    SELECT id, 'completed', %(now)s, locked_by, {COMPLETED_DETAILS_SQL}
     FROM done
 )
 SELECT id FROM done
@@ -114,11 +125,11 @@ def tasks_complete_batch(*, items: Sequence[Completion], now: datetime | None = 
     adapt = connection.ops.adapt_datetimefield_value
     if connection.vendor == "postgresql" and not any(item.send for item in items):
         # The common case, nothing to send: one statement, atomic on its own.
-        cursor = execute_prepared(
+        prepared = execute_prepared(
             PG_COMPLETE_SQL,
             {"now": now, "ids": [i.task_id for i in items], "tokens": [i.lock_token for i in items]},
         )
-        result.completed = sorted(row[0] for row in cursor.fetchall())
+        result.completed = sorted(row[0] for row in prepared.fetchall())
         done = set(result.completed)
         result.lost = [item.task_id for item in items if item.task_id not in done]
         return result
@@ -126,7 +137,7 @@ def tasks_complete_batch(*, items: Sequence[Completion], now: datetime | None = 
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute(
-                "UPDATE tasks_app_task SET status = 'completed', completed_at = %s, updated_at = %s,"
+                f"UPDATE {TASK} SET status = 'completed', completed_at = %s, updated_at = %s,"
                 f" lock_token = '', locked_until = NULL WHERE {where}"
                 " RETURNING id, stage_id, locked_by, locked_at, attempts",
                 [adapt(now), adapt(now), *params],
@@ -165,11 +176,11 @@ def tasks_complete_batch(*, items: Sequence[Completion], now: datetime | None = 
                     kind=TaskEvent.Kind.COMPLETED,
                     at=now,
                     actor=locked_by,
-                    details={
-                        "attempt": attempts,
-                        "duration": (now - started).total_seconds() if started else None,
-                        "sent": [k.pk for k in kids],
-                    },
+                    details=completed_details(
+                        attempt=attempts,
+                        duration=(now - started).total_seconds() if started else None,
+                        sent=[k.pk for k in kids],
+                    ),
                 )
             )
             events += [
@@ -185,6 +196,54 @@ def tasks_complete_batch(*, items: Sequence[Completion], now: datetime | None = 
     result.lost = [item.task_id for item in items if item.task_id not in done]
     result.successors = successors
     return result
+
+
+# What one item of a batch can be refused for while the others go through: a send nothing routes,
+# or a payload a schema refuses (a transition or a schema changed after the handler checked its sends).
+PER_ITEM_REFUSALS = (NoRouteError, ValidationError)
+
+
+@dataclass
+class ItemOutcome:
+    """What became of one item of tasks_complete_each; a refused item is still locked, nothing written for it."""
+
+    task_id: int
+    status: Literal["completed", "lock_lost", "refused"]
+    successors: list[Task] = field(default_factory=list)
+    error: NoRouteError | ValidationError | None = None
+
+
+def _outcomes(items: Sequence[Completion], result: BatchResult) -> Iterator[ItemOutcome]:
+    done = set(result.completed)
+    sent: dict[int | None, list[Task]] = {}
+    for child in result.successors:
+        sent.setdefault(child.parent_id, []).append(child)
+    for item in items:
+        if item.task_id in done:
+            yield ItemOutcome(item.task_id, "completed", sent.get(item.task_id, []))
+        else:
+            yield ItemOutcome(item.task_id, "lock_lost")
+
+
+def tasks_complete_each(*, items: Sequence[Completion], now: datetime | None = None) -> Iterator[ItemOutcome]:
+    """Complete a batch in one transaction, or, if an item's send is refused, item by item so only it fails.
+
+    The one policy for a partly refused batch (the worker's flush and the API's bulk-complete). Yields
+    one outcome per item, in order, each once it is written: a caller stopped by a database error
+    knows which items were written and which were not.
+    """
+    try:
+        result = tasks_complete_batch(items=items, now=now)
+    except PER_ITEM_REFUSALS:
+        for item in items:
+            try:
+                one = tasks_complete_batch(items=[item], now=now)  # its own transaction
+            except PER_ITEM_REFUSALS as exc:
+                yield ItemOutcome(item.task_id, "refused", error=exc)
+                continue
+            yield from _outcomes([item], one)
+        return
+    yield from _outcomes(items, result)
 
 
 def task_complete(
@@ -214,7 +273,7 @@ def tasks_extend_locks(
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute(
-                f"UPDATE tasks_app_task SET locked_until = %s, updated_at = %s WHERE {where} RETURNING id",
+                f"UPDATE {TASK} SET locked_until = %s, updated_at = %s WHERE {where} RETURNING id",
                 [adapt(until), adapt(now), *params],
             )
             extended = sorted(row[0] for row in cursor.fetchall())

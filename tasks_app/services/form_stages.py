@@ -9,7 +9,6 @@ cancelling hands it back without counting the attempt.
 
 from __future__ import annotations
 
-import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -19,9 +18,10 @@ from django.utils import timezone
 
 from tasks_app.limits import clamp_lock_timeout
 from tasks_app.models import Stage, Task, TaskEvent
+from tasks_app.services.claim import new_lock_tokens
 from tasks_app.services.complete import task_complete
 from tasks_app.services.errors import TaskError, TaskStateError
-from tasks_app.services.events import event_record
+from tasks_app.services.events import actor_for, claimed_details, event_record, person_named
 from tasks_app.services.lifecycle import task_unclaim
 
 
@@ -29,14 +29,10 @@ class TaskHeldError(TaskError):
     """Someone else has the task open."""
 
     def __init__(self, task: Task) -> None:
-        self.holder = task.locked_by.removeprefix("user:")
+        self.holder = person_named(task.locked_by)
         self.locked_until = task.locked_until
         until = f" until {timezone.localtime(task.locked_until):%H:%M}" if task.locked_until else ""
         super().__init__(f"Task {task.pk} is being worked on by {self.holder}{until}.")
-
-
-def person(user: Any) -> str:
-    return f"user:{user.get_username()}"
 
 
 def form_stages_for(user: Any) -> QuerySet[Stage]:
@@ -64,11 +60,9 @@ def form_task_open(*, task: Task, user: Any, now: datetime | None = None) -> Tas
         raise TaskStateError(f"Task {task.pk} waits at '{stage.slug}', which is not a form stage.")
     if stage.is_paused:
         raise TaskStateError(f"Stage '{stage.slug}' is paused; its tasks can't be opened.")
-    who = person(user)
+    who = actor_for(user)
+    # As the workers' claim: an expired lock on its last attempt is the expiry sweep's to fail.
     claimable = Task.objects.claimable(now).filter(pk=task.pk)
-    if stage.max_attempts:
-        # As the workers' claim: an expired lock on its last attempt is the expiry sweep's to fail.
-        claimable = claimable.filter(Q(attempts__lt=stage.max_attempts) | Q(status=Task.Status.PENDING))
     with transaction.atomic():
         current = Task.objects.select_for_update().get(pk=task.pk)
         until = now + timedelta(seconds=clamp_lock_timeout(stage.lock_timeout))
@@ -89,7 +83,9 @@ def form_task_open(*, task: Task, user: Any, now: datetime | None = None) -> Tas
                 )
                 current.refresh_from_db()
             return current
-        token = secrets.token_hex(16)
+        # Read under the row lock: whose expired lock this open takes over, if any.
+        reclaimed_from = current.locked_by if current.status == Task.Status.LOCKED else None
+        token = new_lock_tokens(1)
         # The expected state is in the WHERE clause: whoever updates first holds it.
         updated = claimable.update(
             status=Task.Status.LOCKED,
@@ -117,14 +113,16 @@ def form_task_open(*, task: Task, user: Any, now: datetime | None = None) -> Tas
             kind=TaskEvent.Kind.CLAIMED,
             at=now,
             actor=who,
-            details={"attempt": current.attempts, "locked_until": until.isoformat(), "form": True},
+            details=claimed_details(
+                attempt=current.attempts, locked_until=until, reclaimed_from=reclaimed_from, form=True
+            ),
         )
     return current
 
 
 def _held_by(task_id: int, user: Any) -> Task:
     task = Task.objects.select_related("stage").get(pk=task_id)
-    if task.status != Task.Status.LOCKED or task.locked_by != person(user):
+    if task.status != Task.Status.LOCKED or task.locked_by != actor_for(user):
         if task.status == Task.Status.LOCKED:
             raise TaskHeldError(task)
         raise TaskStateError(f"Task {task_id} is {task.status}; open it again to work on it.")

@@ -55,11 +55,13 @@ from django.db import connection, transaction
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
-from tasks_app.models import JobRun, Task
+from tasks_app.models import JobRun, Task, TaskEvent
 from tasks_app.services.locks import LockKey, advisory_xact_lock
 
 logger = logging.getLogger("tasks_app.retention")
 
+TASK = connection.ops.quote_name(Task._meta.db_table)
+TASK_EVENT = connection.ops.quote_name(TaskEvent._meta.db_table)
 PRUNABLE = (Task.Status.COMPLETED, Task.Status.FAILED)
 # The column that says how long ago a task finished, per status.
 AGE_COLUMN = {Task.Status.COMPLETED: "completed_at", Task.Status.FAILED: "updated_at"}
@@ -144,7 +146,7 @@ def _select_batch(
     if status == Task.Status.COMPLETED:
         # Along task_completed_at_idx (backwards): each batch reads about
         # `limit` index entries however large the backlog.
-        sql = "SELECT id FROM tasks_app_task WHERE status = %s AND completed_at < %s"
+        sql = f"SELECT id FROM {TASK} WHERE status = %s AND completed_at < %s"
         if after is not None:
             # The plain <= gives the index scan its bound; the OR breaks ties.
             sql += " AND completed_at <= %s AND (completed_at < %s OR id < %s)"
@@ -153,7 +155,7 @@ def _select_batch(
     else:
         # Failed tasks are a few percent of the table and updated_at has no
         # index (a bitmap scan of task_status_stage_idx finds them): by id.
-        sql = f"SELECT id FROM tasks_app_task WHERE status = %s AND {AGE_COLUMN[status]} < %s"
+        sql = f"SELECT id FROM {TASK} WHERE status = %s AND {AGE_COLUMN[status]} < %s"
         if after is not None:
             sql += " AND id < %s"
             params.append(after[0])
@@ -168,7 +170,7 @@ def _select_batch(
             return ids, (ids[-1],)
         # The last row's completion time only: loading timezone-aware timestamps
         # costs more than the rest of the query (a quarter of a second per 10,000).
-        cursor.execute("SELECT completed_at FROM tasks_app_task WHERE id = %s", [ids[-1]])
+        cursor.execute(f"SELECT completed_at FROM {TASK} WHERE id = %s", [ids[-1]])
         completed_at = cursor.fetchone()[0]
     if isinstance(completed_at, datetime):  # SQLite may hand back its text as it is
         completed_at = connection.ops.adapt_datetimefield_value(completed_at)
@@ -190,20 +192,20 @@ def delete_batch(
     match, params = _ids_sql(ids)
     with connection.cursor() as cursor:
         cursor.execute(
-            f"DELETE FROM tasks_app_task WHERE id {match} AND status = %s AND {AGE_COLUMN[status]} < %s RETURNING id",
+            f"DELETE FROM {TASK} WHERE id {match} AND status = %s AND {AGE_COLUMN[status]} < %s RETURNING id",
             [*params, status, connection.ops.adapt_datetimefield_value(cutoff)],
         )
         deleted = [r[0] for r in cursor.fetchall()]
         if not deleted:
             return 0, 0, 0
         match, params = _ids_sql(deleted)
-        cursor.execute(f"DELETE FROM tasks_app_taskevent WHERE task_id {match}", params)
+        cursor.execute(f"DELETE FROM {TASK_EVENT} WHERE task_id {match}", params)
         events = cursor.rowcount
         # updated_at stays: losing a parent is not a change of the child's state
         # (and a failed child's age is its updated_at).
         prunable, prunable_params = _prunable_sql(statuses, cutoff)
         cursor.execute(
-            f"UPDATE tasks_app_task SET parent_id = NULL WHERE parent_id {match}"
+            f"UPDATE {TASK} SET parent_id = NULL WHERE parent_id {match}"
             f" RETURNING CASE WHEN {prunable} THEN 0 ELSE 1 END",
             [*params, *prunable_params],
         )
@@ -218,10 +220,10 @@ def _count_batch(ids: Sequence[int], *, statuses: Sequence[str], cutoff: datetim
     match, params = _ids_sql(ids)
     prunable, prunable_params = _prunable_sql(statuses, cutoff)
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT count(*) FROM tasks_app_taskevent WHERE task_id {match}", params)
+        cursor.execute(f"SELECT count(*) FROM {TASK_EVENT} WHERE task_id {match}", params)
         events = cursor.fetchone()[0]
         cursor.execute(
-            f"SELECT count(*) FROM tasks_app_task WHERE parent_id {match} AND NOT {prunable}",
+            f"SELECT count(*) FROM {TASK} WHERE parent_id {match} AND NOT {prunable}",
             [*params, *prunable_params],
         )
         unlinked = cursor.fetchone()[0]

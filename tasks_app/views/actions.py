@@ -21,6 +21,7 @@ from tasks_app.jsonpreview import editable_json
 from tasks_app.limits import NUL
 from tasks_app.models import Stage, Task
 from tasks_app.selectors.tasks import errors_text, filtered_tasks
+from tasks_app.services.events import actor_for
 from tasks_app.values import parse_db_int
 
 SINGLE_ACTIONS: dict[str, tuple[str, Callable[..., Any]]] = {
@@ -28,10 +29,6 @@ SINGLE_ACTIONS: dict[str, tuple[str, Callable[..., Any]]] = {
     "release": ("Released", services.task_force_release),
     "complete": ("Marked completed", services.task_mark_completed),
 }
-
-
-def actor(request: HttpRequest) -> str:
-    return f"user:{request.user.get_username()}"
 
 
 def back(request: HttpRequest, default: str) -> HttpResponseRedirect:
@@ -49,7 +46,7 @@ def task_action(request: HttpRequest, task_id: int, action: str) -> HttpResponse
         return HttpResponse("Unknown action", status=404)
     verb, service = SINGLE_ACTIONS[action]
     try:
-        service(task_id=task_id, actor=actor(request))
+        service(task_id=task_id, actor=actor_for(request.user))
         messages.success(request, f"{verb} task {task_id}.")
     except services.TaskError as exc:
         # A lost race (a worker got there first) is a message, not an error page.
@@ -64,7 +61,7 @@ def task_action(request: HttpRequest, task_id: int, action: str) -> HttpResponse
 @require_POST
 def task_duplicate(request: HttpRequest, task_id: int) -> HttpResponse:
     try:
-        copy = services.task_duplicate(task_id=task_id, actor=actor(request))
+        copy = services.task_duplicate(task_id=task_id, actor=actor_for(request.user))
     except services.TaskError as exc:
         messages.warning(request, str(exc))
         return back(request, reverse("tasks_app:task-list"))
@@ -96,7 +93,7 @@ def task_edit_payload(request: HttpRequest, task_id: int) -> HttpResponse:
         payload, error = _parse_payload(raw)
         if payload is not None:
             try:
-                services.task_edit_payload(task_id=task_id, payload=payload, actor=actor(request))
+                services.task_edit_payload(task_id=task_id, payload=payload, actor=actor_for(request.user))
                 messages.success(request, f"Saved the payload of task {task_id}.")
                 return redirect("tasks_app:task-detail", task_id)
             except ValidationError as exc:
@@ -122,7 +119,9 @@ def task_create(request: HttpRequest) -> HttpResponse:
             error = f"Unknown stage '{values['stage']}'."
         elif payload is not None:
             try:
-                task = services.task_create(stage=stage, type=values["type"], payload=payload, actor=actor(request))
+                task = services.task_create(
+                    stage=stage, type=values["type"], payload=payload, actor=actor_for(request.user)
+                )
                 messages.success(request, f"Created task {task.pk} at {stage.slug}.")
                 return redirect("tasks_app:task-detail", task.pk)
             except ValidationError as exc:
@@ -179,7 +178,7 @@ def task_bulk(request: HttpRequest) -> HttpResponse:
     done, refused = 0, 0
     for task_id in ids:
         try:
-            service(task_id=task_id, actor=actor(request))
+            service(task_id=task_id, actor=actor_for(request.user))
             done += 1
         except services.TaskError:
             refused += 1  # not in a state this action applies to (or a worker got there first)

@@ -20,6 +20,7 @@ from django.views.decorators.http import require_POST
 from tasks_app.forms.schema import button_label, form_fields, schema_form
 from tasks_app.models import Task
 from tasks_app.services import TaskError
+from tasks_app.services.events import actor_for, person_named
 from tasks_app.services.form_stages import (
     TaskHeldError,
     form_stages_for,
@@ -28,7 +29,6 @@ from tasks_app.services.form_stages import (
     form_task_submit,
     may_work_on,
     outgoing_types,
-    person,
 )
 from tasks_app.services.schemas import schema_for
 
@@ -41,7 +41,7 @@ def my_work(request: HttpRequest) -> HttpResponse:
     live = Task.objects.filter(stage__in=stages, status__in=[Task.Status.PENDING, Task.Status.LOCKED])
     live = live.select_related("stage").order_by("id")
     now = timezone.now()
-    mine = list(live.filter(status=Task.Status.LOCKED, locked_by=person(request.user)))
+    mine = list(live.filter(status=Task.Status.LOCKED, locked_by=actor_for(request.user)))
     waiting = list(live.exclude(pk__in=[t.pk for t in mine])[:LIST_LIMIT])
     ctx = {"stages": stages, "mine": mine, "waiting": waiting, "limit": LIST_LIMIT, "now": now}
     return render(request, "tasks_app/work_list.html", ctx)
@@ -75,12 +75,12 @@ def _page(
     request: HttpRequest, task: Task, *, buttons: Any = None, errors: Any = (), status: int = 200
 ) -> HttpResponse:
     now = timezone.now()
-    holds = task.status == Task.Status.LOCKED and task.locked_by == person(request.user)
+    holds = task.status == Task.Status.LOCKED and task.locked_by == actor_for(request.user)
     held_by_other = task.status == Task.Status.LOCKED and not holds and task.locked_until and task.locked_until >= now
     ctx = {
         "task": task,
         "holds": holds,
-        "holder": task.locked_by.removeprefix("user:") if held_by_other else "",
+        "holder": person_named(task.locked_by) if held_by_other else "",
         "buttons": buttons if buttons is not None else (_buttons(task) if holds else []),
         "errors": errors,
         "now": now,
