@@ -149,7 +149,7 @@ def test_parents_are_earlier_completed_tasks_at_a_source_stage(seeded: tuple[lis
         assert parent.pk < t.pk and parent.stage_id == t.source_stage_id
         assert (t.source_stage_id, t.stage_id) in routes
         assert parent.status == Task.Status.COMPLETED and parent.completed_at <= t.created_at
-        # The successor carries its parent's order, as the demo's check_order sends it on.
+        # The successor carries its parent's order, as the demo's check_stock sends it on.
         assert t.payload["order_id"] == parent.payload["order_id"] and t.payload["checked"] is True
 
 

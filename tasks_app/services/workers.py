@@ -1,6 +1,6 @@
 """The worker registry: each run_worker process records itself and reports in.
 
-The row also carries the worker's duration histograms (tasks_app.metrics):
+The row also carries the worker's duration histograms (services.histograms):
 recording starts at registration and every report writes the cumulative
 snapshot, so /metrics can add up all workers, stopped ones included.
 """
