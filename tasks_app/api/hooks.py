@@ -149,7 +149,7 @@ class HookView(APIView):
         data = request.data
         if not isinstance(data, dict):
             raise ParseError("The body must be a JSON object.")
-        query = {k: v for k, v in request.query_params.items() if k != "type"}
+        query = {k: v for k, v in request.query_params.dict().items() if k != "type"}
         task_type = request.query_params.get("type", DEFAULT_TYPE)
         payload: Any = {**data, "query": query} if query else dict(data)
         if stage.handler.strip():
@@ -188,7 +188,7 @@ def remember(stage: Stage, signature: str) -> None:
 class TransformFailed(APIException):
     """The transform raised (or returned something unusable); the details are in the log, not here."""
 
-    status_code = status.HTTP_400_BAD_REQUEST
+    status_code: int = status.HTTP_400_BAD_REQUEST
     default_code = "transform_failed"
     message = "The hook's handler could not process this request; the server log has the details under request_id."
 

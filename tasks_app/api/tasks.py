@@ -3,7 +3,7 @@ and the lock verbs a remote worker needs: complete, release, heartbeat."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import DateTimeField, IntegerField, QuerySet
@@ -76,11 +76,12 @@ class TaskCursorPagination(CursorPagination):
         if cursor is None or cursor.position is None:
             return cursor
         field = Task._meta.get_field(self.ordering[0].lstrip("-"))
+        text = cast(str, cursor.position)  # the query string's text (the stubs say int: what it is once parsed)
         try:
             if isinstance(field, DateTimeField):
-                position: Any = parse_db_datetime(cursor.position, name="The cursor's position")
+                position: Any = parse_db_datetime(text, name="The cursor's position")
             elif isinstance(field, IntegerField):
-                position = parse_db_int(cursor.position, name="The cursor's position")
+                position = parse_db_int(text, name="The cursor's position")
             else:
                 position = cursor.position
         except ValueError as exc:

@@ -7,6 +7,7 @@ possibly sampled finished counts, cached throughput); this module draws them.
 from __future__ import annotations
 
 from collections import defaultdict, deque
+from typing import Any
 
 from django.contrib.auth.decorators import login_required, permission_required
 from django.http import HttpRequest, HttpResponse
@@ -63,7 +64,7 @@ def overview(request: HttpRequest) -> HttpResponse:
     finished, estimated = finished_counts()
     per_hour, per_minute = throughput()
     now = timezone.now()
-    boxes = []
+    boxes: list[dict[str, Any]] = []
     for s in stages:
         x, y = pos[s.pk]
         counts = {**finished.get(s.pk, {}), **live.get(s.pk, {})}
@@ -80,6 +81,8 @@ def overview(request: HttpRequest) -> HttpResponse:
             }
         )
     arrows = []
+    x1: float  # and x2: a box's edge, or its middle when the arrow goes round below
+    x2: float
     for t in transitions:
         if t.source_id not in pos or t.target_id not in pos:
             continue
