@@ -64,7 +64,8 @@ TASK = connection.ops.quote_name(Task._meta.db_table)
 TASK_EVENT = connection.ops.quote_name(TaskEvent._meta.db_table)
 PRUNABLE = (Task.Status.COMPLETED, Task.Status.FAILED)
 # The column that says how long ago a task finished, per status.
-AGE_COLUMN = {Task.Status.COMPLETED: "completed_at", Task.Status.FAILED: "updated_at"}
+# str keys: statuses arrive as plain strings (TextChoices members are equal to them).
+AGE_COLUMN: dict[str, str] = {Task.Status.COMPLETED: "completed_at", Task.Status.FAILED: "updated_at"}
 # Periodic pruning runs in a worker's coordinator thread, which also extends the
 # locks of the tasks it holds: it prunes in small batches for at most
 # PERIODIC_BUDGET seconds, and comes back after PERIODIC_PAUSE while a backlog lasts.
