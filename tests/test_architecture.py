@@ -120,7 +120,7 @@ def any_level_imports(name: str) -> set[str]:
 def module_level_imports(name: str) -> frozenset[str]:
     """The app modules `name` imports when it is imported (if/try blocks at module level included)."""
     inside = in_function(name)
-    found = set()
+    found: set[str] = set()
     for node in ast.walk(tree(name)):
         if isinstance(node, ast.Import | ast.ImportFrom) and id(node) not in inside:
             found.update(m for m in imported(name, node) if m in modules())
@@ -261,7 +261,7 @@ def test_the_function_level_scan_finds_an_import_inside_a_def() -> None:
 
 def names_used(name: str) -> set[str]:
     """Every identifier module `name` binds, imports or reads (names, attributes, import aliases)."""
-    found = set()
+    found: set[str] = set()
     for node in ast.walk(tree(name)):
         if isinstance(node, ast.Name):
             found.add(node.id)
