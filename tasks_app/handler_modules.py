@@ -14,7 +14,9 @@ The standard library never counts, whatever the setting says.
 
 This module sits below the models (Stage.handler's validator uses it) and
 imports nothing of the app; tasks_app.services.handlers builds the contract
-the worker, scheduler, hook view and workflow loader use on top of it.
+the worker, scheduler, hook view and workflow loader use on top of it. It is
+the one module that imports code by a dotted name (`import_string`;
+tests/test_architecture.py keeps it so), so no path escapes the allow-list.
 """
 
 from __future__ import annotations
