@@ -42,15 +42,24 @@ from tasks_app.services.events import actor_for
 from tasks_app.services.form_stages import form_tasks_refusal
 from tasks_app.values import parse_db_datetime, parse_db_int
 
-# What one item of a bulk completion can be refused for while the others go through.
-PER_ITEM_REFUSALS = (services.NoRouteError, DjangoValidationError)
-
 
 def refusal_text(exc: Exception) -> str:
     """One line for an item's refusal: the schema's messages, or the routing error."""
     if isinstance(exc, DjangoValidationError):
         return "; ".join(exc.messages)
     return str(exc)
+
+
+def bulk_result(outcome: services.ItemOutcome) -> dict[str, Any]:
+    """One item of bulk-complete's answer: completed (with the tasks it sent), lock_lost, or error."""
+    if outcome.status == "refused":
+        assert outcome.error is not None
+        return {"id": outcome.task_id, "status": "error", "error": refusal_text(outcome.error)}
+    result: dict[str, Any] = {"id": outcome.task_id, "status": outcome.status}
+    if outcome.successors:
+        result["sent"] = [child.pk for child in outcome.successors]
+    return result
+
 
 BAD_CURSOR = "Not a page cursor: follow the next or previous link, or leave cursor out."
 
@@ -270,25 +279,9 @@ class TaskViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
             raise PermissionDenied(refusal)  # as complete: a form stage's tasks are its groups'
         results: dict[int, dict[str, Any]] = {}
         try:
-            outcome = services.tasks_complete_batch(items=items)
-            for task_id in outcome.completed:
-                results[task_id] = {"id": task_id, "status": "completed"}
-            for task_id in outcome.lost:
-                results[task_id] = {"id": task_id, "status": "lock_lost"}
-            for child in outcome.successors:
-                results[child.parent_id].setdefault("sent", []).append(child.pk)
-        except PER_ITEM_REFUSALS:
-            # One item sends a type nothing routes or a payload its schema refuses: complete
-            # item by item so only it fails (as the worker does), each in its own transaction.
-            for item in items:
-                try:
-                    one = services.tasks_complete_batch(items=[item])
-                    state = "completed" if one.completed else "lock_lost"
-                    results[item.task_id] = {"id": item.task_id, "status": state}
-                    if one.successors:
-                        results[item.task_id]["sent"] = [c.pk for c in one.successors]
-                except PER_ITEM_REFUSALS as exc:
-                    results[item.task_id] = {"id": item.task_id, "status": "error", "error": refusal_text(exc)}
+            # One item sending a type nothing routes or a payload its schema refuses fails alone (as in the worker).
+            for outcome in services.tasks_complete_each(items=items):
+                results[outcome.task_id] = bulk_result(outcome)
         except Exception as exc:
             raise translate(exc) from exc
         return Response({"results": [results[item.task_id] for item in items]})

@@ -6,9 +6,11 @@ from tasks_app.services.claim import MAX_CLAIM_BATCH, task_claim
 from tasks_app.services.complete import (
     BatchResult,
     Completion,
+    ItemOutcome,
     task_complete,
     task_extend_lock,
     tasks_complete_batch,
+    tasks_complete_each,
     tasks_extend_locks,
 )
 from tasks_app.services.errors import NoRouteError, TaskError, TaskLockLost, TaskStateError
@@ -42,7 +44,9 @@ __all__ = [
     "MAX_CLAIM_BATCH",
     "BatchResult",
     "Completion",
+    "ItemOutcome",
     "tasks_complete_batch",
+    "tasks_complete_each",
     "tasks_extend_locks",
     "worker_heartbeat",
     "worker_register",

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import IO
 
 from django.conf import settings
-from django.core.exceptions import ValidationError
 from django.db import DatabaseError, close_old_connections, connection
 
 from tasks_app import services
@@ -276,17 +275,11 @@ class Worker:
             ok = [h for h in done if h.outcome is not None and h.outcome.kind == "ok"]
             if ok:
                 items = [services.Completion(h.task.pk, h.task.lock_token, h.outcome.sent) for h in ok if h.outcome]
-                try:
-                    self._completed(services.tasks_complete_batch(items=items), ok)
-                except (services.NoRouteError, ValidationError):
-                    # A transition or a payload schema changed under us (the
-                    # handler checked its sends against the stage as it was):
-                    # complete one by one so that only the offending task fails.
-                    for item, h in zip(items, ok, strict=True):
-                        try:
-                            self._completed(services.tasks_complete_batch(items=[item]), [h])
-                        except (services.NoRouteError, ValidationError) as exc:
-                            h.outcome = Outcome.from_exception(exc, permanent=True)
+                by_id = {h.task.pk: h for h in ok}
+                # A transition or a payload schema changed under us (the handler checked its sends
+                # against the stage as it was): only the offending task fails, permanently.
+                for done_item in services.tasks_complete_each(items=items):
+                    self._completed(done_item, by_id[done_item.task_id])
             for h in done:
                 if h.outcome is not None:
                     self._record_failure(h)
@@ -297,11 +290,16 @@ class Worker:
                 if h.outcome is None:
                     self.held.pop(h.task.pk, None)
 
-    def _completed(self, result: services.BatchResult, written: list[Held]) -> None:
-        self.stats.done += len(result.completed)
-        self._lost(result.lost)
-        for h in written:
-            h.outcome = None
+    def _completed(self, result: services.ItemOutcome, h: Held) -> None:
+        if result.status == "refused":
+            assert result.error is not None
+            h.outcome = Outcome.from_exception(result.error, permanent=True)  # written as a failure next
+            return
+        if result.status == "completed":
+            self.stats.done += 1
+        else:
+            self._lost([result.task_id])
+        h.outcome = None
 
     def _lost(self, task_ids: Sequence[int]) -> None:
         for task_id in task_ids:
