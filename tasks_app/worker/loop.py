@@ -19,7 +19,6 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import IO
 
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
@@ -31,7 +30,7 @@ from tasks_app.models import Stage, Task, Transition
 from tasks_app.services.retention import PERIODIC_PAUSE, PruneResult, tasks_prune_periodic
 from tasks_app.worker.handlers import Handler, HandlerImportError, HandlerTask, Outcome, resolve_handler
 from tasks_app.worker.listener import Listener
-from tasks_app.worker.pacing import NAP_SLICE, Backoff, Cadence, close_connection, nap, say
+from tasks_app.worker.pacing import NAP_SLICE, Backoff, Cadence, TextOut, close_connection, nap, say
 from tasks_app.worker.slots import Job, SlotPool
 
 logger = logging.getLogger("tasks_app.worker")
@@ -153,7 +152,7 @@ class Worker:
     max_tasks: int | None = None
     listen: bool = True
     progress_interval: float = 10.0
-    stdout: IO[str] | None = None
+    stdout: TextOut | None = None
 
     stop_requested: bool = field(default=False, init=False)
     stats: Stats = field(default_factory=Stats, init=False)

@@ -11,7 +11,7 @@ import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import IO, TypeVar
+from typing import Protocol, TypeVar
 
 from django.db import DatabaseError, close_old_connections, connection
 
@@ -96,7 +96,15 @@ def close_old_connections_outside_transactions() -> None:
         close_old_connections()
 
 
-def say(logger: logging.Logger, stdout: IO[str] | None, line: str) -> None:
+class TextOut(Protocol):
+    """Where status lines go: a text stream, a command's OutputWrapper or a JsonLines (write and flush only)."""
+
+    def write(self, s: str, /) -> object: ...
+
+    def flush(self) -> object: ...
+
+
+def say(logger: logging.Logger, stdout: TextOut | None, line: str) -> None:
     """A status line for people: on `stdout` when given, and in the debug log."""
     logger.debug(line)
     if stdout is not None:

@@ -11,14 +11,20 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import IO
 
 from django.conf import settings
 from django.db import DatabaseError, connection
 
 from tasks_app.models import JobRun
 from tasks_app.services.jobs import jobs_run_due
-from tasks_app.worker.pacing import Backoff, close_connection, close_old_connections_outside_transactions, nap, say
+from tasks_app.worker.pacing import (
+    Backoff,
+    TextOut,
+    close_connection,
+    close_old_connections_outside_transactions,
+    nap,
+    say,
+)
 
 # Its own name (not tasks_app.worker.scheduler): run_scheduler's output and log filters use it.
 logger = logging.getLogger("tasks_app.scheduler")
@@ -41,7 +47,7 @@ def run_summary(run: JobRun) -> str:
 class Scheduler:
     worker_id: str
     interval: float | None = None
-    stdout: IO[str] | None = None
+    stdout: TextOut | None = None
     # Shown in pg_stat_activity for this thread's own connection (run_worker's scheduler thread).
     application_name: str = ""
 

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from tasks_app.logcontext import JsonLines
+from tasks_app.worker.pacing import TextOut
 
 
 def json_mode() -> bool:
@@ -59,8 +60,8 @@ class JsonOutputCommand(BaseCommand):
             )
         return super().execute(*args, **options)
 
-    def stdout_for(self, logger: str) -> IO[str]:
+    def stdout_for(self, logger: str) -> TextOut:
         """Status output of one part of the command (run_worker's scheduler) under its own logger name."""
         if json_mode():
             return JsonLines(self._raw_stdout, logger=logger)
-        return self.stdout  # type: ignore[return-value]
+        return self.stdout
