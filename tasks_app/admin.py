@@ -151,8 +151,9 @@ class StageAdmin(admin.ModelAdmin):
 
     def get_actions(self, request: HttpRequest) -> dict[str, Any]:
         actions = super().get_actions(request)
-        if "delete_selected" in actions:
-            _, name, description = actions["delete_selected"]
+        selected = actions.get("delete_selected")  # typed Optional (Django's values are never None)
+        if selected is not None:
+            _, name, description = selected
             actions["delete_selected"] = (_delete_stages, name, description)
         return actions
 
