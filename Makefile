@@ -34,6 +34,7 @@ lint: $(DEV_STAMP)
 	$(PY) manage.py check
 	$(PY) manage.py makemigrations --check --dry-run
 	$(PY) -m ruff check .
+	$(PY) -m mypy
 
 test-sqlite: $(DEV_STAMP)
 	@bash scripts/ensure_chromium.sh
