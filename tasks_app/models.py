@@ -318,15 +318,17 @@ class Task(models.Model):
     class Meta:
         ordering = ["-id"]
         indexes = [
-            # Used by services.claim: WHERE stage_id = ? AND status IN (pending, locked)
-            # ORDER BY id LIMIT n. Completed and failed tasks (the bulk of a
-            # long-lived table) are not in it, so it stays small and hot.
+            # Used by the claim (services.claim.CLAIMABLE_WHERE): WHERE stage_id = ?
+            # AND ((pending AND due) OR (locked AND lock expired AND attempts left))
+            # ORDER BY id LIMIT n; PostgreSQL proves this predicate from that OR.
+            # Completed and failed tasks (the bulk of a long-lived table) are not
+            # in it, so it stays small and hot.
             models.Index(
                 fields=["stage", "id"],
                 condition=Q(status__in=["pending", "locked"]),
                 name="task_claim_idx",
             ),
-            # Used by services.expire: locked tasks whose lock has passed.
+            # Used by the expiry sweep (services.lifecycle.tasks_expire_locks): locked tasks whose lock has passed.
             models.Index(
                 fields=["locked_until"],
                 condition=Q(status="locked"),
