@@ -36,14 +36,20 @@ LOCK_TOKEN_BYTES = 16
 LOCK_TOKEN_CHARS = 2 * LOCK_TOKEN_BYTES
 
 
-def new_lock_tokens(count: int = 1) -> str:
-    """`count` fresh lock tokens, LOCK_TOKEN_CHARS each, end to end in one string.
+def new_lock_tokens(count: int = 1) -> bytes:
+    """The random bytes of `count` fresh lock tokens, LOCK_TOKEN_BYTES each, end to end.
 
-    The one source of lock tokens: a claim's SQL gives its n-th row the n-th
-    slice (one random read for a whole batch), a person opening a form task
-    takes a single one.
+    The one source of lock tokens; a token is the hex of its slice. A claim's
+    SQL gives its n-th row the n-th slice (one random read for the whole
+    batch; bytea, because slicing text is slower the further in the slice
+    is), a person opening a form task takes new_lock_tokens(1).hex().
     """
-    return secrets.token_hex(LOCK_TOKEN_BYTES * count)
+    return secrets.token_bytes(LOCK_TOKEN_BYTES * count)
+
+
+def lock_token(block: bytes, n: int) -> str:
+    """The n-th (from 0) lock token of a new_lock_tokens() block, as the claim's SQL spells it (lowercase hex)."""
+    return block[n * LOCK_TOKEN_BYTES : (n + 1) * LOCK_TOKEN_BYTES].hex()
 
 
 # Shared by both backends and by the EXPLAIN test: the claimable predicate
@@ -90,12 +96,13 @@ WITH picked AS MATERIALIZED (
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), numbered AS (
-    -- Row n takes the n-th token of new_lock_tokens(limit); any order will do.
+    -- Row n takes the n-th token of new_lock_tokens(limit) (lock_token(block, n - 1)); any order will do.
     SELECT id, row_number() OVER () AS n FROM picked
 ), claimed AS (
     UPDATE {TASK} AS t
     SET status = 'locked',
-        lock_token = substr(%(tokens)s::text, ((n - 1) * {LOCK_TOKEN_CHARS} + 1)::integer, {LOCK_TOKEN_CHARS}),
+        lock_token = encode(substring(%(tokens)s::bytea FROM ((n - 1) * {LOCK_TOKEN_BYTES} + 1)::integer
+                                      FOR {LOCK_TOKEN_BYTES}), 'hex'),
         locked_by = %(worker_id)s,
         locked_at = %(now)s,
         locked_until = %(until)s,
@@ -218,8 +225,7 @@ def _claim_sqlite(params: dict[str, Any], *, now: datetime, until: datetime) -> 
         return []
     previous = {row[0]: (row[1], row[2]) for row in picked}
     ids = ",".join(str(int(row[0])) for row in picked)
-    block = str(params["tokens"])
-    tokens = {row[0]: block[n * LOCK_TOKEN_CHARS : (n + 1) * LOCK_TOKEN_CHARS] for n, row in enumerate(picked)}
+    tokens = {row[0]: lock_token(params["tokens"], n) for n, row in enumerate(picked)}
     sql = SQLITE_CLAIM_SQL.format(ids=ids, claimable=CLAIMABLE_WHERE)
     tasks = sorted(Task.objects.raw(sql, {**params, "tokens": json.dumps(tokens)}), key=lambda t: t.pk)
     events = []

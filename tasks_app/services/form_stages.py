@@ -18,7 +18,7 @@ from django.utils import timezone
 
 from tasks_app.limits import clamp_lock_timeout
 from tasks_app.models import Stage, Task, TaskEvent
-from tasks_app.services.claim import new_lock_tokens
+from tasks_app.services.claim import lock_token, new_lock_tokens
 from tasks_app.services.complete import task_complete
 from tasks_app.services.errors import TaskError, TaskStateError
 from tasks_app.services.events import actor_for, claimed_details, event_record, person_named
@@ -85,7 +85,7 @@ def form_task_open(*, task: Task, user: Any, now: datetime | None = None) -> Tas
             return current
         # Read under the row lock: whose expired lock this open takes over, if any.
         reclaimed_from = current.locked_by if current.status == Task.Status.LOCKED else None
-        token = new_lock_tokens(1)
+        token = lock_token(new_lock_tokens(1), 0)
         # The expected state is in the WHERE clause: whoever updates first holds it.
         updated = claimable.update(
             status=Task.Status.LOCKED,
