@@ -39,10 +39,11 @@ LOCK_TOKEN_CHARS = 2 * LOCK_TOKEN_BYTES
 def new_lock_tokens(count: int = 1) -> bytes:
     """The random bytes of `count` fresh lock tokens, LOCK_TOKEN_BYTES each, end to end.
 
-    The one source of lock tokens; a token is the hex of its slice. A claim's
-    SQL gives its n-th row the n-th slice (one random read for the whole
-    batch; bytea, because slicing text is slower the further in the slice
-    is), a person opening a form task takes new_lock_tokens(1).hex().
+    The one source of lock tokens; a token is the hex of its slice
+    (lock_token). A claim's SQL gives its n-th row the n-th slice, one random
+    read for the whole batch (bytea: slicing a long text walks it from the
+    start, which made big claims slow); a person opening a form task takes
+    lock_token(new_lock_tokens(1), 0).
     """
     return secrets.token_bytes(LOCK_TOKEN_BYTES * count)
 
