@@ -72,6 +72,15 @@ class TaskCursorPagination(CursorPagination):
     page_size_query_param = "page_size"
     max_page_size = 1000
 
+    def get_ordering(self, request: Request, queryset: QuerySet[Any], view: Any) -> tuple[str, ...]:
+        """The chosen ordering, then id in the same direction: tasks created in one bulk share created_at,
+        and without a tie-breaker the database may return ties in a different order for each page."""
+        ordering = tuple(super().get_ordering(request, queryset, view))
+        first = ordering[0]
+        if first.lstrip("-") == "id":
+            return ordering
+        return (*ordering, "-id" if first.startswith("-") else "id")
+
     def decode_cursor(self, request: Request) -> Cursor | None:
         """DRF's decoding, then the position parsed as the ordering field's type, within the databases' bounds.
 
