@@ -47,15 +47,25 @@ class BatchResult:
     successors: list[Task] = field(default_factory=list)
 
 
+# "Still locked", written so that no index can serve it: `status || ''` is an expression, not the
+# column. As a plain `status = 'locked'` it was an index condition (task_status_stage_idx) and the
+# proof that let the partial indexes on pending/locked rows (task_claim_idx, task_lock_expiry_idx)
+# be walked; whenever the statistics made `locked` look rare, the planner walked one of those over
+# a stage's backlog instead of looking the few ids up in the primary key, a cost that grew with the
+# backlog. Now the primary key is the only index that leads to the rows (tests/test_complete_plan_pg.py).
+STILL_LOCKED = "status || '' = 'locked'"
+
+
 def _held(items: Sequence[tuple[int, str]]) -> tuple[str, list[Any]]:
     """WHERE clause matching rows still locked with the given (id, token) pairs.
 
-    `id IN (...)` lets the planner use the primary key; the row-value IN
-    then checks each row against its own token.
+    `id IN (...)` leads the planner to the rows by primary key (the only index
+    the clause can use: see STILL_LOCKED); the row-value IN then checks each
+    row against its own token.
     """
     ids = ", ".join(["%s"] * len(items))
     pairs = ", ".join(["(%s, %s)"] * len(items))
-    sql = f"id IN ({ids}) AND status = 'locked' AND (id, lock_token) IN (VALUES {pairs})"
+    sql = f"id IN ({ids}) AND {STILL_LOCKED} AND (id, lock_token) IN (VALUES {pairs})"
     params: list[Any] = [task_id for task_id, _ in items]
     for task_id, token in items:
         params += [task_id, token]
@@ -93,13 +103,17 @@ COMPLETED_DETAILS_SQL = details_sql(
     sent="'[]'::jsonb",
 )
 
+# The rows are found by primary key (`t.id = ANY(ids)`: an index condition whichever way the
+# planner joins, so even statistics that make the table look empty can't turn the join into a
+# walk of the whole key), each joined to its (id, token) pair, and the token and STILL_LOCKED
+# checked on the row found. An id given twice updates its row once.
 PG_COMPLETE_SQL = f"""
 WITH done AS (
-    UPDATE {TASK}
+    UPDATE {TASK} AS t
     SET status = 'completed', completed_at = %(now)s, updated_at = %(now)s, lock_token = '', locked_until = NULL
-    WHERE id = ANY(%(ids)s::bigint[]) AND status = 'locked'
-      AND (id, lock_token) IN (SELECT * FROM unnest(%(ids)s::bigint[], %(tokens)s::text[]))
-    RETURNING id, locked_by, locked_at, attempts
+    FROM unnest(%(ids)s::bigint[], %(tokens)s::text[]) AS c (id, token)
+    WHERE t.id = ANY(%(ids)s::bigint[]) AND t.id = c.id AND t.lock_token = c.token AND t.{STILL_LOCKED}
+    RETURNING t.id, t.locked_by, t.locked_at, t.attempts
 ), events AS (
     INSERT INTO {TASK_EVENT} (task_id, kind, at, actor, details)
     SELECT id, 'completed', %(now)s, locked_by, {COMPLETED_DETAILS_SQL}
