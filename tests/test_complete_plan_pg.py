@@ -24,8 +24,8 @@ import pytest
 from django.db import connection
 from django.utils import timezone
 
-from tasks_app.models import Stage, Task
-from tasks_app.services.complete import PG_COMPLETE_SQL, _held
+from tasks_app.models import Stage, Task, TaskEvent
+from tasks_app.services.complete import PG_COMPLETE_SQL, Completion, _held, tasks_complete_batch
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
@@ -242,3 +242,19 @@ def test_the_plans_are_read_as_they_should_be() -> None:
     assert locked_walk and all(any(index in w for index in others) for w in locked_walk), locked_walk
     assert by_primary_key(explain(f"SELECT * FROM {TASK} WHERE payload = '{{}}'", [])) == [f"Seq Scan on {TASK}"]
     assert by_primary_key(explain(f"SELECT * FROM {TASK} WHERE id = %s", [1])) == []
+
+
+def test_a_task_listed_twice_completes_if_either_token_is_its_own() -> None:
+    """The one-statement completion looks a row's token up by the first place of its id: a batch
+    naming a task twice (bulk-complete accepts that) goes the general way, which checks every pair."""
+    [stage] = make_stages()[:1]
+    seed([stage] * STAGES, ONE_IN_201_LOCKED)
+    (task_id, token), (other_id, other_token) = Task.objects.filter(status=Task.Status.LOCKED).values_list(
+        "id", "lock_token"
+    )[:2]
+    result = tasks_complete_batch(
+        items=[Completion(task_id, "not-its-token"), Completion(task_id, token), Completion(other_id, other_token)]
+    )
+    assert sorted(result.completed) == sorted([task_id, other_id]) and result.lost == []
+    assert Task.objects.get(pk=task_id).status == Task.Status.COMPLETED
+    assert TaskEvent.objects.filter(task_id=task_id, kind=TaskEvent.Kind.COMPLETED).count() == 1
