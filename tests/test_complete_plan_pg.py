@@ -1,9 +1,10 @@
 """Completion and the lock-holder check reach their rows by primary key, whatever the statistics say.
 
 With the status check usable as an index condition, the planner picked its path
-from how rare `locked` looked: with few locked rows in the statistics it walked
-task_claim_idx over a stage's pending rows, after an analyze that saw many it
-walked task_status_stage_idx over every locked row. Both grew with the backlog.
+from how rare `locked` looked: with few locked rows in fresh statistics it walked
+task_lock_expiry_idx over every locked row, with statistics that saw none (all
+completed, or an emptied table) task_status_stage_idx; in production it was also
+task_claim_idx over a stage's pending rows. All grow with the backlog.
 These tests seed a backlog of 20,000 pending and locked tasks at four stages,
 give the planner fresh or stale statistics, and look at the plans (EXPLAIN,
 nothing runs) of the completion statement, as the server plans it for these
