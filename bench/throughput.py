@@ -122,12 +122,6 @@ def create_bench_database(url: str) -> str:
     return with_db(url, BENCH_DB)
 
 
-def peak_rss_mib() -> int:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024
-
-
 # -- raw-SQL baseline ----------------------------------------------------------
 def raw_worker(url: str, stage: int, batch: int, worker: str, ready: Barrier, counts: mp.Queue) -> None:
     import psycopg
@@ -187,7 +181,7 @@ def pgqueuer_default_batch() -> int:
 def pgqueuer_worker(url: str, driver: str, batch: int, ready: Event, results: mp.Queue) -> None:
     """One PgQueuer consumer process: its QueueManager, a no-op entrypoint, until SIGTERM."""
     calls = asyncio.run(_pgqueuer_consume(url, driver, batch, ready))
-    results.put((calls, peak_rss_mib()))
+    results.put(calls)
 
 
 @contextlib.asynccontextmanager
@@ -236,8 +230,8 @@ def install_pgqueuer(url: str) -> None:
     asyncio.run(install())
 
 
-def run_pgqueuer(url: str, *, driver: str, n: int, history: int, workers: int, batch: int) -> tuple[float, int]:
-    """Drain n jobs enqueued in one statement; returns (jobs/s, the largest worker peak RSS in MiB)."""
+def run_pgqueuer(url: str, *, driver: str, n: int, history: int, workers: int, batch: int) -> float:
+    """Drain n jobs enqueued in one statement; returns jobs/s."""
     import psycopg
 
     with psycopg.connect(url, autocommit=True) as conn:
@@ -278,10 +272,10 @@ def run_pgqueuer(url: str, *, driver: str, n: int, history: int, workers: int, b
             " count(*) FILTER (WHERE status NOT IN ('successful', 'picked'))"
             " FROM pgqueuer_log WHERE job_id > 0"
         ).fetchone()
-    calls = sum(c for c, _ in outcome)
+    calls = sum(outcome)
     assert logged is not None
     assert calls == n and tuple(logged) == (n, n, 0), f"PgQueuer: {calls} calls, log {tuple(logged)} for {n} jobs"
-    return n / (end - start).total_seconds(), max(m for _, m in outcome)
+    return n / (end - start).total_seconds()
 
 
 # -- the engine ----------------------------------------------------------------
@@ -447,14 +441,14 @@ def main() -> int:
     )
     print(
         "| workers | batch | ours tasks/s | PgQueuer tasks/s | raw tasks/s | ours / PgQueuer | ours / raw "
-        "| peak RSS ours / PgQueuer |"
+        "| ours peak RSS |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     rates: dict[tuple[int, int, str], float] = {}
     for batch in batches:
         for workers in workers_list:
             raw = run_raw(bench_url, stage=noop.pk, n=n, history=history, workers=workers, batch=batch)
-            pgq, pgq_peak = run_pgqueuer(
+            pgq = run_pgqueuer(
                 bench_url, driver=args.pgqueuer_driver, n=n, history=history, workers=workers, batch=batch
             )
             ours, peak = run_engine(
@@ -472,7 +466,7 @@ def main() -> int:
             )
             print(
                 f"| {workers} | {batch} | {ours:,.0f} | {pgq:,.0f} | {raw:,.0f} | {ours / pgq:.2f}× "
-                f"| {ours / raw:.2f}× | {peak} / {pgq_peak} MiB |",
+                f"| {ours / raw:.2f}× | {peak} MiB |",
                 flush=True,
             )
 
@@ -481,7 +475,7 @@ def main() -> int:
         print("| workers | PgQueuer tasks/s |")
         print("|---:|---:|")
         for workers in workers_list:
-            pgq, _ = run_pgqueuer(
+            pgq = run_pgqueuer(
                 bench_url, driver=args.pgqueuer_driver, n=n, history=history, workers=workers, batch=pgq_default
             )
             print(f"| {workers} | {pgq:,.0f} |", flush=True)
