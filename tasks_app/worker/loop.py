@@ -27,6 +27,7 @@ from tasks_app import services
 from tasks_app.limits import clamp_lock_timeout
 from tasks_app.logcontext import log_context
 from tasks_app.models import Stage, Task, Transition
+from tasks_app.services.claim import ClaimedRow, task_claim_rows
 from tasks_app.services.retention import PERIODIC_PAUSE, PruneResult, tasks_prune_periodic
 from tasks_app.worker.handlers import Handler, HandlerImportError, HandlerTask, Outcome, resolve_handler
 from tasks_app.worker.listener import Listener
@@ -64,7 +65,7 @@ class Stats:
 class Held:
     """A task this worker holds the lock of."""
 
-    task: Task
+    task: ClaimedRow  # a light row, not a model: the worker reads only its fields
     lock_timeout: int
     extended_at: float  # monotonic time of the claim or the last heartbeat
     outcome: Outcome | None = None
@@ -201,7 +202,7 @@ class Worker:
             if room <= 0 or self.stop_requested:
                 break
             timeout = clamp_lock_timeout(self.lock_timeout or stage.lock_timeout)  # heartbeats use it too
-            tasks = services.task_claim(stage=stage, worker_id=self.worker_id, limit=room, lock_timeout=timeout)
+            tasks = task_claim_rows(stage=stage, worker_id=self.worker_id, limit=room, lock_timeout=timeout)
             now = time.monotonic()
             for task in tasks:
                 self.held[task.pk] = Held(task=task, lock_timeout=timeout, extended_at=now)
