@@ -13,7 +13,7 @@ from typing import Any
 
 from django.test import Client
 
-from tests.support.processes import ROOT, free_port, production_env
+from tests.support.processes import ROOT, production_env, start_gunicorn
 
 
 def manage(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
@@ -72,18 +72,7 @@ def test_one_gunicorn_process_serves_pages_and_static_files_in_production(tmp_pa
     for step in (["migrate", "-v0"], ["collectstatic", "--noinput", "-v0"]):
         done = manage(env, *step)
         assert done.returncode == 0, done.stderr
-    port = free_port()
-    env["GUNICORN_BIND"] = f"127.0.0.1:{port}"
-    env["GUNICORN_WORKERS"] = "1"
-    gunicorn = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    gunicorn, base = start_gunicorn(env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     https = {"X-Forwarded-Proto": "https"}
     try:
         deadline = time.monotonic() + 30

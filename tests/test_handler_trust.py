@@ -37,7 +37,7 @@ from tasks_app.services.jobs import jobs_run_due
 from tasks_app.services.workflow import WorkflowInvalid, workflow_dump, workflow_load
 from tasks_app.worker import Worker
 from tests.support.pages import form_fields
-from tests.support.processes import ROOT, finish, start_worker, subprocess_env, wait_for
+from tests.support.processes import ROOT, finish, settings_in_a_fresh_process, start_worker, subprocess_env, wait_for
 from tests.support.users import make_user, token_client
 
 S = Task.Status
@@ -308,20 +308,18 @@ def test_check_does_not_fail_on_a_database_without_tables(tmp_path: Path) -> Non
 # -- the setting ------------------------------------------------------------------------------
 
 
-def settings_in_a_fresh_process(**env: str) -> subprocess.CompletedProcess[str]:
-    code = "import django; django.setup(); from django.conf import settings; print(settings.TASKS_HANDLER_MODULES)"
-    base = {k: v for k, v in subprocess_env().items() if k not in ("TASKS_HANDLER_MODULES", "DEBUG")}
-    return subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, env={**base, **env}, capture_output=True, text=True, timeout=60
+def handler_modules_in_a_fresh_process(**env: str) -> subprocess.CompletedProcess[str]:
+    return settings_in_a_fresh_process(
+        "settings.TASKS_HANDLER_MODULES", env, drop=("TASKS_HANDLER_MODULES", "DEBUG")
     )
 
 
 def test_setting_defaults_to_the_demo_in_development_and_to_nothing_in_production() -> None:
-    assert settings_in_a_fresh_process().stdout.strip() == "['tasks_app.demo']"
-    production = settings_in_a_fresh_process(DEBUG="false", SECRET_KEY="x" * 50)
+    assert handler_modules_in_a_fresh_process().stdout.strip() == "['tasks_app.demo']"
+    production = handler_modules_in_a_fresh_process(DEBUG="false", SECRET_KEY="x" * 50)
     assert production.returncode == 0, production.stderr
     assert production.stdout.strip() == "[]"
-    listed = settings_in_a_fresh_process(TASKS_HANDLER_MODULES=" acme.tasks , acme.jobs ")
+    listed = handler_modules_in_a_fresh_process(TASKS_HANDLER_MODULES=" acme.tasks , acme.jobs ")
     assert listed.stdout.strip() == "['acme.tasks', 'acme.jobs']"
 
 
@@ -340,7 +338,7 @@ def test_setting_defaults_to_the_demo_in_development_and_to_nothing_in_productio
 def test_setting_refuses_the_standard_library_and_the_test_suite_in_production(
     env: dict[str, str], message: str
 ) -> None:
-    result = settings_in_a_fresh_process(**env)
+    result = handler_modules_in_a_fresh_process(**env)
     assert result.returncode != 0
     assert message in result.stderr.strip().splitlines()[-1]
 

@@ -25,7 +25,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
 from tasks_app.models import Stage, Task, TaskEvent, Transition
-from tests.support.processes import ROOT, free_port, start_worker, subprocess_env, wait_for
+from tests.support.processes import ROOT, start_gunicorn, start_worker, subprocess_env, wait_for
 
 Procs = list[subprocess.Popen[str]]
 EXAMPLE = ROOT / "examples" / "http_worker.py"
@@ -42,15 +42,10 @@ def server(django_db_setup: None, tmp_path_factory: pytest.TempPathFactory) -> I
     """
     db = connection.settings_dict
     assert db["NAME"] == db["TEST"]["NAME"] or db["NAME"].startswith("test_"), f"not a test database: {db['NAME']}"
-    port = free_port()
     log = tmp_path_factory.mktemp("gunicorn") / "gunicorn.log"
-    env = {**subprocess_env(), "GUNICORN_BIND": f"127.0.0.1:{port}", "GUNICORN_WORKERS": "2", "GUNICORN_THREADS": "4"}
+    env = {**subprocess_env(), "GUNICORN_THREADS": "4"}
     with open(log, "w") as out:  # a file, not a pipe: a full pipe would stall gunicorn
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py"],
-            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-    base = f"http://127.0.0.1:{port}"
+        proc, base = start_gunicorn(env, workers=2, stdout=out, stderr=subprocess.STDOUT)
     try:
         assert wait_for(lambda: _up(base) or proc.poll() is not None, timeout=60), "gunicorn did not start"
         assert proc.poll() is None, log.read_text()

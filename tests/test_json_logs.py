@@ -20,7 +20,7 @@ from tasks_app.api import health
 from tasks_app.logcontext import ContextFilter
 from tasks_app.models import Stage
 from tasks_app.services import task_create
-from tests.support.processes import ROOT, free_port, production_env, subprocess_env
+from tests.support.processes import ROOT, production_env, start_gunicorn, subprocess_env
 
 
 def json_lines(text: str) -> list[dict[str, Any]]:
@@ -83,18 +83,7 @@ def test_gunicorn_in_production_logs_a_500_with_its_traceback(tmp_path: Path, lo
     """A real server with .env.example's production block, whose database was never migrated."""
     env = production_env(tmp_path)
     env["TASKS_LOG_FORMAT"] = log_format
-    port = free_port()
-    env["GUNICORN_BIND"] = f"127.0.0.1:{port}"
-    env["GUNICORN_WORKERS"] = "1"
-    gunicorn = subprocess.Popen(
-        [str(Path(sys.executable).parent / "gunicorn"), "-c", "gunicorn.conf.py"],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    base = f"http://127.0.0.1:{port}"
+    gunicorn, base = start_gunicorn(env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
         deadline = time.monotonic() + 30
         while True:

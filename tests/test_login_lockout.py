@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from datetime import timedelta
 from typing import Any
 
@@ -16,7 +15,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from tests.support.processes import ROOT, subprocess_env
+from tests.support.processes import settings_in_a_fresh_process
 
 LIMIT = 3
 LOGIN = "/accounts/login/"
@@ -154,20 +153,9 @@ def test_api_tokens_and_sessions_made_without_a_password_keep_working(users: dic
 
 
 def test_lockout_settings_come_from_the_environment() -> None:
-    code = (
-        "import django; django.setup(); from django.conf import settings; "
-        "print(settings.AXES_ENABLED, settings.AXES_FAILURE_LIMIT, settings.AXES_COOLOFF_TIME)"
-    )
-
     def run(**env: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-c", code],
-            cwd=ROOT,
-            env={**subprocess_env(), **env},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        expression = "settings.AXES_ENABLED, settings.AXES_FAILURE_LIMIT, settings.AXES_COOLOFF_TIME"
+        return settings_in_a_fresh_process(f"*({expression})", env)
 
     assert run().stdout.split() == ["True", "10", "1.0"]
     assert run(AXES_FAILURE_LIMIT="5", AXES_COOLOFF_TIME="0.25", AXES_ENABLED="false").stdout.split() == [

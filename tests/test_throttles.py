@@ -22,7 +22,7 @@ from rest_framework.throttling import SimpleRateThrottle
 from tasks_app.api.hooks import HookThrottle
 from tasks_app.api.throttles import client_ip
 from tasks_app.models import Stage
-from tests.support.processes import ROOT, subprocess_env
+from tests.support.processes import ROOT, settings_in_a_fresh_process, subprocess_env
 
 WRONG = {"X-Hook-Token": "not-the-secret"}
 
@@ -216,15 +216,7 @@ def test_migrate_creates_the_cache_table(tmp_path: Path) -> None:
 
 
 def settings_value(env: dict[str, str], expression: str) -> subprocess.CompletedProcess[str]:
-    code = f"import django; django.setup(); from django.conf import settings; print({expression})"
-    return subprocess.run(
-        [sys.executable, "-c", code],
-        cwd=ROOT,
-        env={**subprocess_env(), **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return settings_in_a_fresh_process(expression, env)
 
 
 def test_throttle_cache_url_switches_to_redis() -> None:

@@ -102,3 +102,23 @@ def production_env(tmp_path: Path) -> dict[str, str]:
     # Nothing here needs the database; keep it local and throwaway.
     env["DATABASE_URL"] = f"sqlite:///{tmp_path / 'db.sqlite3'}"
     return env
+
+
+def start_gunicorn(env: dict[str, str], *, workers: int = 1, **popen: Any) -> tuple[subprocess.Popen[str], str]:
+    """gunicorn with the project's gunicorn.conf.py on a free local port: the process and its base URL."""
+    port = free_port()
+    env = {**env, "GUNICORN_BIND": f"127.0.0.1:{port}", "GUNICORN_WORKERS": str(workers)}
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    proc = subprocess.Popen([str(gunicorn), "-c", "gunicorn.conf.py"], cwd=ROOT, env=env, text=True, **popen)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def settings_in_a_fresh_process(
+    expression: str, env: dict[str, str], *, drop: tuple[str, ...] = ()
+) -> subprocess.CompletedProcess[str]:
+    """Print a settings expression from a new process with the test run's environment plus `env`, less `drop`."""
+    code = f"import django; django.setup(); from django.conf import settings; print({expression})"
+    base = {k: v for k, v in subprocess_env().items() if k not in drop}
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, env={**base, **env}, capture_output=True, text=True, timeout=120
+    )
