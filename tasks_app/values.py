@@ -18,6 +18,8 @@ from typing import Any
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from tasks_app.limits import NUL
+
 # Both databases store integers (ids included) as signed 64-bit.
 DB_INT_MIN = -(2**63)
 DB_INT_MAX = 2**63 - 1
@@ -104,13 +106,13 @@ def check_json(value: Any) -> None:
         item = stack.pop()
         if isinstance(item, dict):
             for key, child in item.items():
-                if isinstance(key, str) and "\x00" in key:
+                if isinstance(key, str) and NUL in key:
                     raise NotStorable("keys can't contain NUL (\\u0000) characters")
                 stack.append(child)
         elif isinstance(item, list):
             stack.extend(item)
         elif isinstance(item, str):
-            if "\x00" in item:
+            if NUL in item:
                 raise NotStorable("strings can't contain NUL (\\u0000) characters")
         elif isinstance(item, bool) or item is None:
             continue

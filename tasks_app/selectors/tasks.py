@@ -11,6 +11,7 @@ from django.db.models.functions import Cast
 from django.http import QueryDict
 
 from tasks_app.filters import TaskFilter
+from tasks_app.limits import NUL
 from tasks_app.models import Task
 from tasks_app.values import parse_db_datetime, parse_db_int
 
@@ -34,7 +35,7 @@ def filtered_tasks(params: QueryDict) -> tuple[TaskFilter, QuerySet[Task], dict[
     task_filter = TaskFilter(params, queryset=Task.objects.select_related("stage", "source_stage"))
     errors = {field: list(messages) for field, messages in task_filter.errors.items()}
     q = params.get("q", "").strip()
-    if "\x00" in q:  # PostgreSQL text can't hold it: the query would raise, not match nothing
+    if NUL in q:  # PostgreSQL text can't hold it: the query would raise, not match nothing
         errors["q"] = ["Text can't contain NUL (\\u0000) characters."]
     if errors:
         return task_filter, Task.objects.none(), errors
