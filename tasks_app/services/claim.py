@@ -370,3 +370,8 @@ def _sqlite_datetime(value: Any) -> datetime:
     if parsed is None:
         raise ValueError(f"not a timestamp: {value!r}")
     return parsed if timezone.is_aware(parsed) else timezone.make_aware(parsed, connection.timezone)
+
+
+def pg_claimed_rows(cursor: Any, params: dict[str, Any], *, stage: Stage, until: datetime) -> list[ClaimedRow]:
+    """ClaimedRows from a cursor that ran PG_CLAIM_SQL with `params` (services.pipeline sends it pipelined)."""
+    return _pg_rows(cursor, params, stage=stage, until=until)

@@ -141,10 +141,7 @@ def tasks_complete_batch(*, items: Sequence[Completion], now: datetime | None = 
     adapt = connection.ops.adapt_datetimefield_value
     if connection.vendor == "postgresql" and not any(item.send for item in items) and len(by_id) == len(items):
         # The common case, nothing to send (and each task once): one statement, atomic on its own.
-        prepared = execute_prepared(
-            PG_COMPLETE_SQL,
-            {"now": now, "ids": [i.task_id for i in items], "tokens": [i.lock_token for i in items]},
-        )
+        prepared = execute_prepared(PG_COMPLETE_SQL, pg_complete_params(items, now))
         result.completed = sorted(row[0] for row in prepared.fetchall())
         done = set(result.completed)
         result.lost = [item.task_id for item in items if item.task_id not in done]
@@ -311,3 +308,8 @@ def task_extend_lock(
     if not tasks_extend_locks(items=[(task_id, lock_token)], lock_timeout=lock_timeout, now=now):
         raise lock_lost(task_id)
     return now + timedelta(seconds=clamp_lock_timeout(lock_timeout))
+
+
+def pg_complete_params(items: Sequence[Completion], now: datetime) -> dict[str, Any]:
+    """Parameters of PG_COMPLETE_SQL for `items` (services.pipeline sends it pipelined with a claim)."""
+    return {"now": now, "ids": [i.task_id for i in items], "tokens": [i.lock_token for i in items]}

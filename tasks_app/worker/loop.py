@@ -28,6 +28,7 @@ from tasks_app.limits import clamp_lock_timeout
 from tasks_app.logcontext import log_context
 from tasks_app.models import Stage, Task, Transition
 from tasks_app.services.claim import ClaimedRow, task_claim_rows
+from tasks_app.services.pipeline import tasks_complete_and_claim
 from tasks_app.services.retention import PERIODIC_PAUSE, PruneResult, tasks_prune_periodic
 from tasks_app.worker.handlers import Handler, HandlerImportError, HandlerTask, Outcome, resolve_handler
 from tasks_app.worker.listener import Listener
@@ -140,6 +141,7 @@ class RateMeter:
 
 
 Chore = tuple[Cadence, Callable[[], object]]
+Written = Callable[[services.ItemOutcome], None]  # told each completion's outcome once it is committed
 
 
 @dataclass
@@ -194,21 +196,37 @@ class Worker:
             room = min(room, self.max_tasks - self.stats.processed - len(self.held))
         return max(room, 0)
 
-    def claim(self) -> int:
-        """Claim up to one batch, visiting the stages in turn; returns how many were claimed."""
+    def claim(self, completions: Sequence[services.Completion] = (), each: Written | None = None) -> int:
+        """Claim up to one batch, visiting the stages in turn; returns how many were claimed.
+
+        With `completions`, the first stage's claim writes them too, in the same
+        round trip and transaction (services.pipeline); `each` gets their outcomes.
+        If no claim is made (no stage, no room), they are written on their own.
+        """
         claimed = 0
+        unwritten = list(completions)
         for stage in self.served.in_turn():
             room = self._room() - claimed
             if room <= 0 or self.stop_requested:
                 break
             timeout = clamp_lock_timeout(self.lock_timeout or stage.lock_timeout)  # heartbeats use it too
-            tasks = task_claim_rows(stage=stage, worker_id=self.worker_id, limit=room, lock_timeout=timeout)
+            if unwritten:
+                _, tasks = tasks_complete_and_claim(
+                    items=unwritten, stage=stage, worker_id=self.worker_id, limit=room, lock_timeout=timeout, each=each
+                )
+                unwritten = []
+            else:
+                tasks = task_claim_rows(stage=stage, worker_id=self.worker_id, limit=room, lock_timeout=timeout)
             now = time.monotonic()
             for task in tasks:
                 self.held[task.pk] = Held(task=task, lock_timeout=timeout, extended_at=now)
             claimed += len(tasks)
+            self.stats.claimed += len(tasks)
             self.dispatch([self.held[t.pk] for t in tasks])
-        self.stats.claimed += claimed
+        if unwritten:
+            for outcome in services.tasks_complete_each(items=unwritten):
+                if each is not None:
+                    each(outcome)
         return claimed
 
     # -- running handlers ---------------------------------------------------
@@ -264,22 +282,31 @@ class Worker:
             return True
         return time.monotonic() - self.done[0].finished_at >= FLUSH_AFTER
 
-    def record(self) -> None:
+    def record(self, *, claim: bool = False) -> None:
         """Write every finished outcome: completions in one batch, failures one by one.
 
-        Each outcome is cleared once written, so after a database error only
-        the unwritten ones are kept and retried: none is written twice.
+        With `claim`, the completions and the next claim share one round trip
+        and one transaction (claim()); if it fails, nothing is claimed and the
+        completions are kept for the next try. Each outcome is cleared once
+        written, so after a database error only the unwritten ones are kept and
+        retried: none is written twice.
         """
         done, self.done = self.done, []
         try:
             ok = [h for h in done if h.outcome is not None and h.outcome.kind == "ok"]
-            if ok:
-                items = [services.Completion(h.task.pk, h.task.lock_token, h.outcome.sent) for h in ok if h.outcome]
-                by_id = {h.task.pk: h for h in ok}
-                # A transition or a payload schema changed under us (the handler checked its sends
-                # against the stage as it was): only the offending task fails, permanently.
-                for done_item in services.tasks_complete_each(items=items):
-                    self._completed(done_item, by_id[done_item.task_id])
+            items = [services.Completion(h.task.pk, h.task.lock_token, h.outcome.sent) for h in ok if h.outcome]
+            by_id = {h.task.pk: h for h in ok}
+
+            def written(result: services.ItemOutcome) -> None:
+                # A refused item: a transition or a payload schema changed under us (the handler checked
+                # its sends against the stage as it was); only the offending task fails, permanently.
+                self._completed(result, by_id[result.task_id])
+
+            if claim:
+                self.claim(items, written)
+            else:
+                for result in services.tasks_complete_each(items=items) if items else ():
+                    written(result)
             for h in done:
                 if h.outcome is not None:
                     self._record_failure(h)
@@ -462,14 +489,18 @@ class Worker:
         collect finished handler runs.
         """
         assert self._pool is not None
+        wants_claim = claim and self._pool.idle() and len(self.in_flight) < self.concurrency
+        claimed = False
         if self.flush_due():
-            self.record()
+            # A claim would follow in this turn: make it with the write, one round trip for both.
+            claimed = wants_claim and not self.stop_requested
+            self.record(claim=claimed)
         self.heartbeat()
         self.enforce_max_run_time()
         self.upkeep()
         if self.stop_requested:
             self.unclaim_unstarted()
-        elif claim and self._pool.idle() and len(self.in_flight) < self.concurrency:
+        elif wants_claim and not claimed:
             self.claim()
         if self.in_flight:
             self.collect(timeout=0.05)
