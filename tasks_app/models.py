@@ -302,6 +302,10 @@ class Task(models.Model):
     locked_until = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
+    # Set by each claim: whose expired lock it took over ('' if the task was pending). The event that
+    # ends the claim reads it with locked_by, locked_at and attempts (services.events.attempt_details);
+    # a claim writes no history of its own. Not indexed: nothing looks tasks up by it.
+    reclaimed_from = models.CharField(max_length=200, blank=True, default="", db_default="")
     parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
     source_stage = models.ForeignKey(Stage, null=True, blank=True, on_delete=models.SET_NULL, related_name="sent_tasks")
     idempotency_key = models.CharField(

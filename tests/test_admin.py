@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from tasks_app.models import Stage, Task, TaskEvent
 from tasks_app.services import task_create
+from tests.support.history import claim
 from tests.support.pages import ESCAPED_SCRIPT, SCRIPT, STAGE_URL, TASK_URL, TRANSITION_URL, form_fields
 from tests.support.users import all_view_codenames, logged_in, make_user
 
@@ -183,6 +184,7 @@ def test_release_action_makes_a_locked_task_pending_with_lock_fields_cleared(
     boss_client: Client, every_state: dict[str, Task]
 ) -> None:
     task = every_state["locked"]
+    ended = claim(task.attempts, task.locked_by, task.locked_at)
     response = post_action(boss_client, "release", task)
 
     assert response.status_code == 302
@@ -190,7 +192,7 @@ def test_release_action_makes_a_locked_task_pending_with_lock_fields_cleared(
     assert task.status == Task.Status.PENDING
     assert (task.lock_token, task.locked_by, task.locked_at, task.locked_until) == ("", "", None, None)
     event = task.events.get(kind=TaskEvent.Kind.FORCE_RELEASED)
-    assert (event.actor, event.details) == ("user:boss", {"previous_status": "locked"})
+    assert (event.actor, event.details) == ("user:boss", {"previous_status": "locked", **ended})
 
 
 def test_mark_completed_action_completes_a_pending_task(boss_client: Client, every_state: dict[str, Task]) -> None:

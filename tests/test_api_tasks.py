@@ -420,10 +420,11 @@ def test_detail_and_history_of_a_task(world: dict[str, Stage], viewer: APIClient
     assert events.status_code == 200
     assert [(e["kind"], e["actor"]) for e in events.data] == [
         ("created", "test"),
-        ("claimed", "w-1"),
         ("completed", "w-1"),
     ]
-    assert events.data[1]["details"]["attempt"] == 1
+    # The completion carries the claim it ended.
+    claim = {k: events.data[1]["details"][k] for k in ("attempt", "worker", "claimed_at", "reclaimed_from")}
+    assert claim == {"attempt": 1, "worker": "w-1", "claimed_at": claimed.locked_at.isoformat(), "reclaimed_from": None}
 
 
 def test_unknown_task_answers_404(world: dict[str, Stage], viewer: APIClient) -> None:

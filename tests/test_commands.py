@@ -187,7 +187,7 @@ def test_expire_locks_returns_an_expired_task_to_pending_and_records_who_held_it
     assert task.available_at <= timezone.now()
     assert task.attempts == 1
     event = task.events.get(kind=TaskEvent.Kind.LOCK_EXPIRED)
-    assert event.details["locked_by"] == "worker-gone"
+    assert event.details["worker"] == "worker-gone" and event.details["claimed_at"] is not None
     assert event.details["now"] == "pending"
     assert out.strip() == "1 expired lock(s) released"
 
@@ -204,7 +204,7 @@ def test_expire_locks_fails_the_task_when_the_stage_max_attempts_is_reached(revi
     assert task.lock_token == "" and task.locked_until is None
     assert "max attempts" in task.last_error
     event = task.events.get(kind=TaskEvent.Kind.LOCK_EXPIRED)
-    assert event.details["locked_by"] == "worker-gone"
+    assert event.details["worker"] == "worker-gone" and event.details["claimed_at"] is not None
     assert event.details["now"] == "failed"
     assert out.strip() == "1 expired lock(s) released"
 
@@ -290,7 +290,10 @@ def test_run_worker_once_completes_a_review_task_and_fans_out_approved_successor
         ("ship", "approved", {"amount": 10}, Task.Status.PENDING, world["review"].pk),
     ]
     kinds = list(pending_task.events.values_list("kind", "actor"))
-    assert kinds == [("created", ""), ("claimed", "test-worker"), ("completed", "test-worker")]
+    assert kinds == [("created", ""), ("completed", "test-worker")]
+    done = pending_task.events.get(kind=TaskEvent.Kind.COMPLETED)
+    assert (done.details["worker"], done.details["attempt"]) == ("test-worker", 1)
+    assert done.details["claimed_at"] == pending_task.locked_at.isoformat()  # the row keeps the last claim
     # Only the review stage was served: the successors wait.
     assert "1 done, 0 failed, 0 released" in out
 
@@ -419,7 +422,8 @@ def test_run_worker_max_tasks_1_processes_exactly_one_of_two_tasks(world: dict[s
     first.refresh_from_db()
     second.refresh_from_db()
     assert (first.status, second.status) == (Task.Status.COMPLETED, Task.Status.PENDING)
-    assert second.attempts == 0 and not second.events.filter(kind=TaskEvent.Kind.CLAIMED).exists()
+    assert (second.attempts, second.locked_at) == (0, None)  # never claimed
+    assert list(second.events.values_list("kind", flat=True)) == ["created"]
     assert "1 done" in out
 
 

@@ -39,6 +39,7 @@ from tasks_app.services.form_stages import (
     may_work_on,
     outgoing_types,
 )
+from tests.support.history import claim, claim_of
 from tests.support.pages import ESCAPED_SCRIPT, LOGOUT_URL, SCRIPT, login_redirect, page, shown_messages
 from tests.support.users import logged_in, make_user
 from tests.support.world import db_state
@@ -402,10 +403,9 @@ def test_open_locks_the_task_to_the_user_for_the_stages_lock_timeout(alice_clien
     assert current.lock_token
     assert current.attempts == 1
     assert before + timedelta(seconds=LOCK_TIMEOUT) <= current.locked_until <= after + timedelta(seconds=LOCK_TIMEOUT)
-    [event] = TaskEvent.objects.filter(task=task, kind=K.CLAIMED)
-    assert event.actor == "user:alice"
-    assert event.details["attempt"] == 1
-    assert event.details["form"] is True
+    # Like a worker's claim, opening writes no event: the row holds it until the submit, cancel or expiry.
+    assert list(TaskEvent.objects.filter(task=task).values_list("kind", flat=True)) == [K.CREATED]
+    assert before <= current.locked_at <= after and current.reclaimed_from == ""
 
     response = alice_client.get(f"/work/{task.pk}/")
     assert response.status_code == 200
@@ -473,7 +473,7 @@ def test_completed_task_cannot_be_opened(alice_client: Client, task: Task) -> No
 def test_submit_approve_completes_the_task_and_sends_the_merged_payload(
     alice_client: Client, stages: dict[str, Stage], task: Task
 ) -> None:
-    opened(alice_client, task)
+    claimed_at = opened(alice_client, task).locked_at
 
     response = alice_client.post(
         f"/work/{task.pk}/submit/", {"type": "approved", "f-approved-note": "  pay it  "}, follow=True
@@ -494,6 +494,7 @@ def test_submit_approve_completes_the_task_and_sends_the_merged_payload(
     [completed] = TaskEvent.objects.filter(task=task, kind=K.COMPLETED)
     assert completed.actor == "user:alice"
     assert completed.details["sent"] == [successor.pk]
+    assert claim_of(completed) == claim(1, "user:alice", claimed_at)  # the person's claim it ended
     [created] = TaskEvent.objects.filter(task=successor, kind=K.CREATED)
     assert created.details == {"parent": task.pk}
     # Done: gone from alice's list.
@@ -622,7 +623,7 @@ def test_submit_of_a_task_someone_else_holds_is_refused(alice_client: Client, bo
 
 def test_cancel_hands_the_task_back_without_counting_the_attempt(alice_client: Client, task: Task) -> None:
     Task.objects.filter(pk=task.pk).update(attempts=2)  # two earlier attempts
-    opened(alice_client, task)
+    claimed_at = opened(alice_client, task).locked_at
     assert fresh(task).attempts == 3
 
     response = alice_client.post(f"/work/{task.pk}/cancel/", follow=True)
@@ -636,7 +637,8 @@ def test_cancel_hands_the_task_back_without_counting_the_attempt(alice_client: C
     assert current.available_at <= timezone.now()
     [released] = TaskEvent.objects.filter(task=task, kind=K.RELEASED)
     assert released.actor == "user:alice"
-    assert released.details == {"reason": "closed by alice"}
+    # The claim it hands back was attempt 3, though the attempt is not counted.
+    assert released.details == {**claim(3, "user:alice", claimed_at), "reason": "closed by alice"}
     assert listed_ids(response, "waiting") == [task.pk]
     assert not Task.objects.filter(parent=task).exists()
 

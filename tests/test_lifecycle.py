@@ -31,6 +31,7 @@ from tasks_app.services import (
     task_retry,
     tasks_expire_locks,
 )
+from tests.support.history import claim, claim_of
 
 
 def snapshot(task_id: int) -> tuple[dict[str, Any], list[tuple[str, str]]]:
@@ -64,10 +65,12 @@ def test_claim_locks_with_fresh_token_and_counts_the_attempt(review: Stage, pend
     assert stored.locked_by == "worker-7"
     assert stored.locked_at == now
     assert stored.locked_until == now + timedelta(seconds=60)
-    assert stored.attempts == 1
-    event = TaskEvent.objects.get(task=task, kind="claimed")
-    assert event.actor == "worker-7" and event.details["attempt"] == 1
-    assert event.details["reclaimed_from"] is None
+    assert stored.attempts == 1 and stored.reclaimed_from == ""
+    # A claim writes no history: the row holds it until the event that ends it.
+    assert kinds(task) == ["created"]
+    task_complete(task_id=task.pk, lock_token=task.lock_token, now=now)
+    event = TaskEvent.objects.get(task=task, kind="completed")
+    assert event.actor == "worker-7" and claim_of(event) == claim(1, "worker-7", now)
 
 
 def test_claim_uses_the_stage_lock_timeout_by_default(review: Stage, pending_task: Task) -> None:
@@ -138,8 +141,11 @@ def test_expired_lock_is_claimable_by_another_worker_at_once(review: Stage, pend
     [second] = task_claim(stage=review, worker_id="w2", now=later)
     assert second.pk == first.pk and second.lock_token != first.lock_token
     assert second.attempts == 2 and second.locked_by == "w2"
-    event = TaskEvent.objects.filter(task=first, kind="claimed").order_by("-id").first()
-    assert event is not None and event.details["reclaimed_from"] == "w1"
+    assert Task.objects.get(pk=first.pk).reclaimed_from == "w1"
+    # The reclaim ends w1's claim: one lock_expired event, written by the claim, with w1's facts.
+    [expired] = TaskEvent.objects.filter(task=first, kind="lock_expired")
+    assert (expired.actor, expired.at, expired.details["now"]) == ("w2", later, "reclaimed")
+    assert claim_of(expired) == claim(1, "w1", now)
     # The first worker's late completion is rejected and sends nothing.
     before = Task.objects.count()
     with pytest.raises(TaskLockLost, match="another token"):
@@ -147,6 +153,8 @@ def test_expired_lock_is_claimable_by_another_worker_at_once(review: Stage, pend
     assert Task.objects.count() == before
     task_complete(task_id=second.pk, lock_token=second.lock_token, send=[("approved", {})], now=later)
     assert kinds(first).count("completed") == 1
+    done = TaskEvent.objects.get(task=first, kind="completed")
+    assert claim_of(done) == claim(2, "w2", later, reclaimed_from="w1")
 
 
 def test_lock_is_not_claimable_until_it_expires(review: Stage, pending_task: Task) -> None:
@@ -165,7 +173,7 @@ def test_sweep_returns_expired_locks_to_pending_with_an_event(review: Stage, pen
     assert stored.status == Task.Status.PENDING
     assert stored.lock_token == "" and stored.locked_by == "" and stored.locked_until is None
     event = TaskEvent.objects.get(task=task, kind="lock_expired")
-    assert event.details["locked_by"] == "w1" and event.details["now"] == "pending"
+    assert event.details["now"] == "pending" and claim_of(event) == claim(1, "w1", now)
     with pytest.raises(TaskLockLost):
         task_complete(task_id=task.pk, lock_token=task.lock_token)
 
@@ -278,6 +286,7 @@ def test_release_records_error_and_backs_off(review: Stage, pending_task: Task, 
     assert released.lock_token == "" and released.locked_by == ""
     event = TaskEvent.objects.get(task=task, kind="released")
     assert event.details["error"] == "KeyError: 'x'" and event.details["traceback"] == "Trace..."
+    assert claim_of(event) == claim(1, "w1", now)
     # Not claimable during the backoff, claimable after it.
     assert task_claim(stage=review, worker_id="w2", now=now + timedelta(seconds=9)) == []
     assert len(task_claim(stage=review, worker_id="w2", now=now + timedelta(seconds=10))) == 1
@@ -314,6 +323,8 @@ def test_release_at_max_attempts_fails_the_task(review: Stage, pending_task: Tas
     failed = task_release(task_id=task.pk, lock_token=task.lock_token, error="e2", now=now)
     assert failed.status == Task.Status.FAILED and failed.last_error == "e2" and failed.attempts == 2
     assert kinds(task)[-1] == "failed"
+    event = TaskEvent.objects.filter(task=task).latest("id")
+    assert event.details["reason"] == "max attempts (2) reached" and claim_of(event) == claim(2, "w1", now)
     # Failed tasks are never claimed.
     assert task_claim(stage=review, worker_id="w1", now=now + timedelta(days=1)) == []
 
@@ -327,11 +338,14 @@ def test_release_with_wrong_token_changes_nothing(review: Stage, pending_task: T
 
 
 def test_fail_marks_failed_at_once(review: Stage, pending_task: Task) -> None:
-    [task] = task_claim(stage=review, worker_id="w1")
+    now = timezone.now()
+    [task] = task_claim(stage=review, worker_id="w1", now=now)
     task_fail(task_id=task.pk, lock_token=task.lock_token, error="cannot import handler")
     stored = Task.objects.get(pk=task.pk)
     assert stored.status == Task.Status.FAILED and stored.last_error == "cannot import handler"
     assert kinds(task)[-1] == "failed"
+    event = TaskEvent.objects.filter(task=task).latest("id")
+    assert event.details["error"] == "cannot import handler" and claim_of(event) == claim(1, "w1", now)
 
 
 # -- extend -----------------------------------------------------------------
@@ -388,10 +402,15 @@ def test_retry_a_pending_or_locked_task_is_refused(review: Stage, pending_task: 
 
 
 def test_force_release_frees_a_locked_task_and_voids_its_token(review: Stage, pending_task: Task) -> None:
-    [task] = task_claim(stage=review, worker_id="w1")
+    now = timezone.now()
+    [task] = task_claim(stage=review, worker_id="w1", now=now)
     task_force_release(task_id=task.pk, actor="user:bob")
     stored = Task.objects.get(pk=task.pk)
     assert stored.status == Task.Status.PENDING and stored.lock_token == ""
+    # It ends w1's claim: the event says whose, as every end of a claim does.
+    event = TaskEvent.objects.filter(task=task).latest("id")
+    assert (event.kind, event.actor, event.details["previous_status"]) == ("force_released", "user:bob", "locked")
+    assert claim_of(event) == claim(1, "w1", now)
     with pytest.raises(TaskStateError):
         task_force_release(task_id=task.pk, actor="user:bob")
 
@@ -403,6 +422,17 @@ def test_mark_completed_and_its_refusal(review: Stage, pending_task: Task) -> No
     with pytest.raises(TaskStateError, match="completed"):
         task_mark_completed(task_id=pending_task.pk, actor="user:carol")
     assert kinds(pending_task)[-1] == "marked_completed"
+    # A pending task was nobody's claim: its event carries no claim.
+    event = TaskEvent.objects.get(task=pending_task, kind="marked_completed")
+    assert event.details == {"previous_status": "pending"}
+
+
+def test_mark_completed_of_a_locked_task_ends_its_claim(review: Stage, pending_task: Task) -> None:
+    now = timezone.now()
+    task_claim(stage=review, worker_id="w1", now=now)
+    task_mark_completed(task_id=pending_task.pk, actor="user:carol")
+    event = TaskEvent.objects.get(task=pending_task, kind="marked_completed")
+    assert event.details["previous_status"] == "locked" and claim_of(event) == claim(1, "w1", now)
 
 
 def test_duplicate_creates_a_pending_copy(review: Stage, pending_task: Task) -> None:
@@ -462,3 +492,6 @@ def test_orphaned_claims_of_a_worker_are_handed_back(review: Stage) -> None:
     assert Task.objects.get(pk=kept.pk).status == Task.Status.LOCKED
     assert Task.objects.get(pk=other.pk).locked_by == "w2"
     assert kinds(orphan)[-1] == "released"
+    event = TaskEvent.objects.filter(task=orphan).latest("id")
+    # The claim it hands back was attempt 1, though the attempt is not counted.
+    assert claim_of(event) == claim(1, "w1", kept.locked_at)  # one claim: one locked_at

@@ -3,8 +3,10 @@
 - "Claimable": TaskQuerySet.claimable (the ORM's, used by a form open) and
   services.claim.CLAIMABLE_WHERE (the claim statements') select exactly the
   same tasks, in every state, attempt count and lock expiry, on both databases.
-- The `claimed` and `completed` events: the SQL paths write the details that
-  services.events.claimed_details / completed_details build, key by key.
+- The events that end a claim: the SQL paths write the details that
+  services.events.completed_details / lock_expired_details build, key by key,
+  with the claim's facts (attempt_details) as every Python path writes them;
+  a claim itself writes no event.
 - Lock tokens: one generator, one format, whoever takes the lock.
 - People as actors: one helper.
 
@@ -37,13 +39,18 @@ from tasks_app.services.claim import (
 )
 from tasks_app.services.events import (
     actor_for,
-    claimed_details,
+    attempt_details,
     completed_details,
     detail_keys,
     details_sql,
+    event_time,
+    event_time_sql,
+    lock_expired_details,
     person_named,
 )
 from tasks_app.services.form_stages import form_task_open
+from tests.support.history import claim_of
+from tests.support.world import kinds
 
 APP = Path(__file__).resolve().parent.parent / "tasks_app"
 TOKEN = re.compile(rf"[0-9a-f]{{{LOCK_TOKEN_CHARS}}}")
@@ -140,61 +147,80 @@ def test_the_claim_takes_exactly_the_claimable_tasks(combinations: tuple[datetim
         assert not Task.objects.claimable(now).filter(stage=stage).exists()
 
 
-# -- the claimed and completed events ------------------------------------------------------
+# -- the events that end a claim ------------------------------------------------------------
 
 
 def test_details_sql_refuses_keys_the_python_does_not_write() -> None:
-    assert detail_keys(claimed_details) == ["attempt", "locked_until", "reclaimed_from"]
-    assert detail_keys(completed_details) == ["attempt", "duration", "sent"]
+    facts = ["attempt", "worker", "claimed_at", "reclaimed_from"]
+    assert detail_keys(attempt_details) == facts
+    assert detail_keys(completed_details) == [*facts, "duration", "sent"]
+    assert detail_keys(lock_expired_details) == [*facts, "now"]
     with pytest.raises(ValueError, match="completed_details writes"):
         details_sql(completed_details, attempt="attempts", duration="0", sent="'[]'", parent="1")
-    with pytest.raises(ValueError, match="claimed_details writes"):
-        details_sql(claimed_details, attempt="attempts")
+    with pytest.raises(ValueError, match="lock_expired_details writes"):
+        details_sql(lock_expired_details, attempt="attempts")
 
 
-def claimed_event(task_id: int) -> TaskEvent:
-    return TaskEvent.objects.filter(task_id=task_id, kind=TaskEvent.Kind.CLAIMED).latest("id")
+@pytest.mark.postgres
+@pytest.mark.parametrize("microsecond", [0, 5, 120_000, 999_999])
+def test_event_time_sql_spells_a_timestamp_as_event_time_does(db: None, microsecond: int) -> None:
+    # Python drops the fraction of a whole second and keeps trailing zeros otherwise; to_char must agree.
+    at = shortly(microsecond)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT {event_time_sql('x')} FROM (SELECT %s::timestamptz AS x) AS t", [at])
+        assert cursor.fetchone()[0] == event_time(at)
 
 
-def test_claimed_events_say_what_claimed_details_says(review: Stage) -> None:
+def ending(task_id: int, kind: str) -> TaskEvent:
+    return TaskEvent.objects.filter(task_id=task_id, kind=kind).latest("id")
+
+
+def test_a_claim_writes_no_event_and_a_reclaim_writes_the_lock_expired_of_the_claim_it_ends(review: Stage) -> None:
     # 12:00:00.120000: PostgreSQL's own JSON spelling of it would be "…00.12+00:00".
     now = shortly(120_000)
     task = task_create(stage=review, type="order", payload={})
     [first] = task_claim(stage=review, worker_id="w1", lock_timeout=1, now=now)
-    assert claimed_event(task.pk).details == claimed_details(
-        attempt=1, locked_until=now + timedelta(seconds=1), reclaimed_from=None
-    )
+    assert kinds(task.pk) == ["created"]
 
-    # Reclaimed after the lock expired: the event names the worker that lost it.
+    # Reclaimed after the lock expired (the SQL path on PostgreSQL): w1's claim ends here.
     later = now + timedelta(seconds=30)
     [second] = task_claim(stage=review, worker_id="w2", lock_timeout=60, now=later)
     assert second.pk == first.pk
-    assert claimed_event(task.pk).details == claimed_details(
-        attempt=2, locked_until=later + timedelta(seconds=60), reclaimed_from="w1"
+    assert kinds(task.pk) == ["created", "lock_expired"]
+    expired = ending(task.pk, "lock_expired")
+    assert (expired.at, expired.actor) == (later, "w2")
+    assert expired.details == lock_expired_details(
+        attempt=1, worker="w1", claimed_at=now, reclaimed_from=None, now="reclaimed"
+    )
+    # The row holds the new claim: the expired holder is in reclaimed_from.
+    row = Task.objects.get(pk=task.pk)
+    assert (row.locked_by, row.locked_at, row.attempts, row.reclaimed_from) == ("w2", later, 2, "w1")
+
+    # A second reclaim: the event names the chain's previous link too.
+    latest = later + timedelta(seconds=61)
+    task_claim(stage=review, worker_id="w3", now=latest)
+    assert ending(task.pk, "lock_expired").details == lock_expired_details(
+        attempt=2, worker="w2", claimed_at=later, reclaimed_from="w1", now="reclaimed"
     )
 
 
-def test_a_form_open_writes_the_claim_details_of_a_worker_claim_plus_form(db: None) -> None:
+def test_a_form_open_ends_a_worker_claim_as_a_worker_reclaim_does(db: None) -> None:
     stage = make_stage("decide", max_attempts=None, kind=Stage.Kind.FORM)
     user = User.objects.create_superuser("alice", "alice@example.com", "pw")
     now = shortly(0)
-    task = task_create(stage=stage, type="order", payload={})
-    task_claim(stage=stage, worker_id="w1", lock_timeout=1, now=now)  # the SQL path on PostgreSQL
-    by_worker = claimed_event(task.pk).details
+    sql_task = task_create(stage=stage, type="order", payload={})
+    py_task = task_create(stage=stage, type="order", payload={})
+    task_claim(stage=stage, worker_id="w1", limit=2, lock_timeout=1, now=now)
 
     later = now + timedelta(seconds=30)
-    form_task_open(task=Task.objects.get(pk=task.pk), user=user, now=later)  # the Python path
-    by_person = claimed_event(task.pk).details
-    assert by_person == claimed_details(
-        attempt=2,
-        locked_until=later + timedelta(seconds=stage.lock_timeout),
-        reclaimed_from="w1",
-        form=True,
-    )
-    # Key by key, the same event: the form open only adds its marker.
-    assert sorted(by_person) == sorted([*by_worker, "form"])
-    for key in by_worker:
-        assert type(by_person[key]) is type(by_worker[key]) or by_worker[key] is None, key
+    task_claim(stage=stage, worker_id="w2", limit=1, now=later)  # the SQL path on PostgreSQL: sql_task
+    form_task_open(task=Task.objects.get(pk=py_task.pk), user=user, now=later)  # the Python path
+    by_sql, by_python = ending(sql_task.pk, "lock_expired"), ending(py_task.pk, "lock_expired")
+    expected = lock_expired_details(attempt=1, worker="w1", claimed_at=now, reclaimed_from=None, now="reclaimed")
+    assert by_sql.details == by_python.details == expected
+    for key in expected:
+        assert type(by_sql.details[key]) is type(by_python.details[key]), key
+    assert (by_python.actor, Task.objects.get(pk=py_task.pk).reclaimed_from) == ("user:alice", "w1")
 
 
 def test_completed_events_from_the_sql_and_the_python_path_agree(review: Stage) -> None:
@@ -213,11 +239,27 @@ def test_completed_events_from_the_sql_and_the_python_path_agree(review: Stage) 
 
     by_sql = TaskEvent.objects.get(task=quiet, kind=TaskEvent.Kind.COMPLETED).details
     by_python = TaskEvent.objects.get(task=sending, kind=TaskEvent.Kind.COMPLETED).details
-    assert by_sql == completed_details(attempt=1, duration=2.5, sent=[])
-    assert by_python == completed_details(attempt=1, duration=2.5, sent=[c.pk for c in children])
+    facts = {"attempt": 1, "worker": "w1", "claimed_at": now, "reclaimed_from": None}
+    assert by_sql == completed_details(**facts, duration=2.5, sent=[])
+    assert by_python == completed_details(**facts, duration=2.5, sent=[c.pk for c in children])
     assert sorted(by_sql) == sorted(by_python) == sorted(detail_keys(completed_details))
     for key in by_sql:
         assert type(by_sql[key]) is type(by_python[key]), key
+
+
+def test_a_reclaimed_task_completes_with_reclaimed_from_on_both_paths(review: Stage) -> None:
+    now = shortly(0)
+    later = now + timedelta(seconds=5)
+    quiet = task_create(stage=review, type="order", payload={})
+    sending = task_create(stage=review, type="order", payload={})
+    task_claim(stage=review, worker_id="w1", limit=2, lock_timeout=1, now=now)
+    claimed = {t.pk: t for t in task_claim(stage=review, worker_id="w2", limit=2, now=later)}
+    task_complete(task_id=quiet.pk, lock_token=claimed[quiet.pk].lock_token, now=later)
+    task_complete(task_id=sending.pk, lock_token=claimed[sending.pk].lock_token, send=[("approved", {})], now=later)
+    for task in (quiet, sending):
+        assert claim_of(ending(task.pk, "completed")) == attempt_details(
+            attempt=2, worker="w2", claimed_at=later, reclaimed_from="w1"
+        )
 
 
 # -- lock tokens -----------------------------------------------------------------------------
@@ -261,9 +303,7 @@ def test_a_person_is_one_actor_name_everywhere(db: None) -> None:
     assert person_named("host:123:ab") == "host:123:ab"  # a worker id stays as it is
     # Built in one place: no other module spells the prefix out for a username.
     spelled = [
-        str(p)
-        for p in APP.rglob("*.py")
-        if re.search(r"user:\{|\"user:\"", p.read_text()) and p.name != "events.py"
+        str(p) for p in APP.rglob("*.py") if re.search(r"user:\{|\"user:\"", p.read_text()) and p.name != "events.py"
     ]
     assert spelled == []
 

@@ -17,6 +17,7 @@ from django.test import Client
 
 from tasks_app.models import Stage, Task, TaskEvent
 from tasks_app.services import task_claim, task_complete, task_create
+from tests.support.history import claim
 from tests.support.pages import LIST_URL, page, shown_messages
 from tests.support.world import db_state
 
@@ -57,6 +58,8 @@ def test_action_changes_the_task_records_an_event_and_shows_a_success_message(
 ) -> None:
     task = every_state[name]
     previous = task.status
+    # A locked task's action ends its claim: the event carries the claim, as every end of a claim does.
+    ended = claim(task.attempts, task.locked_by, task.locked_at, task.reclaimed_from) if previous == "locked" else {}
 
     response = admin_client.post(f"/tasks/{task.pk}/{action}/", follow=True)
 
@@ -68,7 +71,7 @@ def test_action_changes_the_task_records_an_event_and_shows_a_success_message(
     assert task.status == status
     event = task.events.order_by("id").last()
     assert event is not None
-    assert (event.kind, event.actor, event.details) == (kind, "user:admin", {"previous_status": previous})
+    assert (event.kind, event.actor, event.details) == (kind, "user:admin", {"previous_status": previous, **ended})
 
 
 def test_retry_clears_the_completion_and_makes_the_task_claimable_now(

@@ -51,7 +51,10 @@ def finished(
     send: list[tuple[str, dict[str, Any]]] | None = None,
     type: str = "order",
 ) -> Task:
-    """A task created, claimed and completed (or failed) `days_ago` days ago, through the services."""
+    """A task created, claimed and completed (or failed) `days_ago` days ago, through the services.
+
+    Two events: created, and completed or failed (which carries the claim).
+    """
     at = timezone.now() - days_ago * DAY
     task = task_create(stage=stage, type=type, payload={"n": 1}, now=at)
     [claim] = task_claim(stage=stage, worker_id="w1", now=at)
@@ -134,7 +137,7 @@ def test_deletes_only_tasks_finished_before_the_cutoff(world: dict[str, Stage]) 
 
     assert ids() == {new_completed.pk, new_failed.pk, slow.pk}
     assert old_completed.pk not in event_task_ids() and old_failed.pk not in event_task_ids()
-    assert (result.tasks, result.events) == (2, 6)  # created, claimed, completed/failed each
+    assert (result.tasks, result.events) == (2, 4)  # created, completed/failed each
 
 
 def test_a_failed_task_ages_from_its_last_change(world: dict[str, Stage]) -> None:
@@ -161,11 +164,11 @@ def test_events_of_deleted_tasks_go_and_those_of_kept_tasks_stay(world: dict[str
     old = finished(world["ship"], days_ago=40)
     kept = finished(world["ship"], days_ago=1)
     kept_events = list(TaskEvent.objects.filter(task=kept).values_list("id", flat=True))
-    assert TaskEvent.objects.filter(task=old).count() == 3
+    assert TaskEvent.objects.filter(task=old).count() == 2
 
     result = prune()
 
-    assert result.events == 3
+    assert result.events == 2
     assert not TaskEvent.objects.filter(task_id=old.pk).exists()
     assert list(TaskEvent.objects.filter(task=kept).values_list("id", flat=True)) == kept_events
 
@@ -260,8 +263,8 @@ def test_batches_of_two_take_three_batches_for_five_tasks(world: dict[str, Stage
 
     result = prune(batch_size=2, progress=progress)
 
-    assert (result.tasks, result.events, result.batches, result.finished) == (5, 15, 3, True)
-    assert seen == [(1, "completed", 2, 6, 2), (2, "completed", 2, 6, 4), (3, "completed", 1, 3, 5)]
+    assert (result.tasks, result.events, result.batches, result.finished) == (5, 10, 3, True)
+    assert seen == [(1, "completed", 2, 4, 2), (2, "completed", 2, 4, 4), (3, "completed", 1, 2, 5)]
     assert ids() == {kept.pk}
     assert not TaskEvent.objects.filter(task_id__in=[t.pk for t in old]).exists()
 
@@ -299,10 +302,10 @@ def test_a_task_retried_after_selection_is_not_deleted(world: dict[str, Stage]) 
         deleted = delete_batch(ids=selected, status="completed", cutoff=cutoff)
 
     # The DELETE restates status and age, so the retried (now pending) task stays with its history.
-    assert deleted == (2, 6, 0)
+    assert deleted == (2, 4, 0)
     assert ids() == {tasks[1].pk}
     assert Task.objects.get(pk=tasks[1].pk).status == Task.Status.PENDING
-    assert TaskEvent.objects.filter(task_id=tasks[1].pk).count() == 4
+    assert TaskEvent.objects.filter(task_id=tasks[1].pk).count() == 3  # created, completed, retried
 
 
 def test_delete_step_ignores_ids_that_do_not_match(world: dict[str, Stage]) -> None:
@@ -323,7 +326,7 @@ def test_a_batch_larger_than_sqlites_parameter_limit(world: dict[str, Stage]) ->
     many = [*range(10**9, 10**9 + 40_000), task.pk]
     with transaction.atomic():
         deleted = delete_batch(ids=many, status="completed", cutoff=timezone.now())
-    assert deleted == (1, 3, 0)
+    assert deleted == (1, 2, 0)
     assert ids() == set()
 
 
@@ -376,12 +379,12 @@ def test_command_prints_a_line_per_batch_and_a_summary(world: dict[str, Stage]) 
     lines = command("--older-than", "30d", "--batch-size", "2").splitlines()
 
     assert [line.split(" in ")[0] for line in lines[:-1]] == [
-        "batch 1: deleted 1 failed tasks, 3 events",
-        "batch 2: deleted 2 completed tasks, 6 events",
-        "batch 3: deleted 1 completed tasks, 3 events",
+        "batch 1: deleted 1 failed tasks, 2 events",
+        "batch 2: deleted 2 completed tasks, 4 events",
+        "batch 3: deleted 1 completed tasks, 2 events",
     ]
     assert lines[-1] == (
-        "deleted 4 tasks and 12 events in 3 batches; 0 surviving tasks lost their parent link; 0 job runs deleted"
+        "deleted 4 tasks and 8 events in 3 batches; 0 surviving tasks lost their parent link; 0 job runs deleted"
     )
     assert ids() == set()
 
@@ -392,8 +395,8 @@ def test_command_dry_run_says_so_and_changes_nothing(world: dict[str, Stage]) ->
 
     lines = command("--older-than", "4w", "--dry-run", "--status", "completed").splitlines()
 
-    assert lines[0].startswith("batch 1: would delete 1 completed tasks, 3 events in ")
-    assert lines[-1].startswith("dry run: would delete 1 tasks and 3 events in 1 batch; ")
+    assert lines[0].startswith("batch 1: would delete 1 completed tasks, 2 events in ")
+    assert lines[-1].startswith("dry run: would delete 1 tasks and 2 events in 1 batch; ")
     assert snapshot() == before
 
 
@@ -461,7 +464,7 @@ def test_command_process_exits_non_zero_with_one_readable_line(world: dict[str, 
 
     result = manage("prune_tasks", "--older-than", "30d")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[-1].startswith("deleted 1 tasks and 3 events in 1 batch; ")
+    assert result.stdout.splitlines()[-1].startswith("deleted 1 tasks and 2 events in 1 batch; ")
     assert Task.objects.count() == 0
 
 
@@ -559,7 +562,7 @@ def test_a_worker_with_retention_prunes_an_old_completed_task(
     assert ids() == {recent.pk, work.pk}
     assert Task.objects.get(pk=work.pk).status == Task.Status.COMPLETED
     assert old.pk not in event_task_ids()
-    assert "pruned 1 old task(s) with 3 event(s) and 0 job run(s)" in caplog.text
+    assert "pruned 1 old task(s) with 2 event(s) and 0 job run(s)" in caplog.text
 
 
 def test_a_worker_without_retention_prunes_nothing(world: dict[str, Stage], settings: Any) -> None:

@@ -315,8 +315,8 @@ def test_a_job_whose_handler_cannot_be_imported_fails_before_claiming_anything(d
         "HandlerImportError: Handler 'tests.handlers.no_such_handler' of stage 'nightly' cannot be imported"
     ), run.error
     task.refresh_from_db()
-    assert (task.status, task.attempts) == (S.PENDING, 0)
-    assert not task.events.filter(kind=TaskEvent.Kind.CLAIMED).exists()
+    assert (task.status, task.attempts, task.locked_at) == (S.PENDING, 0, None)  # never claimed
+    assert list(task.events.values_list("kind", flat=True)) == [TaskEvent.Kind.CREATED]
 
 
 def test_a_run_claims_at_most_tasks_job_max_tasks(db: None, settings: Any) -> None:

@@ -281,8 +281,10 @@ def test_hung_worker_loses_its_lock_and_its_late_completion_is_rejected(workers:
         )
         [rescued] = task_claim(stage=stage, worker_id="rescuer", limit=1, lock_timeout=60)
         assert rescued.pk == task.pk and rescued.attempts == 2
-        claim = TaskEvent.objects.filter(task=task, kind=E.CLAIMED, actor="rescuer").get()
-        assert claim.details["reclaimed_from"] == "frozen"
+        # The rescue ends the frozen worker's claim: its lock_expired event, and the row names it.
+        ended = TaskEvent.objects.filter(task=task, kind=E.LOCK_EXPIRED, actor="rescuer").get()
+        assert (ended.details["worker"], ended.details["now"]) == ("frozen", "reclaimed")
+        assert Task.objects.get(pk=task.pk).reclaimed_from == "frozen"
         # Let the frozen handler's 2.5 s pass, so it has a result to record the moment it thaws.
         time.sleep(max(0.0, handler_started + 2.7 - time.monotonic()))
     finally:

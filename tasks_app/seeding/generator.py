@@ -7,8 +7,10 @@ never older; spread evenly over the stages, typed by the stage's outgoing
 transitions ("order" where they name no type); at stages with incoming
 transitions, most tasks are the successor of an earlier completed task at a
 source stage (parent and source_stage set, its order in the payload). Each
-task gets a "created" event, and a "completed", "failed", "claimed" or
-"released" one where that fits, so task pages have a history.
+task gets a "created" event, and a "completed", "failed" or "released" one
+where that fits, carrying the facts of the claim it ended (attempt, worker,
+claimed_at, reclaimed_from) as services.events writes them, so task pages
+have a history; a locked task's claim is on its row, as a real claim's is.
 """
 
 from __future__ import annotations
@@ -52,7 +54,6 @@ ERRORS = (
 WORKERS = tuple(f"seed-worker-{n}:{4100 + n}:{n * 4099 % 65536:04x}" for n in range(1, 9))
 
 CREATED = TaskEvent.Kind.CREATED.value
-CLAIMED = TaskEvent.Kind.CLAIMED.value
 RELEASED = TaskEvent.Kind.RELEASED.value
 COMPLETED = Task.Status.COMPLETED.value
 FAILED = Task.Status.FAILED.value
@@ -84,6 +85,14 @@ TASK_FIELDS = (
 EVENT_FIELDS = ("task", "kind", "at", "actor", "details")
 TaskRow = tuple[Any, ...]
 EventRow = tuple[int, str, str, str, str]
+
+
+def claim_json(attempt: int, worker: str, claimed_at: datetime) -> str:
+    """The claim's facts (services.events.attempt_details) as the start of a JSON object, without its braces."""
+    return (
+        f'"attempt": {attempt}, "worker": {json.dumps(worker)}, '
+        f'"claimed_at": "{claimed_at.isoformat()}", "reclaimed_from": null'
+    )
 
 
 @dataclass(frozen=True)
@@ -175,7 +184,8 @@ class Generator:
                 duration = round(0.05 + rand() * 20, 3)
                 finished = min(created + duration * second, now)
                 completed_at = updated_at = finished.isoformat()
-                details = f'{{"attempt": {attempts}, "duration": {duration!r}, "sent": []}}'
+                claim = claim_json(attempts, worker, finished - duration * second)
+                details = f'{{{claim}, "duration": {duration!r}, "sent": []}}'
                 add_event((task_id, COMPLETED, completed_at, worker, details))
                 ring = recent[plan.id]
                 if len(ring) < RECENT:
@@ -186,11 +196,13 @@ class Generator:
                 status = FAILED
                 attempts = plan.max_attempts or 1 + int(rand() * 3)
                 last_error = ERRORS[int(rand() * n_errors)]
-                updated_at = min(created + (1 + rand() * 600) * second, now).isoformat()
-                failure: dict[str, Any] = {"attempt": attempts, "error": last_error, "traceback": ""}
+                failed_at = min(created + (1 + rand() * 600) * second, now)
+                updated_at = failed_at.isoformat()
+                failure: dict[str, Any] = {"error": last_error, "traceback": ""}
                 if plan.max_attempts:
                     failure["reason"] = f"max attempts ({plan.max_attempts}) reached"
-                add_event((task_id, FAILED, updated_at, worker, json.dumps(failure)))
+                claim = claim_json(attempts, worker, max(created, failed_at - second))
+                add_event((task_id, FAILED, updated_at, worker, f"{{{claim}, {json.dumps(failure)[1:]}"))
             elif r < PENDING_UPTO:
                 status = PENDING
                 attempts = 0
@@ -200,9 +212,9 @@ class Generator:
                     released = min(created + (1 + rand() * 60) * second, now)
                     updated_at = released.isoformat()
                     available_at = (released + 5 * 2 ** (attempts - 1) * second).isoformat()
-                    details = json.dumps(
-                        {"attempt": attempts, "error": last_error, "traceback": "", "retry_at": available_at}
-                    )
+                    retry = json.dumps({"error": last_error, "traceback": "", "retry_at": available_at})
+                    claim = claim_json(attempts, worker, max(created, released - second))
+                    details = f"{{{claim}, {retry[1:]}"
                     add_event((task_id, RELEASED, updated_at, worker, details))
             else:
                 status = LOCKED
@@ -213,8 +225,7 @@ class Generator:
                 claimed = max(created, now - rand() * 2 * plan.lock_timeout * second)
                 locked_at = updated_at = claimed.isoformat()
                 locked_until = (claimed + plan.lock_timeout * second).isoformat()
-                details = json.dumps({"attempt": attempts, "locked_until": locked_until, "reclaimed_from": None})
-                add_event((task_id, CLAIMED, locked_at, worker, details))
+                # No event: a claim writes none; the row holds it until the event that ends it.
             statuses[status] += 1
             add_task(
                 (

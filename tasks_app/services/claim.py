@@ -3,8 +3,12 @@
 A claim is one short transaction that commits before any handler runs. On
 PostgreSQL it is one statement: a MATERIALIZED CTE picks claimable ids in
 index order with FOR UPDATE SKIP LOCKED (the fence stops the planner from
-inlining it into the UPDATE and locking rows it then skips), the UPDATE locks
-them and the claimed events are inserted from its RETURNING rows. SQLite has
+inlining it into the UPDATE and locking rows it then skips) and the UPDATE locks
+them. A claim writes no history of its own: the event that ends it carries
+its facts (services.events.attempt_details), read from the row the claim set
+(attempts, locked_by, locked_at, and reclaimed_from: whose expired lock it
+took over, '' if none). Only taking over an expired lock writes an event, the
+`lock_expired` that ends the previous holder's claim. SQLite has
 no row locks but serialises writers; with BEGIN IMMEDIATE (settings) the whole
 transaction holds the write lock, so reading the candidates and updating them
 is atomic.
@@ -26,7 +30,7 @@ from django.utils.dateparse import parse_datetime
 from tasks_app.limits import clamp_lock_timeout
 from tasks_app.models import Stage, Task, TaskEvent
 from tasks_app.services import histograms
-from tasks_app.services.events import claimed_details, details_sql, event_time
+from tasks_app.services.events import details_sql, event_time_sql, lock_expired_details
 from tasks_app.services.pg import execute_prepared
 
 MAX_CLAIM_BATCH = 1000
@@ -82,17 +86,25 @@ RETURNED = ", ".join(
     for f in RETURNED_FIELDS
 )
 
-# The claimed event's details (services.events.claimed_details), as the SQL writes them.
-CLAIMED_DETAILS_SQL = details_sql(
-    claimed_details,
-    attempt="c.attempts",
-    locked_until="%(until_text)s::text",
-    reclaimed_from="CASE WHEN p.old_status = 'locked' THEN p.old_locked_by END",
+# Who held the lock a claim takes over ('' when the task was pending): the claim's reclaimed_from.
+# In an UPDATE's SET (both databases) the columns are the row's values before the update.
+RECLAIMED_FROM_SET = "reclaimed_from = CASE WHEN status = 'locked' THEN locked_by ELSE '' END"
+
+# The lock_expired event of the claim an expired lock belonged to (services.events.lock_expired_details),
+# from the picked row's values before the claim.
+RECLAIM_DETAILS_SQL = details_sql(
+    lock_expired_details,
+    attempt="old_attempts",
+    worker="old_locked_by",
+    claimed_at=event_time_sql("old_locked_at"),
+    reclaimed_from="NULLIF(old_reclaimed_from, '')",
+    now="'reclaimed'::text",
 )
 
 PG_CLAIM_SQL = f"""
 WITH picked AS MATERIALIZED (
-    SELECT id, status AS old_status, locked_by AS old_locked_by
+    SELECT id, status AS old_status, locked_by AS old_locked_by, locked_at AS old_locked_at,
+           attempts AS old_attempts, reclaimed_from AS old_reclaimed_from
     FROM {TASK}
     WHERE {CLAIMABLE_WHERE}
     ORDER BY id
@@ -110,20 +122,24 @@ WITH picked AS MATERIALIZED (
         locked_at = %(now)s,
         locked_until = %(until)s,
         attempts = t.attempts + 1,
-        updated_at = %(now)s
+        updated_at = %(now)s,
+        {RECLAIMED_FROM_SET}
     FROM numbered
     WHERE t.id = numbered.id
     RETURNING {RETURNED}
-), events AS (
+), expired AS (
+    -- Only a claim that takes over an expired lock writes history (usually no row at all):
+    -- the lock_expired event that ends the previous holder's claim, in this same statement.
     INSERT INTO {TASK_EVENT} (task_id, kind, at, actor, details)
-    SELECT c.id, 'claimed', %(now)s, %(worker_id)s, {CLAIMED_DETAILS_SQL}
-    FROM claimed c JOIN picked p ON p.id = c.id
+    SELECT id, 'lock_expired', %(now)s, %(worker_id)s, {RECLAIM_DETAILS_SQL}
+    FROM picked
+    WHERE old_status = 'locked'
 )
 SELECT * FROM claimed ORDER BY id
 """
 
 SQLITE_PICK_SQL = f"""
-SELECT id, status, locked_by FROM {TASK}
+SELECT id, status, locked_by, locked_at, attempts, reclaimed_from FROM {TASK}
 WHERE {CLAIMABLE_WHERE}
 ORDER BY id
 LIMIT %(limit)s
@@ -138,7 +154,8 @@ SET status = 'locked',
     locked_at = %(now)s,
     locked_until = %(until)s,
     attempts = attempts + 1,
-    updated_at = %(now)s
+    updated_at = %(now)s,
+    {RECLAIMED_FROM_SET}
 WHERE id IN ({{ids}}) AND {{claimable}}
 RETURNING *
 """
@@ -151,7 +168,6 @@ def claim_params(*, stage: Stage, worker_id: str, limit: int, now: datetime, unt
         "stage_id": stage.pk,
         "now": ops.adapt_datetimefield_value(now),
         "until": ops.adapt_datetimefield_value(until),
-        "until_text": event_time(until),  # as the claimed event's details say it
         "limit": limit,
         "max_attempts": stage.max_attempts,
         "worker_id": worker_id,
@@ -314,7 +330,8 @@ def _claim_sqlite(
         picked = cursor.fetchall()
     if not picked:
         return []
-    previous = {row[0]: (row[1], row[2]) for row in picked}
+    # The expired locks this claim takes over: (id, locked_by, locked_at, attempts, reclaimed_from) before it.
+    taken_over = [row[0:1] + row[2:] for row in picked if row[1] == Task.Status.LOCKED]
     ids = ",".join(str(int(row[0])) for row in picked)
     tokens = {row[0]: lock_token(params["tokens"], n) for n, row in enumerate(picked)}
     sql = SQLITE_CLAIM_SQL.format(ids=ids, claimable=CLAIMABLE_WHERE)
@@ -324,18 +341,23 @@ def _claim_sqlite(
         claimed = _sqlite_rows(sql, sql_params, stage=stage, until=until)
     else:
         claimed = sorted(Task.objects.raw(sql, sql_params), key=lambda t: t.pk)
-    events = []
-    for task in claimed:
-        old_status, old_locked_by = previous[task.pk]
-        details = claimed_details(
-            attempt=task.attempts,
-            locked_until=until,
-            reclaimed_from=old_locked_by if old_status == Task.Status.LOCKED else None,
+    if taken_over:  # as PG_CLAIM_SQL's `expired`: the previous holder's claim ends here
+        TaskEvent.objects.bulk_create(
+            TaskEvent(
+                task_id=task_id,
+                kind=TaskEvent.Kind.LOCK_EXPIRED,
+                at=now,
+                actor=params["worker_id"],
+                details=lock_expired_details(
+                    attempt=attempts,
+                    worker=locked_by,
+                    claimed_at=_sqlite_datetime(locked_at) if locked_at is not None else None,
+                    reclaimed_from=reclaimed_from,
+                    now="reclaimed",
+                ),
+            )
+            for task_id, locked_by, locked_at, attempts, reclaimed_from in taken_over
         )
-        events.append(
-            TaskEvent(task_id=task.pk, kind=TaskEvent.Kind.CLAIMED, at=now, actor=task.locked_by, details=details)
-        )
-    TaskEvent.objects.bulk_create(events)
     return claimed
 
 

@@ -22,7 +22,7 @@ from django.utils.dateparse import parse_datetime
 from tasks_app.limits import clamp_lock_timeout
 from tasks_app.models import Stage, Task, TaskEvent, Transition
 from tasks_app.services.errors import NoRouteError, TaskLockLost
-from tasks_app.services.events import completed_details, details_sql
+from tasks_app.services.events import completed_details, details_sql, event_time_sql
 from tasks_app.services.lifecycle import lock_lost
 from tasks_app.services.notify import notify_stages
 from tasks_app.services.pg import execute_prepared
@@ -95,10 +95,13 @@ def _no_route(stage_id: int, task_type: str, transitions: list[Transition]) -> N
 
 
 # The completed event's details (services.events.completed_details), as the SQL writes them:
-# this statement runs only when nothing is sent.
+# this statement runs only when nothing is sent. The claim's facts come from the row as the claim left it.
 COMPLETED_DETAILS_SQL = details_sql(
     completed_details,
     attempt="attempts",
+    worker="locked_by",
+    claimed_at=event_time_sql("locked_at"),
+    reclaimed_from="NULLIF(reclaimed_from, '')",
     duration="extract(epoch FROM %(now)s::timestamptz - locked_at)::float8",
     sent="'[]'::jsonb",
 )
@@ -115,7 +118,7 @@ WITH done AS (
     SET status = 'completed', completed_at = %(now)s, updated_at = %(now)s, lock_token = '', locked_until = NULL
     WHERE id = ANY(%(ids)s::bigint[]) AND {STILL_LOCKED}
       AND lock_token = (%(tokens)s::text[])[array_position(%(ids)s::bigint[], id)]
-    RETURNING id, locked_by, locked_at, attempts
+    RETURNING id, locked_by, locked_at, attempts, reclaimed_from
 ), events AS (
     INSERT INTO {TASK_EVENT} (task_id, kind, at, actor, details)
     SELECT id, 'completed', %(now)s, locked_by, {COMPLETED_DETAILS_SQL}
@@ -152,7 +155,7 @@ def tasks_complete_batch(*, items: Sequence[Completion], now: datetime | None = 
             cursor.execute(
                 f"UPDATE {TASK} SET status = 'completed', completed_at = %s, updated_at = %s,"
                 f" lock_token = '', locked_until = NULL WHERE {where}"
-                " RETURNING id, stage_id, locked_by, locked_at, attempts",
+                " RETURNING id, stage_id, locked_by, locked_at, attempts, reclaimed_from",
                 [adapt(now), adapt(now), *params],
             )
             rows = sorted(cursor.fetchall())
@@ -160,7 +163,7 @@ def tasks_complete_batch(*, items: Sequence[Completion], now: datetime | None = 
         routes = _routes(to_route) if to_route else {}
         senders = Stage.objects.in_bulk(to_route) if to_route else {}
         children: dict[int, list[Task]] = {}
-        for task_id, stage_id, _, _, _ in rows:
+        for task_id, stage_id, *_ in rows:
             for type, payload in by_id[task_id].send:
                 matching = [t for t in routes[stage_id] if t.accepts(type)]
                 if not matching:
@@ -180,7 +183,7 @@ def tasks_complete_batch(*, items: Sequence[Completion], now: datetime | None = 
         if successors:
             Task.objects.bulk_create(successors)
         events = []
-        for task_id, _stage_id, locked_by, locked_at, attempts in rows:
+        for task_id, _stage_id, locked_by, locked_at, attempts, reclaimed_from in rows:
             started = _as_datetime(locked_at)
             kids = children.get(task_id, [])
             events.append(
@@ -191,6 +194,9 @@ def tasks_complete_batch(*, items: Sequence[Completion], now: datetime | None = 
                     actor=locked_by,
                     details=completed_details(
                         attempt=attempts,
+                        worker=locked_by,
+                        claimed_at=started,
+                        reclaimed_from=reclaimed_from,
                         duration=(now - started).total_seconds() if started else None,
                         sent=[k.pk for k in kids],
                     ),

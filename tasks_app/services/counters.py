@@ -8,6 +8,11 @@ per (stage, event kind). Events whose task was deleted before they were
 folded are skipped: pruning runs on tasks finished days ago, whose events
 were folded long before, so in practice nothing is lost. /metrics
 (views/prometheus.py) folds, then reads them.
+
+Claims write no event (services.events): a claim is counted by the event that
+ends it (its details carry the claim's facts), folded into the CLAIM_ENDED
+pseudo-kind, and while it is live by the locked task itself; claim_counts()
+adds the two.
 """
 
 from __future__ import annotations
@@ -15,14 +20,23 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 
 from django.db import connection, transaction
-from django.db.models import Count, Max, Min, Q
+from django.db.models import Count, F, IntegerField, Max, Min, Q, Subquery, Value
+from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from tasks_app.models import CounterCursor, StageCounter, TaskEvent
+from tasks_app.models import CounterCursor, StageCounter, Task, TaskEvent
+from tasks_app.services.events import CLAIMED_AT
 
 # A pseudo-kind: lock_expired events whose sweep failed the task (max attempts
 # reached). The sweep writes no "failed" event for them, yet the task failed.
 EXPIRED_FAILED = "lock_expired:failed"
+# A pseudo-kind: events that end a claim (their details carry CLAIMED_AT), whatever their kind.
+CLAIM_ENDED = "claim_ended"
+# The `claimed` events of the history before issue 13 (one per claim), folded before
+# migration 0011 removed them; that migration took off this counter every claim it
+# would otherwise count twice.
+LEGACY_CLAIMED = TaskEvent.Kind.CLAIMED.value
+PSEUDO_KINDS = (EXPIRED_FAILED, CLAIM_ENDED)
 
 # The most events one fold reads, so the first scrape of a long history stays
 # bounded; the next scrape goes on from there.
@@ -40,6 +54,9 @@ FOLD_MAX_ROWS = 1_000_000
 SETTLE_SECONDS = 30.0
 
 CURSOR_PK = 1
+
+# The events that end a claim: services.events.attempt_details wrote them.
+ENDS_A_CLAIM = Q(details__has_key=CLAIMED_AT)
 
 
 def counters_fold(*, now: datetime | None = None, max_rows: int = FOLD_MAX_ROWS) -> int:
@@ -65,16 +82,22 @@ def counters_fold(*, now: datetime | None = None, max_rows: int = FOLD_MAX_ROWS)
         rows = (
             TaskEvent.objects.filter(id__gt=start, id__lte=upper)
             .values_list("task__stage_id", "kind")
-            .annotate(n=Count("id"), failed=Count("id", filter=Q(kind="lock_expired", details__now="failed")))
+            .annotate(
+                n=Count("id"),
+                failed=Count("id", filter=Q(kind="lock_expired", details__now="failed")),
+                ended=Count("id", filter=ENDS_A_CLAIM),
+            )
         )
         counts: dict[tuple[int, str], int] = {}
-        for stage_id, kind, n, failed in rows:
+        for stage_id, kind, n, failed, ended in rows:
             counts[(stage_id, kind)] = n
             if failed:
                 counts[(stage_id, EXPIRED_FAILED)] = failed
+            if ended:
+                counts[(stage_id, CLAIM_ENDED)] = counts.get((stage_id, CLAIM_ENDED), 0) + ended
         _add_counts(counts)
         CounterCursor.objects.filter(pk=CURSOR_PK).update(last_event_id=upper, updated_at=now)
-    return sum(n for (_, kind), n in counts.items() if kind != EXPIRED_FAILED)
+    return sum(n for (_, kind), n in counts.items() if kind not in PSEUDO_KINDS)
 
 
 def _fold_upper(*, start: int, max_rows: int, now: datetime) -> int:
@@ -112,3 +135,36 @@ def _add_counts(counts: dict[tuple[int, str], int]) -> None:
 def counter_values() -> dict[tuple[int, str], int]:
     """Every counter: (stage id, kind) -> value."""
     return {(s, k): v for s, k, v in StageCounter.objects.values_list("stage_id", "kind", "value")}
+
+
+def claim_counts(*, max_rows: int = FOLD_MAX_ROWS) -> dict[int, int]:
+    """Claims per stage (stage id -> count), without scanning the history; monotonic while nothing is pruned
+    before it is folded.
+
+    Every claim is either ended (its end is an event with the claim's facts) or live (the task is
+    locked). So: the ended claims folded so far (CLAIM_ENDED, plus LEGACY_CLAIMED), the ended
+    claims not folded yet (events after the cursor: the few seconds the fold leaves to settle, the
+    same rows the next fold reads, at most max_rows), and the locked tasks. One statement, so
+    one snapshot: a claim that ends meanwhile is either still locked or already an event, never
+    both and never neither, and the fold moves counters and cursor in one transaction. (Read
+    apart, a completion would leave the locked count before its event is folded, and the
+    counter would go down for SETTLE_SECONDS.)
+    """
+    cursor = Coalesce(
+        Subquery(CounterCursor.objects.filter(pk=CURSOR_PK).values("last_event_id")[:1]),
+        Value(0),
+        output_field=IntegerField(),
+    )
+    folded = StageCounter.objects.filter(kind__in=[CLAIM_ENDED, LEGACY_CLAIMED]).values_list("stage_id", "value")
+    unfolded = (
+        TaskEvent.objects.alias(after=cursor)
+        .filter(ENDS_A_CLAIM, id__gt=F("after"), id__lte=F("after") + max_rows)
+        .order_by()
+        .values_list("task__stage_id")
+        .annotate(n=Count("id"))
+    )
+    live = Task.objects.filter(status=Task.Status.LOCKED).order_by().values_list("stage_id").annotate(n=Count("id"))
+    out: dict[int, int] = {}
+    for stage_id, n in folded.union(unfolded, live, all=True):
+        out[stage_id] = out.get(stage_id, 0) + n
+    return out

@@ -2,7 +2,9 @@
 
 Opening a task locks it to the person, like a worker's claim (`locked_by` is
 "user:<username>", the stage's lock timeout applies, the attempt counts), so
-two people can't decide the same task: the second is told who holds it.
+two people can't decide the same task: the second is told who holds it. Like a
+worker's claim it writes no history of its own: the event that ends it
+(completed by the submit, released by a cancel, lock_expired) carries it.
 Submitting completes it and sends the chosen type in one transaction;
 cancelling hands it back without counting the attempt.
 """
@@ -21,7 +23,7 @@ from tasks_app.models import Stage, Task, TaskEvent
 from tasks_app.services.claim import lock_token, new_lock_tokens
 from tasks_app.services.complete import task_complete
 from tasks_app.services.errors import TaskError, TaskStateError
-from tasks_app.services.events import actor_for, claimed_details, event_record, person_named
+from tasks_app.services.events import actor_for, claim_facts, event_record, lock_expired_details, person_named
 from tasks_app.services.lifecycle import task_unclaim
 
 
@@ -83,8 +85,8 @@ def form_task_open(*, task: Task, user: Any, now: datetime | None = None) -> Tas
                 )
                 current.refresh_from_db()
             return current
-        # Read under the row lock: whose expired lock this open takes over, if any.
-        reclaimed_from = current.locked_by if current.status == Task.Status.LOCKED else None
+        # Read under the row lock: the expired lock this open takes over, if any (as services.claim).
+        taken_over = claim_facts(current) if current.status == Task.Status.LOCKED else None
         token = lock_token(new_lock_tokens(1), 0)
         # The expected state is in the WHERE clause: whoever updates first holds it.
         updated = claimable.update(
@@ -95,6 +97,7 @@ def form_task_open(*, task: Task, user: Any, now: datetime | None = None) -> Tas
             locked_until=until,
             attempts=F("attempts") + 1,
             updated_at=now,
+            reclaimed_from=taken_over["worker"] if taken_over else "",
         )
         current.refresh_from_db()
         if updated != 1:
@@ -108,15 +111,14 @@ def form_task_open(*, task: Task, user: Any, now: datetime | None = None) -> Tas
             if current.status == Task.Status.LOCKED:
                 raise TaskHeldError(current)
             raise TaskStateError(f"Task {task.pk} is {current.status}; it can't be opened.")
-        event_record(
-            task_id=task.pk,
-            kind=TaskEvent.Kind.CLAIMED,
-            at=now,
-            actor=who,
-            details=claimed_details(
-                attempt=current.attempts, locked_until=until, reclaimed_from=reclaimed_from, form=True
-            ),
-        )
+        if taken_over:  # the previous holder's claim ends here, as when a worker's claim takes it over
+            event_record(
+                task_id=task.pk,
+                kind=TaskEvent.Kind.LOCK_EXPIRED,
+                at=now,
+                actor=who,
+                details=lock_expired_details(**taken_over, now="reclaimed"),
+            )
     return current
 
 

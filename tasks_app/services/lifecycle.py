@@ -3,6 +3,9 @@
 Every write restates the state it expects in its WHERE clause (status locked,
 this lock token); a rowcount of 0 means another worker or an operator got
 there first, and the caller gets TaskLockLost with nothing changed.
+
+Each of these ends a claim, so its event carries the claim's facts
+(services.events.attempt_details), read from the locked row before the write.
 """
 
 from __future__ import annotations
@@ -19,12 +22,26 @@ from django.utils import timezone
 
 from tasks_app.models import Task, TaskEvent
 from tasks_app.services.errors import TaskLockLost
-from tasks_app.services.events import event_record
+from tasks_app.services.events import (
+    CLAIM_COLUMNS,
+    claim_facts,
+    event_record,
+    failed_details,
+    lock_expired_details,
+    released_details,
+    unclaimed_details,
+)
 from tasks_app.services.locks import LockKey, advisory_xact_lock
 from tasks_app.services.notify import notify_stages
 
 # Lock columns reset whenever a task goes back to pending.
-UNLOCKED: dict[str, Any] = {"lock_token": "", "locked_by": "", "locked_at": None, "locked_until": None}
+UNLOCKED: dict[str, Any] = {
+    "lock_token": "",
+    "locked_by": "",
+    "locked_at": None,
+    "locked_until": None,
+    "reclaimed_from": "",
+}
 
 
 def retry_delay(attempts: int) -> float:
@@ -72,12 +89,14 @@ def task_release(
         if task is None:
             raise lock_lost(task_id)
         max_attempts = task.stage.max_attempts
-        details: dict[str, Any] = {"attempt": task.attempts, "error": error, "traceback": traceback}
+        facts = claim_facts(task)
+        details: dict[str, Any]
         if max_attempts is not None and task.attempts >= max_attempts:
             _locked(task_id, lock_token).update(
                 status=Task.Status.FAILED, updated_at=now, last_error=error, lock_token="", locked_until=None
             )
-            details["reason"] = f"max attempts ({max_attempts}) reached"
+            reason = f"max attempts ({max_attempts}) reached"
+            details = failed_details(**facts, error=error, traceback=traceback, reason=reason)
             kind = TaskEvent.Kind.FAILED
         else:
             delay = retry_delay(task.attempts) if retry_in is None else max(0.0, float(retry_in))
@@ -85,7 +104,7 @@ def task_release(
             _locked(task_id, lock_token).update(
                 status=Task.Status.PENDING, updated_at=now, available_at=available_at, last_error=error, **UNLOCKED
             )
-            details["retry_at"] = available_at.isoformat()
+            details = released_details(**facts, error=error, traceback=traceback, retry_at=available_at)
             kind = TaskEvent.Kind.RELEASED
             if delay == 0:
                 notify_stages([task.stage_id])
@@ -104,7 +123,7 @@ def task_unclaim(
     """Hand back a claimed task whose handler never started (shutdown): pending at once, attempt not counted."""
     now = now or timezone.now()
     with transaction.atomic():
-        row = _locked(task_id, lock_token).values("locked_by", "stage_id").first()
+        row = _locked(task_id, lock_token).values("stage_id", *CLAIM_COLUMNS).first()
         # A locked task has attempts >= 1 (the claim added it), so this stays >= 0.
         updated = _locked(task_id, lock_token).update(
             status=Task.Status.PENDING, updated_at=now, available_at=now, attempts=F("attempts") - 1, **UNLOCKED
@@ -116,7 +135,7 @@ def task_unclaim(
             kind=TaskEvent.Kind.RELEASED,
             at=now,
             actor=row["locked_by"],
-            details={"reason": reason},
+            details=unclaimed_details(**claim_facts(row), reason=reason),
         )
         notify_stages([row["stage_id"]])
 
@@ -126,23 +145,25 @@ def tasks_unclaim_orphans(*, worker_id: str, keep: Sequence[int], now: datetime 
     now = now or timezone.now()
     with transaction.atomic():
         orphans = Task.objects.filter(status=Task.Status.LOCKED, locked_by=worker_id).exclude(pk__in=keep)
-        rows = list(orphans.select_for_update(of=("self",)).values_list("id", "stage_id"))
+        rows = list(orphans.select_for_update(of=("self",)).values("id", "stage_id", *CLAIM_COLUMNS))
         if not rows:
             return 0
-        Task.objects.filter(pk__in=[r[0] for r in rows], status=Task.Status.LOCKED, locked_by=worker_id).update(
+        Task.objects.filter(pk__in=[r["id"] for r in rows], status=Task.Status.LOCKED, locked_by=worker_id).update(
             status=Task.Status.PENDING, updated_at=now, available_at=now, attempts=F("attempts") - 1, **UNLOCKED
         )
         TaskEvent.objects.bulk_create(
             TaskEvent(
-                task_id=task_id,
+                task_id=row["id"],
                 kind=TaskEvent.Kind.RELEASED,
                 at=now,
                 actor=worker_id,
-                details={"reason": "claimed as the connection dropped; never started"},
+                details=unclaimed_details(
+                    **claim_facts(row), reason="claimed as the connection dropped; never started"
+                ),
             )
-            for task_id, _ in rows
+            for row in rows
         )
-        notify_stages({stage_id for _, stage_id in rows})
+        notify_stages({row["stage_id"] for row in rows})
     return len(rows)
 
 
@@ -150,7 +171,7 @@ def task_fail(*, task_id: int, lock_token: str, error: str, traceback: str = "",
     """Fail a locked task at once, without retries (a fault retrying cannot fix)."""
     now = now or timezone.now()
     with transaction.atomic():
-        row = _locked(task_id, lock_token).values("locked_by", "attempts").first()
+        row = _locked(task_id, lock_token).values(*CLAIM_COLUMNS).first()
         updated = _locked(task_id, lock_token).update(
             status=Task.Status.FAILED, updated_at=now, last_error=error, lock_token="", locked_until=None
         )
@@ -161,7 +182,7 @@ def task_fail(*, task_id: int, lock_token: str, error: str, traceback: str = "",
             kind=TaskEvent.Kind.FAILED,
             at=now,
             actor=row["locked_by"],
-            details={"attempt": row["attempts"], "error": error, "traceback": traceback},
+            details=failed_details(**claim_facts(row), error=error, traceback=traceback),
         )
 
 
@@ -177,19 +198,23 @@ def tasks_expire_locks(*, now: datetime | None = None, batch_size: int = 1000) -
                 Task.objects.lock_expired(now)
                 .select_for_update(skip_locked=True, of=("self",))
                 .order_by("id")
-                .values_list("id", "attempts", "locked_by", "stage__max_attempts", "stage_id")[:batch_size]
+                .values("id", "stage__max_attempts", "stage_id", *CLAIM_COLUMNS)[:batch_size]
             )
             # Tasks that used up max_attempts fail; the others go back to pending.
-            exhausted = {r[0] for r in rows if r[3] is not None and r[1] >= r[3]}
-            to_fail = [r for r in rows if r[0] in exhausted]
-            to_pending = [r for r in rows if r[0] not in exhausted]
+            exhausted = {
+                r["id"]
+                for r in rows
+                if r["stage__max_attempts"] is not None and r["attempts"] >= r["stage__max_attempts"]
+            }
+            to_fail = [r["id"] for r in rows if r["id"] in exhausted]
+            to_pending = [r["id"] for r in rows if r["id"] not in exhausted]
             still_expired = Task.objects.lock_expired(now)
             if to_pending:
-                still_expired.filter(id__in=[r[0] for r in to_pending]).update(
+                still_expired.filter(id__in=to_pending).update(
                     status=Task.Status.PENDING, updated_at=now, available_at=now, **UNLOCKED
                 )
             if to_fail:
-                still_expired.filter(id__in=[r[0] for r in to_fail]).update(
+                still_expired.filter(id__in=to_fail).update(
                     status=Task.Status.FAILED,
                     updated_at=now,
                     last_error="Lock expired and max attempts reached.",
@@ -199,20 +224,18 @@ def tasks_expire_locks(*, now: datetime | None = None, batch_size: int = 1000) -
             TaskEvent.objects.bulk_create(
                 [
                     TaskEvent(
-                        task_id=task_id,
+                        task_id=r["id"],
                         kind=TaskEvent.Kind.LOCK_EXPIRED,
                         at=now,
                         actor="expiry sweep",
-                        details={
-                            "locked_by": locked_by,
-                            "attempt": attempts,
-                            "now": "failed" if task_id in exhausted else "pending",
-                        },
+                        details=lock_expired_details(
+                            **claim_facts(r), now="failed" if r["id"] in exhausted else "pending"
+                        ),
                     )
-                    for task_id, attempts, locked_by, _max_attempts, _stage_id in rows
+                    for r in rows
                 ]
             )
-            notify_stages({r[4] for r in to_pending})
+            notify_stages({r["stage_id"] for r in rows if r["id"] not in exhausted})
         total += len(rows)
         if len(rows) < batch_size:
             return total

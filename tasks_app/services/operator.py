@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from tasks_app.models import Task, TaskEvent
 from tasks_app.services.errors import TaskStateError
-from tasks_app.services.events import event_record
+from tasks_app.services.events import CLAIM_COLUMNS, by_person_details, claim_facts, event_record
 from tasks_app.services.lifecycle import UNLOCKED
 from tasks_app.services.notify import notify_stages
 from tasks_app.services.routing import validate_task_input
@@ -33,11 +33,19 @@ def _transition(
 ) -> None:
     now = now or timezone.now()
     with transaction.atomic():
-        previous = Task.objects.filter(pk=task_id, status__in=allowed).values_list("status", flat=True).first()
+        # Read under the row lock: if the task is locked, this change ends that claim, and its event says so.
+        before = (
+            Task.objects.select_for_update()
+            .filter(pk=task_id, status__in=allowed)
+            .values("status", *CLAIM_COLUMNS)
+            .first()
+        )
         updated = Task.objects.filter(pk=task_id, status__in=allowed).update(updated_at=now, **changes)
-        if updated != 1:
+        if updated != 1 or before is None:
             raise _refuse(task_id, action, allowed)
-        event_record(task_id=task_id, kind=kind, at=now, actor=actor, details={"previous_status": previous})
+        claim = claim_facts(before) if before["status"] == S.LOCKED else None
+        details = by_person_details(previous_status=before["status"], claim=claim)
+        event_record(task_id=task_id, kind=kind, at=now, actor=actor, details=details)
         if changes.get("status") == S.PENDING:
             stage_id = Task.objects.filter(pk=task_id).values_list("stage_id", flat=True).get()
             notify_stages([stage_id])

@@ -12,6 +12,7 @@ from django.utils import timezone
 
 from tasks_app.jsonpreview import json_raw
 from tasks_app.models import Stage, Task
+from tasks_app.selectors.history import task_timeline
 from tasks_app.selectors.tasks import SORTS, decode_cursor, errors_text, filtered_tasks, keyset_page
 from tasks_app.selectors.workers import recent_workers
 from tasks_app.services.form_stages import may_work_on
@@ -65,11 +66,11 @@ def task_rows(request: HttpRequest) -> HttpResponse:
 @permission_required("tasks_app.view_task", raise_exception=True)
 def task_detail(request: HttpRequest, task_id: int) -> HttpResponse:
     task = get_object_or_404(Task.objects.select_related("stage", "source_stage", "parent__stage"), pk=task_id)
-    events = list(task.events.order_by("-id")[:HISTORY_LIMIT])[::-1]
+    timeline = task_timeline(task, limit=HISTORY_LIMIT)
     ctx = {
         "task": task,
-        "events": events,
-        "earlier_events": task.events.count() - len(events) if len(events) == HISTORY_LIMIT else 0,
+        "events": timeline.entries,
+        "earlier_events": timeline.earlier,
         "children": list(task.children.select_related("stage").order_by("id")[:100]),
         "now": timezone.now(),
         "can_change": request.user.has_perm("tasks_app.change_task"),

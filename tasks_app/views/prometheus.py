@@ -36,7 +36,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Histo
 from tasks_app.models import Stage, TaskEvent
 from tasks_app.selectors.overview import live_counts
 from tasks_app.selectors.workers import live_workers
-from tasks_app.services.counters import EXPIRED_FAILED, counter_values, counters_fold
+from tasks_app.services.counters import EXPIRED_FAILED, claim_counts, counter_values, counters_fold
 from tasks_app.services.histograms import BUCKETS, worker_histograms
 
 CACHE_KEY = "tasks_app:metrics"
@@ -44,7 +44,6 @@ CACHE_KEY = "tasks_app:metrics"
 # Metric name (without _total), help, and the history kinds it adds up.
 COUNTERS: Sequence[tuple[str, str, Sequence[str]]] = (
     ("tasks_created", "Tasks created at the stage (sent, created by API, hook or person, duplicated).", ["created"]),
-    ("tasks_claimed", "Claims of the stage's tasks (workers, people opening a form, reclaims).", ["claimed"]),
     (
         "tasks_completed",
         "Tasks completed at the stage (by a handler or a form, or marked completed by a person).",
@@ -60,7 +59,11 @@ COUNTERS: Sequence[tuple[str, str, Sequence[str]]] = (
         "Locked tasks handed back to pending (handler error, worker shutdown, or force-released by a person).",
         ["released", "force_released"],
     ),
-    ("tasks_lock_expired", "Expired locks swept back to pending or failed (the worker went silent).", ["lock_expired"]),
+    (
+        "tasks_lock_expired",
+        "Expired locks swept back to pending or failed, or taken over by a claim (the worker went silent).",
+        ["lock_expired"],
+    ),
 )
 HISTOGRAMS = (
     ("claim", "tasks_claim_duration_seconds", "Time a worker's claim statement took, per stage."),
@@ -87,6 +90,14 @@ class TasksCollector:
             for stage_id, slug in stages:
                 family.add_metric([slug], sum(values.get((stage_id, kind), 0) for kind in kinds))
             yield family
+        # Claims write no event: counted by the events that end them, and live ones by the locked tasks.
+        claims = claim_counts()
+        claimed = CounterMetricFamily(
+            "tasks_claimed", "Claims of the stage's tasks (workers, people opening a form, reclaims).", labels=["stage"]
+        )
+        for stage_id, slug in stages:
+            claimed.add_metric([slug], claims.get(stage_id, 0))
+        yield claimed
         events = CounterMetricFamily("tasks_events", "History events per stage and kind.", labels=["stage", "kind"])
         for stage_id, slug in stages:
             for kind in TaskEvent.Kind.values:
