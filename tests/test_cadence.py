@@ -168,7 +168,7 @@ def traced(monkeypatch: pytest.MonkeyPatch, w: Worker) -> list[str]:
     for name in STEPS:
         monkeypatch.setattr(w, name, lambda *a, _name=name, **k: calls.append(_name))
 
-    def claim() -> int:
+    def claim(*pipelined: object) -> int:
         calls.append("claim")
         if w.stats.claimed:
             return 0
@@ -182,10 +182,12 @@ def traced(monkeypatch: pytest.MonkeyPatch, w: Worker) -> list[str]:
         w.in_flight.clear()
         w.done.append(w.held[1])
 
-    def record() -> None:
+    def record(*, claim: bool = False) -> None:
         calls.append("record")
         w.done.clear()
         w.held.clear()
+        if claim:  # as the real one does: the claim goes out with the write
+            w.claim()
 
     monkeypatch.setattr(w, "claim", claim)
     monkeypatch.setattr(w, "collect", collect)
@@ -214,7 +216,8 @@ def test_run_once_takes_the_steps_in_the_order_step_does(monkeypatch: pytest.Mon
         *("heartbeat", "enforce_max_run_time", "upkeep", "claim", "collect"),
         *("record", "heartbeat", "enforce_max_run_time", "upkeep"),
     ]
-    assert by_step == [*by_run_once, "claim"]
+    # step() claims again, with the write (record(claim=True): one round trip for both).
+    assert by_step == [*by_run_once[:6], "claim", *by_run_once[6:]]
 
 
 # -- advisory locks ------------------------------------------------------------------------------

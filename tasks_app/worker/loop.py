@@ -33,7 +33,7 @@ from tasks_app.services.retention import PERIODIC_PAUSE, PruneResult, tasks_prun
 from tasks_app.worker.handlers import Handler, HandlerImportError, HandlerTask, Outcome, resolve_handler
 from tasks_app.worker.listener import Listener
 from tasks_app.worker.pacing import NAP_SLICE, Backoff, Cadence, TextOut, close_connection, nap, say
-from tasks_app.worker.slots import Job, SlotPool
+from tasks_app.worker.slots import Job, Result, SlotPool
 
 logger = logging.getLogger("tasks_app.worker")
 
@@ -231,8 +231,9 @@ class Worker:
 
     # -- running handlers ---------------------------------------------------
     def dispatch(self, held: list[Held]) -> None:
-        """Queue claimed tasks for the handler slots (they start as slots free up)."""
+        """Queue claimed tasks for the handler slots, a chunk per slot (they start as slots free up)."""
         assert self._pool is not None
+        jobs = []
         for h in held:
             task = h.task
             try:
@@ -252,35 +253,51 @@ class Worker:
                 _routes=self.served.routes.get(task.stage_id),
             )
             self.in_flight.add(task.pk)
-            self._pool.submit(Job(task_id=task.pk, lock_token=task.lock_token, handler=handler, view=view))
+            jobs.append(Job(task_id=task.pk, lock_token=task.lock_token, handler=handler, view=view))
+        self._pool.submit(jobs)
 
-    def _finish(self, task_id: int, outcome: Outcome) -> None:
+    def _finish(self, task_id: int, outcome: Outcome, finished_at: float | None = None) -> None:
         held = self.held[task_id]
         held.outcome = outcome
-        held.finished_at = time.monotonic()
+        held.finished_at = finished_at or time.monotonic()  # when its handler returned, if it ran
         self.in_flight.discard(task_id)
         self.done.append(held)
 
     def collect(self, timeout: float) -> None:
-        """Take finished handler runs (waiting up to `timeout` for the first)."""
+        """Take finished handler runs (waiting up to `timeout` for the first), and those slots hold too long."""
         assert self._pool is not None
-        result = self._pool.get(timeout)
-        while result is not None:
-            job, outcome = result
+        results = self._pool.get(timeout)
+        while results is not None:
+            self._take(results)
+            results = self._pool.get(0)
+        self._take(self._pool.overdue(time.monotonic()))
+
+    def _take(self, results: list[Result]) -> None:
+        for job, outcome in results:
             held = self.held.get(job.task_id)
             # Ignore results of abandoned runs (the task was released, maybe re-claimed).
             if held is not None and held.task.lock_token == job.lock_token and job.task_id in self.in_flight:
-                self._finish(job.task_id, outcome)
-            result = self._pool.get(0)
+                self._finish(job.task_id, outcome, job.finished_at)
 
     # -- recording outcomes -------------------------------------------------
+    def claim_wanted(self) -> bool:
+        """Would the next batch be claimed now: every queued task taken, a slot about to be free?"""
+        assert self._pool is not None
+        return self._pool.idle() and len(self.in_flight) < self.concurrency
+
     def flush_due(self) -> bool:
+        """Write finished outcomes now: a full batch, stopping, FLUSH_AFTER passed, or a claim due.
+
+        Not merely because the queue ran dry while every slot is still busy: the
+        outcomes wait (FLUSH_AFTER at most) for the claim that follows when a
+        slot frees up, so both go in one round trip (record(claim=True)).
+        """
         if not self.done:
             return False
-        assert self._pool is not None
-        if self.stop_requested or len(self.done) >= self.batch_size or self._pool.idle():
+        if self.stop_requested or len(self.done) >= self.batch_size or self.claim_wanted():
             return True
-        return time.monotonic() - self.done[0].finished_at >= FLUSH_AFTER
+        # The oldest, not the first: slots hand their outcomes back a chunk at a time, in no set order.
+        return time.monotonic() - min(h.finished_at for h in self.done) >= FLUSH_AFTER
 
     def record(self, *, claim: bool = False) -> None:
         """Write every finished outcome: completions in one batch, failures one by one.
@@ -483,13 +500,14 @@ class Worker:
     def turn(self, *, claim: bool) -> None:
         """One coordinator turn, in the one order that step() and run_once() share.
 
-        Write finished outcomes (when a batch is due), extend locks, enforce
+        Write finished outcomes (when a batch is due; together with this turn's
+        claim, if one follows, in one round trip), extend locks, enforce
         run-time limits, run the upkeep, then hand back unstarted tasks if
         stopping, or else claim (if `claim` and the slots have room), and
         collect finished handler runs.
         """
         assert self._pool is not None
-        wants_claim = claim and self._pool.idle() and len(self.in_flight) < self.concurrency
+        wants_claim = claim and self.claim_wanted()
         claimed = False
         if self.flush_due():
             # A claim would follow in this turn: make it with the write, one round trip for both.
@@ -602,7 +620,7 @@ class Worker:
 
     def _start_pool(self) -> None:
         if self._pool is None:
-            self._pool = SlotPool(self.concurrency, self.worker_id)
+            self._pool = SlotPool(self.concurrency, self.worker_id, report_after=FLUSH_AFTER)
 
     def _shutdown(self) -> None:
         try:
