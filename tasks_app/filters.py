@@ -123,7 +123,15 @@ class DateTimeFilter(filters.IsoDateTimeFilter):
 
 @extend_schema_field(OpenApiTypes.STR)
 class StageSlugsFilter(filters.ModelMultipleChoiceFilter):
-    """Stages by slug (repeat the parameter for several); a string in the OpenAPI schema."""
+    """Stages by slug (repeat the parameter for several); a string in the OpenAPI schema.
+
+    Matched by stage_id, not by a join on the slug: the planner then knows how many tasks
+    the stage has, and reads a small one through the stage_id index instead of walking the whole primary
+    key (1.2 s at a million tasks for a stage with five).
+    """
+
+    def get_filter_predicate(self, v: Stage) -> dict[str, Any]:
+        return {f"{self.field_name}_id": v.pk}
 
 
 class TaskFilter(filters.FilterSet):
@@ -131,7 +139,7 @@ class TaskFilter(filters.FilterSet):
     # status), so no row can repeat; django-filter's default SELECT DISTINCT
     # over whole rows (payload included) costs hundreds of ms on a big table.
     stage = StageSlugsFilter(
-        field_name="stage__slug", to_field_name="slug", queryset=Stage.objects.all(), label="Stage", distinct=False
+        field_name="stage", to_field_name="slug", queryset=Stage.objects.all(), label="Stage", distinct=False
     )
     status = filters.MultipleChoiceFilter(choices=Task.Status.choices, distinct=False)
     type = filters.CharFilter(field_name="type")

@@ -288,6 +288,11 @@ class Task(models.Model):
         COMPLETED = "completed", "Completed"
         FAILED = "failed", "Failed"
 
+    # Django's index on stage_id stays: the list's and API's stage filter, a stage's finished tasks when
+    # it is deleted, and the foreign key's check then. Not (stage_id, id): with statistics that saw an
+    # empty table the completion (id = ANY(...)) walked such an index whole (tests/test_complete_plan_pg.py).
+    # parent and source_stage: db_index=False, Meta.indexes has partial ones (task_parent_idx,
+    # task_source_stage_idx; docs/scaling.md, "Indexes of the task table").
     stage = models.ForeignKey(Stage, on_delete=models.PROTECT, related_name="tasks")
     type = models.CharField(max_length=TYPE_MAX_LENGTH, validators=[validate_task_type])
     payload = models.JSONField(default=dict, validators=[validate_payload])
@@ -302,12 +307,12 @@ class Task(models.Model):
     locked_until = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
-    # Set by each claim: whose expired lock it took over ('' if the task was pending). The event that
-    # ends the claim reads it with locked_by, locked_at and attempts (services.events.attempt_details);
-    # a claim writes no history of its own. Not indexed: nothing looks tasks up by it.
-    reclaimed_from = models.CharField(max_length=200, blank=True, default="", db_default="")
-    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children")
-    source_stage = models.ForeignKey(Stage, null=True, blank=True, on_delete=models.SET_NULL, related_name="sent_tasks")
+    parent = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children", db_index=False
+    )
+    source_stage = models.ForeignKey(
+        Stage, null=True, blank=True, on_delete=models.SET_NULL, related_name="sent_tasks", db_index=False
+    )
     idempotency_key = models.CharField(
         max_length=200,
         blank=True,
@@ -321,29 +326,47 @@ class Task(models.Model):
 
     class Meta:
         ordering = ["-id"]
+        # Every claim and completion changes status, which task_claim_idx's predicate reads, so neither
+        # can be a HOT update: each new row version gets an entry in every full index below, and in each
+        # partial one whose predicate it meets. Hence few full indexes, and partial ones where a query
+        # needs only some statuses. The audit (each index, the queries that need it, what went and why)
+        # is docs/scaling.md, "Indexes of the task table"; tests/test_task_indexes_pg.py holds the set.
         indexes = [
             # Used by the claim (services.claim.CLAIMABLE_WHERE): WHERE stage_id = ?
             # AND ((pending AND due) OR (locked AND lock expired AND attempts left))
             # ORDER BY id LIMIT n; PostgreSQL proves this predicate from that OR.
             # Completed and failed tasks (the bulk of a long-lived table) are not
-            # in it, so it stays small and hot.
+            # in it, so it stays small and hot. Also the overview's live counts,
+            # the task list's stage + pending/locked filters, and "My work".
             models.Index(
                 fields=["stage", "id"],
                 condition=Q(status__in=["pending", "locked"]),
                 name="task_claim_idx",
             ),
-            # Used by the expiry sweep (services.lifecycle.tasks_expire_locks): locked tasks whose lock has passed.
-            models.Index(
-                fields=["locked_until"],
-                condition=Q(status="locked"),
-                name="task_lock_expiry_idx",
-            ),
-            models.Index(fields=["status", "stage"], name="task_status_stage_idx"),
+            # Locked tasks only, by id: the expiry sweep (services.lifecycle.tasks_expire_locks: locked,
+            # lock passed, ORDER BY id), unclaiming a worker's orphans, the list's "locked" filter.
+            # Not on locked_until: a heartbeat changes only locked_until and updated_at, and with no
+            # index on either it can be a HOT update.
+            models.Index(fields=["id"], condition=Q(status="locked"), name="task_locked_idx"),
+            # Failed tasks only, by id: retention's failed batches (status failed, updated_at < cutoff,
+            # ORDER BY id DESC) and the list's "failed" filter, however rare failures are.
+            models.Index(fields=["id"], condition=Q(status="failed"), name="task_failed_idx"),
+            # The list's and API's type filter (exact): a rare or absent type would walk the table.
             models.Index(fields=["type"], name="task_type_idx"),
+            # The list's and API's created_after/created_before filters and the sort by created.
             models.Index(fields=["created_at"], name="task_created_idx"),
-            # Used by the overview's throughput (completions in the last hour).
+            # The overview's throughput (completions in the last hour) and retention's completed batches.
             models.Index(
                 fields=["completed_at"], condition=Q(completed_at__isnull=False), name="task_completed_at_idx"
+            ),
+            # A task's children (task page, API parent filter), retention clearing the parent link of
+            # the children of the tasks it deletes, and the foreign key's check on each of those
+            # deletes. Roots (tasks nobody sent) are not in it: parent_id = ? implies NOT NULL.
+            models.Index(fields=["parent"], condition=Q(parent__isnull=False), name="task_parent_idx"),
+            # The list's and API's "sent by" filter, and deleting a stage (Django sets source_stage to
+            # NULL in the tasks it sent; the foreign key's check). Roots are not in it.
+            models.Index(
+                fields=["source_stage"], condition=Q(source_stage__isnull=False), name="task_source_stage_idx"
             ),
         ]
         constraints = [

@@ -155,7 +155,7 @@ def _select_batch(
         sql += " ORDER BY completed_at DESC, id DESC LIMIT %s"
     else:
         # Failed tasks are a few percent of the table and updated_at has no
-        # index (a bitmap scan of task_status_stage_idx finds them): by id.
+        # index: by id, backwards along the partial task_failed_idx.
         sql = f"SELECT id FROM {TASK} WHERE status = %s AND {AGE_COLUMN[status]} < %s"
         if after is not None:
             sql += " AND id < %s"
