@@ -305,6 +305,10 @@ class Task(models.Model):
     locked_by = models.CharField(max_length=200, blank=True)
     locked_at = models.DateTimeField(null=True, blank=True)
     locked_until = models.DateTimeField(null=True, blank=True)
+    # Set by each claim: whose expired lock it took over ('' if the task was pending). The event that
+    # ends the claim reads it with locked_by, locked_at and attempts (services.events.attempt_details);
+    # a claim writes no history of its own. Not indexed: nothing looks tasks up by it.
+    reclaimed_from = models.CharField(max_length=200, blank=True, default="", db_default="")
     completed_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
     parent = models.ForeignKey(
