@@ -11,7 +11,7 @@ worker, when it claimed, whose expired lock it took over). The claim's time
 and the lock it took over are on the task row until then (locked_at,
 reclaimed_from). An event ends a claim exactly when its details have
 CLAIMED_AT: the task page derives "claimed by X at T" from it
-(selectors.tasks.task_timeline) and /metrics counts claims by it
+(selectors.history.task_timeline) and /metrics counts claims by it
 (services.counters).
 
 The `completed` and `lock_expired` events are also written by the hot path's
