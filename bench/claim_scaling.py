@@ -216,9 +216,7 @@ LOCKED_EVENTS_SQL = """
     INSERT INTO tasks_app_taskevent (task_id, kind, at, actor, details)
     SELECT t.id, e.kind, e.at, e.actor, e.details
     FROM tasks t CROSS JOIN LATERAL (VALUES
-        (0, 'created', t.created_at, 'seed', '{}'::jsonb),
-        (1, 'claimed', t.locked_at, t.locked_by,
-         jsonb_build_object('attempt', 1, 'locked_until', t.locked_until, 'reclaimed_from', NULL))
+        (0, 'created', t.created_at, 'seed', '{}'::jsonb)
     ) AS e (n, kind, at, actor, details)
 )
 """
