@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -12,7 +14,42 @@ import time
 HOST_PORT = os.environ.get("RUN_ADDR", "127.0.0.1:8000")
 
 
+def parse_addr(addr: str) -> tuple[str, int]:
+    """RUN_ADDR as runserver reads it: "PORT", "HOST:PORT" or "[IPv6]:PORT"."""
+    host, _, port = addr.rpartition(":")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"RUN_ADDR={addr!r} is not HOST:PORT (e.g. 127.0.0.1:8000)")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def address_problem(addr: str) -> str | None:
+    """Why runserver could not listen on `addr`, or None. Checked first: runserver would fail
+    after the worker started, and the "Open http://..." line would point at someone else's server."""
+    try:
+        host, port = parse_addr(addr)
+    except ValueError as exc:
+        return str(exc)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        # As runserver binds (SO_REUSEADDR): a port left in TIME_WAIT is free, a listening one is not.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                free = f"{host}:{port + 1}" if family == socket.AF_INET else f"[{host}]:{port + 1}"
+                return (
+                    f"{addr} is already in use (another `make run`?): stop it, or use another: RUN_ADDR={free} make run"
+                )
+            return f"cannot listen on {addr}: {exc.strerror or exc}; set RUN_ADDR=HOST:PORT (e.g. 127.0.0.1:8000)"
+    return None
+
+
 def main() -> int:
+    problem = address_problem(HOST_PORT)
+    if problem:
+        print(f"make run: {problem}", file=sys.stderr)
+        return 1
     py = sys.executable
     user = os.environ.get("DEV_ADMIN_USER", "admin")
     password = os.environ.get("DEV_ADMIN_PASSWORD", "admin")

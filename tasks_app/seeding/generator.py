@@ -6,7 +6,9 @@ those locks expired), 2% failed; created over the last 30 days, a higher id
 never older; spread evenly over the stages, typed by the stage's outgoing
 transitions ("order" where they name no type); at stages with incoming
 transitions, most tasks are the successor of an earlier completed task at a
-source stage (parent and source_stage set, its order in the payload). Each
+source stage (parent and source_stage set, its order in the payload); the
+orders are shaped as the demo's handlers read them (customer, items of known
+SKUs with a qty), so a worker running the demo works them without errors. Each
 task gets a "created" event, and a "completed", "failed" or "released" one
 where that fits, carrying the facts of the claim it ended (attempt, worker,
 claimed_at, reclaimed_from) as services.events writes them, so task pages
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from tasks_app.demo import PRICES as DEMO_PRICES
 from tasks_app.models import Stage, Task, TaskEvent, Transition
 
 SPAN = timedelta(days=30)
@@ -37,11 +40,13 @@ SUCCESSOR_SHARE = 0.75
 # Share of the pending tasks that already had an attempt (attempts >= 1, a "released" event).
 RETRIED_SHARE = 0.25
 RECENT = 256  # completed tasks per stage remembered as possible parents
-ITEMS = ("book", "lamp", "sofa", "mug", "chair", "desk", "cable", "plant", "rug", "pen")
-ITEM_COUNTS = (0, 1, 1, 1, 2, 2, 3)  # how many items an order has, as weights
+# What the orders hold: the demo's SKUs, as {"sku", "qty"} lines, the shape its handlers read (check-stock
+# looks each SKU up in its stock, invoice in its prices), so `make run`'s worker can work seeded tasks.
+ITEMS = tuple(DEMO_PRICES)
+ITEM_COUNTS = (1, 1, 1, 2, 2, 3)  # how many lines an order has, as weights (the demo's schema wants one or more)
 # The "items" arrays of new orders, as JSON text.
 ITEMS_JSON = tuple(
-    json.dumps([ITEMS[(n * 7 + k * 3) % len(ITEMS)] for k in range(size)])
+    json.dumps([{"sku": ITEMS[(n * 7 + k * 3) % len(ITEMS)], "qty": 1 + (n + k) % 3} for k in range(size)])
     for n in range(len(ITEMS))
     for size in ITEM_COUNTS
 )
@@ -169,8 +174,9 @@ class Generator:
                         payload = order[:-1] + ', "checked": true}'
             if not payload:
                 order = payload = (
-                    f'{{"order_id": {task_id}, "customer_id": {task_id % 5000}, '
-                    f'"amount": {5 + int(rand() * 1496)}, "items": {ITEMS_JSON[int(rand() * n_items)]}}}'
+                    f'{{"order_id": {task_id}, "customer": "customer-{task_id % 5000}@example.com", '
+                    f'"customer_id": {task_id % 5000}, "amount": {5 + int(rand() * 1496)}, '
+                    f'"items": {ITEMS_JSON[int(rand() * n_items)]}}}'
                 )
             add_event((task_id, CREATED, created_at, ACTOR, f'{{"parent": {parent_id}}}' if parent_id else "{}"))
             worker = WORKERS[int(rand() * n_workers)]
