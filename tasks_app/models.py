@@ -397,7 +397,7 @@ class Task(models.Model):
         ]
 
     def __str__(self) -> str:
-        return f"Task {self.pk} ({self.type}) at {self.stage_id}"
+        return f"Task {self.pk} ({self.type}) at {self.stage.slug}"  # the admin's breadcrumbs: the slug, not its id
 
     def is_lock_expired(self, now: datetime | None = None) -> bool:
         now = now or timezone.now()
