@@ -5,6 +5,7 @@ from django.urls import include, path
 from django.views.generic import RedirectView
 
 from tasks_app.api.hooks import HookView
+from tasks_app.views.favicon import favicon
 from tasks_app.views.prometheus import metrics
 
 urlpatterns = [
@@ -15,6 +16,7 @@ urlpatterns = [
     path("api/", include("tasks_app.api.urls")),
     path("hooks/<slug:slug>/", HookView.as_view(), name="hook"),
     path("metrics", metrics, name="metrics"),
+    path("favicon.ico", favicon, name="favicon"),
 ]
 
 # API paths no route matches answer JSON, like the API's own 404s (HTML elsewhere).
