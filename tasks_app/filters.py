@@ -151,6 +151,9 @@ class TaskFilter(filters.FilterSet):
     )
     payload = JSONContainsFilter(label="Payload contains")
     id = IntegerInFilter(field_name="id", lookup_expr="in", label="Ids (comma-separated)")
+    # The stage page's "matching tasks" link of an error group (with the stage and statuses, so it reads
+    # the stage's live tasks and the failed ones through their partial indexes, not the whole table).
+    error = filters.CharFilter(field_name="last_error", lookup_expr="icontains", label="Last error contains")
 
     class Meta:
         model = Task
@@ -164,4 +167,5 @@ class TaskFilter(filters.FilterSet):
             "source_stage",
             "payload",
             "id",
+            "error",
         ]

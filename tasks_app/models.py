@@ -451,6 +451,9 @@ class WorkerProcess(models.Model):
     stopped_at = models.DateTimeField(null=True, blank=True)
     tasks_done = models.PositiveIntegerField(default=0)
     tasks_failed = models.PositiveIntegerField(default=0)
+    # Attempts whose handler raised (or overran max_run_time) and went back to pending to retry: a
+    # worker in a retry loop shows here while its done and failed counts stand still.
+    tasks_released = models.PositiveIntegerField(default=0, db_default=0)
     current_tasks = models.JSONField(default=list, blank=True, help_text="Ids of the tasks it holds now.")
     metrics = models.JSONField(
         default=dict,

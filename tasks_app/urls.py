@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from tasks_app.views import actions, overview, pages, work
+from tasks_app.views import actions, overview, pages, stages, work
 
 app_name = "tasks_app"
 
@@ -18,6 +18,10 @@ urlpatterns = [
     path("tasks/<int:task_id>/duplicate/", actions.task_duplicate, name="task-duplicate"),
     path("tasks/<int:task_id>/<str:action>/", actions.task_action, name="task-action"),
     path("workers/", pages.workers, name="workers"),
+    path("stages/<slug:slug>/", stages.stage_detail, name="stage-detail"),
+    path("stages/<slug:slug>/pause/", stages.stage_pause, {"action": "pause"}, name="stage-pause"),
+    path("stages/<slug:slug>/resume/", stages.stage_pause, {"action": "resume"}, name="stage-resume"),
+    path("stages/<slug:slug>/run/", stages.stage_run_now, name="stage-run"),
     path("work/", work.my_work, name="my-work"),
     path("work/<int:task_id>/", work.work_task, name="work-task"),
     path("work/<int:task_id>/open/", work.work_open, name="work-open"),

@@ -10,16 +10,17 @@ through the completed_at index, cached for THROUGHPUT_TTL seconds.
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, cast
 
 from django.core.cache import cache
 from django.db import connection
-from django.db.models import Count, Min, QuerySet
+from django.db.models import Count, Min, Q, QuerySet
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
-from tasks_app.models import Task
+from tasks_app.models import CounterCursor, StageCounter, Task
+from tasks_app.services.counters import CURSOR_PK, EXPIRED_FAILED
 
 FINISHED_TTL = 60
 THROUGHPUT_TTL = 15
@@ -95,14 +96,49 @@ def live_tasks() -> QuerySet[Task]:
 
 
 def live_counts() -> dict[int, dict[str, Any]]:
-    """Per stage: pending and locked counts (exact), and the oldest pending task's created_at."""
+    """Per stage: pending and locked counts (exact), the oldest pending task's created_at, and "retrying":
+    the pending tasks that were claimed before (waiting to retry after an error or an expired lock)."""
     out: dict[int, dict[str, Any]] = defaultdict(dict)
-    rows = live_tasks().values_list("stage_id", "status").annotate(n=Count("id"), oldest=Min("created_at"))
-    for stage_id, status, n, oldest in rows:
+    rows = (
+        live_tasks()
+        .values_list("stage_id", "status")
+        .annotate(n=Count("id"), oldest=Min("created_at"), retrying=Count("id", filter=Q(attempts__gt=0)))
+    )
+    for stage_id, status, n, oldest, retrying in rows:
         out[stage_id][status] = n
         if status == Task.Status.PENDING:
             out[stage_id]["oldest_pending"] = oldest
+            out[stage_id]["retrying"] = retrying
     return dict(out)
+
+
+# What the overview and the stage page show of the per-stage counters (services.counters: folded from
+# the history, so they outlive pruning): name -> the event kinds it adds up (as /metrics does).
+ATTEMPT_COUNTERS: dict[str, tuple[str, ...]] = {
+    "released": ("released", "force_released"),  # attempts handed back to pending (errors mostly)
+    "lock_expired": ("lock_expired",),  # attempts whose worker went silent
+    "failed": ("failed", EXPIRED_FAILED),  # tasks that failed for good
+    "retried": ("retried",),  # failed or completed tasks a person sent back
+    "completed": ("completed", "marked_completed"),
+}
+
+
+def attempt_counters(stage_ids: list[int] | None = None) -> dict[int, dict[str, int]]:
+    """Per stage: released, lock_expired, failed, retried and completed counts since the stage began
+    (one read of the small counter table, as of the last fold: counters_as_of)."""
+    kinds = {kind: name for name, group in ATTEMPT_COUNTERS.items() for kind in group}
+    qs = StageCounter.objects.filter(kind__in=kinds)
+    if stage_ids is not None:
+        qs = qs.filter(stage_id__in=stage_ids)
+    out: dict[int, dict[str, int]] = defaultdict(lambda: dict.fromkeys(ATTEMPT_COUNTERS, 0))
+    for stage_id, kind, value in qs.values_list("stage_id", "kind", "value"):
+        out[stage_id][kinds[kind]] += value
+    return dict(out)
+
+
+def counters_as_of() -> datetime | None:
+    """When the per-stage counters were last brought up to date (the last fold), None if never."""
+    return CounterCursor.objects.filter(pk=CURSOR_PK).values_list("updated_at", flat=True).first()
 
 
 def live_totals() -> dict[str, int]:

@@ -41,13 +41,14 @@ def filtered_tasks(params: QueryDict) -> tuple[TaskFilter, QuerySet[Task], dict[
         return task_filter, Task.objects.none(), errors
     qs = task_filter.qs
     if q:
-        # Free text over type and payload (a scan: narrow with other filters first on big tables).
+        # Free text over type, last error and payload (a scan: narrow with other filters first on big
+        # tables). The last error is a plain text column next to the payload's cast, so it adds little.
         # Stored JSON text escapes quotes (and, on SQLite, non-ASCII letters): match those forms too.
         forms = {q, json.dumps(q)[1:-1], json.dumps(q, ensure_ascii=False)[1:-1]}
-        text_match = Q()
+        text_match = Q(type__icontains=q) | Q(last_error__icontains=q)
         for form in forms:
             text_match |= Q(payload_text__icontains=form)
-        qs = qs.annotate(payload_text=Cast("payload", TextField())).filter(Q(type__icontains=q) | text_match)
+        qs = qs.annotate(payload_text=Cast("payload", TextField())).filter(text_match)
     return task_filter, qs, errors
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from django.core.cache import cache
 from django.db import connection, transaction
 from django.db.models import Count, F, IntegerField, Max, Min, Q, Subquery, Value
 from django.db.models.functions import Coalesce
@@ -168,3 +169,10 @@ def claim_counts(*, max_rows: int = FOLD_MAX_ROWS) -> dict[int, int]:
     for stage_id, n in folded.union(unfolded, live, all=True):
         out[stage_id] = out.get(stage_id, 0) + n
     return out
+
+
+def counters_fold_now_and_then(*, every: float, max_rows: int, now: datetime | None = None) -> None:
+    """A bounded fold at most once per `every` seconds (per cache): for pages that show the counters,
+    so they move without a /metrics scraper, and no page view folds a long history in one go."""
+    if cache.add("tasks_app:counters:page-fold", True, every):
+        counters_fold(now=now, max_rows=max_rows)

@@ -10,11 +10,18 @@ elsewhere that it sent keep existing, without a source stage.
 
 from __future__ import annotations
 
+import logging
+
+from django.contrib.admin.models import CHANGE, LogEntry
 from django.db import IntegrityError, transaction
 from django.db.models import ProtectedError
+from django.utils import timezone
 
 from tasks_app.models import Stage, Task
 from tasks_app.services.errors import TaskStateError
+from tasks_app.services.notify import notify_stages
+
+logger = logging.getLogger("tasks_app")
 
 LIVE = [Task.Status.PENDING, Task.Status.LOCKED]
 FINISHED = [Task.Status.COMPLETED, Task.Status.FAILED]
@@ -47,3 +54,31 @@ def stage_delete(*, stage: Stage) -> int:
     except (ProtectedError, IntegrityError) as exc:  # a task arrived after step 1
         raise TaskStateError(_refusal(stage)) from exc
     return per_model.get(Task._meta.label, 0)
+
+
+def stage_set_paused(*, stage: Stage, paused: bool, user_id: int | None, actor: str) -> bool:
+    """Pause or resume a stage (the stage page's buttons); False, writing nothing, if it already was.
+
+    Stages have no history of their own: the change goes to the admin's log of the
+    stage (its "History" page, LogEntry, as an edit there would) and the tasks_app log.
+    """
+    verb = "Paused" if paused else "Resumed"
+    with transaction.atomic():  # the change and its log entry, or neither
+        updated = Stage.objects.filter(pk=stage.pk, is_paused=not paused).update(
+            is_paused=paused, updated_at=timezone.now()
+        )
+        if not updated:
+            return False
+        stage.is_paused = paused
+        if user_id is not None:
+            LogEntry.objects.log_actions(
+                user_id=user_id,
+                queryset=[stage],
+                action_flag=CHANGE,
+                change_message=f"{verb} from the stage page.",
+                single_object=True,
+            )
+    logger.info("stage %s: %s by %s", stage.slug, verb.lower(), actor)
+    if not paused:
+        notify_stages([stage.pk])  # listening workers claim its waiting tasks now, not at their next poll
+    return True

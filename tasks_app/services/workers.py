@@ -40,6 +40,7 @@ def worker_register(
             "stopped_at": None,
             "tasks_done": 0,
             "tasks_failed": 0,
+            "tasks_released": 0,
             "current_tasks": [],
             "metrics": histograms.snapshot(worker_id),
         },
@@ -55,18 +56,36 @@ def _with_metrics(worker_id: str, fields: dict[str, Any]) -> dict[str, Any]:
 
 
 def worker_heartbeat(
-    *, worker_id: str, done: int, failed: int, current: Sequence[int], now: datetime | None = None
+    *,
+    worker_id: str,
+    done: int,
+    failed: int,
+    current: Sequence[int],
+    released: int = 0,
+    now: datetime | None = None,
 ) -> None:
     """Report a live worker's counters, held tasks and histograms."""
-    fields = {"last_heartbeat": now or timezone.now(), "tasks_done": done, "tasks_failed": failed}
+    fields = {
+        "last_heartbeat": now or timezone.now(),
+        "tasks_done": done,
+        "tasks_failed": failed,
+        "tasks_released": released,
+    }
     WorkerProcess.objects.filter(worker_id=worker_id).update(
         **_with_metrics(worker_id, {**fields, "current_tasks": list(current)})
     )
 
 
-def worker_stopped(*, worker_id: str, done: int, failed: int, now: datetime | None = None) -> None:
+def worker_stopped(*, worker_id: str, done: int, failed: int, released: int = 0, now: datetime | None = None) -> None:
     """Record a clean exit, with the final histograms, and stop recording them."""
     now = now or timezone.now()
-    fields = {"last_heartbeat": now, "stopped_at": now, "tasks_done": done, "tasks_failed": failed, "current_tasks": []}
+    fields = {
+        "last_heartbeat": now,
+        "stopped_at": now,
+        "tasks_done": done,
+        "tasks_failed": failed,
+        "tasks_released": released,
+        "current_tasks": [],
+    }
     WorkerProcess.objects.filter(worker_id=worker_id).update(**_with_metrics(worker_id, fields))
     histograms.worker_closed(worker_id)

@@ -48,8 +48,12 @@ def age(value: datetime | None) -> str:
 
 def status_text(task: Task, now: datetime) -> str:
     if task.status == Task.Status.PENDING:
+        if task.attempts:  # claimed before and given back (an error, an expired lock): say it is a retry
+            # The attempt it waits to make; "due" once its backoff has passed (the list and the task page agree).
+            wait = f"next in {human_delta(task.available_at - now)}" if task.available_at > now else "due"
+            return f"Retrying · attempt {task.attempts + 1} · {wait}"
         if task.available_at and task.available_at > now:
-            return f"Retry in {human_delta(task.available_at - now)}"
+            return f"Due in {human_delta(task.available_at - now)}"
         return f"Pending for {human_delta(now - task.updated_at)}"
     if task.status == Task.Status.LOCKED:
         if task.locked_until and task.locked_until < now:
@@ -136,3 +140,18 @@ def query_with(context: dict[str, Any], **changes: Any) -> str:
         if value not in (None, ""):
             params[key] = value
     return "?" + params.urlencode() if params else "?"
+
+
+@register.filter
+def first_line(value: Any) -> str:
+    """The first non-blank line of a text (an error's message, without its details)."""
+    for line in str(value or "").splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+@register.filter
+def shows_error(task: Task) -> bool:
+    """Whether a list row shows the task's last error: failed, or given back after an error and not done since."""
+    return bool(task.last_error) and task.status != Task.Status.COMPLETED

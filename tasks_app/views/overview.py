@@ -15,10 +15,22 @@ from django.shortcuts import render
 from django.utils import timezone
 
 from tasks_app.models import Stage, Task, Transition
-from tasks_app.selectors.overview import FINISHED_TTL, finished_counts, live_counts, throughput
+from tasks_app.selectors.overview import (
+    FINISHED_TTL,
+    attempt_counters,
+    counters_as_of,
+    finished_counts,
+    live_counts,
+    throughput,
+)
 from tasks_app.selectors.workers import live_workers
+from tasks_app.services.counters import counters_fold_now_and_then
 
-BOX_W, BOX_H, COL_W, ROW_H, PAD = 250, 112, 330, 140, 20
+BOX_W, BOX_H, COL_W, ROW_H, PAD = 250, 128, 330, 156, 20
+# The per-stage counters move on a page view at most this often, by at most this many history events
+# (a /metrics scrape folds the rest): the released/expired figures stay current without a scraper.
+FOLD_EVERY = 15
+FOLD_ROWS = 20_000
 
 
 def layout(stages: list[Stage], transitions: list[Transition]) -> dict[int, tuple[int, int]]:
@@ -60,8 +72,10 @@ def overview(request: HttpRequest) -> HttpResponse:
     stages = list(Stage.objects.order_by("id"))
     transitions = list(Transition.objects.order_by("id"))
     pos = layout(stages, transitions) if stages else {}
+    counters_fold_now_and_then(every=FOLD_EVERY, max_rows=FOLD_ROWS)
     live = live_counts()
     finished, estimated = finished_counts()
+    attempts = attempt_counters()
     per_hour, per_minute = throughput()
     now = timezone.now()
     boxes: list[dict[str, Any]] = []
@@ -78,6 +92,8 @@ def overview(request: HttpRequest) -> HttpResponse:
                 "oldest_age": (now - oldest) if oldest else None,
                 "per_hour": per_hour.get(s.pk, 0),
                 "spark": sparkline(per_minute.get(s.pk, [0] * 60)),
+                "retrying": counts.get("retrying", 0),
+                "attempts": attempts.get(s.pk, {}),
             }
         )
     arrows = []
@@ -104,6 +120,7 @@ def overview(request: HttpRequest) -> HttpResponse:
         "box_h": BOX_H,
         "workers": list(workers[:50]),
         "finished_ttl": FINISHED_TTL,
+        "counters_as_of": counters_as_of(),
         "estimated": estimated,
     }
     return render(request, "tasks_app/overview.html", ctx)

@@ -485,6 +485,7 @@ class Worker:
             worker_id=self.worker_id,
             done=self.stats.done,
             failed=self.stats.failed,
+            released=self.stats.released,
             current=sorted(self.held),
         )
 
@@ -626,7 +627,8 @@ class Worker:
         try:
             if self.done:
                 self.record()
-            services.worker_stopped(worker_id=self.worker_id, done=self.stats.done, failed=self.stats.failed)
+            s = self.stats
+            services.worker_stopped(worker_id=self.worker_id, done=s.done, failed=s.failed, released=s.released)
         except DatabaseError:
             logger.exception("could not record the worker's exit")
         if self._pool is not None:
