@@ -154,6 +154,8 @@ class TaskFilter(filters.FilterSet):
     # The stage page's "matching tasks" link of an error group (with the stage and statuses, so it reads
     # the stage's live tasks and the failed ones through their partial indexes, not the whole table).
     error = filters.CharFilter(field_name="last_error", lookup_expr="icontains", label="Last error contains")
+    # With status=pending: the tasks waiting to retry (the overview's and stage page's "retrying" links).
+    attempts_min = IntegerFilter(field_name="attempts", lookup_expr="gte", label="Attempts at least")
 
     class Meta:
         model = Task
@@ -168,4 +170,5 @@ class TaskFilter(filters.FilterSet):
             "payload",
             "id",
             "error",
+            "attempts_min",
         ]

@@ -280,3 +280,20 @@ def test_the_heartbeat_carries_the_released_count_to_the_overview(
 
     assert "w-live on " in html
     assert re.search(r"w-live on [^:]+: 40 done, 26 released after an error, 1 failed, holding 0", html)
+
+
+def test_the_retrying_links_list_exactly_the_tasks_waiting_to_retry(
+    admin_client: Client, world: dict[str, Stage]
+) -> None:
+    retrying = released(world["review"], retry_in=60)
+    task_create(stage=world["review"], type="order", payload={})  # pending, never attempted
+
+    overview = page(admin_client.get("/overview/"))
+    link = "/tasks/?stage=review&status=pending&attempts_min=1"
+    assert link in overview.hrefs()
+    assert link in page(admin_client.get("/stages/review/")).hrefs()
+
+    assert listed(admin_client, {"stage": "review", "status": "pending", "attempts_min": "1"}).order == [retrying.pk]
+    field = next(i for i in listed(admin_client, {"attempts_min": "1"}).inputs if i.get("name") == "attempts_min")
+    assert field["value"] == "1"
+    assert admin_client.get(LIST_URL, {"attempts_min": "lots"}).status_code == 400  # said, not ignored

@@ -91,6 +91,7 @@ def stage_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "counts": counts,
         "estimated": estimated,
         "live": live,
+        "retrying_url": _tasks_url(stage, status="pending", attempts_min=1),
         "oldest_age": timezone.now() - live["oldest_pending"] if live["oldest_pending"] else None,
         "counters": attempt_counters([stage.pk]).get(stage.pk),
         "counters_as_of": counters_as_of(),
