@@ -1,4 +1,5 @@
-"""What deleting a stage does: one policy, called by the API (DELETE /api/stages/<slug>/) and the admin.
+"""What deleting a stage does: one policy, called by the API (DELETE /api/stages/<slug>/) and the admin;
+and pausing or resuming one from its page (stage_set_paused).
 
 A stage with pending or locked tasks is not deleted: those tasks would be
 lost half-way (a worker holding one would complete a task that no longer
