@@ -463,6 +463,7 @@ class WorkerProcess(models.Model):
 
     class Meta:
         ordering = ["-started_at"]
+        verbose_name_plural = "worker processes"  # not Django's "worker processs"
         indexes = [models.Index(fields=["last_heartbeat"], name="workerprocess_heartbeat_idx")]
 
     def __str__(self) -> str:

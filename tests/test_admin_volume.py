@@ -14,7 +14,7 @@ from django.db import connection
 from django.test import Client
 from django.test.utils import CaptureQueriesContext
 
-from tasks_app.models import Stage, Task
+from tasks_app.models import Stage, Task, WorkerProcess
 from tasks_app.paginators import EstimatedCountPaginator
 from tasks_app.services import task_create, tasks_create_bulk
 from tests.support.pages import TASK_URL, page
@@ -94,6 +94,14 @@ def test_the_type_filter_lists_the_routed_types_and_filters(admin_client: Client
     assert "?type=approved" in listed.hrefs() and "?type=declined" in listed.hrefs()
     rows = page(admin_client.get(TASK_URL + "?type=declined")).text
     assert "declined" in rows and "approved" not in rows.split("By type")[0]
+
+
+def test_the_admin_says_worker_processes(admin_client: Client) -> None:
+    WorkerProcess.objects.create(worker_id="w-1", host="h", pid=1)
+    for url in ["/admin/", "/admin/tasks_app/workerprocess/"]:
+        text = page(admin_client.get(url)).text
+        assert "Worker processes" in text or "worker processes" in text, url
+        assert "processs" not in text, url
 
 
 def test_breadcrumbs_name_the_task_s_stage_by_slug(admin_client: Client, world: dict[str, Stage]) -> None:
