@@ -257,6 +257,10 @@ def test_pause_and_resume_change_the_stage_and_are_recorded_in_its_admin_history
 
     assert shown_messages(response) == [("success", "Stage review is running now.")]
     assert Stage.objects.get(slug="review").is_paused is False
+    history = f"/admin/tasks_app/stage/{world['review'].pk}/history/"
+    assert history in page(response).hrefs()
+    lead_history = logged_in(make_user("boss", superuser=True)).get(history).content.decode()
+    assert "Paused from the stage page." in lead_history and "Resumed from the stage page." in lead_history
     log = LogEntry.objects.filter(object_id=str(world["review"].pk), action_flag=CHANGE).order_by("id")
     assert [(e.user.username, e.change_message) for e in log] == [
         ("lead", "Paused from the stage page."),
