@@ -41,6 +41,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from multiprocessing.synchronize import Barrier, Event
 from pathlib import Path
 from typing import Any
@@ -108,6 +109,10 @@ FROM generate_series(1, %(n)s) AS i
 """
 
 
+class PROFILE:  # noqa: N801 - a switch the run functions read: reset pg_stat_statements as the clock starts
+    on = False
+
+
 def with_db(url: str, name: str) -> str:
     parts = urlparse(url)
     return urlunparse(parts._replace(path=f"/{name}"))
@@ -155,6 +160,8 @@ def run_raw(url: str, *, stage: int, n: int, history: int, workers: int, batch: 
     ]
     for p in procs:
         p.start()
+    if PROFILE.on:
+        profile_reset(url)
     ready.wait()
     start = time.perf_counter()
     total = sum(counts.get() for _ in procs)
@@ -251,6 +258,8 @@ def run_pgqueuer(url: str, *, driver: str, n: int, history: int, workers: int, b
     for ready in readies:
         assert ready.wait(60), "PgQueuer workers did not start"
     time.sleep(0.5)  # past the schema check, listening and idle
+    if PROFILE.on:
+        profile_reset(url)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute(PGQ_ENQUEUE, {"n": n})
         start = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # type: ignore[index]
@@ -325,6 +334,8 @@ def run_engine(
         assert time.monotonic() < deadline, "workers did not start"
         time.sleep(0.05)
     time.sleep(0.3)
+    if PROFILE.on:
+        profile_reset(url)
     with connection.cursor() as cur:
         cur.execute(INSERT_TASKS.format(table="tasks_app_task"), {"stage": first, "n": n})
         cur.execute("SELECT clock_timestamp()")  # the tasks are committed (autocommit): the clock starts
@@ -373,6 +384,65 @@ def server_conditions(url: str) -> str:
     return f"PostgreSQL {version} ({', '.join(settings)})"
 
 
+# -- where the server's time goes (--profile) -------------------------------------
+# Statements of the benchmark itself (loading jobs, polling for the end), not of the systems measured.
+HARNESS = (
+    "generate_series",
+    "SELECT EXISTS (SELECT $1 FROM",
+    "SELECT EXISTS (SELECT 1 FROM",
+    "clock_timestamp",
+    "max(created",
+    "max(completed_at)",
+    "count(*) FILTER",
+    "pg_stat_statements",
+    'FROM ONLY "public"."tasks_app_stage"',  # the foreign-key check of each job the load inserts
+)
+
+
+@dataclass
+class ServerTime:
+    """pg_stat_statements over one run: executor time per job, and the statements that took most of it."""
+
+    ms_per_task: float
+    top: list[tuple[float, int, float, str]]  # (share of the time, calls, mean ms, query's first words)
+
+
+def profile_reset(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        conn.execute("SELECT pg_stat_statements_reset()")
+
+
+def profile_read(url: str, n: int) -> ServerTime:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT calls, total_exec_time, query FROM pg_stat_statements"
+            " WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database())"
+        ).fetchall()
+    rows = [r for r in rows if not any(h in r[2] for h in HARNESS)]
+    total = sum(r[1] for r in rows) or 1e-9
+    top = sorted(rows, key=lambda r: -r[1])[:3]
+    return ServerTime(
+        ms_per_task=total / n,
+        top=[(t / total, calls, t / max(calls, 1), " ".join(q.split())[:60]) for calls, t, q in top],
+    )
+
+
+def print_profiles(profiles: dict[tuple[int, int, str], tuple[float, ServerTime]]) -> None:
+    print("\nWhere the server's time goes (pg_stat_statements, executor time only: commits' WAL flushes,")
+    print("network and the client are the rest of a worker's time per task):\n")
+    print(
+        "| workers | batch | system | worker ms per task | server exec ms per task | top statements (share, mean ms) |"
+    )
+    print("|---:|---:|---|---:|---:|---|")
+    for (batch, workers, system), (rate, st) in sorted(profiles.items()):
+        top = "; ".join(f"{share:.0%} {mean:.2f} ms `{q}`" for share, _, mean, q in st.top)
+        print(f"| {workers} | {batch} | {system} | {1000 * workers / rate:.3f} | {st.ms_per_task:.3f} | {top} |")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=20_000)
@@ -386,6 +456,11 @@ def main() -> int:
         help="PgQueuer's driver (default asyncpg, its fastest: over psycopg its LISTEN watcher holds the connection)",
     )
     parser.add_argument("--no-pipeline", action="store_true", help="skip the two-stage pipeline runs")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="report pg_stat_statements per run (server started with `scripts/with_postgres.py --profile`)",
+    )
     args = parser.parse_args()
     url = os.environ.get("DATABASE_URL", "")
     if not url.startswith(("postgres://", "postgresql://")):
@@ -431,6 +506,11 @@ def main() -> int:
         cur.execute("CREATE TABLE bench_raw (LIKE tasks_app_task INCLUDING ALL)")
     connection.close()
     install_pgqueuer(bench_url)
+    if args.profile:
+        import psycopg
+
+        with psycopg.connect(bench_url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
 
     host = urlparse(bench_url)
     print(
@@ -445,12 +525,18 @@ def main() -> int:
     )
     print("|---:|---:|---:|---:|---:|---:|---:|---:|")
     rates: dict[tuple[int, int, str], float] = {}
+    profiles: dict[tuple[int, int, str], tuple[float, ServerTime]] = {}
     for batch in batches:
         for workers in workers_list:
+            PROFILE.on = args.profile
             raw = run_raw(bench_url, stage=noop.pk, n=n, history=history, workers=workers, batch=batch)
+            if args.profile:
+                profiles[(batch, workers, "raw")] = (raw, profile_read(bench_url, n))
             pgq = run_pgqueuer(
                 bench_url, driver=args.pgqueuer_driver, n=n, history=history, workers=workers, batch=batch
             )
+            if args.profile:
+                profiles[(batch, workers, "PgQueuer")] = (pgq, profile_read(bench_url, n))
             ours, peak = run_engine(
                 bench_url,
                 first=noop.pk,
@@ -461,6 +547,9 @@ def main() -> int:
                 workers=workers,
                 batch=batch,
             )
+            if args.profile:
+                profiles[(batch, workers, "ours")] = (ours, profile_read(bench_url, n))
+            PROFILE.on = False
             rates.update(
                 {(batch, workers, "ours"): ours, (batch, workers, "PgQueuer"): pgq, (batch, workers, "raw"): raw}
             )
@@ -497,6 +586,8 @@ def main() -> int:
             )
             print(f"| {workers} | 100 | {rate:,.0f} | {peak} MiB |", flush=True)
 
+    if profiles:
+        print_profiles(profiles)
     print()
     for batch, workers, peer, target in TARGETS:
         if (batch, workers, peer) in rates:

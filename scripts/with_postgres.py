@@ -3,6 +3,7 @@
 
     python scripts/with_postgres.py -- pytest -q
     python scripts/with_postgres.py --durable -- python bench/http_throughput.py
+    python scripts/with_postgres.py --durable --profile -- python bench/throughput.py --profile
 
 Finds the server binaries (initdb, pg_ctl) on PATH or under
 /usr/lib/postgresql/*/bin, initialises a cluster in a temporary folder,
@@ -10,7 +11,10 @@ starts it on a free port of 127.0.0.1, runs the command with DATABASE_URL
 pointing at it, then stops the server and removes the folder. The exit
 status is the command's. The server trades durability for speed (fsync,
 synchronous_commit and full_page_writes off) unless --durable asks for
-production's defaults, as benchmarks should. As root (CI), the server runs
+production's defaults, as benchmarks should. --profile loads
+pg_stat_statements and auto_explain (statements over 50 ms logged with their
+plans to server.log beside the data folder, $TEST_PG_DATA/../server.log),
+for benchmarks that report where the server's time goes. As root (CI), the server runs
 as the `postgres` user (or `nobody`), since PostgreSQL refuses to run as root.
 """
 
@@ -56,9 +60,10 @@ def server_user() -> str | None:
 
 
 def main(argv: list[str]) -> int:
-    durable = False
+    durable = profile = False
     if "--" in argv:
         durable = "--durable" in argv[: argv.index("--")]
+        profile = "--profile" in argv[: argv.index("--")]
         argv = argv[argv.index("--") + 1 :]
     if not argv:
         print(__doc__)
@@ -97,12 +102,14 @@ def main(argv: list[str]) -> int:
             stdout=subprocess.DEVNULL,
             user=user,  # None: the current user (subprocess's default)
         )
-        options = (
-            f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={tmp} "
-            "-c max_connections=200"
-        )
+        options = f"-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={tmp} -c max_connections=200"
         if not durable:
             options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        if profile:
+            options += (
+                " -c shared_preload_libraries=pg_stat_statements,auto_explain -c pg_stat_statements.track=all"
+                " -c auto_explain.log_min_duration=50 -c auto_explain.log_nested_statements=on"
+            )
         subprocess.run(
             [f"{bindir}/pg_ctl", "-D", data, "-l", log, "-o", options, "-w", "-t", "60", "start"],
             check=True,
