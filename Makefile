@@ -60,8 +60,10 @@ bench-pages: $(DEV_STAMP)
 bench-scaling: $(DEV_STAMP)
 	$(PY) scripts/with_postgres.py -- $(PY) bench/claim_scaling.py --pages
 
+# Every page at desktop (1440x900), phone (390x844) and dark, on the demo with seeded tasks, into
+# docs/screenshots/ (linked from README "Monitoring pages"); the same test runs, without saving, in make test.
 screenshots: $(DEV_STAMP)
-	SAVE_SCREENSHOTS=1 env -u DATABASE_URL DB_CONN_MAX_AGE=0 $(PY) -m pytest -q tests/test_browser.py
+	SAVE_SCREENSHOTS=1 env -u DATABASE_URL DB_CONN_MAX_AGE=0 $(PY) -m pytest -q tests/test_browser.py -k screenshots
 
 # Ours vs PgQueuer vs a raw SQL loop, 20k no-op tasks on 80k finished ones (README "Performance"; ~15 min).
 # --durable: fsync and synchronous_commit on, as in production (the test suite keeps the fast settings).

@@ -17,6 +17,7 @@ from django.test.utils import CaptureQueriesContext
 from tasks_app.models import Stage, Task, WorkerProcess
 from tasks_app.paginators import EstimatedCountPaginator
 from tasks_app.services import task_create, tasks_create_bulk
+from tests.support.chromium import DESKTOP, PHONE, chromium_page, needs_chromium
 from tests.support.pages import TASK_URL, page
 from tests.support.users import logged_in, make_user
 
@@ -85,6 +86,35 @@ def test_the_payload_column_is_a_one_line_preview(admin_client: Client, world: d
     css = Path(str(finders.find("tasks_app/admin.css"))).read_text()
     rule = re.search(r"code\.payload-preview \{([^}]*)\}", css)
     assert rule and "white-space: nowrap" in rule.group(1) and "text-overflow: ellipsis" in rule.group(1)
+
+
+@needs_chromium
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_changelist_rows_stay_one_line_and_the_payload_column_shows(
+    live_server: Any, world: dict[str, Stage], viewport: Any
+) -> None:
+    user = make_user("boss", superuser=True)
+    for i in range(5):
+        payload = {"order_id": i, "customer": "ada@example.com", "items": [{"sku": "lamp", "qty": 1}] * 20}
+        task_create(stage=world["intake"], type="order", payload=payload)
+    with chromium_page(live_server.url, viewport=viewport, user=user) as page:
+        page.goto(page.base + TASK_URL)
+        cells = page.locator("#result_list td.field-payload_preview")
+        assert cells.count() == 5
+        code_line = page.eval_on_selector("code.payload-preview", "el => parseFloat(getComputedStyle(el).lineHeight)")
+        for i in range(5):
+            box = page.locator("code.payload-preview").nth(i).bounding_box()
+            assert box is not None and box["width"] > 0
+            assert box["height"] <= code_line * 1.5  # one line, however long the payload
+            row = page.locator("#result_list tbody tr").nth(i).bounding_box()
+            assert row is not None and row["height"] < 60
+        if viewport == DESKTOP:
+            # The column is on screen, not behind a horizontal scroll of the results box.
+            box = cells.first.bounding_box()
+            assert box is not None and box["x"] + box["width"] <= viewport["width"]
+            assert box["width"] >= 150
+            assert page.eval_on_selector(".results", "el => el.scrollWidth <= el.clientWidth")
 
 
 def test_the_type_filter_lists_the_routed_types_and_filters(admin_client: Client, world: dict[str, Stage]) -> None:

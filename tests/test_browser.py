@@ -8,18 +8,25 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from io import StringIO
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.contrib.auth import get_user_model
+from django.core.management import call_command
 from django.db import connection
+from django.urls import NoReverseMatch, reverse
 
-from tasks_app.models import Stage, Task
+from tasks_app.demo import load_demo
+from tasks_app.models import Stage, Task, WorkerProcess
 from tasks_app.services import task_claim, task_complete, task_create
+from tasks_app.services.form_stages import form_task_open
+from tests.support.chromium import DESKTOP, PHONE, chromium_page
+from tests.support.users import make_user
 
 CHROMIUM = "/usr/bin/chromium"
-# `make screenshots` sets this to refresh the README's screenshots from this test.
+# `make screenshots` sets this to refresh the README's screenshots (test_screenshots_of_every_page).
 SAVE_SCREENSHOTS = bool(os.environ.get("SAVE_SCREENSHOTS"))
 SCREENSHOTS = Path(__file__).resolve().parent.parent / "docs" / "screenshots"
 
@@ -61,11 +68,6 @@ def page(live_server: Any) -> Iterator[Any]:
             )
 
 
-def shot(page: Any, name: str) -> None:
-    if SAVE_SCREENSHOTS:
-        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)
-
-
 def test_operator_works_the_task_pages_in_a_browser(page: Any, world: dict[str, Stage]) -> None:
     user = get_user_model().objects.create_superuser("boss", password="pw-12345")
     assert user.pk
@@ -83,7 +85,6 @@ def test_operator_works_the_task_pages_in_a_browser(page: Any, world: dict[str, 
     page.click("button[type=submit]")
     page.wait_for_url("**/overview/")
     assert page.locator("g.stage[data-stage=review]").count() == 1
-    shot(page, "overview")
 
     # Filter the list by stage and status (through the URL the filter form builds).
     page.goto(page.base + "/tasks/")
@@ -97,13 +98,11 @@ def test_operator_works_the_task_pages_in_a_browser(page: Any, world: dict[str, 
     # Expand the payload in place: shown as text, never run as HTML.
     rows.first.locator("details summary").click()
     assert "<script>x</script>" in rows.first.locator("pre.json").inner_text()
-    shot(page, "task-list")
 
     # Open the task and retry it.
     rows.first.locator(f"a[href='/tasks/{done.pk}/']").click()
     page.wait_for_url(f"**/tasks/{done.pk}/")
     assert page.locator(".timeline li").count() >= 2
-    shot(page, "task-detail")
     page.click("button:has-text('Retry')")
     page.wait_for_selector(".messages .msg-success")
     assert Task.objects.get(pk=done.pk).status == Task.Status.PENDING
@@ -125,7 +124,6 @@ def test_operator_works_the_task_pages_in_a_browser(page: Any, world: dict[str, 
     new = task_create(stage=world["notify"], type="declined", payload={"late": True})
     page.wait_for_selector(f"#task-{new.pk}", timeout=15_000)
     page.goto(page.base + "/workers/")
-    shot(page, "workers")
 
 
 # -- form stages ("My work") ---------------------------------------------------------------
@@ -190,9 +188,7 @@ def test_reviewer_approves_a_task_from_my_work_in_a_browser(page: Any, form_flow
 
     log_in(page, "rita", "pw-12345")
     assert page.locator("#waiting a", has_text=str(task.pk)).count() == 1
-    shot(page, "my-work")
     open_from_my_work(page, task)
-    shot(page, "form-task")
     page.fill("input[name='f-approved-note']", "pay it")
     page.click("form[data-type=approved] button:has-text('Approve')")
     page.wait_for_url(on_my_work)
@@ -264,3 +260,66 @@ def test_no_page_breaks_the_content_security_policy(page: Any, world: dict[str, 
     page.goto(page.base + "/api/docs/")
     page.wait_for_selector(".swagger-ui .info", timeout=20_000)
     assert violations == []
+
+
+# -- screenshots of every page (`make screenshots`) -----------------------------------------------
+
+VARIANTS = {"": (DESKTOP, "light"), "-phone": (PHONE, "light"), "-dark": (DESKTOP, "dark")}
+
+
+def screenshot_pages(stages: dict[str, Stage], user: Any) -> list[tuple[str, str]]:
+    """(name, path) of every page, on the demo workflow with seeded history."""
+    detail = Task.objects.filter(stage=stages["invoice"], status=Task.Status.COMPLETED, parent__isnull=False).first()
+    failed = Task.objects.filter(status=Task.Status.FAILED).first()
+    waiting = Task.objects.filter(stage=stages["review"], status=Task.Status.PENDING).order_by("id")
+    form_task = form_task_open(task=waiting[0], user=user)
+    assert detail and failed
+    pages = [
+        ("overview", "/overview/"),
+        ("task-list", "/tasks/"),
+        ("task-list-failed", "/tasks/?status=failed"),
+        ("task-detail", f"/tasks/{detail.pk}/"),
+        ("task-detail-failed", f"/tasks/{failed.pk}/"),
+        ("my-work", "/work/"),
+        ("form-task", f"/work/{form_task.pk}/"),
+        ("workers", "/workers/"),
+        ("admin-tasks", "/admin/tasks_app/task/"),
+    ]
+    try:  # the stage page, where this tree has it
+        pages.insert(3, ("stage", reverse("tasks_app:stage-detail", args=["check-stock"])))
+    except NoReverseMatch:
+        pass
+    return pages
+
+
+def test_screenshots_of_every_page(live_server: Any) -> None:
+    """Every page at desktop (1440x900), phone (390x844) and dark, on the demo with 400 seeded tasks: each
+    answers 200 and dark is dark. With SAVE_SCREENSHOTS (`make screenshots`) it writes docs/screenshots/."""
+    stages = load_demo()
+    call_command("seed_tasks", "--count", "400", stdout=StringIO())
+    WorkerProcess.objects.create(worker_id="vm:4242:demo", host="vm", pid=4242, stages=[], concurrency=4,
+                                 tasks_done=1250, tasks_failed=3)  # fmt: skip
+    user = make_user("admin", superuser=True)
+    pages = screenshot_pages(stages, user)
+    backgrounds: dict[str, set[str]] = {}
+    for suffix, (viewport, scheme) in VARIANTS.items():
+        with chromium_page(live_server.url, viewport=viewport, color_scheme=scheme) as page:
+            page.goto(page.base + "/accounts/login/")
+            save(page, "login" + suffix)
+        with chromium_page(live_server.url, viewport=viewport, color_scheme=scheme, user=user) as page:
+            for name, path in pages:
+                response = page.goto(page.base + path)
+                assert response is not None and response.status == 200, (name, suffix)
+                page.wait_for_load_state("networkidle")
+                if not name.startswith("admin"):
+                    backgrounds.setdefault(scheme, set()).add(
+                        page.evaluate("getComputedStyle(document.body).backgroundColor")
+                    )
+                save(page, name + suffix)
+    assert len(backgrounds["light"]) == 1 and len(backgrounds["dark"]) == 1
+    assert backgrounds["light"] != backgrounds["dark"]
+
+
+def save(page: Any, name: str) -> None:
+    if SAVE_SCREENSHOTS:
+        page.screenshot(path=str(SCREENSHOTS / f"{name}.png"), full_page=True)

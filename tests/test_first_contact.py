@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import socket
 import subprocess
 import sys
@@ -11,12 +12,17 @@ from io import StringIO
 from typing import Any
 
 import pytest
+from django.conf import settings
+from django.contrib.staticfiles import finders
 from django.core.management import call_command
+from django.test import Client
 from jsonschema import Draft202012Validator
 
 from tasks_app.demo import load_demo
 from tasks_app.models import JobRun, Stage, Task, TaskEvent
+from tests.support.chromium import DESKTOP, PHONE, chromium_page, needs_chromium
 from tests.support.processes import ROOT, subprocess_env
+from tests.support.users import make_user
 
 committed = pytest.mark.django_db(transaction=True)
 
@@ -111,3 +117,60 @@ def test_a_bad_run_addr_is_one_line_too() -> None:
     assert done.returncode != 0 and "Open http://" not in done.stdout
     [line] = done.stderr.strip().splitlines()
     assert "RUN_ADDR" in line and "notaport" in line
+
+
+# -- the first page load: a favicon, a skip link ----------------------------------------------
+
+
+def test_favicon_ico_answers_200_without_logging_in(client: Client) -> None:
+    response = client.get("/favicon.ico")
+    assert response.status_code == 200 and response["Content-Type"] == "image/x-icon"
+    assert response.content[:4] == b"\x00\x00\x01\x00"  # an ICO file
+    assert "max-age" in response["Cache-Control"]
+    assert client.head("/favicon.ico").status_code == 200
+    assert client.post("/favicon.ico").status_code == 405
+
+
+def test_pages_link_an_icon_that_exists_and_open_with_a_skip_link(client: Client, db: None) -> None:
+    html = client.get("/accounts/login/").content.decode()
+    [href] = re.findall(r'<link rel="icon" href="([^"]+)"', html)
+    assert href.startswith(settings.STATIC_URL) or href.startswith("/" + settings.STATIC_URL)
+    assert finders.find(href.split(settings.STATIC_URL, 1)[1]) is not None
+    body = html.split("<body>", 1)[1]
+    first_link = re.search(r"<a [^>]*>", body)
+    assert first_link and 'class="skip-link" href="#main"' in first_link.group(0)
+    assert '<main id="main"' in body
+
+
+@needs_chromium
+@pytest.mark.django_db(transaction=True)
+@pytest.mark.parametrize("viewport", [DESKTOP, PHONE], ids=["desktop", "phone"])
+def test_first_load_has_no_404_and_the_skip_link_works(live_server: Any, viewport: Any) -> None:
+    user = make_user("boss", superuser=True)
+    failed: list[str] = []
+    icons: list[int] = []
+    with chromium_page(live_server.url, viewport=viewport) as page:
+        page.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
+        page.on("response", lambda r: icons.append(r.status) if "favicon" in r.url else None)
+        page.goto(page.base + "/accounts/login/")
+        page.wait_for_load_state("networkidle")
+        # The linked icon, fetched as the browser would.
+        href = page.eval_on_selector("link[rel=icon]", "el => el.href")
+        assert page.request.get(href).status == 200
+        assert page.request.get(page.base + "/favicon.ico").status == 200
+    with chromium_page(live_server.url, viewport=viewport, user=user) as page:
+        page.on("response", lambda r: failed.append(r.url) if r.status >= 400 else None)
+        page.goto(page.base + "/tasks/")
+        # Keyboard: the first Tab reaches the skip link (visible once focused); Enter moves to the content.
+        assert page.locator(".skip-link").bounding_box()["x"] < 0  # type: ignore[index]  # hidden until focused
+        page.keyboard.press("Tab")
+        assert page.evaluate("document.activeElement.className") == "skip-link"
+        box = page.locator(".skip-link").bounding_box()
+        assert box is not None and box["x"] >= 0
+        page.keyboard.press("Enter")
+        assert page.evaluate("document.activeElement.id") == "main"
+        for path in ["/overview/", "/admin/"]:
+            page.goto(page.base + path)
+            page.wait_for_load_state("networkidle")
+    assert failed == []
+    assert all(status == 200 for status in icons)
