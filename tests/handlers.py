@@ -99,3 +99,11 @@ def digest(job: Any) -> None:
 
 def job_boom(job: Any) -> None:
     raise RuntimeError(f"job broke with {len(job.tasks)} task(s)")
+
+
+def thread_name_send(task: Any) -> None:
+    """Sleep payload["seconds"] (default 0), then send a "seen" successor naming the thread the handler ran on."""
+    import threading  # here, not at the top: this module's shared, and only this handler needs it
+
+    time.sleep(float(task.payload.get("seconds", 0)))
+    task.send("seen", {"task": task.id, "thread": threading.current_thread().name})

@@ -8,6 +8,7 @@ import PermanentFailure from tasks_app.worker (README).
 from __future__ import annotations
 
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from django.core.exceptions import ValidationError
@@ -61,11 +62,14 @@ class Outcome:
 PERMANENT = (HandlerImportError, NoRouteError, PermanentFailure, ValidationError)
 
 
-def run_handler(handler: Handler, view: HandlerTask) -> Outcome:
+def run_handler(handler: Handler, view: HandlerTask, *, tidy: Callable[[], None] = close_old_connections) -> Outcome:
     """Call a handler; whatever it raises becomes an Outcome (the worker never dies from a task).
 
     SystemExit, KeyboardInterrupt and the like come out of call_handler as
     HandlerAborted: the task is released for a retry with the error recorded.
+    `tidy` looks after this thread's database connection afterwards: a slot
+    thread's by Django's rules (close_old_connections); the coordinator's, when
+    it runs handlers itself, only if the handler broke it (see the worker loop).
     """
     try:
         call_handler(handler, view)
@@ -74,5 +78,5 @@ def run_handler(handler: Handler, view: HandlerTask) -> Outcome:
     finally:
         # A handler that used the database in this thread must not leave a
         # broken or stale connection for the next one.
-        close_old_connections()
+        tidy()
     return Outcome("ok", sent=view.sent)

@@ -7,6 +7,14 @@ abandons handlers that overrun `max_run_time`, and records results, many
 completions per transaction. Delivery is at-least-once: if the process dies
 between a handler and the commit of its completion, the task runs again
 after its lock expires, so handlers must be idempotent.
+
+At concurrency 1 the coordinator runs the handlers of stages without a
+max_run_time itself, a batch in a row (run_inline): handing each batch to a
+slot thread and its outcomes back cost two thread wake-ups per batch, for no
+parallelism. While it is inside such a handler a heartbeat thread (Keeper)
+extends the held locks and keeps the registry heartbeat; `guard` makes the
+two take turns. Stages with a max_run_time still go to the slot, because
+abandoning an overrunning handler needs a thread to abandon.
 """
 
 from __future__ import annotations
@@ -16,7 +24,9 @@ import os
 import random
 import secrets
 import socket
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -32,8 +42,18 @@ from tasks_app.services.pipeline import tasks_complete_and_claim
 from tasks_app.services.retention import PERIODIC_PAUSE, PruneResult, tasks_prune_periodic
 from tasks_app.worker.handlers import Handler, HandlerImportError, HandlerTask, Outcome, resolve_handler
 from tasks_app.worker.listener import Listener
-from tasks_app.worker.pacing import NAP_SLICE, Backoff, Cadence, TextOut, close_connection, nap, say
-from tasks_app.worker.slots import Job, Result, SlotPool
+from tasks_app.worker.pacing import (
+    NAP_SLICE,
+    Backoff,
+    Cadence,
+    Keeper,
+    TextOut,
+    close_broken_connection,
+    close_connection,
+    nap,
+    say,
+)
+from tasks_app.worker.slots import Job, Result, SlotPool, run_job
 
 logger = logging.getLogger("tasks_app.worker")
 
@@ -156,6 +176,7 @@ class Worker:
     listen: bool = True
     progress_interval: float = 10.0
     stdout: TextOut | None = None
+    inline: bool = True  # at concurrency 1, run handlers of stages without max_run_time on the coordinator
 
     stop_requested: bool = field(default=False, init=False)
     stats: Stats = field(default_factory=Stats, init=False)
@@ -169,6 +190,13 @@ class Worker:
         self.held: dict[int, Held] = {}
         self.in_flight: set[int] = set()
         self.done: list[Held] = []
+        self.inline_jobs: deque[Job] = deque()  # in flight, for the coordinator to run itself (run_inline)
+        # Held by the coordinator except while it runs a handler itself: the heartbeat
+        # thread works only when it can take it, so held, done, stats and the cadences
+        # are never touched by both at once.
+        self._guard = threading.Lock()
+        self._guard.acquire()
+        self._keeper: Keeper | None = None
         self.served = ServedStages(self.stage_slugs)
         self.cadences = Cadences.from_settings(progress_interval=self.progress_interval, now=time.monotonic())
         # The upkeep, in order: each chore runs when its cadence is due.
@@ -231,7 +259,10 @@ class Worker:
 
     # -- running handlers ---------------------------------------------------
     def dispatch(self, held: list[Held]) -> None:
-        """Queue claimed tasks for the handler slots, a chunk per slot (they start as slots free up)."""
+        """Queue claimed tasks for the handler slots, a chunk per slot (they start as slots free up).
+
+        Or, when this worker runs handlers inline, for the coordinator (inline_ok()).
+        """
         assert self._pool is not None
         jobs = []
         for h in held:
@@ -253,8 +284,59 @@ class Worker:
                 _routes=self.served.routes.get(task.stage_id),
             )
             self.in_flight.add(task.pk)
-            jobs.append(Job(task_id=task.pk, lock_token=task.lock_token, handler=handler, view=view))
+            job = Job(task_id=task.pk, lock_token=task.lock_token, handler=handler, view=view)
+            if self.inline_ok(task.stage):
+                self.inline_jobs.append(job)
+            else:
+                jobs.append(job)
         self._pool.submit(jobs)
+
+    def inline_ok(self, stage: Stage) -> bool:
+        """May the coordinator run this stage's handlers itself? At concurrency 1, without a max_run_time."""
+        return self.inline and self.concurrency == 1 and not stage.max_run_time
+
+    def run_inline(self) -> None:
+        """Run the queued inline jobs here, in claim order, each as a slot would (slots.run_job).
+
+        Returns early, leaving the rest queued, when a stop is requested (the
+        turn hands the rest back) and when a finished outcome has waited
+        FLUSH_AFTER, so that the turn writes it, as with slots.
+        """
+        self._start_keeper()
+        oldest = min((h.finished_at for h in self.done), default=None)
+        while self.inline_jobs and not self.stop_requested:
+            if oldest is not None and time.monotonic() - oldest >= FLUSH_AFTER:
+                return
+            job = self.inline_jobs.popleft()
+            if job.task_id not in self.in_flight:
+                continue  # its lock was lost while it waited (heartbeat): don't run it
+            job.started_at = time.monotonic()
+            self._guard.release()  # the heartbeat thread may act while the handler runs
+            try:
+                outcome = run_job(job, self.worker_id, tidy=close_broken_connection)
+                job.finished_at = time.monotonic()
+            finally:
+                self._guard.acquire()
+            self._take([(job, outcome)])
+            if oldest is None and self.done:
+                oldest = job.finished_at
+
+    def _start_keeper(self) -> None:
+        if self._keeper is None:
+            self._keeper = Keeper(
+                self._beat,
+                self._guard,
+                HEARTBEAT_CHECK,
+                name=f"{self.worker_id}-heartbeat",
+                application_name=f"{self.worker_id[:53]} heartbeat",
+            )
+            self._keeper.start()
+
+    def _beat(self) -> None:
+        """The heartbeat thread's turn (while the coordinator is inside a handler): locks, then the registry."""
+        with log_context(worker_id=self.worker_id):
+            self.heartbeat()
+            self.cadences.registry.run(time.monotonic(), self.report_in)
 
     def _finish(self, task_id: int, outcome: Outcome, finished_at: float | None = None) -> None:
         held = self.held[task_id]
@@ -280,6 +362,11 @@ class Worker:
                 self._finish(job.task_id, outcome, job.finished_at)
 
     # -- recording outcomes -------------------------------------------------
+    def _pool_busy(self) -> bool:
+        """Do tasks in flight wait on the slots (not only on run_inline)?"""
+        queued_inline = sum(1 for job in self.inline_jobs if job.task_id in self.in_flight)
+        return len(self.in_flight) > queued_inline
+
     def claim_wanted(self) -> bool:
         """Would the next batch be claimed now: every queued task taken, a slot about to be free?"""
         assert self._pool is not None
@@ -441,7 +528,9 @@ class Worker:
     def unclaim_unstarted(self) -> None:
         """Shutdown: hand back claimed tasks whose handler never started, at once."""
         assert self._pool is not None
-        for job in self._pool.take_unstarted():
+        unstarted = list(self.inline_jobs) + self._pool.take_unstarted()
+        self.inline_jobs.clear()
+        for job in unstarted:
             self.in_flight.discard(job.task_id)
             h = self.held.pop(job.task_id, None)
             if h is None:
@@ -505,7 +594,8 @@ class Worker:
         claim, if one follows, in one round trip), extend locks, enforce
         run-time limits, run the upkeep, then hand back unstarted tasks if
         stopping, or else claim (if `claim` and the slots have room), and
-        collect finished handler runs.
+        collect finished handler runs, or run the inline ones (once the slots
+        have none in flight: at concurrency 1, one handler at a time).
         """
         assert self._pool is not None
         wants_claim = claim and self.claim_wanted()
@@ -521,7 +611,9 @@ class Worker:
             self.unclaim_unstarted()
         elif wants_claim and not claimed:
             self.claim()
-        if self.in_flight:
+        if self.inline_jobs and not self.stop_requested and not self._pool_busy():
+            self.run_inline()
+        elif self.in_flight:
             self.collect(timeout=0.05)
 
     def step(self) -> bool:
@@ -631,6 +723,8 @@ class Worker:
             services.worker_stopped(worker_id=self.worker_id, done=s.done, failed=s.failed, released=s.released)
         except DatabaseError:
             logger.exception("could not record the worker's exit")
+        if self._keeper is not None:
+            self._keeper.stop()
         if self._pool is not None:
             self._pool.stop()
         if self._listener is not None:

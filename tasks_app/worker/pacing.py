@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from django.db import DatabaseError, close_old_connections, connection
 MAX_BACKOFF = 30.0  # longest pause after database errors
 FIRST_BACKOFF = 0.5  # the first pause; each further error in a row doubles it
 NAP_SLICE = 0.25  # a stop request is noticed within this many seconds
+
+logger = logging.getLogger("tasks_app.worker")
 
 T = TypeVar("T")
 
@@ -94,6 +97,73 @@ def close_old_connections_outside_transactions() -> None:
     """Django's per-request connection upkeep, for loops (never inside an atomic block, which it would break)."""
     if not connection.in_atomic_block:
         close_old_connections()
+
+
+def close_broken_connection() -> None:
+    """After a handler ran on the coordinator's thread: drop its connection only if the handler left it unusable.
+
+    Not close_old_connections(), which slot threads run after each handler:
+    on the coordinator it would reconnect after every handler with
+    CONN_MAX_AGE 0, and with health checks on make the next query pay an
+    extra round trip. The coordinator does that upkeep once a second instead.
+    """
+    if connection.connection is None or connection.in_atomic_block:
+        return
+    if connection.get_autocommit() != connection.settings_dict["AUTOCOMMIT"]:
+        close_connection()  # the handler changed autocommit and left it so: don't take chances
+    elif connection.errors_occurred:
+        if connection.is_usable():
+            connection.errors_occurred = False
+        else:
+            close_connection()
+
+
+class Keeper(threading.Thread):
+    """Runs `beat` every `interval` s on its own thread, but only while it can take `guard` at once.
+
+    The worker's heartbeat thread: the coordinator holds `guard` except while it
+    runs a handler itself, so the beats (extending held locks, the registry
+    heartbeat) happen exactly while the coordinator cannot do them, and never at
+    the same time as its own bookkeeping. A beat that fails (the database away) is
+    logged and tried again at the next interval. The thread's database connection
+    (Django's are per thread) is closed when it stops.
+    """
+
+    def __init__(
+        self, beat: Callable[[], object], guard: threading.Lock, interval: float, name: str, application_name: str = ""
+    ) -> None:
+        super().__init__(name=name, daemon=True)
+        self.beat = beat
+        self.guard = guard
+        self.interval = interval
+        self.application_name = application_name  # its connection's name in pg_stat_activity
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        try:
+            if self.application_name and connection.vendor == "postgresql":
+                # Its own name, not the worker's (which is on the settings all threads share).
+                options = {**connection.settings_dict.get("OPTIONS", {}), "application_name": self.application_name}
+                connection.settings_dict = {**connection.settings_dict, "OPTIONS": options}
+            while not self.stopping.wait(self.interval):
+                if not self.guard.acquire(blocking=False):
+                    continue  # the coordinator is at work: it beats itself
+                try:
+                    self.beat()
+                except DatabaseError as exc:
+                    logger.warning("heartbeat thread: database error (%s); retrying", exc)
+                    close_connection()
+                except Exception:
+                    logger.exception("heartbeat thread: unexpected error; retrying")
+                finally:
+                    self.guard.release()
+        finally:
+            close_connection()
+
+    def stop(self, wait: float = 5.0) -> None:
+        self.stopping.set()
+        if self.is_alive():
+            self.join(timeout=wait)
 
 
 class TextOut(Protocol):

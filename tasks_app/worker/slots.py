@@ -27,9 +27,10 @@ import queue
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from django.db import connection
+from django.db import close_old_connections, connection
 
 from tasks_app.logcontext import log_context
 from tasks_app.services import histograms
@@ -58,6 +59,25 @@ def chunks(jobs: list[Job], count: int) -> list[list[Job]]:
         out.append(jobs[start:end])
         start = end
     return out
+
+
+def run_job(job: Job, worker_id: str, tidy: Callable[[], None] = close_old_connections) -> Outcome:
+    """Run one job (its `started_at` set); every job gets an outcome, so the coordinator never waits on a dead thread.
+
+    Shared by the slots and the coordinator's inline runs (loop.Worker.run_inline):
+    the same log context, error handling and histogram either way. `tidy` is
+    run_handler's connection upkeep after the call.
+    """
+    stage = job.view.stage
+    try:
+        # Log lines of the handler (and of the code it calls) carry the task, stage and worker.
+        with log_context(task_id=job.task_id, stage=stage, worker_id=worker_id):
+            outcome = run_handler(job.handler, job.view, tidy=tidy)
+    except BaseException as exc:  # run_handler's own cleanup failing (the database gone): retry the task
+        outcome = Outcome.from_exception(exc, permanent=False)
+    seconds = time.monotonic() - (job.started_at or 0.0)
+    histograms.observe("handler", worker_id=worker_id, stage=stage, seconds=seconds)
+    return outcome
 
 
 class Slot(threading.Thread):
@@ -126,17 +146,7 @@ class Slot(threading.Thread):
             self.outbox = []
 
     def _run(self, job: Job) -> Outcome:
-        """Run one job; every job gets an outcome, so the coordinator never waits on a dead thread."""
-        stage = job.view.stage
-        try:
-            # Log lines of the handler (and of the code it calls) carry the task, stage and worker.
-            with log_context(task_id=job.task_id, stage=stage, worker_id=self.worker_id):
-                outcome = run_handler(job.handler, job.view)
-        except BaseException as exc:  # run_handler's own cleanup failing (the database gone): retry the task
-            outcome = Outcome.from_exception(exc, permanent=False)
-        seconds = time.monotonic() - (job.started_at or 0.0)
-        histograms.observe("handler", worker_id=self.worker_id, stage=stage, seconds=seconds)
-        return outcome
+        return run_job(job, self.worker_id)
 
 
 class SlotPool:
