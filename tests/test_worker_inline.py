@@ -10,6 +10,7 @@ worker processes, on whichever database the suite runs on.
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ from django.utils import timezone
 from tasks_app.models import Stage, Task, TaskEvent, Transition, WorkerProcess
 from tasks_app.services import task_claim, task_create
 from tasks_app.worker import Worker
+from tasks_app.worker.pacing import Keeper
 from tests.support.processes import finish, start_worker, wait_for
 
 S = Task.Status
@@ -52,6 +54,32 @@ def completions(stage: Stage) -> dict[int, int]:
 def stop(proc: Any, timeout: float = 30) -> str:
     proc.send_signal(signal.SIGTERM)
     return finish(proc, timeout)
+
+
+def test_the_heartbeat_thread_beats_only_while_the_guard_is_free_and_outlives_a_failing_beat() -> None:
+    guard = threading.Lock()
+    guard.acquire()  # as the coordinator holds it, outside inline handlers
+    beats: list[str] = []
+
+    def beat() -> None:
+        beats.append(threading.current_thread().name)
+        if len(beats) == 1:
+            raise RuntimeError("the first beat fails")
+
+    keeper = Keeper(beat, guard, 0.01, name="keeper-test")
+    keeper.start()
+    try:
+        time.sleep(0.2)
+        assert beats == []  # the coordinator is at work: it beats itself
+        guard.release()  # "inside a handler"
+        assert wait_for(lambda: len(beats) >= 3, timeout=5, interval=0.01)  # the failing beat did not end it
+        guard.acquire()
+        seen = len(beats)  # once the coordinator has the guard back, no beat runs
+        time.sleep(0.2)
+        assert len(beats) == seen and set(beats) == {"keeper-test"}
+    finally:
+        keeper.stop()
+    assert not keeper.is_alive()
 
 
 @pytest.mark.django_db
