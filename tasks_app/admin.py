@@ -316,8 +316,10 @@ class TaskAdmin(admin.ModelAdmin):
         css = {"all": ["tasks_app/admin.css"]}
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Task]:
-        # Every page names a task with its stage's slug (Task.__str__: breadcrumbs, messages, deletions).
-        return super().get_queryset(request).select_related("stage")
+        # Every page names a task with its stage's slug (Task.__str__: breadcrumbs, the changelist's
+        # checkboxes, deletions). Both of list_select_related: the changelist applies it only to a
+        # queryset that has no select_related yet.
+        return super().get_queryset(request).select_related(*self.list_select_related)
 
     def get_formset_kwargs(self, request: HttpRequest, obj: Any, inline: Any, prefix: str) -> dict[str, Any]:
         kwargs = super().get_formset_kwargs(request, obj, inline, prefix)

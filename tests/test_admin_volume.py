@@ -56,6 +56,20 @@ def test_the_changelist_runs_no_full_count_of_the_task_table(admin_client: Clien
         assert [sql for sql in sqls if "DISTINCT" in sql.upper()] == [], url
 
 
+def test_the_changelist_queries_do_not_grow_with_its_rows(admin_client: Client, world: dict[str, Stage]) -> None:
+    """Each row shows its stage and source stage and names its task (the checkbox's label): all joined."""
+
+    def queries_for(n: int) -> int:
+        Task.objects.all().delete()
+        items = [(world["review"], "order", {"n": i}) for i in range(n)]
+        Task.objects.filter(pk__in=[t.pk for t in tasks_create_bulk(items=items)]).update(source_stage=world["intake"])
+        with CaptureQueriesContext(connection) as captured:
+            assert admin_client.get(TASK_URL).status_code == 200
+        return len(captured.captured_queries)
+
+    assert queries_for(3) == queries_for(40)
+
+
 def test_the_changelist_still_says_how_many_and_pages(admin_client: Client, many: list[Task]) -> None:
     text = page(admin_client.get(TASK_URL)).text
     assert re.search(r"\b120 tasks\b", text) and "about" not in text
