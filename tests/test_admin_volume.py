@@ -24,13 +24,11 @@ from tests.support.users import logged_in, make_user
 TASK_TABLE = Task._meta.db_table
 
 
-@pytest.fixture
-def admin_client(db: None) -> Client:
+def boss() -> Client:
     return logged_in(make_user("boss", superuser=True))
 
 
-@pytest.fixture
-def many(world: dict[str, Stage]) -> list[Task]:
+def make_many(world: dict[str, Stage]) -> list[Task]:
     """120 tasks: more than one page of the changelist (100 a page)."""
     return list(tasks_create_bulk(items=[(world["intake"], "order", {"n": i}) for i in range(120)]))
 
@@ -44,7 +42,8 @@ def unbounded_counts(sqls: list[str]) -> list[str]:
     return [sql for sql in sqls if "COUNT(" in sql.upper() and " LIMIT " not in sql.upper()]
 
 
-def test_the_changelist_runs_no_full_count_of_the_task_table(admin_client: Client, many: list[Task]) -> None:
+def test_the_changelist_runs_no_full_count_of_the_task_table(world: dict[str, Stage]) -> None:
+    admin_client, _ = boss(), make_many(world)
     for url in [TASK_URL, TASK_URL + "?p=2", TASK_URL + "?status__exact=pending", TASK_URL + "?q=order"]:
         with CaptureQueriesContext(connection) as captured:
             response = admin_client.get(url)
@@ -56,7 +55,8 @@ def test_the_changelist_runs_no_full_count_of_the_task_table(admin_client: Clien
         assert [sql for sql in sqls if "DISTINCT" in sql.upper()] == [], url
 
 
-def test_the_changelist_queries_do_not_grow_with_its_rows(admin_client: Client, world: dict[str, Stage]) -> None:
+def test_the_changelist_queries_do_not_grow_with_its_rows(world: dict[str, Stage]) -> None:
+    admin_client = boss()
     """Each row shows its stage and source stage and names its task (the checkbox's label): all joined."""
 
     def queries_for(n: int) -> int:
@@ -70,7 +70,8 @@ def test_the_changelist_queries_do_not_grow_with_its_rows(admin_client: Client, 
     assert queries_for(3) == queries_for(40)
 
 
-def test_the_changelist_still_says_how_many_and_pages(admin_client: Client, many: list[Task]) -> None:
+def test_the_changelist_still_says_how_many_and_pages(world: dict[str, Stage]) -> None:
+    admin_client, _ = boss(), make_many(world)
     text = page(admin_client.get(TASK_URL)).text
     assert re.search(r"\b120 tasks\b", text) and "about" not in text
     second = admin_client.get(TASK_URL + "?p=2")
@@ -78,9 +79,8 @@ def test_the_changelist_still_says_how_many_and_pages(admin_client: Client, many
     assert len(re.findall(r'name="_selected_action"', second.content.decode())) == 20
 
 
-def test_above_the_cap_the_count_is_an_estimate_and_says_so(
-    admin_client: Client, many: list[Task], monkeypatch: Any
-) -> None:
+def test_above_the_cap_the_count_is_an_estimate_and_says_so(world: dict[str, Stage], monkeypatch: Any) -> None:
+    admin_client, _ = boss(), make_many(world)
     monkeypatch.setattr(EstimatedCountPaginator, "cap", 50)
     with CaptureQueriesContext(connection) as captured:
         response = admin_client.get(TASK_URL)
@@ -91,7 +91,8 @@ def test_above_the_cap_the_count_is_an_estimate_and_says_so(
     assert admin_client.get(TASK_URL + "?p=2").status_code == 200
 
 
-def test_the_payload_column_is_a_one_line_preview(admin_client: Client, world: dict[str, Stage]) -> None:
+def test_the_payload_column_is_a_one_line_preview(world: dict[str, Stage]) -> None:
+    admin_client = boss()
     task_create(stage=world["intake"], type="order", payload={"note": "x" * 2000, "<b>": "<script>alert(1)</script>"})
     html = admin_client.get(TASK_URL).content.decode()
     [cell] = re.findall(r'<code class="payload-preview">([^<]*)</code>', html)
@@ -131,7 +132,8 @@ def test_changelist_rows_stay_one_line_and_the_payload_column_shows(
             assert page.eval_on_selector(".results", "el => el.scrollWidth <= el.clientWidth")
 
 
-def test_the_type_filter_lists_the_routed_types_and_filters(admin_client: Client, world: dict[str, Stage]) -> None:
+def test_the_type_filter_lists_the_routed_types_and_filters(world: dict[str, Stage]) -> None:
+    admin_client = boss()
     task_create(stage=world["ship"], type="approved", payload={})
     task_create(stage=world["notify"], type="declined", payload={})
     listed = page(admin_client.get(TASK_URL))
@@ -140,7 +142,8 @@ def test_the_type_filter_lists_the_routed_types_and_filters(admin_client: Client
     assert "declined" in rows and "approved" not in rows.split("By type")[0]
 
 
-def test_the_admin_says_worker_processes(admin_client: Client) -> None:
+def test_the_admin_says_worker_processes(db: None) -> None:
+    admin_client = boss()
     WorkerProcess.objects.create(worker_id="w-1", host="h", pid=1)
     for url in ["/admin/", "/admin/tasks_app/workerprocess/"]:
         text = page(admin_client.get(url)).text
@@ -148,7 +151,8 @@ def test_the_admin_says_worker_processes(admin_client: Client) -> None:
         assert "processs" not in text, url
 
 
-def test_breadcrumbs_name_the_task_s_stage_by_slug(admin_client: Client, world: dict[str, Stage]) -> None:
+def test_breadcrumbs_name_the_task_s_stage_by_slug(world: dict[str, Stage]) -> None:
+    admin_client = boss()
     task = task_create(stage=world["review"], type="order", payload={})
     html = admin_client.get(f"{TASK_URL}{task.pk}/change/").content.decode()
     crumbs = re.search(r'<div class="breadcrumbs">(.*?)</div>', html, re.S)

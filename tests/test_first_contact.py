@@ -8,6 +8,7 @@ import subprocess
 import sys
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import contextmanager
 from io import StringIO
 from typing import Any
 
@@ -84,13 +85,13 @@ def test_seeded_orders_have_the_demo_shape(db: None) -> None:
 # -- make run on a busy port ----------------------------------------------------------------
 
 
-@pytest.fixture
+@contextmanager
 def busy_port() -> Iterator[int]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(1)
-    yield sock.getsockname()[1]
-    sock.close()
+    """A port something listens on (as another `make run` would)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(1)
+        yield sock.getsockname()[1]
 
 
 def run_dev(addr: str) -> subprocess.CompletedProcess[str]:
@@ -104,12 +105,13 @@ def run_dev(addr: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_make_run_on_a_busy_port_exits_non_zero_with_a_hint(busy_port: int) -> None:
-    done = run_dev(f"127.0.0.1:{busy_port}")
+def test_make_run_on_a_busy_port_exits_non_zero_with_a_hint() -> None:
+    with busy_port() as port:
+        done = run_dev(f"127.0.0.1:{port}")
     assert done.returncode != 0
     assert "Open http://" not in done.stdout
     [line] = done.stderr.strip().splitlines()
-    assert f"127.0.0.1:{busy_port} is already in use" in line and "RUN_ADDR=" in line
+    assert f"127.0.0.1:{port} is already in use" in line and "RUN_ADDR=" in line
 
 
 def test_a_bad_run_addr_is_one_line_too() -> None:
