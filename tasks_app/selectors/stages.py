@@ -11,7 +11,8 @@ from typing import Any
 
 from croniter import croniter
 from django.conf import settings
-from django.db.models import Count, Max, Min, Q, Subquery
+from django.db import connection
+from django.db.models import Count, Max, Min, Q
 from django.db.models.functions import Substr
 from django.utils import timezone
 
@@ -59,17 +60,19 @@ def stage_recent_errors(
 ) -> list[ErrorGroup]:
     """The stage's recent errors grouped by message (the first line), most frequent first.
 
-    Two bounded reads, each an IN over a LIMITed id list that a partial index gives,
-    then one GROUP BY over at most that many rows (by primary key).
+    First the two windows' ids, each from a partial index (the claim index: the stage's live tasks; the
+    failed index: every stage's failed tasks), then one GROUP BY over those rows reached by primary key.
+    The ids go in as a list, not a subquery: with a subquery PostgreSQL joined it to a scan of all the
+    stage's tasks (its stage_id index: 140,000 rows of a stage at a million tasks).
     """
-    windows = [
-        Task.objects.filter(stage=stage, status__in=LIVE).order_by("-id").values("id")[:live_rows],
-        Task.objects.filter(status=Task.Status.FAILED).order_by("-id").values("id")[:failed_rows],
-    ]
+    live = Task.objects.filter(stage=stage, status__in=LIVE).order_by("-id").values_list("id", flat=True)
+    failed = Task.objects.filter(status=Task.Status.FAILED).order_by("-id").values_list("id", flat=True)
+    ids = [*live[:live_rows], *failed[:failed_rows]]
+    step = connection.features.max_query_params or len(ids) or 1  # SQLite binds at most 999 parameters
     merged: dict[str, dict[str, Any]] = {}
-    for window in windows:
+    for start in range(0, len(ids), step):
         rows = (
-            Task.objects.filter(pk__in=Subquery(window), stage=stage)
+            Task.objects.filter(pk__in=ids[start : start + step], stage=stage)
             .exclude(last_error="")
             .annotate(head=Substr("last_error", 1, MESSAGE_CHARS))
             .values_list("head", "status")
