@@ -27,7 +27,7 @@ the table takes no writes.
 """
 
 from django.db import migrations, models
-from django.db.models.deletion import PROTECT, SET_NULL
+from django.db.models.deletion import SET_NULL
 
 # Django's own indexes on the foreign keys (0001_initial), as it names them.
 FOREIGN_KEY_INDEXES = [

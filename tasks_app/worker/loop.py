@@ -251,11 +251,15 @@ class Worker:
             claimed += len(tasks)
             self.stats.claimed += len(tasks)
             self.dispatch([self.held[t.pk] for t in tasks])
-        if unwritten:
-            for outcome in services.tasks_complete_each(items=unwritten):
-                if each is not None:
-                    each(outcome)
+        self._complete_apart(unwritten, each)
         return claimed
+
+    @staticmethod
+    def _complete_apart(items: Sequence[services.Completion], each: Written | None) -> None:
+        """Write completions in their own transaction(s), no claim; `each` gets every outcome once written."""
+        for outcome in services.tasks_complete_each(items=items) if items else ():
+            if each is not None:
+                each(outcome)
 
     # -- running handlers ---------------------------------------------------
     def dispatch(self, held: list[Held]) -> None:
@@ -409,8 +413,7 @@ class Worker:
             if claim:
                 self.claim(items, written)
             else:
-                for result in services.tasks_complete_each(items=items) if items else ():
-                    written(result)
+                self._complete_apart(items, written)
             for h in done:
                 if h.outcome is not None:
                     self._record_failure(h)
