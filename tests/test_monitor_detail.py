@@ -18,6 +18,7 @@ from django.utils import timezone
 
 from tasks_app.models import Stage, Task, WorkerProcess
 from tasks_app.services import task_claim, task_complete, task_create, task_release
+from tasks_app.templatetags.people import local_text
 from tests.support.pages import page
 
 
@@ -69,8 +70,8 @@ def test_task_detail_shows_the_lock_of_a_locked_task(admin_client: Client, every
     dl = definitions(response.content.decode())
     assert dl["Status"] == "Locked"
     assert dl["Locked by"] == "w1"
-    assert dl["Locked at"] == timezone.localtime(task.locked_at).strftime("%Y-%m-%d %H:%M:%S")
-    assert dl["Lock until"] == timezone.localtime(task.locked_until).strftime("%Y-%m-%d %H:%M:%S")
+    assert dl["Locked at"].startswith(local_text(task.locked_at, seconds=True) + " (")
+    assert dl["Lock until"].startswith(local_text(task.locked_until, seconds=True) + " (")
     assert dl["Attempts"] == "1"
     assert "Locked by w1, " in page(response).text
 
@@ -88,7 +89,7 @@ def test_task_detail_shows_the_details_of_a_pending_task(admin_client: Client, p
 
     assert (dl["Status"], dl["Stage"], dl["Sent by"], dl["Attempts"]) == ("Pending", "review", "—", "0")
     assert (dl["Locked by"], dl["Locked at"], dl["Lock until"], dl["Completed"]) == ("—", "—", "—", "—")
-    assert dl["Created"].startswith(timezone.localtime(pending_task.created_at).strftime("%Y-%m-%d %H:%M:%S"))
+    assert dl["Created"].startswith(local_text(pending_task.created_at, seconds=True))
 
 
 def test_task_detail_history_of_a_released_task_shows_error_traceback_and_retry_time(
@@ -115,7 +116,7 @@ def test_task_detail_history_of_a_released_task_shows_error_traceback_and_retry_
     assert "ValueError: bad amount" in text
     assert "Traceback" in text
     assert f"<pre>{traceback.replace(chr(34), '&quot;')}</pre>" in timeline.group(1)
-    assert f"retry at {released.available_at.isoformat()}" in text
+    assert f"retry at {local_text(released.available_at, seconds=True)} (in " in text
     assert definitions(html)["Last error"] == "ValueError: bad amount"
 
 
@@ -161,7 +162,10 @@ def test_task_detail_of_a_child_links_its_parent_named_by_stage_slug(admin_clien
     assert f"/tasks/{parent.pk}/" in p.hrefs()
     assert f"Parent: task {parent.pk} (order at review)" in p.text
     assert "Children: —" in p.text
-    assert definitions(admin_client.get(f"/tasks/{child.pk}/").content.decode())["Sent by"] == "review"
+    assert (
+        definitions(admin_client.get(f"/tasks/{child.pk}/").content.decode())["Sent by"]
+        == f"task {parent.pk} at review"
+    )
 
 
 def test_task_detail_of_a_missing_task_is_404(admin_client: Client, db: None) -> None:

@@ -75,6 +75,10 @@ def task_detail(request: HttpRequest, task_id: int) -> HttpResponse:
         "now": timezone.now(),
         "can_change": request.user.has_perm("tasks_app.change_task"),
         "can_add": request.user.has_perm("tasks_app.add_task"),
+        # A person's task waiting at a form stage: its decision page, for those who may decide it.
+        "work_link": task.stage.kind == Stage.Kind.FORM
+        and task.status in (Task.Status.PENDING, Task.Status.LOCKED)
+        and may_work_on(request.user, task.stage),
     }
     return render(request, "tasks_app/task_detail.html", ctx)
 

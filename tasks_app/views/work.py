@@ -19,6 +19,7 @@ from django.views.decorators.http import require_POST
 
 from tasks_app.forms.schema import button_label, form_fields, schema_form
 from tasks_app.models import Task
+from tasks_app.selectors.work import WorkPage, mine, payload_schema, search_problem, waiting, work_page, work_queue
 from tasks_app.services import TaskError
 from tasks_app.services.events import actor_for, person_named
 from tasks_app.services.form_stages import (
@@ -32,23 +33,52 @@ from tasks_app.services.form_stages import (
 )
 from tasks_app.services.schemas import schema_for
 
-LIST_LIMIT = 200
-
 
 @login_required
 def my_work(request: HttpRequest) -> HttpResponse:
+    """The live tasks of the person's form stages: theirs first, then the queue by age, searched and paged."""
     stages = list(form_stages_for(request.user).order_by("slug"))
-    live = Task.objects.filter(stage__in=stages, status__in=[Task.Status.PENDING, Task.Status.LOCKED])
-    live = live.select_related("stage").order_by("id")
-    now = timezone.now()
-    mine = list(live.filter(status=Task.Status.LOCKED, locked_by=actor_for(request.user)))
-    waiting = list(live.exclude(pk__in=[t.pk for t in mine])[:LIST_LIMIT])
-    ctx = {"stages": stages, "mine": mine, "waiting": waiting, "limit": LIST_LIMIT, "now": now}
-    return render(request, "tasks_app/work_list.html", ctx)
+    q = request.GET.get("q", "").strip()
+    errors = []
+    if problem := search_problem(q):
+        errors.append(problem)
+    who = actor_for(request.user)
+    page, open_tasks = WorkPage([], None, None), []
+    if not errors:
+        queue = work_queue(stages, q)
+        try:
+            page = work_page(
+                waiting(queue, who), after=request.GET.get("after", ""), before=request.GET.get("before", "")
+            )
+        except ValueError as exc:
+            errors.append(str(exc))
+        open_tasks = mine(queue, who)
+    ctx = {
+        "stages": stages,
+        "q": q,
+        "errors": errors,
+        "mine": _with_schemas(open_tasks),
+        "waiting": _with_schemas(page.tasks),
+        "page": page,
+        "paged": bool(request.GET.get("after") or request.GET.get("before")),
+    }
+    return render(request, "tasks_app/work_list.html", ctx, status=400 if errors else 200)
+
+
+def _with_schemas(tasks: list[Task]) -> list[tuple[Task, dict[str, Any]]]:
+    """Each task with the schema that titles its payload (one transitions query per stage, not per row)."""
+    outgoing: dict[tuple[int, str], list[str]] = {}
+    rows = []
+    for task in tasks:
+        key = (task.stage_id, task.type)
+        if key not in outgoing:
+            outgoing[key] = outgoing_types(task.stage, task.type)
+        rows.append((task, payload_schema(task, outgoing[key])))
+    return rows
 
 
 def _task_for(request: HttpRequest, task_id: int) -> Task:
-    task = get_object_or_404(Task.objects.select_related("stage"), pk=task_id)
+    task = get_object_or_404(Task.objects.select_related("stage", "source_stage"), pk=task_id)
     if not may_work_on(request.user, task.stage):
         raise PermissionDenied("You may not work on the tasks of this stage.")
     return task
@@ -84,6 +114,7 @@ def _page(
         "buttons": buttons if buttons is not None else (_buttons(task) if holds else []),
         "errors": errors,
         "now": now,
+        "schema": payload_schema(task, outgoing_types(task.stage, task.type)),
     }
     return render(request, "tasks_app/work_task.html", ctx, status=status)
 
