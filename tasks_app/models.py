@@ -548,3 +548,54 @@ class CounterCursor(models.Model):
 
     def __str__(self) -> str:
         return f"counted up to event {self.last_event_id}"
+
+
+class StageHour(models.Model):
+    """What happened at a stage in one hour (UTC), rolled up from the history by the counters' fold.
+
+    The workflow's figures and history charts read these rows, never the task table
+    (services.rollups says what each column counts). One row per stage and hour with
+    any event; rows older than services.rollups.RETENTION are deleted by the fold.
+    """
+
+    stage = models.ForeignKey(Stage, on_delete=models.CASCADE, related_name="hours", db_index=False)
+    hour = models.DateTimeField(help_text="The hour's start (UTC).")
+    completed = models.PositiveIntegerField(default=0)
+    failed = models.PositiveIntegerField(default=0)
+    retried = models.PositiveIntegerField(default=0)
+    errors = models.PositiveIntegerField(default=0)
+    # Completions that sent nothing: the workflow ended here for them (shares of transitions).
+    ended = models.PositiveIntegerField(default=0)
+    # Fixed-bucket histograms (services.rollups.BUCKETS): counts per bucket, summed across hours.
+    wait_buckets = models.JSONField(default=list)
+    work_buckets = models.JSONField(default=list)
+    # Completed tasks' time at the stage (created -> completed), summed, in seconds.
+    stage_seconds = models.FloatField(default=0.0)
+    # The slowest finished tasks of the hour: [[task id, seconds at the stage, outcome], ...], longest first.
+    slowest = models.JSONField(default=list)
+
+    class Meta:
+        ordering = ["stage", "hour"]
+        constraints = [models.UniqueConstraint(fields=["stage", "hour"], name="stagehour_unique")]
+        # The unique index serves one stage's hours; this one the overview's window of every stage
+        # and the fold's retention delete.
+        indexes = [models.Index(fields=["hour"], name="stagehour_hour_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.stage_id} @ {self.hour:%Y-%m-%d %H:00}"
+
+
+class TransitionHour(models.Model):
+    """How many tasks took a transition in one hour (UTC), rolled up like StageHour."""
+
+    transition = models.ForeignKey(Transition, on_delete=models.CASCADE, related_name="hours", db_index=False)
+    hour = models.DateTimeField(help_text="The hour's start (UTC).")
+    taken = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["transition", "hour"]
+        constraints = [models.UniqueConstraint(fields=["transition", "hour"], name="transitionhour_unique")]
+        indexes = [models.Index(fields=["hour"], name="transitionhour_hour_idx")]
+
+    def __str__(self) -> str:
+        return f"{self.transition_id} @ {self.hour:%Y-%m-%d %H:00}: {self.taken}"

@@ -7,7 +7,8 @@ events written since the last fold (CounterCursor) to StageCounter, one row
 per (stage, event kind). Events whose task was deleted before they were
 folded are skipped: pruning runs on tasks finished days ago, whose events
 were folded long before, so in practice nothing is lost. /metrics
-(views/prometheus.py) folds, then reads them.
+(views/prometheus.py) folds, then reads them. The same fold rolls the events
+up per hour (services.rollups) for the workflow's figures and charts.
 
 Claims write no event (services.events): a claim is counted by the event that
 ends it (its details carry the claim's facts), folded into the CLAIM_ENDED
@@ -28,6 +29,7 @@ from django.utils import timezone
 
 from tasks_app.models import CounterCursor, StageCounter, Task, TaskEvent
 from tasks_app.services.events import CLAIMED_AT
+from tasks_app.services.rollups import rollups_fold
 
 logger = logging.getLogger("tasks_app")
 
@@ -73,7 +75,8 @@ def counters_fold(*, now: datetime | None = None, max_rows: int = FOLD_MAX_ROWS)
     2. Pick the upper id: at most max_rows ids from the first new one, and settled (SETTLE_SECONDS).
     3. Count the events in (cursor, upper] per stage and kind: one GROUP BY, joined to
        tasks for the stage (a task never changes stage; events of deleted tasks drop out).
-    4. Add the counts to StageCounter and move the cursor, in the same transaction.
+    4. Add the counts to StageCounter, roll the same events up into the hourly tables
+       (services.rollups), and move the cursor, in the same transaction.
     """
     now = now or timezone.now()
     CounterCursor.objects.get_or_create(pk=CURSOR_PK)
@@ -100,6 +103,7 @@ def counters_fold(*, now: datetime | None = None, max_rows: int = FOLD_MAX_ROWS)
             if ended:
                 counts[(stage_id, CLAIM_ENDED)] = counts.get((stage_id, CLAIM_ENDED), 0) + ended
         _add_counts(counts)
+        rollups_fold(start=start, upper=upper, now=now)
         CounterCursor.objects.filter(pk=CURSOR_PK).update(last_event_id=upper, updated_at=now)
     return sum(n for (_, kind), n in counts.items() if kind not in PSEUDO_KINDS)
 

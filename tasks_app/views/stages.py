@@ -1,5 +1,6 @@
-"""A stage's page (/stages/<slug>/): its settings, schemas, counts and recent errors, job runs or hook
-address, and its buttons: Pause/Resume, and Run now for job stages.
+"""A stage's page (/stages/<slug>/): its settings, schemas, counts and recent errors, its figures for the last
+24 h / 7 d (?window=) and hourly charts (selectors.figures), job runs or hook address, and its buttons:
+Pause/Resume, and Run now for job stages.
 
 Reading takes view_task and view_stage; every button is a CSRF-protected POST that takes change_stage
 and calls a service (post/redirect/get). The hook's secret is shown only to those who may change the stage.
@@ -12,6 +13,7 @@ from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
+from django.core.exceptions import BadRequest
 from django.http import HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
@@ -21,6 +23,7 @@ from django.views.decorators.http import require_POST
 
 from tasks_app.api.hooks import DEFAULT_TYPE
 from tasks_app.models import Stage
+from tasks_app.selectors.figures import hourly_series, window_named, workflow_figures
 from tasks_app.selectors.overview import attempt_counters, counters_as_of, finished_counts
 from tasks_app.selectors.stages import (
     RECENT_FAILED,
@@ -65,6 +68,10 @@ def _tasks_url(stage: Stage, **params: Any) -> str:
 @login_required
 @permission_required(["tasks_app.view_task", "tasks_app.view_stage"], raise_exception=True)
 def stage_detail(request: HttpRequest, slug: str) -> HttpResponse:
+    try:
+        window = window_named(request.GET.get("window"))
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
     stage = get_object_or_404(Stage, slug=slug)
     counters_fold_now_and_then(every=FOLD_EVERY, max_rows=FOLD_ROWS)
     can_change = request.user.has_perm("tasks_app.change_stage")
@@ -106,8 +113,21 @@ def stage_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "job_runs": stage_job_runs(stage) if stage.kind == Stage.Kind.JOB else [],
         "hook_url": hook_url,
         "hook_curl": hook_curl(hook_url, stage.hook_secret, _hook_type(stage)) if hook_url and can_change else "",
+        **_figures(stage, window),
     }
     return render(request, "tasks_app/stage_detail.html", ctx)
+
+
+def _figures(stage: Stage, window: str) -> dict[str, Any]:
+    """The stage's figures for the window and its last 7 days per hour, from the hourly roll-ups only."""
+    figures = workflow_figures(window=window)
+    return {
+        "figures": figures,
+        "sf": figures.for_stage(stage.pk),
+        "chart": hourly_series(stage_ids=[stage.pk])[stage.pk],
+        "outcomes_title": f"{stage.name}: completed, retried and failed tasks per hour, last 7 days",
+        "errors_title": f"{stage.name}: errors per hour, last 7 days",
+    }
 
 
 @login_required
