@@ -11,6 +11,7 @@ urlpatterns = [
     path("tasks/", pages.task_list, name="task-list"),
     path("tasks/new/", actions.task_create, name="task-create"),
     path("tasks/bulk/", actions.task_bulk, name="task-bulk"),
+    path("tasks/bulk/count/", actions.task_bulk_count, name="task-bulk-count"),
     path("tasks/rows/", pages.task_rows, name="task-rows"),
     path("tasks/<int:task_id>/", pages.task_detail, name="task-detail"),
     path("tasks/<int:task_id>/payload.json", pages.task_payload, name="task-payload"),

@@ -88,8 +88,8 @@ def test_operator_works_the_task_pages_in_a_browser(page: Any, world: dict[str, 
 
     # Filter the list by stage and status (through the URL the filter form builds).
     page.goto(page.base + "/tasks/")
-    page.select_option("select[name=stage]", ["review"])
-    page.select_option("select[name=status]", ["completed"])
+    page.check("#filters input[name=stage][value=review]")  # checkbox chips
+    page.check("#filters input[name=status][value=completed]")
     page.click("form#filters button[type=submit]")
     page.wait_for_url("**stage=review**")
     rows = page.locator("#task-rows tr")
@@ -111,7 +111,9 @@ def test_operator_works_the_task_pages_in_a_browser(page: Any, world: dict[str, 
     page.goto(page.base + "/tasks/?stage=ship&status=pending")
     page.select_option("form#bulk select[name=action]", "complete")
     page.select_option("form#bulk select[name=scope]", "all")
-    page.click("form#bulk button[type=submit]")
+    page.click("form#bulk button[type=submit]")  # enabled once an action and rows (or all matching) are chosen
+    assert page.locator("#bulk-question").inner_text() == "Mark 4 pending tasks at Ship as completed?"
+    page.click("#bulk-confirm button[type=submit]")
     page.wait_for_selector(".messages .msg-success")
     assert "Marked completed 4 task(s)." in page.locator(".messages").inner_text()
     assert not Task.objects.filter(stage=world["ship"], status=Task.Status.PENDING).exists()

@@ -381,7 +381,9 @@ def test_bulk_retry_of_selected_rows_retries_those_it_can_and_counts_the_rest(
     chosen = [every_state[n].pk for n in ("completed", "failed", "pending")]
 
     response = admin_client.post(
-        "/tasks/bulk/", {"action": "retry", "scope": "selected", "ids": chosen, "query": "sort=id"}, follow=True
+        "/tasks/bulk/",
+        {"action": "retry", "scope": "selected", "ids": chosen, "query": "sort=id", "confirm": "1"},
+        follow=True,
     )
 
     assert response.redirect_chain == [(f"{LIST_URL}?sort=id", 302)]
@@ -397,7 +399,9 @@ def test_bulk_action_on_all_matching_tasks_uses_the_list_filter(
 ) -> None:
     before = {t.pk: t.status for t in every_state.values()}
 
-    response = admin_client.post("/tasks/bulk/", {"action": "complete", "scope": "all", "query": "status=failed"})
+    response = admin_client.post(
+        "/tasks/bulk/", {"action": "complete", "scope": "all", "query": "status=failed", "confirm": "1"}
+    )
 
     assert response.status_code == 302
     after = dict(Task.objects.values_list("id", "status"))

@@ -5,18 +5,27 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from django.contrib import messages
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import ValidationError
-from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest, HttpResponseRedirect, QueryDict
+from django.http import (
+    HttpRequest,
+    HttpResponse,
+    HttpResponseBadRequest,
+    HttpResponseRedirect,
+    JsonResponse,
+    QueryDict,
+)
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
-from django.views.decorators.http import require_POST
+from django.views.decorators.http import require_GET, require_POST
 
 from tasks_app import services
+from tasks_app.filter_chips import Chip, active_chips, chosen_tasks, matching_tasks
 from tasks_app.jsonpreview import editable_json
 from tasks_app.limits import NUL
 from tasks_app.models import Stage, Task
@@ -136,6 +145,13 @@ BULK_ACTIONS: dict[str, tuple[str, str, Callable[..., Any]]] = {
     "complete": ("Marked completed", "tasks_app.change_task", services.task_mark_completed),
     "duplicate": ("Duplicated", "tasks_app.add_task", services.task_duplicate),
 }
+# The confirmation's question per action; {} is the tasks ("587 failed tasks at Check stock").
+BULK_QUESTIONS = {
+    "retry": "Retry {}?",
+    "release": "Release the locks of {}?",
+    "complete": "Mark {} as completed?",
+    "duplicate": "Duplicate {}?",
+}
 # One request acts on at most this many tasks; the message says when more remain.
 BULK_LIMIT = 5000
 
@@ -145,11 +161,66 @@ def bulk_refused(text: str) -> HttpResponse:
     return HttpResponseBadRequest(text, content_type="text/plain; charset=utf-8")
 
 
+@dataclass
+class BulkChoice:
+    """The tasks a bulk request names: ids in id order (at most BULK_LIMIT), whether more match, and the filter."""
+
+    ids: list[int]
+    more: bool = False
+    chips: list[Chip] = field(default_factory=list)
+
+
+def _chosen_by_filter(post: QueryDict, query: str) -> BulkChoice | HttpResponse:
+    """The first BULK_LIMIT tasks matching the list's filter; confirmed, only those up to the confirmed last id."""
+    params = QueryDict(query)
+    task_filter, qs, errors = filtered_tasks(params)  # re-run the list's own filters on its query string
+    if errors:  # acting on "all" of a query that can't run would act on nothing, or guess
+        return bulk_refused(f"The list's filter is not valid, so nothing was done.\n{errors_text(errors)}")
+    try:
+        raw_upto = post.get("upto", "")
+        upto = parse_db_int(raw_upto, name="The confirmed last id") if isinstance(raw_upto, str) and raw_upto else None
+    except ValueError as exc:
+        return bulk_refused(f"{exc} Nothing was done.")
+    if upto is not None:  # the confirmation counted the tasks up to this id: act on no task created since
+        qs = qs.filter(id__lte=upto)
+    ids = list(qs.order_by("id").values_list("id", flat=True)[: BULK_LIMIT + 1])
+    # Confirmed, "more" is what the question said ("the first 5,000 of more than 5,000"), not tasks since.
+    more = len(ids) > BULK_LIMIT or (upto is not None and post.get("more") == "1")
+    names = dict(Stage.objects.values_list("slug", "name"))
+    chips = active_chips(params, names, task_filter.form.cleaned_data)
+    return BulkChoice(ids[:BULK_LIMIT], more, chips)
+
+
+def _chosen_rows(post: QueryDict) -> BulkChoice | HttpResponse:
+    """The ticked rows that (still) exist, in id order."""
+    try:
+        wanted = {parse_db_int(i, name="A selected id") for i in post.getlist("ids")[: BULK_LIMIT + 1]}
+    except ValueError as exc:
+        return bulk_refused(f"{exc} Nothing was done.")
+    ids = sorted(Task.objects.filter(pk__in=wanted).values_list("id", flat=True)) if wanted else []
+    return BulkChoice(ids[:BULK_LIMIT], len(ids) > BULK_LIMIT)
+
+
+def bulk_question(action: str, scope: str, choice: BulkChoice) -> str:
+    """ "Retry 587 failed tasks at Check stock?": the action, the exact number of tasks, and what chose them."""
+    if scope == "all":
+        tasks = matching_tasks(len(choice.ids), choice.chips, more=choice.more)
+    else:
+        tasks = chosen_tasks(choice.ids)
+    return BULK_QUESTIONS[action].format(tasks)
+
+
 @login_required
 @permission_required("tasks_app.view_task", raise_exception=True)
 @require_POST
 def task_bulk(request: HttpRequest) -> HttpResponse:
-    """An action on the selected rows, or on every task matching the list's current filter."""
+    """An action on the selected rows, or on every task matching the list's current filter.
+
+    1. Unconfirmed (the list's Apply): a page asking "Retry 587 failed tasks at Check stock?", counted now,
+       with a Confirm button that posts the same choice again, confirmed. Nothing changes yet.
+    2. Confirmed: each task through its service (each writes its history event); a message counts them.
+    No action, no rows, or no permission for the action: refused, nothing changed.
+    """
     query = request.POST.get("query", "")
     list_url = reverse("tasks_app:task-list") + (f"?{query}" if query else "")
     action = request.POST.get("action", "")
@@ -159,24 +230,28 @@ def task_bulk(request: HttpRequest) -> HttpResponse:
     verb, perm, service = BULK_ACTIONS[action]
     if not request.user.has_perm(perm):
         return HttpResponse("Forbidden", status=403)
-    if request.POST.get("scope") == "all":
-        # Re-run the list's own filters on the query string the page was showing.
-        _, qs, errors = filtered_tasks(QueryDict(query))
-        if errors:  # acting on "all" of a query that can't run would act on nothing, or guess
-            return bulk_refused(f"The list's filter is not valid, so nothing was done.\n{errors_text(errors)}")
-        ids = list(qs.order_by("id").values_list("id", flat=True)[: BULK_LIMIT + 1])
-    else:
-        try:
-            ids = [parse_db_int(i, name="A selected id") for i in request.POST.getlist("ids")][: BULK_LIMIT + 1]
-        except ValueError as exc:
-            return bulk_refused(f"{exc} Nothing was done.")
-    more = len(ids) > BULK_LIMIT
-    ids = ids[:BULK_LIMIT]
-    if not ids:
-        messages.warning(request, "No tasks selected.")
+    scope = "all" if request.POST.get("scope") == "all" else "selected"
+    choice = _chosen_by_filter(request.POST, query) if scope == "all" else _chosen_rows(request.POST)
+    if isinstance(choice, HttpResponse):
+        return choice
+    if not choice.ids:
+        messages.warning(request, "No tasks match the filter." if scope == "all" else "No tasks selected.")
         return HttpResponseRedirect(list_url)
+    if request.POST.get("confirm") != "1":
+        ctx = {
+            "question": bulk_question(action, scope, choice),
+            "action": action,
+            "scope": scope,
+            "query": query,
+            "ids": choice.ids if scope == "selected" else [],
+            "upto": choice.ids[-1] if scope == "all" else None,
+            "more": choice.more,
+            "chips": choice.chips,
+            "list_url": list_url,
+        }
+        return render(request, "tasks_app/task_bulk_confirm.html", ctx)
     done, refused = 0, 0
-    for task_id in ids:
+    for task_id in choice.ids:
         try:
             service(task_id=task_id, actor=actor_for(request.user))
             done += 1
@@ -185,7 +260,20 @@ def task_bulk(request: HttpRequest) -> HttpResponse:
     text = f"{verb} {done} task(s)."
     if refused:
         text += f" {refused} skipped: not in a state this action applies to."
-    if more:
+    if choice.more:
         text += f" Stopped after {BULK_LIMIT}; run it again for the rest."
     messages.success(request, text)
     return HttpResponseRedirect(list_url)
+
+
+@login_required
+@permission_required("tasks_app.view_task", raise_exception=True)
+@require_GET
+def task_bulk_count(request: HttpRequest) -> HttpResponse:
+    """How many tasks the list's filter matches, up to the bulk limit: the bulk bar's "all 587 matching"."""
+    _, qs, errors = filtered_tasks(request.GET)
+    if errors:
+        return JsonResponse({"errors": errors}, status=400)
+    # Counted over at most BULK_LIMIT + 1 rows (a LIMIT in a subquery), never the whole table.
+    count = qs.order_by()[: BULK_LIMIT + 1].count()
+    return JsonResponse({"count": min(count, BULK_LIMIT), "more": count > BULK_LIMIT, "limit": BULK_LIMIT})
