@@ -135,6 +135,7 @@ def _as_datetime(value: Any) -> datetime | None:
     if isinstance(value, datetime):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
     if isinstance(value, str) and value:
+        parsed: datetime | None
         try:
             parsed = datetime.fromisoformat(value)  # C-speed; the details hold Python's own isoformat()
         except ValueError:
