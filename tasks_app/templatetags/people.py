@@ -180,7 +180,7 @@ class _KeyValue:
                 else format_html("{}", name)
             )
             rows.append(
-                format_html("<dt>{}</dt><dd>{}</dd>", label, mark_safe(self.value(value[key], spec, depth + 1)))
+                format_html("<dt>{}</dt> <dd>{}</dd>\n", label, mark_safe(self.value(value[key], spec, depth + 1)))
             )
         return format_html(
             '<dl class="kv">{}</dl>{}', mark_safe("".join(rows)), self.more(len(value) - len(rows), "field")
@@ -196,7 +196,7 @@ class _KeyValue:
             if self.nodes >= self.bounds.nodes:
                 break
             self.nodes += 1
-            items.append(format_html("<li>{}</li>", mark_safe(self.value(item, items_schema, depth + 1))))
+            items.append(format_html("<li>{}</li>\n", mark_safe(self.value(item, items_schema, depth + 1))))
         return format_html(
             '<ol class="kv-list">{}</ol>{}', mark_safe("".join(items)), self.more(len(value) - len(items), "item")
         )
