@@ -17,6 +17,7 @@ import heapq
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from django.db.models import Sum
 from django.utils import timezone
@@ -278,3 +279,15 @@ def stage_notes(figures: WorkflowFigures) -> dict[int, list[str]]:
         if lines:
             notes[f.stage.pk] = lines
     return notes
+
+
+def overview_figures(*, window: str = DEFAULT_WINDOW, now: datetime | None = None) -> dict[str, Any]:
+    """What the overview adds for the figures (its view spreads this into the context; _figures.html draws it):
+    the window's figures, each stage's hourly series for its chart, and the graph's notes."""
+    figures = workflow_figures(window=window, now=now)
+    return {
+        "figures": figures,
+        "charts": hourly_series(stage_ids=[f.stage.pk for f in figures.stages], now=now),
+        "edge_notes": edge_notes(figures),
+        "stage_notes": stage_notes(figures),
+    }
