@@ -73,7 +73,9 @@ def test_the_list_shows_the_last_error_and_the_retry_and_finds_tasks_by_their_er
 
         # Free text finds it by its error.
         page.goto(page.base + "/tasks/")
-        page.fill("input[name=q]", "ConnectionError")
+        if not page.locator("form#filters").is_visible():  # folded on a phone ("Filters")
+            page.locator("#filter-box summary").click()
+        page.fill("form#filters input[name=q]", "ConnectionError")
         page.locator("form#filters button[type=submit]").click()
         page.wait_for_url("**q=ConnectionError**")
         ids = page.locator("#task-rows tr").evaluate_all("rows => rows.map(r => r.id)")
