@@ -342,9 +342,14 @@ class Task(models.Model):
             # Completed and failed tasks (the bulk of a long-lived table) are not
             # in it, so it stays small and hot. Also the overview's live counts,
             # the task list's stage + pending/locked filters, and "My work".
+            # INCLUDE: the overview's live counts (per stage and status, retries,
+            # oldest) are an index-only scan; no column a heartbeat writes, so
+            # heartbeats stay HOT, and claims and completions already write an
+            # entry here (migration 0016 says what it costs).
             models.Index(
                 fields=["stage", "id"],
                 condition=Q(status__in=["pending", "locked"]),
+                include=["status", "attempts", "created_at"],
                 name="task_claim_idx",
             ),
             # Locked tasks only, by id: the expiry sweep (services.lifecycle.tasks_expire_locks: locked,

@@ -8,6 +8,7 @@ app_name = "tasks_app"
 
 urlpatterns = [
     path("overview/", overview.overview, name="overview"),
+    path("overview/counts.json", overview.counts_json, name="overview-counts"),
     path("tasks/", pages.task_list, name="task-list"),
     path("tasks/new/", actions.task_create, name="task-create"),
     path("tasks/bulk/", actions.task_bulk, name="task-bulk"),

@@ -10,8 +10,6 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 
-from django.core.cache import cache
-from django.db import connection
 from django.test import Client
 from django.utils import timezone
 
@@ -205,7 +203,7 @@ def test_the_overview_counts_released_expired_and_failed_attempts_per_stage(
     task_create(stage=world["ship"], type="order", payload={}, now=hour_ago)
     task_claim(stage=world["ship"], worker_id="w-gone", lock_timeout=1, now=hour_ago)
     assert tasks_expire_locks() == 1
-    # Folded as /metrics would (the page folds too, but PostgreSQL's fold leaves the last seconds to settle).
+    # Folded as the workers' upkeep and /metrics would (PostgreSQL's fold leaves the last seconds to settle).
     counters_fold(now=timezone.now() + timedelta(minutes=5))
 
     html = admin_client.get("/overview/").content.decode()
@@ -222,23 +220,6 @@ def test_the_overview_counts_released_expired_and_failed_attempts_per_stage(
     # In the graph too: the review box says it is retrying, in the warning colour.
     assert re.search(r'<text [^>]*class="meta retries warn">1 retrying · 2 released · 0 expired</text>', html)
     assert Task.objects.get(pk=task.pk).status == Task.Status.PENDING
-
-
-def test_a_page_view_folds_new_history_into_the_counters_now_and_then(
-    admin_client: Client, world: dict[str, Stage]
-) -> None:
-    cache.clear()  # no fold yet within the throttle: this view folds
-    released(world["review"], retry_in=60)
-    # SQLite folds up to the newest event at once (PostgreSQL waits SETTLE_SECONDS for late commits).
-
-    html = admin_client.get("/overview/").content.decode()
-
-    expected = "0" if connection.vendor == "postgresql" else "1"
-    assert attempts_row(html, "review")["Released"] == expected
-    # Within the throttle a second view does not fold again (no fold per page view).
-    released(world["review"], retry_in=60)
-    html = admin_client.get("/overview/").content.decode()
-    assert attempts_row(html, "review")["Released"] == expected
 
 
 # -- per worker: the workers page and the overview --------------------------------------------------

@@ -33,8 +33,10 @@ TASK = Task._meta.db_table
 # name -> (columns, partial-index predicate as pg_get_expr prints it, or None)
 AUDITED = {
     "tasks_app_task_pkey": (["id"], None),
-    "task_claim_idx": (["stage_id", "id"], "((status)::text = ANY ((ARRAY['pending'::character varying, "
-                                           "'locked'::character varying])::text[]))"),
+    # Keys stage_id, id; INCLUDE status, attempts, created_at (the overview's live counts, index-only).
+    "task_claim_idx": (["stage_id", "id", "status", "attempts", "created_at"],
+                       "((status)::text = ANY ((ARRAY['pending'::character varying, "
+                       "'locked'::character varying])::text[]))"),
     "task_locked_idx": (["id"], "((status)::text = 'locked'::text)"),
     "task_failed_idx": (["id"], "((status)::text = 'failed'::text)"),
     "tasks_app_task_stage_id_a493173f": (["stage_id"], None),

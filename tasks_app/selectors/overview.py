@@ -1,10 +1,14 @@
 """Tasks per stage and status, cheap on millions of rows: the overview, /metrics and /api/health/ read these.
 
 Pending and locked are counted exactly (they are the small, indexed part of
-the table: the claim index's partial predicate); completed and failed come
-from one GROUP BY (a 1% block sample on big PostgreSQL tables, shown as
-estimates) cached for FINISHED_TTL seconds; throughput reads the last hour
-through the completed_at index, cached for THROUGHPUT_TTL seconds.
+the table: the claim index's partial predicate, which INCLUDEs status,
+attempts and created_at so that the count is an index-only scan); the
+overview caps each stage's count at LIVE_CAP on PostgreSQL, so a backlog of
+millions costs what LIVE_CAP index entries cost, and shows "50,000+".
+Completed and failed come from one GROUP BY (a 1% block sample on big
+PostgreSQL tables, shown as estimates) cached for FINISHED_TTL seconds;
+throughput reads the last hour through the completed_at index, cached for
+THROUGHPUT_TTL seconds. Each cached figure says when it was computed.
 """
 
 from __future__ import annotations
@@ -19,11 +23,14 @@ from django.db.models import Count, Min, Q, QuerySet
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
-from tasks_app.models import CounterCursor, StageCounter, Task
+from tasks_app.models import CounterCursor, Stage, StageCounter, Task
 from tasks_app.services.counters import CURSOR_PK, EXPIRED_FAILED
 
 FINISHED_TTL = 60
 THROUGHPUT_TTL = 15
+# The overview counts at most this many pending (and locked) tasks per stage: at 1M live tasks at
+# one stage the uncapped count read the whole live part of the claim index on every poll.
+LIVE_CAP = 50_000
 
 # Above this many rows (PostgreSQL's own estimate), completed and failed counts
 # are estimated from a block sample instead of counted: the exact GROUP BY
@@ -76,18 +83,27 @@ def _counted_finished() -> dict[int, dict[str, int]]:
     return dict(out)
 
 
-def finished_counts() -> tuple[dict[int, dict[str, int]], bool]:
-    """Completed and failed tasks per stage, and whether they are estimates (cached FINISHED_TTL seconds)."""
+Finished = tuple[dict[int, dict[str, int]], bool, datetime]
 
-    def compute() -> tuple[dict[int, dict[str, int]], bool]:
+
+def finished_snapshot() -> Finished:
+    """Completed and failed tasks per stage, whether they are estimates, and when they were counted
+    (cached FINISHED_TTL seconds)."""
+
+    def compute() -> Finished:
+        at = timezone.now()
         rows_estimate, pages = _table_estimate()
         if rows_estimate > ESTIMATE_ABOVE:
-            return _sampled_finished(min(SAMPLE_PERCENT, 100 * SAMPLE_PAGES / max(pages, 1))), True
-        return _counted_finished(), False
+            return _sampled_finished(min(SAMPLE_PERCENT, 100 * SAMPLE_PAGES / max(pages, 1))), True, at
+        return _counted_finished(), False, at
 
-    return cast(
-        tuple[dict[int, dict[str, int]], bool], cache.get_or_set("tasks_app:overview:finished", compute, FINISHED_TTL)
-    )
+    return cast(Finished, cache.get_or_set("tasks_app:overview:finished:v2", compute, FINISHED_TTL))
+
+
+def finished_counts() -> tuple[dict[int, dict[str, int]], bool]:
+    """Completed and failed tasks per stage, and whether they are estimates (cached FINISHED_TTL seconds)."""
+    counts, estimated, _ = finished_snapshot()
+    return counts, estimated
 
 
 def live_tasks() -> QuerySet[Task]:
@@ -95,9 +111,15 @@ def live_tasks() -> QuerySet[Task]:
     return Task.objects.filter(status__in=LIVE)
 
 
-def live_counts() -> dict[int, dict[str, Any]]:
+def live_counts(cap: int | None = None) -> dict[int, dict[str, Any]]:
     """Per stage: pending and locked counts (exact), the oldest pending task's created_at, and "retrying":
-    the pending tasks that were claimed before (waiting to retry after an error or an expired lock)."""
+    the pending tasks that were claimed before (waiting to retry after an error or an expired lock).
+
+    With `cap` (PostgreSQL), each stage's pending and locked tasks are counted up to `cap` in id order
+    (so the oldest of the first `cap` is the oldest); "capped" lists the statuses that reached it.
+    """
+    if cap is not None and connection.vendor == "postgresql":
+        return _capped_live_counts(cap)
     out: dict[int, dict[str, Any]] = defaultdict(dict)
     rows = (
         live_tasks()
@@ -110,6 +132,49 @@ def live_counts() -> dict[int, dict[str, Any]]:
             out[stage_id]["oldest_pending"] = oldest
             out[stage_id]["retrying"] = retrying
     return dict(out)
+
+
+# live_counts() with a cap, stage by stage: each LATERAL reads at most `cap` entries of task_claim_idx
+# (index-only: it INCLUDEs status, attempts, created_at); tests/test_overview_live.py holds it to the
+# uncapped count below the cap.
+CAPPED_LIVE_SQL = """
+SELECT s.id, p.n, p.retrying, p.oldest, l.n
+FROM {stage} s
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n, count(*) FILTER (WHERE x.attempts > 0) AS retrying, min(x.created_at) AS oldest
+    FROM (SELECT t.attempts, t.created_at FROM {task} t WHERE t.stage_id = s.id AND t.status = 'pending'
+          ORDER BY t.id LIMIT %(cap)s) x
+) p
+CROSS JOIN LATERAL (
+    SELECT count(*) AS n
+    FROM (SELECT 1 FROM {task} t WHERE t.stage_id = s.id AND t.status = 'locked' ORDER BY t.id LIMIT %(cap)s) y
+) l
+WHERE p.n > 0 OR l.n > 0
+"""
+
+
+def _capped_live_counts(cap: int) -> dict[int, dict[str, Any]]:
+    sql = CAPPED_LIVE_SQL.format(
+        stage=connection.ops.quote_name(Stage._meta.db_table), task=connection.ops.quote_name(Task._meta.db_table)
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(sql, {"cap": cap})
+        rows = cursor.fetchall()
+    out: dict[int, dict[str, Any]] = {}
+    for stage_id, pending, retrying, oldest, locked in rows:
+        counts: dict[str, Any] = {"capped": [s for s, n in (("pending", pending), ("locked", locked)) if n >= cap]}
+        if pending:
+            counts.update(pending=pending, oldest_pending=oldest, retrying=retrying)
+        if locked:
+            counts["locked"] = locked
+        out[stage_id] = counts
+    return out
+
+
+def live_snapshot() -> tuple[dict[int, dict[str, Any]], datetime]:
+    """The overview's live counts (capped at LIVE_CAP) and when they were counted: now, not cached (one
+    index-only statement; a poll every few seconds per open page)."""
+    return live_counts(cap=LIVE_CAP), timezone.now()
 
 
 # What the overview and the stage page show of the per-stage counters (services.counters: folded from

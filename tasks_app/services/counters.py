@@ -188,3 +188,20 @@ def counters_fold_now_and_then(*, every: float, max_rows: int, now: datetime | N
     except DatabaseError:
         # The fold's transaction rolled back; the page shows the counters as of the last fold (and says when).
         logger.warning("could not fold the history into the stage counters", exc_info=True)
+
+
+def counters_fold_in_turn(*, max_rows: int, now: datetime | None = None) -> int | None:
+    """The workers' upkeep fold (worker.loop): a bounded fold by one process at a time; returns how far the
+    cursor moved (event ids), or None when another process is folding right now (this one skips its turn)."""
+    CounterCursor.objects.get_or_create(pk=CURSOR_PK)
+    with transaction.atomic():
+        # SKIP LOCKED: a fold elsewhere holds the cursor row for its whole transaction. Once this
+        # transaction holds it, counters_fold's own FOR UPDATE of the row returns at once. (SQLite
+        # has no row locks and Django leaves FOR UPDATE out there; its writers take turns anyway.)
+        cursor = CounterCursor.objects.select_for_update(skip_locked=True).filter(pk=CURSOR_PK)
+        before = cursor.values_list("last_event_id", flat=True).first()
+        if before is None:
+            return None
+        counters_fold(now=now, max_rows=max_rows)
+        after = CounterCursor.objects.filter(pk=CURSOR_PK).values_list("last_event_id", flat=True).get()
+    return after - before

@@ -1,69 +1,158 @@
 """The workflow overview (home page): the graph of stages, their counts, ages, throughput, and the live workers.
 
-The numbers come from selectors/overview.py (exact live counts, cached and
-possibly sampled finished counts, cached throughput); this module draws them.
+The numbers come from selectors/overview.py (live counts, capped, counted at
+each request; cached and possibly sampled finished counts; cached
+throughput; the counters the workers' upkeep folds from the history); the
+geometry from tasks_app/graph.py; this module puts them together. The page
+works without JavaScript; overview.js polls counts_json() every POLL_SECONDS
+for the figures and says how old each one is.
+
+No page view folds the history into the counters: the workers' upkeep does
+(worker.loop, fold_counters), and /metrics.
 """
 
 from __future__ import annotations
 
-from collections import defaultdict, deque
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.decorators import login_required, permission_required
-from django.http import HttpRequest, HttpResponse
+from django.core.exceptions import BadRequest
+from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.utils import timezone
+from django.views.decorators.http import require_GET
 
-from tasks_app.models import Stage, Task, Transition
+from tasks_app import graph
+from tasks_app.models import Stage, Transition
+from tasks_app.selectors.figures import overview_figures, window_named
 from tasks_app.selectors.overview import (
     FINISHED_TTL,
     attempt_counters,
     counters_as_of,
-    finished_counts,
-    live_counts,
+    finished_snapshot,
+    live_snapshot,
     throughput,
 )
 from tasks_app.selectors.workers import live_workers
-from tasks_app.services.counters import counters_fold_now_and_then
+from tasks_app.templatetags.task_extras import human_delta
 
-BOX_W, BOX_H, COL_W, ROW_H, PAD = 250, 128, 330, 156, 20
-# The per-stage counters move on a page view at most this often, by at most this many history events
-# (a /metrics scrape folds the rest): the released/expired figures stay current without a scraper.
-FOLD_EVERY = 15
-FOLD_ROWS = 5_000  # a fold of 20,000 took 0.44 s on a page view at a million tasks (a busy 2-core machine)
-
-
-def layout(stages: list[Stage], transitions: list[Transition]) -> dict[int, tuple[int, int]]:
-    """Stage id -> (x, y): columns by distance from the stages nothing sends to."""
-    incoming = {t.target_id for t in transitions if t.target_id != t.source_id}
-    depth: dict[int, int] = {}
-    queue = deque(s.pk for s in stages if s.pk not in incoming) or deque([stages[0].pk])
-    for sid in queue:
-        depth[sid] = 0
-    outgoing: dict[int, list[int]] = defaultdict(list)
-    for t in transitions:
-        outgoing[t.source_id].append(t.target_id)
-    while queue:
-        sid = queue.popleft()
-        for target in outgoing[sid]:
-            if target not in depth:  # first reach wins: cycles can't loop
-                depth[target] = depth[sid] + 1
-                queue.append(target)
-    for s in stages:
-        depth.setdefault(s.pk, 0)
-    rows: dict[int, int] = defaultdict(int)
-    pos = {}
-    for s in stages:
-        d = depth[s.pk]
-        pos[s.pk] = (PAD + d * COL_W, PAD + rows[d] * ROW_H)
-        rows[d] += 1
-    return pos
+POLL_SECONDS = 5
+NAME_CHAR = 8.6  # px per character of a stage name (15 px bold), generous
+SMALL_CHAR = 6.4  # px per character at 11-12 px
+INNER_W = graph.BOX_W - 24
+STATUSES = ("pending", "locked", "completed", "failed")
 
 
-def sparkline(series: list[int], width: int = BOX_W - 20, height: int = 18) -> str:
+def sparkline(series: list[int], width: int = INNER_W, height: int = 18) -> str:
     peak = max(series) or 1
     step = width / (len(series) - 1)
     return " ".join(f"{i * step:.1f},{height - (n / peak) * height:.1f}" for i, n in enumerate(series))
+
+
+def number(n: int) -> str:
+    """1234567 -> '1,234,567'."""
+    return f"{n:,}"
+
+
+def stage_figures(stages: Sequence[Stage], now: datetime) -> dict[str, Any]:
+    """Every stage's figures as the page and counts.json show them: numbers, and their display text."""
+    live, live_at = live_snapshot()
+    finished, estimated, finished_at = finished_snapshot()
+    attempts = attempt_counters()
+    per_hour, per_minute = throughput()
+    out: dict[int, dict[str, Any]] = {}
+    for s in stages:
+        counts = {**finished.get(s.pk, {}), **live.get(s.pk, {})}
+        capped = counts.get("capped", [])
+        att = attempts.get(s.pk, {})
+        oldest = counts.get("oldest_pending")
+        n = {status: counts.get(status, 0) for status in STATUSES}
+        text = {status: number(v) + ("+" if status in capped else "") for status, v in n.items()}
+        if estimated:
+            text["completed"], text["failed"] = "≈" + text["completed"], "≈" + text["failed"]
+        retrying = counts.get("retrying", 0)
+        text["retries"] = (
+            f"{number(retrying)}{'+' if 'pending' in capped else ''} retrying · "
+            f"{number(att.get('released', 0))} released · {number(att.get('lock_expired', 0))} expired"
+        )
+        age = f"oldest pending {human_delta(now - oldest)}" if oldest else "nothing waiting"
+        text["waiting"] = f"{age} · {number(per_hour.get(s.pk, 0))}/h"
+        out[s.pk] = {
+            "counts": n,
+            "retrying": retrying,
+            "attempts": att,
+            "text": text,
+            "cells": [(status, text[status]) for status in STATUSES],
+            "spark": sparkline(per_minute.get(s.pk, [0] * 60)),
+            "oldest_age": (now - oldest) if oldest else None,
+        }
+    return {"stages": out, "live_at": live_at, "finished_at": finished_at, "estimated": estimated}
+
+
+def drawing_items(drawing: graph.Drawing, stages: Mapping[int, Stage], figures: Mapping[int, Any],
+                  stage_notes: Mapping[int, Sequence[str]]) -> dict[str, Any]:  # fmt: skip
+    """What the template draws for one drawing: its viewBox, edges, and each box with its stage's figures."""
+    boxes = []
+    for pk, rect in drawing.boxes.items():
+        s = stages[pk]
+        name_room = graph.BOX_W - 24
+        slug_room = INNER_W - (78 if s.is_paused else 0)
+        boxes.append(
+            {
+                "rect": rect,
+                "stage": s,
+                "name": graph.fit(s.name or s.slug, name_room, NAME_CHAR),
+                "slug_line": graph.fit(f"{s.slug} · {s.kind}", slug_room, SMALL_CHAR),
+                "label": f"Stage {s.name or s.slug} ({s.slug}, {s.kind}){', paused' if s.is_paused else ''}",
+                "fig": figures[pk],
+                "notes": [
+                    (graph.BOX_H - 6 + (i + 1) * graph.NOTE_H, graph.fit(line, INNER_W, SMALL_CHAR))
+                    for i, line in enumerate(stage_notes.get(pk, ()))
+                ],
+            }
+        )
+    return {"view_box": drawing.view_box, "edges": drawing.edges, "boxes": boxes}
+
+
+def graph_context(
+    stages: list[Stage],
+    transitions: list[Transition],
+    figures: Mapping[int, Any],
+    *,
+    edge_notes: Mapping[int, str] | None = None,
+    stage_notes: Mapping[int, Sequence[str]] | None = None,
+) -> list[dict[str, Any]]:
+    """The wide drawing (screens) and the tall one (phones), each with what the template needs.
+
+    edge_notes: Transition pk -> a short text drawn with its label ("82%"); stage_notes: Stage pk -> extra
+    lines drawn in its box ("wait p50 12 s · p95 40 s"). The layout keeps them clear of each other.
+    """
+    nodes = [s.pk for s in stages]
+    edges = [graph.EdgeIn(pk=t.pk, source=t.source_id, target=t.target_id, label=t.task_type or "*")
+             for t in transitions]  # fmt: skip
+    by_pk = {s.pk: s for s in stages}
+    notes = stage_notes or {}
+    out = []
+    for name, draw in (("wide", graph.wide), ("tall", graph.tall)):
+        drawing = draw(nodes, edges, edge_notes=edge_notes, stage_notes=notes)
+        out.append({"name": name, **drawing_items(drawing, by_pk, figures, notes)})
+    return out
+
+
+def ago(delta: timedelta) -> str:
+    """'3 s', '4 min', '2 h': how old a figure is (overview.js ago() has the same steps)."""
+    seconds = max(delta.total_seconds(), 0.0)
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.0f} h"
+
+
+def epoch_ms(at: datetime | None) -> int | None:
+    return int(at.timestamp() * 1000) if at else None
 
 
 @login_required
@@ -71,56 +160,62 @@ def sparkline(series: list[int], width: int = BOX_W - 20, height: int = 18) -> s
 def overview(request: HttpRequest) -> HttpResponse:
     stages = list(Stage.objects.order_by("id"))
     transitions = list(Transition.objects.order_by("id"))
-    pos = layout(stages, transitions) if stages else {}
-    counters_fold_now_and_then(every=FOLD_EVERY, max_rows=FOLD_ROWS)
-    live = live_counts()
-    finished, estimated = finished_counts()
-    attempts = attempt_counters()
-    per_hour, per_minute = throughput()
     now = timezone.now()
-    boxes: list[dict[str, Any]] = []
-    for s in stages:
-        x, y = pos[s.pk]
-        counts = {**finished.get(s.pk, {}), **live.get(s.pk, {})}
-        oldest = counts.get("oldest_pending")
-        boxes.append(
-            {
-                "stage": s,
-                "x": x,
-                "y": y,
-                "counts": [(status, counts.get(status, 0)) for status in Task.Status.values],
-                "oldest_age": (now - oldest) if oldest else None,
-                "per_hour": per_hour.get(s.pk, 0),
-                "spark": sparkline(per_minute.get(s.pk, [0] * 60)),
-                "retrying": counts.get("retrying", 0),
-                "attempts": attempts.get(s.pk, {}),
-            }
-        )
-    arrows = []
-    x1: float  # and x2: a box's edge, or its middle when the arrow goes round below
-    x2: float
-    for t in transitions:
-        if t.source_id not in pos or t.target_id not in pos:
-            continue
-        (sx, sy), (tx, ty) = pos[t.source_id], pos[t.target_id]
-        x1, y1, x2, y2 = sx + BOX_W, sy + BOX_H / 2, tx, ty + BOX_H / 2
-        if tx <= sx:  # same column or backwards: go round below
-            x1, y1, x2, y2 = sx + BOX_W / 2, sy + BOX_H, tx + BOX_W / 2, ty + BOX_H
-        arrows.append({"x1": x1, "y1": y1, "x2": x2, "y2": y2, "label": t.task_type or "*",
-                       "lx": (x1 + x2) / 2, "ly": (y1 + y2) / 2 - 6})  # fmt: skip
-    width = max((b["x"] for b in boxes), default=0) + BOX_W + PAD
-    height = max((b["y"] for b in boxes), default=0) + BOX_H + PAD * 2
-    workers = live_workers(now).order_by("worker_id")
+    figures = stage_figures(stages, now)
+    as_of = counters_as_of()
+    try:  # the workflow's own figures (selectors.figures, from the hourly roll-ups): ?window=24h|7d
+        extra = overview_figures(window=window_named(request.GET.get("window")), now=now)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+    notes = {"edge_notes": extra["edge_notes"], "stage_notes": extra["stage_notes"]}
     ctx = {
-        "boxes": boxes,
-        "arrows": arrows,
-        "width": width,
-        "height": height,
-        "box_w": BOX_W,
-        "box_h": BOX_H,
-        "workers": list(workers[:50]),
+        "graphs": graph_context(stages, transitions, figures["stages"], **notes) if stages else [],
+        "figures": extra["figures"],
+        "charts": extra["charts"],
+        "rows": [(s, figures["stages"][s.pk]) for s in stages],
+        "box_w": graph.BOX_W,
+        "workers": list(live_workers(now).order_by("worker_id")[:50]),
         "finished_ttl": FINISHED_TTL,
-        "counters_as_of": counters_as_of(),
-        "estimated": estimated,
+        "poll_seconds": POLL_SECONDS,
+        "counters_as_of": as_of,
+        "estimated": figures["estimated"],
+        "ages": {
+            "live": (epoch_ms(figures["live_at"]), ago(now - figures["live_at"])),
+            "finished": (epoch_ms(figures["finished_at"]), ago(now - figures["finished_at"])),
+            "counters": (epoch_ms(as_of), ago(now - as_of) if as_of else ""),
+        },
+        "now_ms": epoch_ms(now),
     }
     return render(request, "tasks_app/overview.html", ctx)
+
+
+@require_GET
+@login_required
+@permission_required("tasks_app.view_task", raise_exception=True)
+def counts_json(request: HttpRequest) -> JsonResponse:
+    """The overview's figures for overview.js: per stage slug, the counts and their display text, and when
+    each kind of figure was counted (epoch ms)."""
+    stages = list(Stage.objects.order_by("id"))
+    now = timezone.now()
+    figures = stage_figures(stages, now)
+    body = {
+        "now": epoch_ms(now),
+        "poll_seconds": POLL_SECONDS,
+        "estimated": figures["estimated"],
+        "as_of": {
+            "live": epoch_ms(figures["live_at"]),
+            "finished": epoch_ms(figures["finished_at"]),
+            "counters": epoch_ms(counters_as_of()),
+        },
+        "stages": {
+            s.slug: {
+                **figures["stages"][s.pk]["counts"],
+                "retrying": figures["stages"][s.pk]["retrying"],
+                "text": figures["stages"][s.pk]["text"],
+            }
+            for s in stages
+        },
+    }
+    response = JsonResponse(body)
+    response["Cache-Control"] = "no-store"
+    return response

@@ -38,6 +38,7 @@ from tasks_app.limits import clamp_lock_timeout
 from tasks_app.logcontext import log_context
 from tasks_app.models import Stage, Task, Transition
 from tasks_app.services.claim import ClaimedRow, task_claim_rows
+from tasks_app.services.counters import counters_fold_in_turn
 from tasks_app.services.pipeline import tasks_complete_and_claim
 from tasks_app.services.retention import PERIODIC_PAUSE, PruneResult, tasks_prune_periodic
 from tasks_app.worker.handlers import Handler, HandlerImportError, HandlerTask, Outcome, resolve_handler
@@ -62,6 +63,13 @@ FLUSH_AFTER = 0.5  # longest a finished task waits for its batch's commit
 HEARTBEAT_CHECK = 0.25  # seconds between looks for locks that need extending
 CONNECTION_CHECK = 1.0  # seconds between close_old_connections() calls
 PRUNE_JITTER = 0.1  # workers started together spread their prunes over ±10% of TASKS_PRUNE_INTERVAL
+# The history fold into the per-stage counters and hourly roll-ups (services.counters), off the page views:
+# every FOLD_INTERVAL s (±20%) each worker tries, and one at a time folds (the others skip their turn);
+# at most FOLD_ROWS events a bite, and the next bite after FOLD_PAUSE while a backlog lasts.
+FOLD_INTERVAL = 10.0
+FOLD_JITTER = 0.2
+FOLD_ROWS = 5_000
+FOLD_PAUSE = 0.5
 
 
 def default_worker_id() -> str:
@@ -101,6 +109,7 @@ class Cadences:
     connections: Cadence  # close_old_connections()
     expiry: Cadence  # the expiry sweep (TASKS_EXPIRE_INTERVAL)
     prune: Cadence  # retention (TASKS_PRUNE_INTERVAL; sooner while a backlog lasts)
+    fold: Cadence  # the counters' fold (FOLD_INTERVAL; sooner while a backlog lasts)
     registry: Cadence  # the registry heartbeat (TASKS_WORKER_HEARTBEAT)
     progress: Cadence | None  # the progress line; None when off
 
@@ -112,6 +121,7 @@ class Cadences:
             connections=Cadence(CONNECTION_CHECK),
             expiry=Cadence(float(settings.TASKS_EXPIRE_INTERVAL)),
             prune=Cadence(float(settings.TASKS_PRUNE_INTERVAL), jitter=PRUNE_JITTER),
+            fold=Cadence(FOLD_INTERVAL, jitter=FOLD_JITTER),
             registry=Cadence(float(settings.TASKS_WORKER_HEARTBEAT)),
             progress=Cadence(progress_interval, next_at=now + progress_interval) if progress_interval > 0 else None,
         )
@@ -203,6 +213,7 @@ class Worker:
         self.chores: list[Chore] = [
             (self.cadences.expiry, self.expire_locks),
             (self.cadences.prune, self.prune),
+            (self.cadences.fold, self.fold_counters),
             (self.cadences.registry, self.report_in),
         ]
         if self.cadences.progress is not None:
@@ -570,6 +581,19 @@ class Worker:
                 pruned.job_runs,
             )
         return pruned
+
+    def fold_counters(self) -> int | None:
+        """Fold new history into the per-stage counters (what the overview and the stage page show)."""
+        try:
+            moved = counters_fold_in_turn(max_rows=FOLD_ROWS)
+        except DatabaseError:
+            # Rolled back; the pages show the counters as of the last fold (and say when). Not the
+            # worker's database trouble: claims and completions go on.
+            logger.warning("could not fold the history into the stage counters", exc_info=True)
+            return None
+        if moved is not None and moved >= FOLD_ROWS:
+            self.cadences.fold.done(time.monotonic(), after=FOLD_PAUSE)  # a backlog: the next bite soon
+        return moved
 
     def report_in(self) -> None:
         """The registry heartbeat: counters and held tasks, so the monitor shows this worker alive."""
