@@ -37,7 +37,12 @@ def session_cookie(user: Any, base: str) -> dict[str, str]:
 
 @contextmanager
 def chromium_page(
-    base: str, *, viewport: dict[str, int] = DESKTOP, color_scheme: str = "light", user: Any = None
+    base: str,
+    *,
+    viewport: dict[str, int] = DESKTOP,
+    color_scheme: str = "light",
+    user: Any = None,
+    timezone_id: str | None = None,
 ) -> Iterator[Any]:
     """A page of a fresh browser at `viewport` under `color_scheme`, logged in as `user` if given; `page.base`
     is the live server's URL. Closes the browser and (PostgreSQL) the live server's connections afterwards."""
@@ -50,7 +55,9 @@ def chromium_page(
     try:
         with sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-            context = browser.new_context(viewport=viewport, color_scheme=color_scheme)
+            # timezone_id: the zone the browser reports (Intl, so tz.js), e.g. "Europe/Paris"; None: the host's.
+            zone = {"timezone_id": timezone_id} if timezone_id else {}
+            context = browser.new_context(viewport=viewport, color_scheme=color_scheme, **zone)
             if cookies:
                 context.add_cookies(cookies)
             page = context.new_page()
