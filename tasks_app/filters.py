@@ -5,82 +5,45 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.db import connection
-from django.db.models import F, QuerySet
-from django.db.models.fields.json import KeyTransform
+from django.db.models import QuerySet
 from django_filters import rest_framework as filters
 from django_filters.fields import IsoDateTimeField
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 
+from tasks_app import payload_query
 from tasks_app.models import Stage, Task
-from tasks_app.values import DB_INT_MAX, DB_INT_MIN, NotStorable, check_json, loads_bounded, to_utc
+from tasks_app.values import DB_INT_MAX, DB_INT_MIN, to_utc
 
 
 class JSONObjectField(forms.CharField):
-    """A JSON object typed as text: `{"customer_id": 12345}` or `customer_id=12345`.
+    """A payload query typed as text: `{"customer_id": 12345}`, `customer_id=12345` or `customer.email:x@y`.
 
+    Its Python value is the query's leaves (tasks_app.payload_query, which says what matches).
     Only values a query can carry: no NaN/Infinity, no integer beyond 64 bits, no NUL
     character (values.loads_bounded), so the database never sees what it refuses.
     """
 
-    # Any, not dict | None: a CharField (text handling, widget, schema) whose Python value is the parsed object.
+    # Any, not list[Leaf] | None: a CharField (text handling, widget, schema) whose Python value is parsed.
     def to_python(self, value: Any) -> Any:
         value = super().to_python(value)
         if not value:
             return None
-        text = value.strip()
         try:
-            if not text.startswith("{") and "=" in text:
-                # key=value shorthand; the value is JSON when it parses (12345, true, "x"), else a string.
-                key, _, raw = text.partition("=")
-                try:
-                    parsed: Any = loads_bounded(raw)
-                except NotStorable:
-                    raise
-                except ValueError:
-                    parsed = raw
-                parsed = {key.strip(): parsed}
-                check_json(parsed)
-                return parsed
-            parsed = loads_bounded(text)
-        except NotStorable as exc:
-            raise forms.ValidationError(f"Not a value a query can match: {exc}.") from None
+            return payload_query.parse(value)
         except ValueError as exc:
-            raise forms.ValidationError(f"Not valid JSON: {exc}") from None
-        if not isinstance(parsed, dict):
-            raise forms.ValidationError('Must be a JSON object, like {"customer_id": 12345}.')
-        return parsed
+            raise forms.ValidationError(str(exc)) from None
 
 
 class JSONContainsFilter(filters.Filter):
+    """The payload filter, the same on both databases (payload_query: arrays are looked into)."""
+
     field_class = JSONObjectField
 
-    def filter(self, qs: QuerySet[Task], value: dict[str, Any] | None) -> QuerySet[Task]:
+    def filter(self, qs: QuerySet[Task], value: list[payload_query.Leaf] | None) -> QuerySet[Task]:
         if not value:
             return qs
-        if connection.vendor == "postgresql":
-            return qs.filter(payload__contains=value)  # jsonb @>
-        # SQLite has no JSON containment: match each leaf by its key path (a
-        # list must then be equal rather than contained).
-        # Key transforms, not "payload__<key>" lookups: a key may be named like a
-        # lookup ("contains", "in", "gt") and must still mean the key.
-        for i, (path, leaf) in enumerate(_leaves(value)):
-            expr: Any = F("payload")
-            for key in path:
-                expr = KeyTransform(key, expr)
-            qs = qs.alias(**{f"_payload_leaf_{i}": expr}).filter(**{f"_payload_leaf_{i}": leaf})
-        return qs
-
-
-def _leaves(obj: dict[str, Any], prefix: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
-    out: list[tuple[tuple[str, ...], Any]] = []
-    for key, value in obj.items():
-        if isinstance(value, dict) and value:
-            out += _leaves(value, (*prefix, str(key)))
-        else:
-            out.append(((*prefix, str(key)), value))
-    return out
+        return qs.filter(payload_query.PayloadMatches(value))
 
 
 class DBIntegerField(forms.IntegerField):

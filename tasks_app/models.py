@@ -362,8 +362,19 @@ class Task(models.Model):
             models.Index(fields=["id"], condition=Q(status="failed"), name="task_failed_idx"),
             # The list's and API's type filter (exact): a rare or absent type would walk the table.
             models.Index(fields=["type"], name="task_type_idx"),
-            # The list's and API's created_after/created_before filters and the sort by created.
+            # The list's and API's created_after/created_before filters and the sort by created (keyset on
+            # (created_at, id): an incremental sort orders each instant's few tasks by id). Not (created_at,
+            # id): with statistics that saw an empty table, the completion's id = ANY(...) walked it whole.
             models.Index(fields=["created_at"], name="task_created_idx"),
+            # The list's sorts by updated (selectors.tasks._rows), for finished tasks: live ones are read
+            # apart (task_claim_idx) and merged. Partial: a claim, a release or a create writes no entry,
+            # only a completion or a failure. Its cost: updated_at is indexed, so a heartbeat
+            # (locked_until, updated_at) is never a HOT update (3 % were, docs/scaling.md).
+            models.Index(
+                fields=["updated_at", "id"],
+                condition=Q(status__in=["completed", "failed"]),
+                name="task_finished_updated_idx",
+            ),
             # The overview's throughput (completions in the last hour) and retention's completed batches.
             models.Index(
                 fields=["completed_at"], condition=Q(completed_at__isnull=False), name="task_completed_at_idx"

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from tasks_app.views import actions, overview, pages, stages, work
+from tasks_app.views import actions, lookup, overview, pages, stages, work
 
 app_name = "tasks_app"
 
@@ -14,6 +14,7 @@ urlpatterns = [
     path("tasks/bulk/", actions.task_bulk, name="task-bulk"),
     path("tasks/bulk/count/", actions.task_bulk_count, name="task-bulk-count"),
     path("tasks/rows/", pages.task_rows, name="task-rows"),
+    path("tasks/lookup/", lookup.task_lookup, name="task-lookup"),
     path("tasks/<int:task_id>/", pages.task_detail, name="task-detail"),
     path("tasks/<int:task_id>/payload.json", pages.task_payload, name="task-payload"),
     path("tasks/<int:task_id>/edit/", actions.task_edit_payload, name="task-edit"),

@@ -1,12 +1,12 @@
 """Works everywhere (issue 14, section 5): an axe-core audit of every page and the phone layout, in Chromium.
 
 One browser per viewport (desktop 1440x900, phone 390x844) walks every page of the app and the admin, on the
-demo workflow with a few tasks in every state: the login page, the overview, the task list (with rows, with
-filters active), task detail (pending, failed with an error, completed with history), edit payload, new task,
-the stage page of each kind (script, job, hook, form), workers, My work, the decision page, and the admin's
-index and task changelist. Each must have no critical or serious axe violation; dark mode is audited for
-contrast too. At 390 px no app page scrolls sideways, wide tables scroll in a box of their own, cards stack.
-Every problem of both viewports is collected first, so one run names them all.
+demo workflow with a few tasks in every state: the login and lockout pages, the overview, the task list (with
+rows, with filters active), task detail (pending, failed with an error, retrying, completed with history), edit
+payload, new task, the stage page of each kind (script, job, hook, form), workers, My work, the decision page,
+and the admin's index and task changelist. Each must have no critical or serious axe violation; dark mode is
+audited for contrast too. At 390 px no app page scrolls sideways, wide tables scroll in a box of their own,
+cards stack. Every problem of both viewports is collected first, so one run names them all.
 """
 
 from __future__ import annotations
@@ -81,28 +81,43 @@ def every_page(user: Any) -> list[tuple[str, str]]:
 def audit(page: Any, name: str, path: str, *, phone: bool) -> list[str]:
     """The page's problems, each prefixed with the page and viewport."""
     response = page.goto(page.base + path)
-    where = f"{name} ({'phone' if phone else 'desktop'}, {path})"
     if response is None or response.status != 200:
-        return [f"{where}: HTTP {response.status if response else 'no response'}"]
+        return [f"{name} ({path}): HTTP {response.status if response else 'no response'}"]
+    return check(page, name, phone=phone)
+
+
+def check(page: Any, name: str, *, phone: bool) -> list[str]:
+    """The problems of the page on screen: axe's, and at a phone's width the layout's."""
     problems = axe_blocking(page)
     if phone and not name.startswith("admin"):  # the admin's layout is Django's own
         problems += layout_problems(page)
+    where = f"{name} ({'phone' if phone else 'desktop'}, {page.url.removeprefix(page.base)})"
     return [f"{where}: {p}" for p in problems]
 
 
-def test_every_page_passes_axe_and_fits_a_phone(live_server: Any) -> None:
+def log_in(page: Any, username: str, password: str) -> Any:
+    page.fill("input[name=username]", username)
+    page.fill("input[name=password]", password)
+    with page.expect_navigation() as navigation:
+        page.click("button[type=submit]")
+    return navigation.value
+
+
+def test_every_page_passes_axe_and_fits_a_phone(live_server: Any, settings: Any) -> None:
+    settings.AXES_FAILURE_LIMIT = 1  # one wrong password shows the lockout page
     user = get_user_model().objects.create_superuser("boss", password="pw-12345")
     pages = every_page(user)
     problems: list[str] = []
     for viewport in (DESKTOP, PHONE):
         phone = viewport is PHONE
         with chromium_page(live_server.url, viewport=viewport) as page:
-            # The login page, then in through it.
+            # The login page, the lockout page (another username), then in through the login page.
             problems += audit(page, "login", "/accounts/login/", phone=phone)
-            page.fill("input[name=username]", "boss")
-            page.fill("input[name=password]", "pw-12345")
-            page.click("button[type=submit]")
-            page.wait_for_url("**/overview/")
+            assert log_in(page, "intruder", "guess").status == 429
+            problems += check(page, "locked out", phone=phone)
+            page.goto(page.base + "/accounts/login/")
+            log_in(page, "boss", "pw-12345")
+            assert page.url.endswith("/overview/")
             for name, path in pages:
                 problems += audit(page, name, path, phone=phone)
             if not phone:

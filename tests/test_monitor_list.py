@@ -213,7 +213,8 @@ def ids_of(tasks: dict[str, Task], *names: str) -> set[int]:
         ({"status": "locked"}, []),
         ({"type": "order"}, ["old_order", "new_order_ship"]),
         ({"type": "ord"}, []),  # the exact type, not a substring
-        ({"payload": "customer_id=12345"}, ["old_order", "new_ping_notify"]),  # a number, not the string
+        # A bare number also finds the same digits stored as a string (payload_query); quoted, the string alone.
+        ({"payload": "customer_id=12345"}, ["old_order", "new_ping_notify", "new_order_ship"]),
         ({"payload": ' customer_id = "12345" '}, ["new_order_ship"]),
         ({"payload": '{"customer_id": 12345}'}, ["old_order", "new_ping_notify"]),
         ({"payload": '{"customer_id": 12345, "city": "Oslo"}'}, ["old_order"]),
@@ -225,7 +226,7 @@ def ids_of(tasks: dict[str, Task], *names: str) -> set[int]:
         ({"q": "ORDER"}, ["old_order", "new_order_ship"]),
         ({"q": "express"}, ["new_order_ship"]),  # in a payload value, any case
         ({"q": "tier"}, ["mid_refund"]),  # in a payload key
-        ({"q": "12345"}, ["old_order", "new_order_ship", "new_ping_notify"]),
+        ({"q": "12345"}, []),  # a bare number is a task id (none has it), never free text
         ({"q": " Oslo "}, ["old_order"]),
         ({"q": "ping", "stage": "review"}, []),
         ({"q": "nothing-has-this"}, []),

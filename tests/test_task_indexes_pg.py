@@ -42,6 +42,8 @@ AUDITED = {
     "tasks_app_task_stage_id_a493173f": (["stage_id"], None),
     "task_type_idx": (["type"], None),
     "task_created_idx": (["created_at"], None),
+    "task_finished_updated_idx": (["updated_at", "id"], "((status)::text = ANY ((ARRAY['completed'::character varying, "
+                                                        "'failed'::character varying])::text[]))"),
     "task_completed_at_idx": (["completed_at"], "(completed_at IS NOT NULL)"),
     "task_parent_idx": (["parent_id"], "(parent_id IS NOT NULL)"),
     "task_source_stage_idx": (["source_stage_id"], "(source_stage_id IS NOT NULL)"),

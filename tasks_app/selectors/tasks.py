@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from django.db.models import Q, QuerySet, TextField
-from django.db.models.functions import Cast
+from django.db.models import F, Q, QuerySet, TextField
+from django.db.models.functions import Cast, Coalesce
 from django.http import QueryDict
 
 from tasks_app.filters import TaskFilter
 from tasks_app.limits import NUL
 from tasks_app.models import Task
+from tasks_app.payload_query import split_shorthand
 from tasks_app.values import parse_db_datetime, parse_db_int
 
 PAGE_SIZE = 50
@@ -24,44 +27,169 @@ SORTS: dict[str, tuple[str, ...]] = {
     "-updated_at": ("-updated_at", "-id"),
     "updated_at": ("updated_at", "id"),
 }
+# Free text and payload lookups are served by no index (a trigram or jsonb GIN index would take entries
+# from every claim and completion): the list searches this many ids per request, newest first, says
+# which, and links to the range below. A scan of 50,000 rows' payload text is ~0.1-0.2 s on PostgreSQL.
+SEARCH_RANGE = 50_000
+# A bare number (or #number) typed as text is a task id: free text for "42" matches every payload
+# with a 42 anywhere in it, which is noise, never the task.
+TASK_ID = re.compile(r"#?\s*(\d+)")
+# Sorted by updated_at, finished and live tasks are read apart (task_finished_updated_idx holds only
+# the finished ones: live tasks change updated_at at every claim and heartbeat) and merged.
+FINISHED = (Task.Status.COMPLETED, Task.Status.FAILED)
+LIVE = (Task.Status.PENDING, Task.Status.LOCKED)
 
 
-def filtered_tasks(params: QueryDict) -> tuple[TaskFilter, QuerySet[Task], dict[str, list[str]]]:
+@dataclass(frozen=True)
+class SearchRange:
+    """The ids a free-text or payload search read: low..high, newest first."""
+
+    low: int
+    high: int
+    newest: bool  # the newest range (no `below` given)
+    older_below: int | None  # the `below` of the next range down; None when no older task is left
+
+    @property
+    def text(self) -> str:
+        return f"#{self.low:,}–#{self.high:,}"
+
+    @property
+    def size_text(self) -> str:
+        return f"{SEARCH_RANGE:,}"
+
+
+@dataclass
+class TaskSearch:
+    filter: TaskFilter
+    qs: QuerySet[Task]
+    errors: dict[str, list[str]]
+    searched: SearchRange | None = None  # set when free text or a payload lookup was bounded to a range
+    task_id: int | None = None  # set when the text was a task id
+    statuses: list[str] = field(default_factory=list)  # the status filter's values (empty: any)
+
+
+def task_search(params: QueryDict) -> TaskSearch:
     """The task list's filters (from its query string), shared by the list page and the bulk actions.
 
     Also returns what is wrong with the query string (field -> messages): with
     errors it matches no task, never all of them.
     """
     task_filter = TaskFilter(params, queryset=Task.objects.select_related("stage", "source_stage"))
-    errors = {field: list(messages) for field, messages in task_filter.errors.items()}
+    errors = {name: list(messages) for name, messages in task_filter.errors.items()}
     q = params.get("q", "").strip()
     if NUL in q:  # PostgreSQL text can't hold it: the query would raise, not match nothing
         errors["q"] = ["Text can't contain NUL (\\u0000) characters."]
+    below: int | None = None
+    raw_below = str(params.get("below", "")).strip()
+    if raw_below:
+        try:
+            below = parse_db_int(raw_below, name="below")
+        except ValueError as exc:
+            errors["below"] = [str(exc)]
     if errors:
-        return task_filter, Task.objects.none(), errors
+        return TaskSearch(task_filter, Task.objects.none(), errors)
     qs = task_filter.qs
+    search = TaskSearch(task_filter, qs, errors, statuses=list(task_filter.form.cleaned_data.get("status") or []))
+    id_match = TASK_ID.fullmatch(q)
+    if id_match:
+        try:
+            search.task_id = parse_db_int(id_match.group(1), name="The task id")
+        except ValueError:
+            search.qs = Task.objects.none()  # beyond any id: no such task
+            return search
+        search.qs = qs.filter(pk=search.task_id)
+        return search
     if q:
-        # Free text over type, last error and payload (a scan: narrow with other filters first on big
-        # tables). The last error is a plain text column next to the payload's cast, so it adds little.
-        # Stored JSON text escapes quotes (and, on SQLite, non-ASCII letters): match those forms too.
+        # Free text over type, last error and payload. The last error is a plain text column next to the
+        # payload's cast, so it adds little. Stored JSON text escapes quotes (and, on SQLite, non-ASCII
+        # letters): match those forms too.
         forms = {q, json.dumps(q)[1:-1], json.dumps(q, ensure_ascii=False)[1:-1]}
         text_match = Q(type__icontains=q) | Q(last_error__icontains=q)
         for form in forms:
             text_match |= Q(payload_text__icontains=form)
         qs = qs.annotate(payload_text=Cast("payload", TextField())).filter(text_match)
-    return task_filter, qs, errors
+    if q or task_filter.form.cleaned_data.get("payload"):
+        search.searched = search_range(below)
+        if search.searched is None:
+            qs = qs.none()
+        else:
+            qs = qs.filter(id__gte=search.searched.low, id__lte=search.searched.high)
+    search.qs = qs
+    return search
+
+
+def lookup_kind(text: str) -> tuple[str, Any]:
+    """What the lookup box's text asks for: ("id", n), ("payload", text), ("text", text) or ("empty", "").
+
+    `123` or `#123` is a task id; `key:value`, `a.b:value`, `key=value` or a JSON object is a payload
+    lookup (payload_query says what matches); anything else is free text. A colon followed by a space
+    (`ConnectionError: timed out`, an error's message) and a URL (`https://...`) stay free text.
+    """
+    text = text.strip()
+    if not text:
+        return "empty", ""
+    id_match = TASK_ID.fullmatch(text)
+    if id_match:
+        try:
+            return "id", parse_db_int(id_match.group(1), name="The task id")
+        except ValueError:
+            return "id", None  # more digits than any id has
+    if text.startswith("{"):
+        return "payload", text
+    parts = split_shorthand(text)
+    if parts is not None:
+        key, sep, value = parts
+        plain_key = key.strip() and not any(c.isspace() for c in key.strip())
+        if plain_key and not (sep == ":" and value[:1].isspace()) and not value.startswith("//"):
+            return "payload", text
+    return "text", text
+
+
+def search_range(below: int | None) -> SearchRange | None:
+    """The SEARCH_RANGE ids below `below` (the newest when None); None when no task is there."""
+    ids = Task.objects.order_by("id").values_list("id", flat=True)
+    newest = ids.reverse().first() if below is None else ids.filter(id__lt=below).reverse().first()
+    oldest = ids.first()
+    if newest is None or oldest is None:
+        return None
+    low = max(newest - SEARCH_RANGE + 1, oldest)
+    return SearchRange(low, newest, below is None, low if low > oldest else None)
+
+
+def filtered_tasks(params: QueryDict) -> tuple[TaskFilter, QuerySet[Task], dict[str, list[str]]]:
+    """task_search's filter, tasks and errors (the bulk actions' and the plan tests' view of it)."""
+    search = task_search(params)
+    return search.filter, search.qs, search.errors
 
 
 def errors_text(errors: dict[str, list[str]]) -> str:
     """filtered_tasks' errors as plain text, one line per field (the 400 bodies that are not a page)."""
-    return "\n".join(f"{field}: {' '.join(messages)}" for field, messages in errors.items())
+    return "\n".join(f"{name}: {' '.join(messages)}" for name, messages in errors.items())
 
 
-Cursor = tuple[int | datetime, int]
+# -- keyset pages ---------------------------------------------------------------------------
+
+BEFORE = "before:"  # a Previous link's cursor starts with it: the page ends just before that row
+
+
+@dataclass(frozen=True)
+class Cursor:
+    """A row's (sort value, id) and which side of it the page lies."""
+
+    value: int | datetime
+    last_id: int
+    before: bool = False
+
+
+@dataclass(frozen=True)
+class Page:
+    tasks: list[Task]
+    next_cursor: str | None
+    previous_cursor: str | None
 
 
 def decode_cursor(sort: str, cursor: str) -> Cursor | None:
-    """The (sort value, id) of the row a page ended on, from its Next link's "value|id".
+    """The row a page starts after (Next) or ends before (Previous, "before:..."), from its link's "value|id".
 
     The one parser of page cursors: anything but what encode_cursor makes (an
     id or a date-time, then an id, each one the databases can compare) is a
@@ -69,32 +197,80 @@ def decode_cursor(sort: str, cursor: str) -> Cursor | None:
     """
     if not cursor:
         return None
-    raw_value, sep, raw_id = cursor.rpartition("|")
+    before = cursor.startswith(BEFORE)
+    raw_value, sep, raw_id = cursor.removeprefix(BEFORE).rpartition("|")
     if not sep:
-        raise ValueError("Not a page cursor: follow the list's Next page link, or leave cursor out.")
+        raise ValueError("Not a page cursor: follow the list's Next or Previous page link, or leave cursor out.")
     last_id = parse_db_int(raw_id, name="The cursor's id")
     if SORTS[sort][0].lstrip("-") == "id":
-        return parse_db_int(raw_value, name="The cursor's id"), last_id
-    return parse_db_datetime(raw_value, name="The cursor's date-time"), last_id
+        return Cursor(parse_db_int(raw_value, name="The cursor's id"), last_id, before)
+    return Cursor(parse_db_datetime(raw_value, name="The cursor's date-time"), last_id, before)
 
 
-def encode_cursor(sort: str, row: Task) -> str:
+def encode_cursor(sort: str, row: Task, *, before: bool = False) -> str:
     value: Any = getattr(row, SORTS[sort][0].lstrip("-"))
-    return f"{value.isoformat() if isinstance(value, datetime) else value}|{row.pk}"
+    text = f"{value.isoformat() if isinstance(value, datetime) else value}|{row.pk}"
+    return BEFORE + text if before else text
 
 
-def keyset_page(qs: QuerySet[Task], sort: str, after: Cursor | None) -> tuple[list[Task], str | None]:
-    """One page after the row `after` names, by index order: no OFFSET, no COUNT(*)."""
-    fields = SORTS[sort]
-    qs = qs.order_by(*fields)
-    if after is not None:
-        value, last_id = after
-        field = fields[0].lstrip("-")
-        op = "lt" if fields[0].startswith("-") else "gt"
-        if field == "id":
-            qs = qs.filter(**{f"id__{op}": last_id})
+def _beyond(name: str, cursor: Cursor, descending: bool) -> Q:
+    """Rows past the cursor's row in an order on (name, id): `name <= v AND (name < v OR id < last)`.
+
+    Spelt so that the first term is a range on the (name, id) index: the scan starts at the
+    cursor and stops after a page (a bare OR would be a filter over the index from its start).
+    """
+    op = "lt" if descending else "gt"
+    if name == "id":
+        return Q(**{f"id__{op}": cursor.last_id})
+    return Q(**{f"{name}__{op}e": cursor.value}) & (
+        Q(**{f"{name}__{op}": cursor.value}) | Q(**{f"id__{op}": cursor.last_id})
+    )
+
+
+def _rows(qs: QuerySet[Task], sort: str, cursor: Cursor | None, *, backwards: bool, statuses: list[str]) -> list[Task]:
+    """Up to PAGE_SIZE + 1 rows past the cursor, in the sort's order (reversed when going backwards)."""
+    name = SORTS[sort][0].lstrip("-")
+    descending = SORTS[sort][0].startswith("-") != backwards
+    wanted = set(statuses) or set(Task.Status.values)
+    sides: list[tuple[QuerySet[Task], bool]] = [(qs, wanted <= set(LIVE))]
+    if name == "updated_at":
+        # Finished tasks in task_finished_updated_idx order; live ones (the backlog) by a top-N sort, then
+        # merged. A status filter leaves out the side it excludes.
+        sides = [(qs.filter(status__in=side), side == LIVE) for side in (FINISHED, LIVE) if wanted & set(side)]
+    rows: list[Task] = []
+    for branch, live in sides:
+        if cursor is not None:
+            branch = branch.filter(_beyond(name, cursor, descending))
+        if live:
+            # Only live tasks (pending, locked): read the backlog whole through task_claim_idx or
+            # task_locked_idx and keep the top N. In index order a scan would walk every finished task
+            # older (or, to see whether another page follows, newer) than the backlog: the whole table.
+            # Coalesce(x, x) sorts as x but is no indexed expression, so the planner does exactly that.
+            keys = [Coalesce(F(f.lstrip("-")), F(f.lstrip("-"))) for f in SORTS[sort]]
+            order: list[Any] = [k.desc() if descending else k.asc() for k in keys]
         else:
-            qs = qs.filter(Q(**{f"{field}__{op}": value}) | Q(**{field: value, f"id__{op}": last_id}))
-    rows = list(qs[: PAGE_SIZE + 1])
-    next_cursor = encode_cursor(sort, rows[PAGE_SIZE - 1]) if len(rows) > PAGE_SIZE else None
-    return rows[:PAGE_SIZE], next_cursor
+            order = [("-" if descending else "") + f.lstrip("-") for f in SORTS[sort]]
+        rows += branch.order_by(*order)[: PAGE_SIZE + 1]
+    if len(sides) > 1:
+        rows.sort(key=lambda t: (getattr(t, name), t.pk), reverse=descending)
+    return rows[: PAGE_SIZE + 1]
+
+
+def keyset_page(qs: QuerySet[Task], sort: str, cursor: Cursor | None, statuses: list[str] | None = None) -> Page:
+    """One page after (or, for a Previous link, before) the cursor's row, by index order: no OFFSET, no COUNT(*)."""
+    statuses = statuses or []
+    if cursor is not None and cursor.before:
+        rows = _rows(qs, sort, cursor, backwards=True, statuses=statuses)
+        tasks = rows[:PAGE_SIZE][::-1]
+        return Page(
+            tasks,
+            encode_cursor(sort, tasks[-1]) if tasks else None,
+            encode_cursor(sort, tasks[0], before=True) if len(rows) > PAGE_SIZE else None,
+        )
+    rows = _rows(qs, sort, cursor, backwards=False, statuses=statuses)
+    tasks = rows[:PAGE_SIZE]
+    return Page(
+        tasks,
+        encode_cursor(sort, tasks[-1]) if len(rows) > PAGE_SIZE else None,
+        encode_cursor(sort, tasks[0], before=True) if cursor is not None and tasks else None,
+    )

@@ -13,7 +13,7 @@ from django.utils import timezone
 from tasks_app.jsonpreview import json_raw
 from tasks_app.models import Stage, Task
 from tasks_app.selectors.history import task_timeline
-from tasks_app.selectors.tasks import SORTS, decode_cursor, errors_text, filtered_tasks, keyset_page
+from tasks_app.selectors.tasks import SORTS, Page, decode_cursor, errors_text, keyset_page, task_search
 from tasks_app.selectors.workers import recent_workers
 from tasks_app.services.form_stages import may_work_on
 
@@ -22,20 +22,25 @@ HISTORY_LIMIT = 50  # events shown on a task's page (a task retried forever has 
 
 def _list_context(request: HttpRequest) -> dict[str, Any]:
     """The list's context; its "errors" (field -> messages) make the page a 400 that lists no task."""
-    task_filter, qs, errors = filtered_tasks(request.GET)
+    search = task_search(request.GET)
+    errors = search.errors
     sort = request.GET.get("sort", "-id")
     if sort not in SORTS:
         sort = "-id"
+    cursor = None
     try:
-        after = decode_cursor(sort, request.GET.get("cursor", ""))
+        cursor = decode_cursor(sort, request.GET.get("cursor", ""))
     except ValueError as exc:
         errors["cursor"] = [str(exc)]
-    tasks, next_cursor = ([], None) if errors else keyset_page(qs, sort, after)
+    page = Page([], None, None) if errors else keyset_page(search.qs, sort, cursor, search.statuses)
     return {
-        "filter": task_filter,
+        "filter": search.filter,
         "errors": errors,
-        "tasks": tasks,
-        "next_cursor": next_cursor,
+        "tasks": page.tasks,
+        "next_cursor": page.next_cursor,
+        "previous_cursor": page.previous_cursor,
+        "searched": search.searched,
+        "task_id": search.task_id,
         "sort": sort,
         "q": request.GET.get("q", ""),
         "stages": Stage.objects.order_by("slug"),
