@@ -38,11 +38,10 @@ from __future__ import annotations
 
 import heapq
 from bisect import bisect_left
-from collections import namedtuple
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from django.db import connection
 from django.db.models import BooleanField, Case, FloatField, Func, Q, Value, When
@@ -173,10 +172,22 @@ def _events(start: int, upper: int) -> Any:
     )
 
 
-EVENT_FIELDS = ("task_id", "kind", "task__stage_id", "task__source_stage_id", "task__type")
-EventRow = namedtuple(  # noqa: PYI024 - a plain tuple's speed is the point
-    "EventRow", [*EVENT_FIELDS, "unclaimed", "copy", "sent_any", "at_s", "created_s", "claimed_s", "attempt", "now_is"]
-)
+class EventRow(NamedTuple):
+    """One row of _events(), in its columns' order."""
+
+    task_id: int
+    kind: str
+    task__stage_id: int
+    task__source_stage_id: int | None
+    task__type: str
+    unclaimed: bool
+    copy: bool
+    sent_any: bool
+    at_s: float
+    created_s: float
+    claimed_s: float | None
+    attempt: Any
+    now_is: str | None
 
 
 def _event_rows(start: int, upper: int) -> Iterator[EventRow]:
@@ -231,8 +242,8 @@ def rollups_fold(*, start: int, upper: int, now: datetime) -> None:
             continue
         hour = hours.get(hour_s) or hours.setdefault(hour_s, datetime.fromtimestamp(hour_s, UTC))
         if row.kind == K.CREATED:
-            if row.copy:
-                continue  # a person's duplicate: it took no transition
+            if row.copy or row.task__source_stage_id is None:
+                continue  # a person's duplicate took no transition (and _events() leaves out tasks nobody sent)
             routes = routes or _Routes()
             transition_id = routes.taken(row.task__source_stage_id, row.task__stage_id, row.task__type)
             if transition_id is not None:
