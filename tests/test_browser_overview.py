@@ -1,7 +1,7 @@
 """The overview in Chromium (issue 14, section 3), at 1440x900 and then 390x844 in the same browser: the graph
 fits its card (every stage box inside it, no sideways page scroll, edge labels apart), the zoom buttons, keys
 and a drag change the view, a paused stage shows its badge, and the counts move by themselves after a task
-changes (overview.js polls counts.json) and say how old they are.
+changes (overview.js polls counts.json) and say how old they are; axe finds nothing critical or serious.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from django.db import connection
 from tasks_app.demo import SAMPLE_ORDERS, load_demo
 from tasks_app.models import Stage
 from tasks_app.services import task_create
+from tests.support.axe import axe_blocking
 from tests.support.chromium import DESKTOP, PHONE, chromium_page, needs_chromium
 from tests.support.users import make_user
 
@@ -71,6 +72,7 @@ def test_the_overview_graph_fits_zooms_and_its_counts_live_on_desktop_and_phone(
             page.set_viewport_size(viewport)
             page.goto(page.base + "/overview/")
             g = check_fit(page, layout)
+            assert axe_blocking(page) == []  # among them nested-interactive: one link per box, nothing inside
             visible = f"#graph svg.graph-{layout}"
 
             # Zoom: the buttons, then keys with the focus in the graph, then a drag; Reset fits it all again.
