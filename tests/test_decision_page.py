@@ -100,7 +100,7 @@ def test_someone_elses_lock_shows_its_full_date_and_zone() -> None:
 
     until = task.locked_until.astimezone(ZoneInfo("Europe/Paris"))
     assert until - timezone.now() > timedelta(days=6)
-    assert f"bob is working on this task until {until.day} {until:%b %Y, %H:%M} CET." in text
+    assert f"bob is working on this task until {until.day} {until:%b %Y, %H:%M} {until.tzname()}." in text
 
 
 def test_your_own_lock_shows_its_full_date_and_zone() -> None:
@@ -112,7 +112,7 @@ def test_your_own_lock_shows_its_full_date_and_zone() -> None:
     text = page(client.get(f"/work/{task.pk}/")).text
 
     until = task.locked_until.astimezone(ZoneInfo("America/New_York"))
-    assert f"Open by you until {until.day} {until:%b %Y, %H:%M} EST." in text
+    assert f"Open by you until {until.day} {until:%b %Y, %H:%M} {until.tzname()}." in text
 
 
 def test_the_holder_releases_the_task_from_the_page() -> None:
@@ -190,3 +190,16 @@ def test_the_payload_card_is_titled_key_values_and_escaped() -> None:
     assert "Order number order_id 42" in text
     assert "Customer customer E-mail email a@b.c" in text
     assert f'href="/tasks/{task.pk}/payload.json"' in html  # the raw JSON, one link away
+
+
+def test_opening_a_task_someone_holds_says_until_when_with_the_date() -> None:
+    world = form_world()
+    task = opened_by(world, world.bob)
+    client = logged_in(world.alice)
+    client.cookies["tz"] = "Europe/Paris"
+
+    response = client.post(f"/work/{task.pk}/open/", follow=True)
+
+    until = task.locked_until.astimezone(ZoneInfo("Europe/Paris"))
+    expected = f"Task {task.pk} is being worked on by bob until {until.day} {until:%b %Y, %H:%M} {until.tzname()}."
+    assert [str(m) for m in response.context["messages"]] == [expected]

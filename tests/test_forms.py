@@ -39,6 +39,7 @@ from tasks_app.services.form_stages import (
     may_work_on,
     outgoing_types,
 )
+from tasks_app.templatetags.people import local_text
 from tests.support.history import claim, claim_of
 from tests.support.pages import ESCAPED_SCRIPT, LOGOUT_URL, SCRIPT, login_redirect, page, shown_messages
 from tests.support.users import logged_in, make_user
@@ -149,8 +150,8 @@ def expire_lock(task: Task) -> None:
 
 
 def held_message(task: Task, holder: str) -> str:
-    until = timezone.localtime(fresh(task).locked_until)
-    return f"Task {task.pk} is being worked on by {holder} until {until:%H:%M}."
+    # With its date and zone ("until 8 Dec 2026, 13:22 UTC"): a lock may be held for a week.
+    return f"Task {task.pk} is being worked on by {holder} until {local_text(fresh(task).locked_until)}."
 
 
 def table(response: HttpResponse, table_id: str) -> str:

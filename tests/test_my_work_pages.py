@@ -249,7 +249,9 @@ def test_open_by_you_shows_the_full_lock_date_and_a_release_button_that_works() 
 
     row = kv_of(html, f"mine-{order.pk}")
     until = opened.locked_until.astimezone(ZoneInfo("Europe/Paris"))
-    assert f"until {until.day} {until:%b %Y, %H:%M} CET" in row  # December: CET, with its date
+    assert (
+        f"until {until.day} {until:%b %Y, %H:%M} {until.tzname()}" in row
+    )  # with its date, and its zone (CET or CEST)
     release = f"/work/{order.pk}/cancel/"
     assert release in page(response).post_actions()
 

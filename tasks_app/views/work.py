@@ -32,6 +32,7 @@ from tasks_app.services.form_stages import (
     outgoing_types,
 )
 from tasks_app.services.schemas import schema_for
+from tasks_app.templatetags.people import when
 
 
 @login_required
@@ -124,6 +125,14 @@ def work_task(request: HttpRequest, task_id: int) -> HttpResponse:
     return _page(request, _task_for(request, task_id))
 
 
+def refusal(exc: TaskError, task_id: int) -> str:
+    """What a person is told when a task can't be opened, decided or released: a lock with its full date."""
+    if isinstance(exc, TaskHeldError) and exc.locked_until is not None:
+        # The service's text says "until 13:22", which hid the date of a lock held for a week.
+        return f"Task {task_id} is being worked on by {exc.holder} until {when(exc.locked_until)}."
+    return str(exc)
+
+
 @login_required
 @require_POST
 def work_open(request: HttpRequest, task_id: int) -> HttpResponse:
@@ -131,7 +140,7 @@ def work_open(request: HttpRequest, task_id: int) -> HttpResponse:
     try:
         form_task_open(task=task, user=request.user)
     except TaskHeldError as exc:
-        messages.warning(request, str(exc))
+        messages.warning(request, refusal(exc, task.pk))
     except TaskError as exc:
         messages.warning(request, str(exc))
         return redirect("tasks_app:my-work")
@@ -155,7 +164,7 @@ def work_submit(request: HttpRequest, task_id: int) -> HttpResponse:
     except ValidationError as exc:
         return _page(request, task, buttons=buttons, errors=exc.messages, status=400)
     except TaskError as exc:
-        messages.warning(request, str(exc))
+        messages.warning(request, refusal(exc, task.pk))
         return redirect("tasks_app:work-task", task_id=task.pk)
     sent = ", ".join(f"{t.stage.slug} (task {t.pk})" for t in successors) or "no stage"
     messages.success(request, f"Task {task.pk}: {chosen['label'].lower()}, sent to {sent}.")
@@ -170,5 +179,5 @@ def work_cancel(request: HttpRequest, task_id: int) -> HttpResponse:
         form_task_cancel(task_id=task.pk, user=request.user)
         messages.info(request, f"Task {task.pk} is back in the queue.")
     except TaskError as exc:
-        messages.warning(request, str(exc))
+        messages.warning(request, refusal(exc, task.pk))
     return redirect("tasks_app:my-work")
