@@ -99,10 +99,11 @@ def _either(words: list[str]) -> str:
     return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " or " + words[-1]
 
 
-def matching_tasks(count: int, chips: list[Chip], *, more: bool = False) -> str:
-    """ "587 failed tasks at Check stock (type: order)": a number of tasks and the filter that chose them.
+def matching_tasks(count: int, chips: list[Chip], *, more: bool = False, within: str = "") -> str:
+    """A number of tasks and the filter that chose them: "587 failed tasks at Check stock (type: order)".
 
     With `more`, `count` is the first of more than that many: "the first 5,000 of more than 5,000 ...".
+    `within` names the id range a free-text or payload search read ("#1–#50,000"), as the list says.
     """
     statuses = [c.text.lower() for c in chips if c.param == "status"]
     stages = [c.text for c in chips if c.param == "stage"]
@@ -113,10 +114,11 @@ def matching_tasks(count: int, chips: list[Chip], *, more: bool = False) -> str:
     if stages:
         words.append("at " + _either(stages))
     text = " ".join(words)
-    return f"{text} ({', '.join(rest)})" if rest else text
+    text = f"{text} ({', '.join(rest)})" if rest else text
+    return f"{text} among tasks {within}" if within else text
 
 
 def chosen_tasks(ids: list[int]) -> str:
-    """ "2 selected tasks (#12, #15)": the rows ticked by hand, the first ten named."""
+    """The rows ticked by hand, the first ten named: "2 selected tasks (#12, #15)"."""
     shown = ", ".join(f"#{i}" for i in ids[:10]) + (", …" if len(ids) > 10 else "")
     return f"{plural(len(ids), 'selected task')} ({shown})"

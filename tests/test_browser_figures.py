@@ -91,3 +91,19 @@ def test_the_figures_and_charts_on_the_stage_page_and_the_overview(live_server: 
 
             page.locator(f"section#figures table.slowest a[href='/tasks/{slowest.pk}/']").click()
             page.wait_for_url(f"**/tasks/{slowest.pk}/")
+
+            # The overview: the graph carries the shares and the medians, the figures table a chart per stage.
+            page.goto(page.base + "/overview/")
+            graph = page.locator(f"#graph svg.graph-{'wide' if viewport is DESKTOP else 'tall'}")
+            assert graph.is_visible()
+            labels = graph.locator("g.edge-label").all_text_contents()
+            assert any("40%" in label for label in labels) and any("20%" in label for label in labels)
+            assert graph.locator("text.note", has_text="wait").count() == 1  # review's box
+            table = page.locator("section#figures table.figures-table")
+            assert table.locator("tbody tr").count() == Stage.objects.count()
+            review_row = table.locator("tbody tr", has_text="Review")
+            assert "declined → notify 20%" in review_row.inner_text()
+            mini = review_row.locator("svg.hourly-chart.small")
+            assert mini.is_visible() and mini.locator("rect.bar-completed").count() == 3
+            no_sideways_scroll(page)
+            shot(page, f"overview-{name}")

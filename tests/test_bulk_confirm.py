@@ -77,16 +77,18 @@ def test_apply_asks_with_the_action_the_exact_count_and_the_filter_then_confirm_
     [
         ("complete", "status=failed&status=pending", "Mark 2 failed or pending tasks as completed?"),
         ("release", "stage=check-stock&stage=review", "Release the locks of 2 tasks at Check stock or Review?"),
-        ("duplicate", "payload=a%3D1", "Duplicate 1 task (payload contains: a=1)?"),
+        ("duplicate", "payload=a%3D1", "Duplicate 1 task (payload contains: a=1) among tasks {searched}?"),
     ],
 )
 def test_the_question_names_each_action_and_filter(
     admin_client: Client, check_stock: Stage, world: dict[str, Stage], action: str, query: str, question: str
 ) -> None:
-    failed_task(check_stock)
-    task_create(stage=world["review"], type="order", payload={"a": 1})
+    first = failed_task(check_stock)
+    last = task_create(stage=world["review"], type="order", payload={"a": 1})
+    searched = f"#{first.pk:,}–#{last.pk:,}"  # a payload lookup reads one range of ids, as the list says
 
-    assert confirm_page(admin_client, {"action": action, "scope": "all", "query": query})[0] == question
+    asked = confirm_page(admin_client, {"action": action, "scope": "all", "query": query})[0]
+    assert asked == question.format(searched=searched)
 
 
 def test_selected_rows_are_named_and_counted_as_they_exist(admin_client: Client, check_stock: Stage) -> None:
@@ -199,3 +201,16 @@ def test_the_list_bar_posts_to_the_confirmation_without_a_browser_dialog(
     assert shown.submitted("bulk")["query"] == ["status=failed"]
     ticks = [i for i in shown.inputs if i.get("name") == "ids"]
     assert [(i["value"], i["form"]) for i in ticks] == [(str(failed.pk), "bulk")]
+
+
+def test_a_text_search_names_the_id_range_it_read(admin_client: Client, check_stock: Stage) -> None:
+    tasks = [failed_task(check_stock) for _ in range(2)]
+    task_create(stage=check_stock, type="order", payload={}, available_at=timezone.now() + timedelta(hours=1))
+    newest = Task.objects.order_by("-id").first()
+    assert newest is not None
+    query = "status=failed&q=ValueError"
+
+    question, _ = confirm_page(admin_client, {"action": "retry", "scope": "all", "query": query})
+
+    # As the list says "Searched tasks #a–#b": free text reads one range of ids (the newest ones).
+    assert question == f"Retry 2 failed tasks (text: ValueError) among tasks #{tasks[0].pk:,}–#{newest.pk:,}?"

@@ -16,7 +16,7 @@ from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from tasks_app.models import Stage, StageHour, Task, Transition
-from tasks_app.selectors.figures import hourly_series, stage_notes, workflow_figures
+from tasks_app.selectors.figures import hourly_series, overview_figures, workflow_figures
 from tasks_app.services import task_claim, task_complete, task_create
 from tasks_app.services.counters import counters_fold
 from tasks_app.services.rollups import hour_of
@@ -135,10 +135,34 @@ def test_the_figures_read_no_task_table(world: dict[str, Stage], window: str) ->
     fold()
     assert StageHour.objects.exists()
     with CaptureQueriesContext(connection) as queries:
-        figures = workflow_figures(window=window)
-        series = hourly_series()
-        stage_notes(figures)
-        for s in series.values():
+        for_overview = overview_figures(window=window)  # what the overview reads (its notes, its charts)
+        for_stage = workflow_figures(window=window)  # and the stage page, with its chart
+        series = hourly_series(stage_ids=[world["review"].pk])
+        for s in [*series.values(), *for_overview["charts"].values()]:
             hourly_svg(s, "outcomes", "x")
-    assert len(queries) == 5  # stages, stage hours, transition hours, transitions; the charts: stage hours
+    # Each: stages, stage hours, transition hours, transitions; the charts: stage hours.
+    assert len(queries) == 5 + 5 and for_stage.for_stage(world["review"].pk).completed == 2
     assert not [q["sql"] for q in queries if TASK_TABLE.search(q["sql"])]
+
+
+def test_the_overview_shows_the_figures_a_chart_per_stage_and_the_graphs_notes(world: dict[str, Stage]) -> None:
+    send_through(world["review"], ["approved", "approved", "declined", ""], hours_ago=2)
+    fold()
+    client = viewer()
+    html = client.get("/overview/").content.decode()
+    section = html[html.index('<section class="card figures" id="figures">') :]
+    section = section[: section.index("</section>")]
+    # One small chart per stage in the figures table, bars only where a stage had events (review, 1 hour).
+    charts = re.findall(r'<svg class="hourly-chart small".*?</svg>', section, re.DOTALL)
+    assert len(charts) == Stage.objects.count()
+    assert sorted(re.search(r'data-bars="(\d+)"', c).group(1) for c in charts) == ["0"] * 4 + ["1"]
+    text = Page(section).text
+    # 6 departures: 2 approved sends to ship and to audit each, 1 declined, 1 completion that sent nothing.
+    assert "approved → audit 33%, approved → ship 33%, declined → notify 17%, ended 17%" in text
+    assert "Time at form stages (people deciding): 0%" in text
+    # The graph draws the shares on the edges and the medians in the boxes (through its notes).
+    graph = html[: html.index('<section class="card figures"')]
+    assert "33%" in graph and "17%" in graph
+    assert re.search(r"wait [\d.]+ (ms|s) · p95", graph)
+    assert "last 7 days" in client.get("/overview/?window=7d").content.decode()
+    assert client.get("/overview/?window=month").status_code == 400

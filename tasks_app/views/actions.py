@@ -29,7 +29,7 @@ from tasks_app.filter_chips import Chip, active_chips, chosen_tasks, matching_ta
 from tasks_app.jsonpreview import editable_json
 from tasks_app.limits import NUL
 from tasks_app.models import Stage, Task
-from tasks_app.selectors.tasks import errors_text, filtered_tasks
+from tasks_app.selectors.tasks import errors_text, filtered_tasks, task_search
 from tasks_app.services.events import actor_for
 from tasks_app.values import parse_db_int
 
@@ -168,14 +168,16 @@ class BulkChoice:
     ids: list[int]
     more: bool = False
     chips: list[Chip] = field(default_factory=list)
+    within: str = ""  # the id range a free-text or payload search read ("#1–#50,000")
 
 
 def _chosen_by_filter(post: QueryDict, query: str) -> BulkChoice | HttpResponse:
     """The first BULK_LIMIT tasks matching the list's filter; confirmed, only those up to the confirmed last id."""
     params = QueryDict(query)
-    task_filter, qs, errors = filtered_tasks(params)  # re-run the list's own filters on its query string
-    if errors:  # acting on "all" of a query that can't run would act on nothing, or guess
-        return bulk_refused(f"The list's filter is not valid, so nothing was done.\n{errors_text(errors)}")
+    search = task_search(params)  # re-run the list's own filters on its query string
+    if search.errors:  # acting on "all" of a query that can't run would act on nothing, or guess
+        return bulk_refused(f"The list's filter is not valid, so nothing was done.\n{errors_text(search.errors)}")
+    qs = search.qs
     try:
         raw_upto = post.get("upto", "")
         upto = parse_db_int(raw_upto, name="The confirmed last id") if isinstance(raw_upto, str) and raw_upto else None
@@ -187,8 +189,9 @@ def _chosen_by_filter(post: QueryDict, query: str) -> BulkChoice | HttpResponse:
     # Confirmed, "more" is what the question said ("the first 5,000 of more than 5,000"), not tasks since.
     more = len(ids) > BULK_LIMIT or (upto is not None and post.get("more") == "1")
     names = dict(Stage.objects.values_list("slug", "name"))
-    chips = active_chips(params, names, task_filter.form.cleaned_data)
-    return BulkChoice(ids[:BULK_LIMIT], more, chips)
+    chips = active_chips(params, names, search.filter.form.cleaned_data)
+    within = search.searched.text if search.searched else ""  # text and payload searches read one id range
+    return BulkChoice(ids[:BULK_LIMIT], more, chips, within)
 
 
 def _chosen_rows(post: QueryDict) -> BulkChoice | HttpResponse:
@@ -202,9 +205,10 @@ def _chosen_rows(post: QueryDict) -> BulkChoice | HttpResponse:
 
 
 def bulk_question(action: str, scope: str, choice: BulkChoice) -> str:
-    """ "Retry 587 failed tasks at Check stock?": the action, the exact number of tasks, and what chose them."""
+    """The confirmation's question: the action, the exact number of tasks and what chose them, like
+    "Retry 587 failed tasks at Check stock?"."""
     if scope == "all":
-        tasks = matching_tasks(len(choice.ids), choice.chips, more=choice.more)
+        tasks = matching_tasks(len(choice.ids), choice.chips, more=choice.more, within=choice.within)
     else:
         tasks = chosen_tasks(choice.ids)
     return BULK_QUESTIONS[action].format(tasks)
