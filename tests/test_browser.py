@@ -84,7 +84,7 @@ def test_operator_works_the_task_pages_in_a_browser(page: Any, world: dict[str, 
     page.fill("input[name=password]", "pw-12345")
     page.click("button[type=submit]")
     page.wait_for_url("**/overview/")
-    assert page.locator("g.stage[data-stage=review]").count() == 1
+    assert page.locator("svg.graph-wide g.stage[data-stage=review]").count() == 1  # the tall drawing: phones
 
     # Filter the list by stage and status (through the URL the filter form builds).
     page.goto(page.base + "/tasks/")
