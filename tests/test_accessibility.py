@@ -27,8 +27,9 @@ from tests.support.chromium import DESKTOP, PHONE, chromium_page, needs_chromium
 pytestmark = [pytest.mark.django_db(transaction=True), needs_chromium]
 
 ERROR = 'ConnectionError: [Errno 111] Connection refused\n  File "handlers.py", line 12, in check_stock'
-# The pages audited in dark mode too (for contrast): the ones an operator keeps open.
-DARK = {"overview", "task list", "task list filtered", "task detail failed"}
+# The pages audited in dark mode too (contrast only: the other rules don't depend on the colours): the ones an
+# operator keeps open, a stage page and the decision page.
+DARK = {"overview", "task list", "task list filtered", "task detail failed", "stage script", "decision"}
 
 
 def every_page(user: Any) -> list[tuple[str, str]]:
