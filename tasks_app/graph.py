@@ -177,12 +177,22 @@ def _spread(index: int, count: int) -> float:
     return (index - (count - 1) / 2) * LANE
 
 
+def _lane(lanes: list[list[tuple[float, float]]], lo: float, hi: float) -> int:
+    """The first lane (0, 1, ...) free over [lo, hi], now taken there: edges whose spans don't meet share one."""
+    for i, spans in enumerate(lanes):
+        if all(hi < a or lo > b for a, b in spans):
+            spans.append((lo, hi))
+            return i
+    lanes.append([(lo, hi)])
+    return len(lanes) - 1
+
+
 def _routes_wide(boxes: Mapping[int, Rect], edges: Sequence[EdgeIn]) -> list[tuple[Point, Point, Point, Point]]:
     """Forward edges leave a box's right side for the next box's left side; backward and same-column
     edges leave its bottom and loop below; a stage sending to itself loops over its top right corner."""
     pairs = _shared(edges)
     below = max((b.bottom for b in boxes.values()), default=0)
-    back = 0
+    lanes: list[list[tuple[float, float]]] = []
     out = []
     for e in edges:
         s, t = boxes[e.source], boxes[e.target]
@@ -194,8 +204,8 @@ def _routes_wide(boxes: Mapping[int, Rect], edges: Sequence[EdgeIn]) -> list[tup
             bend = (end[0] - start[0]) / 2
             out.append((start, (start[0] + bend, start[1]), (end[0] - bend, end[1]), end))
         else:
-            back += 1
-            dip = below + 24 + back * LANE * 2
+            lane = _lane(lanes, min(s.x, t.x) - LANE, max(s.right, t.right) + LANE)
+            dip = below + 24 + (lane + 1) * LANE * 2
             start, end = (s.x + s.w / 2 + off, s.bottom), (t.x + t.w / 2 + off, t.bottom)
             out.append((start, (start[0], dip), (end[0], dip), end))
     return out
@@ -205,7 +215,8 @@ def _routes_tall(boxes: Mapping[int, Rect], edges: Sequence[EdgeIn]) -> list[tup
     """To the next row: bottom to top. Further down: through the left gutter; up: through the right one."""
     pairs = _shared(edges)
     rows = {n: i for i, n in enumerate(boxes)}
-    left = right = 0
+    left: list[list[tuple[float, float]]] = []
+    right: list[list[tuple[float, float]]] = []
     out = []
     for e in edges:
         s, t = boxes[e.source], boxes[e.target]
@@ -217,13 +228,11 @@ def _routes_tall(boxes: Mapping[int, Rect], edges: Sequence[EdgeIn]) -> list[tup
             bend = (end[1] - start[1]) / 2
             out.append((start, (start[0], start[1] + bend), (end[0], end[1] - bend), end))
         elif rows[e.target] > rows[e.source]:
-            left += 1
-            lane = s.x - 20 - left * LANE * 2
+            lane = s.x - 20 - (_lane(left, s.y, t.bottom) + 1) * LANE * 2
             start, end = (s.x, s.y + s.h / 2 + off), (t.x, t.y + t.h / 2 + off)
             out.append((start, (lane, start[1]), (lane, end[1]), end))
         else:
-            right += 1
-            lane = s.right + 20 + right * LANE * 2
+            lane = s.right + 20 + (_lane(right, t.y, s.bottom) + 1) * LANE * 2
             start, end = (s.right, s.y + s.h / 2 + off), (t.right, t.y + t.h / 2 + off)
             out.append((start, (lane, start[1]), (lane, end[1]), end))
     return out

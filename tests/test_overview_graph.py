@@ -10,6 +10,7 @@ The page draws exactly these rectangles (test_the_page_draws_the_computed_geomet
 from __future__ import annotations
 
 import itertools
+import random
 import re
 
 import pytest
@@ -75,6 +76,16 @@ def test_a_12_stage_graph_with_parallel_and_opposite_edges_has_no_overlaps(draw:
     assert len(drawing.edges) == len(BIG_EDGES)
     paths = [e.path for e in drawing.edges]
     assert len(set(paths)) == len(paths)  # parallel and opposite edges are drawn apart
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("draw", DRAWINGS, ids=["wide", "tall"])
+def test_random_workflows_of_30_stages_have_no_overlaps(draw: graph.Layout, seed: int) -> None:
+    rng = random.Random(seed)
+    nodes = list(range(1, 31))
+    edges = [graph.EdgeIn(pk=i, source=rng.choice(nodes), target=rng.choice(nodes), label="t" * rng.randint(1, 24))
+             for i in range(50)]  # fmt: skip
+    check(draw(nodes, edges, edge_notes={e.pk: "50%" for e in edges[::2]}))
 
 
 def test_the_wide_drawing_puts_depths_in_columns_and_the_tall_one_a_stage_per_row() -> None:
