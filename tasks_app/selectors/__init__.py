@@ -11,6 +11,8 @@ from here, never from another view.
 - workers.py: the worker processes alive now.
 - stages.py: what deleting stages would take with them (the admin's confirmation page); the stage page's
   live counts, recent errors grouped by message (bounded windows), a job's next due time and last runs.
+- work.py: My work's queue (a person's form stages, searched), its keyset pages in WORK_ORDER, and the
+  schema properties that title a task's payload.
 """
 
 from __future__ import annotations
