@@ -1,7 +1,8 @@
 """The overview in Chromium (issue 14, section 3), at 1440x900 and then 390x844 in the same browser: the graph
 fits its card (every stage box inside it, no sideways page scroll, edge labels apart), the zoom buttons, keys
 and a drag change the view, a paused stage shows its badge, and the counts move by themselves after a task
-changes (overview.js polls counts.json) and say how old they are; axe finds nothing critical or serious.
+changes (overview.js polls counts.json, not while the tab is hidden) and say how old they are; axe finds nothing
+critical or serious.
 """
 
 from __future__ import annotations
@@ -35,6 +36,13 @@ GEOMETRY = """() => {
     overflow: document.documentElement.scrollWidth - document.documentElement.clientWidth,
     viewBox: svg.getAttribute("viewBox"),
   };
+}"""
+
+
+# The page's visibility as the tab would set it (headless Chromium's tab is never hidden).
+HIDE = """() => {
+  Object.defineProperty(document, "hidden", { value: HIDDEN, configurable: true });
+  document.dispatchEvent(new Event("visibilitychange"));
 }"""
 
 
@@ -115,3 +123,13 @@ def test_the_overview_graph_fits_zooms_and_its_counts_live_on_desktop_and_phone(
             )
             age = page.locator("[data-age-of=live]").inner_text()
             assert age.startswith("as of ") and age.endswith(" s ago"), age
+
+        # A hidden tab does not poll; shown again, it polls at once.
+        polls: list[str] = []
+        page.on("request", lambda r: polls.append(r.url) if "counts.json" in r.url else None)
+        page.evaluate(HIDE.replace("HIDDEN", "true"))
+        page.wait_for_timeout(6_000)  # longer than the 5 s between polls
+        assert polls == []
+        page.evaluate(HIDE.replace("HIDDEN", "false"))
+        page.wait_for_timeout(500)
+        assert len(polls) == 1
