@@ -127,6 +127,7 @@ def test_the_page_says_how_old_each_figure_is(
     assert ages["live"] == "as of 0 s ago"  # counted by this view (the clock says `later` everywhere)
     assert ages["counters"] == "as of 11 min ago"  # 10 min 42 s
     assert 'data-counts-url="/overview/counts.json"' in html and "overview.js" in html
+    assert '<div class="graph-tools" hidden>' in html  # the pan/zoom buttons appear with overview.js only
 
 
 # -- counts.json ------------------------------------------------------------------------------------
