@@ -18,11 +18,9 @@ adds the two.
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime, timedelta
 
-from django.core.cache import cache
-from django.db import DatabaseError, connection, transaction
+from django.db import connection, transaction
 from django.db.models import Count, F, IntegerField, Max, Min, Q, Subquery, Value
 from django.db.models.functions import Coalesce
 from django.utils import timezone
@@ -30,8 +28,6 @@ from django.utils import timezone
 from tasks_app.models import CounterCursor, StageCounter, Task, TaskEvent
 from tasks_app.services.events import CLAIMED_AT
 from tasks_app.services.rollups import rollups_fold
-
-logger = logging.getLogger("tasks_app")
 
 # A pseudo-kind: lock_expired events whose sweep failed the task (max attempts
 # reached). The sweep writes no "failed" event for them, yet the task failed.
@@ -176,18 +172,6 @@ def claim_counts(*, max_rows: int = FOLD_MAX_ROWS) -> dict[int, int]:
     for stage_id, n in folded.union(unfolded, live, all=True):
         out[stage_id] = out.get(stage_id, 0) + n
     return out
-
-
-def counters_fold_now_and_then(*, every: float, max_rows: int, now: datetime | None = None) -> None:
-    """A bounded fold at most once per `every` seconds (per cache): for pages that show the counters,
-    so they move without a /metrics scraper, and no page view folds a long history in one go."""
-    if not cache.add("tasks_app:counters:page-fold", True, every):
-        return
-    try:
-        counters_fold(now=now, max_rows=max_rows)
-    except DatabaseError:
-        # The fold's transaction rolled back; the page shows the counters as of the last fold (and says when).
-        logger.warning("could not fold the history into the stage counters", exc_info=True)
 
 
 def counters_fold_in_turn(*, max_rows: int, now: datetime | None = None) -> int | None:
