@@ -268,7 +268,7 @@ def _add_event(totals: HourTotals, row: Any) -> None:
         finished = "completed"
         totals.stage_seconds += max(0.0, at - created)
         if kind == K.COMPLETED and claimed is not None:
-            totals.work[bucket_of(at - claimed)] += 1
+            totals.work[bucket_of(_ms(at - claimed))] += 1
     elif kind == K.FAILED:
         totals.failed += 1
         totals.errors += 1
@@ -286,10 +286,18 @@ def _add_event(totals: HourTotals, row: Any) -> None:
     elif kind in (K.RETRIED, K.FORCE_RELEASED):
         totals.retried += 1
     if str(row.attempt) == "1" and claimed is not None:
-        totals.wait[bucket_of(claimed - created)] += 1
+        totals.wait[bucket_of(_ms(claimed - created))] += 1
     if finished is not None:
-        record = (row.task_id, round(max(0.0, at - created), 3), finished)
-        totals.slowest.append(record)  # cut to RECORDS_PER_HOUR when written
+        record = (row.task_id, max(0.0, _ms(at - created)), finished)
+        totals.slowest.append(record)  # cut to RECORDS_PER_HOUR when written, and now and then on the way
+        if len(totals.slowest) >= 64 * RECORDS_PER_HOUR:
+            totals.slowest = heapq.nlargest(RECORDS_PER_HOUR, totals.slowest, key=lambda r: r[1])
+
+
+def _ms(seconds: float) -> float:
+    """To the millisecond: SQLite's julianday() keeps no more, and its float days land a hair off whole
+    seconds (30 s read as 30.00001 would fall in the next bucket)."""
+    return round(seconds, 3)
 
 
 def _merge_slowest(old: Any, new: list[tuple[int, float, str]]) -> list[list[Any]]:
