@@ -15,7 +15,17 @@ from django.db import connection
 from django.utils import timezone
 
 from tasks_app.models import Stage, StageHour, Task, Transition, TransitionHour
-from tasks_app.services import task_claim, task_complete, task_create, task_fail, task_release, tasks_create_bulk
+from tasks_app.services import (
+    task_claim,
+    task_complete,
+    task_create,
+    task_duplicate,
+    task_fail,
+    task_mark_completed,
+    task_release,
+    task_retry,
+    tasks_create_bulk,
+)
 from tasks_app.services.counters import counters_fold
 from tasks_app.services.form_stages import form_task_cancel, form_task_open, form_task_submit
 from tasks_app.services.lifecycle import task_unclaim, tasks_expire_locks
@@ -150,6 +160,22 @@ def test_a_form_stage_counts_the_wait_until_a_person_opens_the_task(world: dict[
     assert sum(sum(r.work_buckets) for r in rows) == 1
     assert sum(r.stage_seconds for r in rows) == pytest.approx(50 * 60, abs=30)
     assert sum(h.taken for h in TransitionHour.objects.filter(transition=to_ship)) == 1
+
+
+def test_peoples_retries_and_marks_count_and_a_duplicate_takes_no_transition(world: dict[str, Stage]) -> None:
+    [sent] = review_scenario(world)["A"].children.filter(stage=world["ship"])  # ship got A's approved send
+    claim = claim_one(world["ship"], at(200))
+    assert claim.pk == sent.pk
+    task_fail(task_id=claim.pk, lock_token=claim.lock_token, error="ValueError", now=at(210))
+    task_retry(task_id=sent.pk, actor="user:ann", now=at(220))  # a person sends it back: retried
+    task_mark_completed(task_id=sent.pk, actor="user:ann", now=at(230))  # and marks it done: completed, ended
+    copy = task_duplicate(task_id=sent.pk, actor="user:ann", now=at(240))
+    assert copy.source_stage_id == world["review"].pk  # a copy of a sent task: still no transition taken
+    fold()
+    row = StageHour.objects.get(stage=world["ship"])
+    assert (row.completed, row.failed, row.retried, row.errors, row.ended) == (1, 1, 1, 1, 1)
+    assert [r[0] for r in row.slowest] == [sent.pk, sent.pk]  # completed (218 s at ship) and failed (198 s)
+    assert TransitionHour.objects.get(transition__target=world["ship"]).taken == 1
 
 
 def test_hours_older_than_the_retention_are_deleted_and_not_written(world: dict[str, Stage]) -> None:
