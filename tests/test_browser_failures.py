@@ -100,7 +100,8 @@ def test_the_stage_page_groups_errors_links_their_tasks_and_pauses_and_resumes(
         page.locator("a.stage-link:visible:has(g.stage[data-stage=review])").click()  # the drawing on screen
         page.wait_for_url("**/stages/review/")
         assert page.locator("h1").inner_text().startswith("Review")
-        assert page.locator(".chart, canvas").count() == 0  # the chart is section 3's: no empty box meanwhile
+        # The hourly charts (history, errors) are drawn server-side: SVG with its text summary, no canvas.
+        assert page.locator("figure.chart svg.hourly-chart[role=img]").count() >= 2 and page.locator("canvas").count() == 0
         no_sideways_scroll(page)
 
         groups = page.locator("table.errors tbody tr")
