@@ -9,6 +9,7 @@ intake --*--> review --approved--> ship
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Iterator
 from typing import Any
@@ -22,6 +23,7 @@ from rest_framework.test import APIClient  # noqa: E402
 
 from tasks_app.models import Stage, Task  # noqa: E402
 from tasks_app.services import task_create  # noqa: E402
+from tests.support.chromium import CHROMIUM  # noqa: E402
 from tests.support.processes import IS_POSTGRES, TEST_HANDLER_MODULES  # noqa: E402
 from tests.support.users import ROLES, make_role_user, token_client  # noqa: E402
 from tests.support.world import make_tasks_in_every_state, make_world  # noqa: E402
@@ -29,15 +31,30 @@ from tests.support.world import make_tasks_in_every_state, make_world  # noqa: E
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # PostgreSQL-only tests are deselected (not skipped) on SQLite: the
-    # PostgreSQL run of `make test` executes them.
+    # PostgreSQL run of `make test` executes them. Browser tests (needs_chromium) run in the SQLite pass
+    # only: what they check is what Chromium shows, and every page's queries run on both databases in
+    # the view tests; running them twice cost minutes of `make test`'s budget.
+    # BROWSER_TESTS_ON_POSTGRES=1 runs them on PostgreSQL too.
     if IS_POSTGRES:
+        drop_item = _is_browser_test if os.environ.get("BROWSER_TESTS_ON_POSTGRES") != "1" else None
+    else:
+        drop_item = _is_postgres_only
+    if drop_item is None:
         return
     keep, drop = [], []
     for item in items:
-        (drop if item.get_closest_marker("postgres") else keep).append(item)
+        (drop if drop_item(item) else keep).append(item)
     if drop:
         config.hook.pytest_deselected(items=drop)
         items[:] = keep
+
+
+def _is_postgres_only(item: pytest.Item) -> bool:
+    return item.get_closest_marker("postgres") is not None
+
+
+def _is_browser_test(item: pytest.Item) -> bool:
+    return any(str(m.kwargs.get("reason", "")).startswith(CHROMIUM) for m in item.iter_markers("skipif"))
 
 
 @pytest.fixture(autouse=True)
