@@ -104,11 +104,11 @@ def main() -> int:
         seeded = size
         start = time.perf_counter()
         folded = 0
-        cursor_at = counters.CounterCursor.objects.filter(pk=counters.CURSOR_PK).values_list("last_event_id", flat=True)
+        cursor_row = counters.CounterCursor.objects.filter(pk=counters.CURSOR_PK)
         while True:  # the workers' upkeep folds the history as it is written; here all of it at once
-            before = list(cursor_at)
+            before = list(cursor_row.values_list("last_event_id", flat=True))
             folded += counters.counters_fold(max_rows=50_000, now=timezone.now() + _settle())
-            if list(cursor_at) == before:
+            if list(cursor_row.values_list("last_event_id", flat=True)) == before:
                 break
         print(f"  folded {folded:,} history events in {time.perf_counter() - start:.1f} s", flush=True)
         with connection.cursor() as cursor:  # what autovacuum does soon after: statistics and the visibility map

@@ -287,6 +287,7 @@ class Task(models.Model):
         LOCKED = "locked", "Locked"
         COMPLETED = "completed", "Completed"
         FAILED = "failed", "Failed"
+        CANCELLED = "cancelled", "Cancelled"
 
     # Django's index on stage_id stays: the list's and API's stage filter, a stage's finished tasks when
     # it is deleted, and the foreign key's check then. Not (stage_id, id): with statistics that saw an
@@ -311,6 +312,9 @@ class Task(models.Model):
     reclaimed_from = models.CharField(max_length=200, blank=True, default="", db_default="")
     completed_at = models.DateTimeField(null=True, blank=True)
     last_error = models.TextField(blank=True)
+    # Someone asked to cancel this task while a worker held it (services.cancel): the next heartbeat
+    # tells the worker, and the completion that ends the claim cancels it instead and sends nothing.
+    cancel_requested = models.BooleanField(default=False, db_default=False)
     parent = models.ForeignKey(
         "self", null=True, blank=True, on_delete=models.SET_NULL, related_name="children", db_index=False
     )
@@ -372,9 +376,12 @@ class Task(models.Model):
             # (locked_until, updated_at) is never a HOT update (3 % were, docs/scaling.md).
             models.Index(
                 fields=["updated_at", "id"],
-                condition=Q(status__in=["completed", "failed"]),
+                condition=Q(status__in=["completed", "failed", "cancelled"]),
                 name="task_finished_updated_idx",
             ),
+            # Cancelled tasks only, by id: retention's cancelled batches (as task_failed_idx for failed
+            # ones) and the list's "cancelled" filter. Only a cancel writes an entry.
+            models.Index(fields=["id"], condition=Q(status="cancelled"), name="task_cancelled_idx"),
             # The overview's throughput (completions in the last hour) and retention's completed batches.
             models.Index(
                 fields=["completed_at"], condition=Q(completed_at__isnull=False), name="task_completed_at_idx"
@@ -391,7 +398,7 @@ class Task(models.Model):
         ]
         constraints = [
             models.CheckConstraint(
-                condition=Q(status__in=["pending", "locked", "completed", "failed"]),
+                condition=Q(status__in=["pending", "locked", "completed", "failed", "cancelled"]),
                 name="task_status_valid",
             ),
             models.UniqueConstraint(
@@ -434,6 +441,8 @@ class TaskEvent(models.Model):
         MARKED_COMPLETED = "marked_completed", "Marked completed"
         DUPLICATED = "duplicated", "Duplicated"
         EDITED = "edited", "Payload edited"
+        CANCEL_REQUESTED = "cancel_requested", "Cancel requested"
+        CANCELLED = "cancelled", "Cancelled"
 
     # The (task, id) index below serves lookups by task, so the FK needs no index
     # of its own. No database-level FK either: events are only ever written by

@@ -424,7 +424,7 @@ def test_command_age_formats(world: dict[str, Stage], age: str, kept: int) -> No
         (["--older-than", "9" * 5000], "argument --older-than: too long ago"),
         (["--older-than", "30d", "--status", "pending"], "pending tasks are never pruned"),
         (["--older-than", "30d", "--status", "locked"], "locked tasks are never pruned"),
-        (["--older-than", "30d", "--status", "done"], "expected completed or failed, got 'done'"),
+        (["--older-than", "30d", "--status", "done"], "expected completed, failed or cancelled, got 'done'"),
         (["--older-than", "30d", "--batch-size", "0"], "argument --batch-size: must be at least 1, got 0"),
         (["--older-than", "30d", "--batch-size", "many"], "argument --batch-size: expected a whole number"),
         ([], "the following arguments are required: --older-than"),
@@ -529,8 +529,9 @@ def test_prune_due_stops_when_another_worker_takes_the_lock_over(
     for n in range(3):
         finished(world["ship"], days_ago=40 + n)
     monkeypatch.setattr(retention, "PERIODIC_BATCH", 1)
-    # Free for the first two batches (the failed pass finds none, then one completed task), then taken.
-    answers = iter([True, True, False])
+    # Free for the first three batches (the failed and cancelled passes find none, then one completed task),
+    # then taken.
+    answers = iter([True, True, True, False])
     monkeypatch.setattr(retention, "advisory_xact_lock", lambda key, wait: next(answers))
     pruner = Worker(listen=False)
 

@@ -43,7 +43,9 @@ AUDITED = {
     "task_type_idx": (["type"], None),
     "task_created_idx": (["created_at"], None),
     "task_finished_updated_idx": (["updated_at", "id"], "((status)::text = ANY ((ARRAY['completed'::character varying, "
-                                                        "'failed'::character varying])::text[]))"),
+                                                        "'failed'::character varying, "
+                                                        "'cancelled'::character varying])::text[]))"),
+    "task_cancelled_idx": (["id"], "((status)::text = 'cancelled'::text)"),
     "task_completed_at_idx": (["completed_at"], "(completed_at IS NOT NULL)"),
     "task_parent_idx": (["parent_id"], "(parent_id IS NOT NULL)"),
     "task_source_stage_idx": (["source_stage_id"], "(source_stage_id IS NOT NULL)"),
@@ -170,6 +172,15 @@ def test_each_audited_query_uses_its_index() -> None:
             (
                 f"SELECT id FROM {TASK} WHERE status = %s AND updated_at < %s ORDER BY id DESC LIMIT %s",
                 ("failed", cutoff, 10_000),
+            ),
+        ),
+        # Cancelled tasks (issue 15): as failed ones, through their own partial index.
+        "list: status cancelled": ("task_cancelled_idx", list_page("status=cancelled")),
+        "retention: cancelled batch": (
+            "task_cancelled_idx",
+            (
+                f"SELECT id FROM {TASK} WHERE status = %s AND updated_at < %s ORDER BY id DESC LIMIT %s",
+                ("cancelled", cutoff, 10_000),
             ),
         ),
         # The foreign keys' checks (as PostgreSQL's RI triggers query) when a task or a stage is deleted.

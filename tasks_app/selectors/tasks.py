@@ -37,7 +37,7 @@ SEARCH_RANGE = 50_000
 TASK_ID = re.compile(r"#?\s*(\d+)")
 # Sorted by updated_at, finished and live tasks are read apart (task_finished_updated_idx holds only
 # the finished ones: live tasks change updated_at at every claim and heartbeat) and merged.
-FINISHED = (Task.Status.COMPLETED, Task.Status.FAILED)
+FINISHED = (Task.Status.COMPLETED, Task.Status.FAILED, Task.Status.CANCELLED)
 LIVE = (Task.Status.PENDING, Task.Status.LOCKED)
 
 

@@ -5,6 +5,12 @@ row must still be locked with *its* token), one INSERT for the successors
 and one for the history. A task whose token no longer matches (its lock
 expired and another worker claimed it) is simply not in the UPDATE's
 RETURNING: it is reported as lost and nothing is sent for it.
+
+A task whose cancel was requested while it was locked (services.cancel) ends
+here as `cancelled` instead of completed, and nothing it sends is created:
+the same UPDATE decides it from the row it locks (CASE on cancel_requested),
+so a request committed between a handler's return and this statement is
+obeyed whoever completes (the worker, the API, pipelined or not).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ class Completion:
 class BatchResult:
     completed: list[int] = field(default_factory=list)
     lost: list[int] = field(default_factory=list)
+    cancelled: list[int] = field(default_factory=list)  # a cancel was requested: ended cancelled, sent nothing
     successors: list[Task] = field(default_factory=list)
 
 
@@ -112,19 +119,24 @@ COMPLETED_DETAILS_SQL = details_sql(
 # was left to the same statistics: with STILL_LOCKED's low guess the planner rescanned the pairs
 # for every row, 100 x 100 at a batch of 100.) The ids must be distinct, or only the first
 # token of an id would count: tasks_complete_batch sends a batch with a repeated id the other way.
+# A task whose cancel was requested (services.cancel) ends cancelled here, with no completed_at, and its
+# event is `cancelled` (the same details): decided from the row the UPDATE locked, so a request that
+# committed just before is seen. The new status comes back with each id.
 PG_COMPLETE_SQL = f"""
 WITH done AS (
     UPDATE {TASK}
-    SET status = 'completed', completed_at = %(now)s, updated_at = %(now)s, lock_token = '', locked_until = NULL
+    SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'completed' END,
+        completed_at = CASE WHEN cancel_requested THEN NULL ELSE %(now)s::timestamptz END,
+        updated_at = %(now)s, lock_token = '', locked_until = NULL
     WHERE id = ANY(%(ids)s::bigint[]) AND {STILL_LOCKED}
       AND lock_token = (%(tokens)s::text[])[array_position(%(ids)s::bigint[], id)]
-    RETURNING id, locked_by, locked_at, attempts, reclaimed_from
+    RETURNING id, status, locked_by, locked_at, attempts, reclaimed_from
 ), events AS (
     INSERT INTO {TASK_EVENT} (task_id, kind, at, actor, details)
-    SELECT id, 'completed', %(now)s, locked_by, {COMPLETED_DETAILS_SQL}
+    SELECT id, status, %(now)s, locked_by, {COMPLETED_DETAILS_SQL}
     FROM done
 )
-SELECT id FROM done
+SELECT id, status FROM done
 """
 
 
@@ -145,25 +157,33 @@ def tasks_complete_batch(*, items: Sequence[Completion], now: datetime | None = 
     if connection.vendor == "postgresql" and not any(item.send for item in items) and len(by_id) == len(items):
         # The common case, nothing to send (and each task once): one statement, atomic on its own.
         prepared = execute_prepared(PG_COMPLETE_SQL, pg_complete_params(items, now))
-        result.completed = sorted(row[0] for row in prepared.fetchall())
-        done = set(result.completed)
+        ended = prepared.fetchall()
+        result.completed = sorted(row[0] for row in ended if row[1] != Task.Status.CANCELLED)
+        result.cancelled = sorted(row[0] for row in ended if row[1] == Task.Status.CANCELLED)
+        done = {row[0] for row in ended}
         result.lost = [item.task_id for item in items if item.task_id not in done]
         return result
     where, params = _held([(item.task_id, item.lock_token) for item in items])
     with transaction.atomic():
         with connection.cursor() as cursor:
+            # As PG_COMPLETE_SQL: a requested cancel turns the completion into a cancel, from the locked row.
             cursor.execute(
-                f"UPDATE {TASK} SET status = 'completed', completed_at = %s, updated_at = %s,"
+                f"UPDATE {TASK} SET status = CASE WHEN cancel_requested THEN 'cancelled' ELSE 'completed' END,"
+                " completed_at = CASE WHEN cancel_requested THEN NULL ELSE %s END, updated_at = %s,"
                 f" lock_token = '', locked_until = NULL WHERE {where}"
-                " RETURNING id, stage_id, locked_by, locked_at, attempts, reclaimed_from",
+                " RETURNING id, stage_id, locked_by, locked_at, attempts, reclaimed_from, status",
                 [adapt(now), adapt(now), *params],
             )
-            rows = sorted(cursor.fetchall())
-        to_route = {row[1] for row in rows if by_id[row[0]].send}
+            ended = sorted(cursor.fetchall())
+        cancelled = {row[0] for row in ended if row[6] == Task.Status.CANCELLED}
+        rows = [row[:6] for row in ended]
+        to_route = {row[1] for row in rows if by_id[row[0]].send and row[0] not in cancelled}
         routes = _routes(to_route) if to_route else {}
         senders = Stage.objects.in_bulk(to_route) if to_route else {}
         children: dict[int, list[Task]] = {}
         for task_id, stage_id, *_ in rows:
+            if task_id in cancelled:
+                continue  # its sends are dropped: the cancelled event lists their types
             for type, payload in by_id[task_id].send:
                 matching = [t for t in routes[stage_id] if t.accepts(type)]
                 if not matching:
@@ -186,20 +206,23 @@ def tasks_complete_batch(*, items: Sequence[Completion], now: datetime | None = 
         for task_id, _stage_id, locked_by, locked_at, attempts, reclaimed_from in rows:
             started = _as_datetime(locked_at)
             kids = children.get(task_id, [])
+            details = completed_details(
+                attempt=attempts,
+                worker=locked_by,
+                claimed_at=started,
+                reclaimed_from=reclaimed_from,
+                duration=(now - started).total_seconds() if started else None,
+                sent=[k.pk for k in kids],
+            )
+            if task_id in cancelled and by_id[task_id].send:
+                details["dropped"] = [sent[0] for sent in by_id[task_id].send]
             events.append(
                 TaskEvent(
                     task_id=task_id,
-                    kind=TaskEvent.Kind.COMPLETED,
+                    kind=TaskEvent.Kind.CANCELLED if task_id in cancelled else TaskEvent.Kind.COMPLETED,
                     at=now,
                     actor=locked_by,
-                    details=completed_details(
-                        attempt=attempts,
-                        worker=locked_by,
-                        claimed_at=started,
-                        reclaimed_from=reclaimed_from,
-                        duration=(now - started).total_seconds() if started else None,
-                        sent=[k.pk for k in kids],
-                    ),
+                    details=details,
                 )
             )
             events += [
@@ -210,8 +233,9 @@ def tasks_complete_batch(*, items: Sequence[Completion], now: datetime | None = 
             ]
         TaskEvent.objects.bulk_create(events)
         notify_stages({k.stage_id for k in successors})
-    result.completed = [row[0] for row in rows]
-    done = set(result.completed)
+    result.completed = [row[0] for row in rows if row[0] not in cancelled]
+    result.cancelled = sorted(cancelled)
+    done = {row[0] for row in rows}
     result.lost = [item.task_id for item in items if item.task_id not in done]
     result.successors = successors
     return result
@@ -227,19 +251,22 @@ class ItemOutcome:
     """What became of one item of tasks_complete_each; a refused item is still locked, nothing written for it."""
 
     task_id: int
-    status: Literal["completed", "lock_lost", "refused"]
+    status: Literal["completed", "cancelled", "lock_lost", "refused"]
     successors: list[Task] = field(default_factory=list)
     error: NoRouteError | ValidationError | None = None
 
 
 def _outcomes(items: Sequence[Completion], result: BatchResult) -> Iterator[ItemOutcome]:
     done = set(result.completed)
+    cancelled = set(result.cancelled)
     sent: dict[int | None, list[Task]] = {}
     for child in result.successors:
         sent.setdefault(child.parent_id, []).append(child)
     for item in items:
         if item.task_id in done:
             yield ItemOutcome(item.task_id, "completed", sent.get(item.task_id, []))
+        elif item.task_id in cancelled:
+            yield ItemOutcome(item.task_id, "cancelled")
         else:
             yield ItemOutcome(item.task_id, "lock_lost")
 
@@ -268,7 +295,10 @@ def tasks_complete_each(*, items: Sequence[Completion], now: datetime | None = N
 def task_complete(
     *, task_id: int, lock_token: str, send: Iterable[Send] = (), now: datetime | None = None
 ) -> list[Task]:
-    """Complete a locked task and send its successors, in one transaction."""
+    """Complete a locked task and send its successors, in one transaction.
+
+    A task whose cancel was requested ends cancelled instead, and the answer is [] (nothing sent).
+    """
     if not lock_token:
         raise TaskLockLost(f"Task {task_id}: a lock token is required.")
     result = tasks_complete_batch(items=[Completion(task_id, lock_token, list(send))], now=now)
@@ -277,14 +307,26 @@ def task_complete(
     return result.successors
 
 
-def tasks_extend_locks(
+@dataclass
+class Renewal:
+    """What a heartbeat found: the ids still held (extended), and those of them whose cancel was requested."""
+
+    held: list[int] = field(default_factory=list)
+    cancel_requested: list[int] = field(default_factory=list)
+
+
+def tasks_extend_locks_reporting(
     *, items: Sequence[tuple[int, str]], lock_timeout: int, now: datetime | None = None
-) -> list[int]:
-    """Heartbeat: push the deadline of held locks to now + lock_timeout; returns the ids still held."""
+) -> Renewal:
+    """Heartbeat: push the deadline of held locks to now + lock_timeout; reports those held and cancel requests.
+
+    The cancel request comes back from the same UPDATE (RETURNING), so the worker learns it at the
+    heartbeat that follows it, with no query of its own.
+    """
     if lock_timeout < 1:
         raise ValueError(f"lock_timeout must be at least 1 second, got {lock_timeout}")
     if not items:
-        return []
+        return Renewal()
     now = now or timezone.now()
     until = now + timedelta(seconds=clamp_lock_timeout(lock_timeout))  # stored out of bounds: don't overflow
     adapt = connection.ops.adapt_datetimefield_value
@@ -292,28 +334,45 @@ def tasks_extend_locks(
     with transaction.atomic():
         with connection.cursor() as cursor:
             cursor.execute(
-                f"UPDATE {TASK} SET locked_until = %s, updated_at = %s WHERE {where} RETURNING id",
+                f"UPDATE {TASK} SET locked_until = %s, updated_at = %s WHERE {where} RETURNING id, cancel_requested",
                 [adapt(until), adapt(now), *params],
             )
-            extended = sorted(row[0] for row in cursor.fetchall())
+            rows = sorted(cursor.fetchall())
+        extended = [row[0] for row in rows]
         TaskEvent.objects.bulk_create(
             TaskEvent(task_id=i, kind=TaskEvent.Kind.LOCK_EXTENDED, at=now, details={"locked_until": until.isoformat()})
             for i in extended
         )
-    return extended
+    return Renewal(held=extended, cancel_requested=[row[0] for row in rows if row[1]])
+
+
+def tasks_extend_locks(
+    *, items: Sequence[tuple[int, str]], lock_timeout: int, now: datetime | None = None
+) -> list[int]:
+    """Heartbeat: push the deadline of held locks to now + lock_timeout; returns the ids still held."""
+    return tasks_extend_locks_reporting(items=items, lock_timeout=lock_timeout, now=now).held
+
+
+def task_extend_lock_reporting(
+    *, task_id: int, lock_token: str, lock_timeout: int | None = None, now: datetime | None = None
+) -> tuple[datetime, bool]:
+    """Push one held lock's deadline to now + lock_timeout (default: its stage's); returns the new deadline
+    and whether a cancel of the task was requested."""
+    now = now or timezone.now()
+    if lock_timeout is None:
+        row = Task.objects.filter(pk=task_id).values("stage__lock_timeout").first()
+        lock_timeout = row["stage__lock_timeout"] if row else 1
+    renewal = tasks_extend_locks_reporting(items=[(task_id, lock_token)], lock_timeout=lock_timeout, now=now)
+    if not renewal.held:
+        raise lock_lost(task_id)
+    return now + timedelta(seconds=clamp_lock_timeout(lock_timeout)), bool(renewal.cancel_requested)
 
 
 def task_extend_lock(
     *, task_id: int, lock_token: str, lock_timeout: int | None = None, now: datetime | None = None
 ) -> datetime:
     """Push one held lock's deadline to now + lock_timeout (default: its stage's); returns the new deadline."""
-    now = now or timezone.now()
-    if lock_timeout is None:
-        row = Task.objects.filter(pk=task_id).values("stage__lock_timeout").first()
-        lock_timeout = row["stage__lock_timeout"] if row else 1
-    if not tasks_extend_locks(items=[(task_id, lock_token)], lock_timeout=lock_timeout, now=now):
-        raise lock_lost(task_id)
-    return now + timedelta(seconds=clamp_lock_timeout(lock_timeout))
+    return task_extend_lock_reporting(task_id=task_id, lock_token=lock_token, lock_timeout=lock_timeout, now=now)[0]
 
 
 def pg_complete_params(items: Sequence[Completion], now: datetime) -> dict[str, Any]:

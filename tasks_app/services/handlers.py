@@ -137,6 +137,9 @@ class HandlerTask:
     _stage: Stage = field(repr=False)
     _routes: list[Transition] | None = field(default=None, repr=False)
     sent: list[Send] = field(default_factory=list, repr=False)
+    # Set by the worker when a heartbeat reports that someone asked to cancel this task: a long handler
+    # may look and return early. Whatever it does, the task then ends cancelled and its sends are dropped.
+    cancel_requested: bool = False
 
     def send(self, type: str, payload: dict[str, Any] | None = None) -> None:
         """Queue a successor of `type`; it is created when this task completes, in the same transaction."""

@@ -25,7 +25,7 @@ import time
 import weakref
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 import psycopg
 from django.conf import settings
@@ -98,15 +98,22 @@ def tasks_complete_and_claim(
     started = time.perf_counter()
     done_cursor, claim_cursor = _pipelined(pg_complete_params(items, now), claim)
     with connection.wrap_database_errors:
-        completed = {row[0] for row in done_cursor.fetchall()}
+        ended = dict(done_cursor.fetchall())  # id -> completed, or cancelled (a cancel was requested)
         claimed = pg_claimed_rows(claim_cursor, claim, stage=stage, until=until)
     # The claim's latency as a worker waits for it: here the whole round trip it shares.
     histograms.observe("claim", worker_id=worker_id, stage=stage.slug, seconds=time.perf_counter() - started)
-    outcomes = [ItemOutcome(i.task_id, "completed" if i.task_id in completed else "lock_lost") for i in items]
+    outcomes = [ItemOutcome(i.task_id, _ended_as(ended.get(i.task_id))) for i in items]
     if each is not None:
         for outcome in outcomes:
             each(outcome)
     return outcomes, claimed
+
+
+def _ended_as(status: str | None) -> Literal["completed", "cancelled", "lock_lost"]:
+    """An item's outcome from the status PG_COMPLETE_SQL gave its row (None: not updated, the lock was lost)."""
+    if status is None:
+        return "lock_lost"
+    return "cancelled" if status == "cancelled" else "completed"
 
 
 def _separately(

@@ -2,12 +2,15 @@
 
 What goes, and what never does:
 
-- Only completed and failed tasks are deleted. Pending and locked tasks are
-  work still to be done, however old, and `tasks_prune` refuses to be asked.
+- Only finished tasks (completed, failed, cancelled) are deleted. Pending
+  and locked tasks are work still to be done, however old, and `tasks_prune`
+  refuses to be asked.
 - A completed task's age is its `completed_at` (served by the partial index
   task_completed_at_idx); a failed task's is its `updated_at`, the time it
   failed. Failed tasks change only by hand (a payload edit or a retry), so an
-  operator touching one restarts its clock, which is what we want.
+  operator touching one restarts its clock, which is what we want. A
+  cancelled task's age is its `updated_at` too, the time it was cancelled
+  (served by the partial index task_cancelled_idx, as failed ones by theirs).
 - A finished JobRun goes when it finished before the cutoff, except each job
   stage's latest run: the scheduler counts due times from it, and without it a
   job would run again for a due time it already ran.
@@ -62,10 +65,14 @@ logger = logging.getLogger("tasks_app.retention")
 
 TASK = connection.ops.quote_name(Task._meta.db_table)
 TASK_EVENT = connection.ops.quote_name(TaskEvent._meta.db_table)
-PRUNABLE = (Task.Status.COMPLETED, Task.Status.FAILED)
+PRUNABLE = (Task.Status.COMPLETED, Task.Status.FAILED, Task.Status.CANCELLED)
 # The column that says how long ago a task finished, per status.
 # str keys: statuses arrive as plain strings (TextChoices members are equal to them).
-AGE_COLUMN: dict[str, str] = {Task.Status.COMPLETED: "completed_at", Task.Status.FAILED: "updated_at"}
+AGE_COLUMN: dict[str, str] = {
+    Task.Status.COMPLETED: "completed_at",
+    Task.Status.FAILED: "updated_at",
+    Task.Status.CANCELLED: "updated_at",
+}
 # Periodic pruning runs in a worker's coordinator thread, which also extends the
 # locks of the tasks it holds: it prunes in small batches for at most
 # PERIODIC_BUDGET seconds, and comes back after PERIODIC_PAUSE while a backlog lasts.
@@ -154,8 +161,8 @@ def _select_batch(
             params += [after[0], after[0], after[1]]
         sql += " ORDER BY completed_at DESC, id DESC LIMIT %s"
     else:
-        # Failed tasks are a few percent of the table and updated_at has no
-        # index: by id, backwards along the partial task_failed_idx.
+        # Failed (and cancelled) tasks are a few percent of the table and updated_at has no
+        # index: by id, backwards along the partial task_failed_idx (task_cancelled_idx).
         sql = f"SELECT id FROM {TASK} WHERE status = %s AND {AGE_COLUMN[status]} < %s"
         if after is not None:
             sql += " AND id < %s"
@@ -266,12 +273,12 @@ def _check_statuses(statuses: Iterable[str]) -> list[str]:
     refused = sorted(chosen - set(PRUNABLE))
     if refused:
         raise ValueError(
-            f"only completed and failed tasks can be pruned, not {', '.join(refused)}: "
+            f"only completed, failed and cancelled tasks can be pruned, not {', '.join(refused)}: "
             "pending and locked tasks are work still to be done"
         )
     if not chosen:
-        raise ValueError("no status to prune: give completed, failed or both")
-    return [s for s in (Task.Status.FAILED, Task.Status.COMPLETED) if s in chosen]
+        raise ValueError("no status to prune: give completed, failed, cancelled or several")
+    return [s for s in (Task.Status.FAILED, Task.Status.CANCELLED, Task.Status.COMPLETED) if s in chosen]
 
 
 def tasks_prune(

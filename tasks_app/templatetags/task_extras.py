@@ -59,11 +59,15 @@ def status_text(task: Task, now: datetime) -> str:
         if task.locked_until and task.locked_until < now:
             return f"Locked by {task.locked_by}, lock expired {human_delta(now - task.locked_until)} ago"
         left = human_delta(task.locked_until - now) if task.locked_until else "?"
+        if task.cancel_requested:  # services.cancel: it ends cancelled when its handler returns
+            return f"Locked by {task.locked_by}, {left} left · cancel requested"
         return f"Locked by {task.locked_by}, {left} left"
     if task.status == Task.Status.COMPLETED:
         if task.completed_at and task.locked_at:
             return f"Completed in {human_delta(task.completed_at - task.locked_at)}"
         return "Completed"
+    if task.status == Task.Status.CANCELLED:
+        return "Cancelled"
     return f"Failed after {task.attempts} attempt{'s' if task.attempts != 1 else ''}"
 
 

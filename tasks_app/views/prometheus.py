@@ -55,6 +55,12 @@ COUNTERS: Sequence[tuple[str, str, Sequence[str]]] = (
         ["failed", EXPIRED_FAILED],
     ),
     (
+        "tasks_cancelled",
+        "Tasks cancelled at the stage (at once when pending or failed, or a held task's completion after a cancel "
+        "request).",
+        ["cancelled"],
+    ),
+    (
         "tasks_released",
         "Locked tasks handed back to pending (handler error, worker shutdown, or force-released by a person).",
         ["released", "force_released"],

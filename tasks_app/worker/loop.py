@@ -38,6 +38,7 @@ from tasks_app.limits import clamp_lock_timeout
 from tasks_app.logcontext import log_context
 from tasks_app.models import Stage, Task, Transition
 from tasks_app.services.claim import ClaimedRow, task_claim_rows
+from tasks_app.services.complete import tasks_extend_locks_reporting
 from tasks_app.services.counters import counters_fold_in_turn
 from tasks_app.services.pipeline import tasks_complete_and_claim
 from tasks_app.services.retention import PERIODIC_PAUSE, PruneResult, tasks_prune_periodic
@@ -99,6 +100,7 @@ class Held:
     extended_at: float  # monotonic time of the claim or the last heartbeat
     outcome: Outcome | None = None
     finished_at: float = 0.0
+    view: HandlerTask | None = None  # what its handler sees; a heartbeat sets its cancel_requested
 
 
 @dataclass
@@ -298,6 +300,7 @@ class Worker:
                 _stage=task.stage,
                 _routes=self.served.routes.get(task.stage_id),
             )
+            h.view = view
             self.in_flight.add(task.pk)
             job = Job(task_id=task.pk, lock_token=task.lock_token, handler=handler, view=view)
             if self.inline_ok(task.stage):
@@ -442,6 +445,12 @@ class Worker:
             return
         if result.status == "completed":
             self.stats.done += 1
+        elif result.status == "cancelled":
+            # A cancel was requested while it ran: the completion ended it cancelled, its sends dropped.
+            logger.info(
+                "task %s: cancelled as requested; nothing sent", result.task_id, extra={"task_id": result.task_id}
+            )
+            self.stats.done += 1
         else:
             self._lost([result.task_id])
         h.outcome = None
@@ -490,12 +499,15 @@ class Worker:
             if now - h.extended_at >= h.lock_timeout / 2:
                 due.setdefault(h.lock_timeout, []).append(h)
         for timeout, group in due.items():
-            kept = set(
-                services.tasks_extend_locks(items=[(h.task.pk, h.task.lock_token) for h in group], lock_timeout=timeout)
+            renewal = tasks_extend_locks_reporting(
+                items=[(h.task.pk, h.task.lock_token) for h in group], lock_timeout=timeout
             )
+            kept, cancels = set(renewal.held), set(renewal.cancel_requested)
             for h in group:
                 if h.task.pk in kept:
                     h.extended_at = now
+                    if h.task.pk in cancels and h.view is not None:
+                        h.view.cancel_requested = True  # the handler may look and stop early
                 else:
                     self._drop_lost(h.task.pk)
 

@@ -44,12 +44,12 @@ def prunable_status(raw: str) -> str:
         return raw
     if raw in ("pending", "locked"):
         raise argparse.ArgumentTypeError(f"{raw} tasks are never pruned (they are work still to be done)")
-    raise argparse.ArgumentTypeError(f"expected completed or failed, got {raw!r}")
+    raise argparse.ArgumentTypeError(f"expected completed, failed or cancelled, got {raw!r}")
 
 
 class Command(BaseCommand):
     help = (
-        "Delete completed and failed tasks older than --older-than, with their history, in batches: "
+        "Delete completed, failed and cancelled tasks older than --older-than, with their history, in batches: "
         "prune_tasks --older-than 30d [--status completed --status failed] [--batch-size 10000] [--dry-run]. "
         "Pending and locked tasks are never deleted."
     )

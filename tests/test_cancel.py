@@ -1,0 +1,243 @@
+"""Cancel (issue 15): at once for pending and failed tasks, by request for locked ones, refused otherwise.
+
+A completion after a cancel request ends the task cancelled and sends nothing, whichever
+path completes it (one task, a batch, the pipelined completion + claim, the API).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from tasks_app.models import Stage, Task, TaskEvent
+from tasks_app.services import (
+    Completion,
+    TaskLockLost,
+    TaskStateError,
+    task_claim,
+    task_complete,
+    task_fail,
+    tasks_complete_each,
+)
+from tasks_app.services.cancel import task_cancel
+from tasks_app.services.complete import task_extend_lock_reporting, tasks_extend_locks_reporting
+from tasks_app.services.pipeline import tasks_complete_and_claim
+from tasks_app.services.retention import tasks_prune
+from tests.support.world import claim_one, create, kinds, nothing_written
+
+S = Task.Status
+E = TaskEvent.Kind
+
+
+def cancel_event(task_id: int) -> TaskEvent:
+    return TaskEvent.objects.filter(task_id=task_id, kind=E.CANCELLED).get()
+
+
+# -- at once: pending and failed ------------------------------------------------------------
+
+
+def test_a_pending_task_is_cancelled_at_once_with_reason_and_actor(world: dict[str, Stage]) -> None:
+    task = create(world["review"], amount=5)
+    result = task_cancel(task_id=task.pk, actor="user:ann", reason="  customer withdrew  ")
+    assert (result.outcome, result.cascaded) == ("cancelled", [])
+    task.refresh_from_db()
+    assert task.status == S.CANCELLED and task.completed_at is None and task.lock_token == ""
+    assert kinds(task.pk) == ["created", "cancelled"]
+    event = cancel_event(task.pk)
+    assert event.actor == "user:ann"
+    assert event.details == {"reason": "customer withdrew", "previous_status": "pending"}
+    # Nobody claims it any more.
+    assert task_claim(stage=world["review"], worker_id="w", limit=10) == []
+
+
+def test_a_failed_task_is_cancelled_at_once(world: dict[str, Stage]) -> None:
+    create(world["notify"])
+    held = claim_one(world["notify"])
+    task_fail(task_id=held.pk, lock_token=held.lock_token, error="ValueError: no")
+    assert task_cancel(task_id=held.pk, actor="user:ann", reason="obsolete").outcome == "cancelled"
+    held.refresh_from_db()
+    assert held.status == S.CANCELLED
+    assert cancel_event(held.pk).details["previous_status"] == "failed"
+
+
+@pytest.mark.parametrize("state", ["completed", "cancelled"])
+def test_finished_tasks_are_refused_and_nothing_changes(world: dict[str, Stage], state: str) -> None:
+    task = create(world["ship"])
+    if state == "completed":
+        held = claim_one(world["ship"])
+        task_complete(task_id=held.pk, lock_token=held.lock_token)
+    else:
+        task_cancel(task_id=task.pk, actor="user:ann")
+    with nothing_written(), pytest.raises(TaskStateError, match=f"it is {state}"):
+        task_cancel(task_id=task.pk, actor="user:bob", reason="again")
+
+
+def test_an_unknown_task_is_refused(world: dict[str, Stage]) -> None:
+    with nothing_written(), pytest.raises(TaskStateError, match="does not exist"):
+        task_cancel(task_id=987654, actor="user:ann")
+
+
+# -- by request: locked ----------------------------------------------------------------------
+
+
+def test_a_locked_task_gets_a_request_and_a_second_request_is_refused(world: dict[str, Stage]) -> None:
+    create(world["review"], amount=5)
+    held = claim_one(world["review"], worker="w7")
+    result = task_cancel(task_id=held.pk, actor="user:ann", reason="stop it")
+    assert result.outcome == "requested"
+    task = Task.objects.get(pk=held.pk)
+    assert task.status == S.LOCKED and task.cancel_requested and task.lock_token == held.lock_token
+    requested = TaskEvent.objects.get(task_id=held.pk, kind=E.CANCEL_REQUESTED)
+    assert (requested.actor, requested.details) == ("user:ann", {"reason": "stop it", "worker": "w7"})
+    with nothing_written(), pytest.raises(TaskStateError, match="already requested"):
+        task_cancel(task_id=held.pk, actor="user:bob")
+
+
+def test_the_heartbeat_reports_the_request(world: dict[str, Stage]) -> None:
+    create(world["review"], amount=5)
+    create(world["review"], amount=6)
+    first, second = task_claim(stage=world["review"], worker_id="w", limit=2)
+    items = [(first.pk, first.lock_token), (second.pk, second.lock_token)]
+    assert tasks_extend_locks_reporting(items=items, lock_timeout=30).cancel_requested == []
+    task_cancel(task_id=second.pk, actor="user:ann")
+    renewal = tasks_extend_locks_reporting(items=items, lock_timeout=30)
+    assert (sorted(renewal.held), renewal.cancel_requested) == (sorted([first.pk, second.pk]), [second.pk])
+    _, requested = task_extend_lock_reporting(task_id=second.pk, lock_token=second.lock_token, lock_timeout=30)
+    assert requested is True
+    assert task_extend_lock_reporting(task_id=first.pk, lock_token=first.lock_token, lock_timeout=30)[1] is False
+
+
+def test_completing_after_a_request_cancels_and_sends_nothing(world: dict[str, Stage]) -> None:
+    create(world["review"], amount=5)
+    held = claim_one(world["review"], worker="w7")
+    task_cancel(task_id=held.pk, actor="user:ann", reason="stop")
+    sent = task_complete(task_id=held.pk, lock_token=held.lock_token, send=[("approved", {"amount": 5})])
+    assert sent == []
+    task = Task.objects.get(pk=held.pk)
+    assert task.status == S.CANCELLED and task.completed_at is None and task.lock_token == ""
+    assert Task.objects.filter(parent_id=held.pk).count() == 0
+    assert Task.objects.count() == 1
+    assert kinds(held.pk) == ["created", "cancel_requested", "cancelled"]
+    event = cancel_event(held.pk)
+    assert event.actor == "w7"
+    assert (event.details["worker"], event.details["attempt"], event.details["sent"]) == ("w7", 1, [])
+    assert event.details["dropped"] == ["approved"]
+    # The token is spent: a second completion is a lost lock, not a second end.
+    with pytest.raises(TaskLockLost, match="cancelled, not locked"):
+        task_complete(task_id=held.pk, lock_token=held.lock_token)
+
+
+def test_completing_with_nothing_to_send_after_a_request_cancels(world: dict[str, Stage]) -> None:
+    """On PostgreSQL this is the one-statement completion (PG_COMPLETE_SQL)."""
+    create(world["ship"])
+    held = claim_one(world["ship"])
+    task_cancel(task_id=held.pk, actor="user:ann")
+    assert task_complete(task_id=held.pk, lock_token=held.lock_token) == []
+    assert Task.objects.get(pk=held.pk).status == S.CANCELLED
+    assert kinds(held.pk) == ["created", "cancel_requested", "cancelled"]
+    assert "dropped" not in cancel_event(held.pk).details
+
+
+@pytest.mark.parametrize("sending", [True, False])
+def test_a_batch_completes_the_others_and_cancels_the_requested_one(world: dict[str, Stage], sending: bool) -> None:
+    for amount in (1, 2):
+        create(world["review"], amount=amount)
+    first, second = task_claim(stage=world["review"], worker_id="w", limit=2)
+    task_cancel(task_id=first.pk, actor="user:ann")
+    send = [("approved", {"amount": 1})] if sending else []
+    items = [Completion(first.pk, first.lock_token, send), Completion(second.pk, second.lock_token, send)]
+    outcomes = {o.task_id: o for o in tasks_complete_each(items=items)}
+    assert outcomes[first.pk].status == "cancelled" and outcomes[first.pk].successors == []
+    assert outcomes[second.pk].status == "completed"
+    assert Task.objects.get(pk=first.pk).status == S.CANCELLED
+    assert Task.objects.get(pk=second.pk).status == S.COMPLETED
+    assert Task.objects.filter(parent_id=first.pk).count() == 0
+    # approved fans out to ship and audit
+    assert Task.objects.filter(parent_id=second.pk).count() == (2 if sending else 0)
+
+
+def test_the_pipelined_completion_and_claim_cancels_the_requested_one(world: dict[str, Stage]) -> None:
+    """On PostgreSQL the completion and the next claim go out in one pipeline; on SQLite apart."""
+    for amount in (1, 2, 3):
+        create(world["ship"], n=amount)
+    first, second = task_claim(stage=world["ship"], worker_id="w", limit=2)
+    task_cancel(task_id=second.pk, actor="user:ann")
+    items = [Completion(first.pk, first.lock_token), Completion(second.pk, second.lock_token)]
+    outcomes, claimed = tasks_complete_and_claim(items=items, stage=world["ship"], worker_id="w", limit=5)
+    assert [(o.task_id, o.status) for o in outcomes] == [(first.pk, "completed"), (second.pk, "cancelled")]
+    assert len(claimed) == 1
+    assert Task.objects.get(pk=second.pk).status == S.CANCELLED
+    assert kinds(second.pk)[-1] == "cancelled" and kinds(first.pk)[-1] == "completed"
+
+
+def test_a_request_that_lands_before_the_completion_statement_is_obeyed(world: dict[str, Stage]) -> None:
+    """The decision is the completing UPDATE's, from the row it locks: not a read made before it."""
+    create(world["review"], amount=5)
+    held = claim_one(world["review"])
+    # The worker decided to complete (handler returned, sends checked); the request commits just before.
+    Task.objects.filter(pk=held.pk).update(cancel_requested=True)
+    task_complete(task_id=held.pk, lock_token=held.lock_token, send=[("approved", {"amount": 5})])
+    assert Task.objects.get(pk=held.pk).status == S.CANCELLED
+    assert Task.objects.filter(parent_id=held.pk).count() == 0
+
+
+# -- cascade -----------------------------------------------------------------------------------
+
+
+def test_cascade_cancels_pending_descendants_only(world: dict[str, Stage]) -> None:
+    create(world["review"], amount=5)
+    parent = claim_one(world["review"])
+    [ship, audit] = task_complete(task_id=parent.pk, lock_token=parent.lock_token, send=[("approved", {"a": 1})])
+    # ship's task is held by a worker (left alone); audit's is pending (cancelled).
+    ship_held = claim_one(world["ship"])
+    assert ship_held.pk == ship.pk
+    # A grandchild under audit, pending: cancelled too.
+    grandchild = Task.objects.create(stage=world["notify"], type="x", payload={}, parent_id=audit.pk)
+    Task.objects.filter(pk=parent.pk).update(status=S.FAILED)  # a failed root, to cancel at once
+    result = task_cancel(task_id=parent.pk, actor="user:ann", reason="all of it", cascade=True)
+    assert result.outcome == "cancelled"
+    assert sorted(result.cascaded) == sorted([audit.pk, grandchild.pk])
+    assert Task.objects.get(pk=ship.pk).status == S.LOCKED
+    assert not Task.objects.get(pk=ship.pk).cancel_requested
+    for task_id in (audit.pk, grandchild.pk):
+        assert Task.objects.get(pk=task_id).status == S.CANCELLED
+        assert cancel_event(task_id).details == {
+            "reason": "all of it",
+            "previous_status": "pending",
+            "cascade_from": parent.pk,
+        }
+
+
+# -- retention ---------------------------------------------------------------------------------
+
+
+def test_retention_deletes_old_cancelled_tasks_like_failed_ones(world: dict[str, Stage]) -> None:
+    old = create(world["review"], amount=1)
+    new = create(world["review"], amount=2)
+    live = create(world["review"], amount=3)
+    now = timezone.now()
+    task_cancel(task_id=old.pk, actor="user:ann", now=now - timedelta(days=40))
+    task_cancel(task_id=new.pk, actor="user:ann", now=now - timedelta(days=10))
+    result = tasks_prune(older_than=timedelta(days=30), now=now)
+    assert result.tasks == 1
+    assert not Task.objects.filter(pk=old.pk).exists()
+    assert not TaskEvent.objects.filter(task_id=old.pk).exists()
+    assert Task.objects.filter(pk__in=[new.pk, live.pk]).count() == 2
+    assert tasks_prune(older_than=timedelta(days=5), statuses=["cancelled"], now=now).tasks == 1
+    assert Task.objects.filter(pk=live.pk, status=S.PENDING).exists()
+
+
+@pytest.mark.postgres
+def test_the_cancel_index_serves_retention_on_postgres(world: dict[str, Stage]) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        cursor.execute(
+            "EXPLAIN SELECT id FROM tasks_app_task WHERE status = 'cancelled' AND updated_at < now()"
+            " ORDER BY id DESC LIMIT 100"
+        )
+        plan: Any = "\n".join(row[0] for row in cursor.fetchall())
+    assert "task_cancelled_idx" in plan
