@@ -82,3 +82,13 @@ def json_has_nul(value: object) -> bool:
 def clamp_lock_timeout(seconds: int) -> int:
     """A lock timeout within 1..MAX_LOCK_TIMEOUT: rows stored before the bounds (or by raw SQL) mustn't overflow."""
     return max(1, min(int(seconds), MAX_LOCK_TIMEOUT))
+
+
+# Task.priority and Stage.default_priority (higher runs first); a priority a stage reads from a payload
+# field (Stage.priority_from) is clamped into this range. Wide enough for any scheme people use (0-10,
+# -100..100), small enough that no arithmetic on it can overflow.
+MIN_PRIORITY = -1000
+MAX_PRIORITY = 1000
+# How far ahead a task may be scheduled, in seconds: send(delay=/at=), the API's delay/available_at,
+# a hook's ?delay=, the New task page. A year, as a release's retry_in.
+MAX_DELAY = 365 * 24 * 3600

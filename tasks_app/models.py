@@ -21,7 +21,15 @@ from django.db.models.lookups import Exact
 from django.utils import timezone
 
 from tasks_app.handler_modules import validate_handler
-from tasks_app.limits import MAX_ATTEMPTS, MAX_LOCK_TIMEOUT, MAX_RUN_TIME, json_depth_exceeds, json_has_nul
+from tasks_app.limits import (
+    MAX_ATTEMPTS,
+    MAX_LOCK_TIMEOUT,
+    MAX_PRIORITY,
+    MAX_RUN_TIME,
+    MIN_PRIORITY,
+    json_depth_exceeds,
+    json_has_nul,
+)
 from tasks_app.schema_rules import schema_map_problems
 
 TYPE_MAX_LENGTH = 100
@@ -168,6 +176,25 @@ class Stage(models.Model):
         help_text=f"Seconds a handler may run before the worker abandons it and releases the task (1 to "
         f"{MAX_RUN_TIME}, a week); blank means no limit (heartbeats keep long handlers' locks alive).",
     )
+    # Priority (issue 15): higher runs first. A task created at this stage (not sent by a task, which
+    # passes its own on) takes the integer in its payload's `priority_from` field, clamped to the range,
+    # else default_priority (services.routing.stage_priority).
+    default_priority = models.IntegerField(
+        default=0,
+        db_default=0,
+        validators=[MinValueValidator(MIN_PRIORITY), MaxValueValidator(MAX_PRIORITY)],
+        help_text=f"Priority of tasks created at this stage ({MIN_PRIORITY} to {MAX_PRIORITY}, higher runs "
+        "first); tasks sent by a task inherit the sender's.",
+    )
+    priority_from = models.CharField(
+        max_length=100,
+        blank=True,
+        default="",
+        db_default="",
+        validators=[NO_NUL],
+        help_text="A payload field holding the priority of tasks created at this stage (an integer, clamped "
+        f"to {MIN_PRIORITY}..{MAX_PRIORITY}); anything else there falls back to the default priority.",
+    )
     is_paused = models.BooleanField(default=False, help_text="A paused stage hands out no tasks.")
     hook_secret = models.CharField(
         max_length=128,
@@ -212,6 +239,10 @@ class Stage(models.Model):
             models.CheckConstraint(
                 condition=Q(max_run_time__isnull=True) | Q(max_run_time__gte=1, max_run_time__lte=MAX_RUN_TIME),
                 name="stage_max_run_time_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(default_priority__gte=MIN_PRIORITY, default_priority__lte=MAX_PRIORITY),
+                name="stage_default_priority_range",
             ),
         ]
 
@@ -301,6 +332,13 @@ class Task(models.Model):
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     updated_at = models.DateTimeField(default=timezone.now)
     available_at = models.DateTimeField(default=timezone.now, help_text="Not claimable before this time.")
+    # Higher first: the claim serves priority DESC, id (task_claim_idx); db_default for raw INSERTs.
+    priority = models.IntegerField(
+        default=0,
+        db_default=0,
+        validators=[MinValueValidator(MIN_PRIORITY), MaxValueValidator(MAX_PRIORITY)],
+        help_text=f"Higher runs first ({MIN_PRIORITY} to {MAX_PRIORITY}); ties run oldest first.",
+    )
     attempts = models.PositiveIntegerField(default=0)
     lock_token = models.CharField(max_length=64, blank=True)
     locked_by = models.CharField(max_length=200, blank=True)
@@ -342,7 +380,7 @@ class Task(models.Model):
         indexes = [
             # Used by the claim (services.claim.CLAIMABLE_WHERE): WHERE stage_id = ?
             # AND ((pending AND due) OR (locked AND lock expired AND attempts left))
-            # ORDER BY id LIMIT n; PostgreSQL proves this predicate from that OR.
+            # ORDER BY priority DESC, id LIMIT n; PostgreSQL proves this predicate from that OR.
             # Completed and failed tasks (the bulk of a long-lived table) are not
             # in it, so it stays small and hot. Also the overview's live counts,
             # the task list's stage + pending/locked filters, and "My work".
@@ -350,8 +388,9 @@ class Task(models.Model):
             # oldest) are an index-only scan; no column a heartbeat writes, so
             # heartbeats stay HOT, and claims and completions already write an
             # entry here (migration 0016 says what it costs).
+            # Keys (stage, priority DESC, id): migration 0017 (issue 15's priority).
             models.Index(
-                fields=["stage", "id"],
+                fields=["stage", "-priority", "id"],
                 condition=Q(status__in=["pending", "locked"]),
                 include=["status", "attempts", "created_at"],
                 name="task_claim_idx",

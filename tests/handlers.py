@@ -107,3 +107,13 @@ def thread_name_send(task: Any) -> None:
 
     time.sleep(float(task.payload.get("seconds", 0)))
     task.send("seen", {"task": task.id, "thread": threading.current_thread().name})
+
+
+def send_with_options(task: Any) -> None:
+    """Send "approved" with the send() options the payload names: priority, delay (seconds), at (ISO text)."""
+    from datetime import datetime
+
+    options: dict[str, Any] = {k: task.payload[k] for k in ("priority", "delay") if k in task.payload}
+    if "at" in task.payload:
+        options["at"] = datetime.fromisoformat(task.payload["at"])
+    task.send("approved", {"from": task.id}, **options)

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 from django.db import connection
-from django.db.models import Count
+from django.db.models import Count, F
+from django.db.models.functions import Coalesce
 from django.http import QueryDict
 from django.utils import timezone
 
@@ -33,8 +34,8 @@ TASK = Task._meta.db_table
 # name -> (columns, partial-index predicate as pg_get_expr prints it, or None)
 AUDITED = {
     "tasks_app_task_pkey": (["id"], None),
-    # Keys stage_id, id; INCLUDE status, attempts, created_at (the overview's live counts, index-only).
-    "task_claim_idx": (["stage_id", "id", "status", "attempts", "created_at"],
+    # Keys stage_id, priority DESC, id; INCLUDE status, attempts, created_at (the overview's live counts, index-only).
+    "task_claim_idx": (["stage_id", "priority", "id", "status", "attempts", "created_at"],
                        "((status)::text = ANY ((ARRAY['pending'::character varying, "
                        "'locked'::character varying])::text[]))"),
     "task_locked_idx": (["id"], "((status)::text = 'locked'::text)"),
@@ -135,6 +136,14 @@ def list_page(query: str) -> tuple[str, Any]:
     return qs.order_by(*SORTS[sort])[:51].query.sql_with_params()
 
 
+def live_page(query: str) -> tuple[str, Any]:
+    """A list page of live tasks as selectors.tasks._rows reads it: all of them through their partial index,
+    then the top N (task_claim_idx's keys are (stage, priority DESC, id): not the list's id order)."""
+    _, qs, errors = filtered_tasks(QueryDict(query))
+    assert not errors
+    return qs.order_by(Coalesce(F("id"), F("id")).desc())[:51].query.sql_with_params()
+
+
 def test_each_audited_query_uses_its_index() -> None:
     busy, rare, parent = seed()
     now = timezone.now()
@@ -151,7 +160,7 @@ def test_each_audited_query_uses_its_index() -> None:
         "list: status locked": ("task_locked_idx", list_page("status=locked")),
         "list: status failed": ("task_failed_idx", list_page("status=failed")),
         "list: stage + failed": ("task_failed_idx", list_page(f"stage={busy[0].slug}&status=failed")),
-        "list: stage + pending": ("task_claim_idx", list_page(f"stage={busy[0].slug}&status=pending")),
+        "list: stage + pending": ("task_claim_idx", live_page(f"stage={busy[0].slug}&status=pending")),
         "list: a small stage": (STAGE_IDX, list_page(f"stage={rare.slug}")),
         "list: a rare type": ("task_type_idx", list_page("type=rare")),
         "list: sorted by created": ("task_created_idx", list_page("sort=-created_at")),

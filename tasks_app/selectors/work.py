@@ -1,11 +1,10 @@
 """My work's reads: the live tasks of a person's form stages, searched and paged by keyset, and their schemas.
 
-The order is WORK_ORDER, oldest first. Ids grow with creation, so the id order
-is the age order and is read from task_claim_idx (stage, id WHERE status IN
-(pending, locked)): a page is an index range, never a sort or an OFFSET, and
-there is no COUNT. Issue 15 adds a priority: it goes in front, as
-("-priority", "id") with an index (stage, priority DESC, id) of the same
-condition; the cursor and the page already carry every field of WORK_ORDER.
+The order is WORK_ORDER: highest priority first, then oldest (ids grow with
+creation, so the id order is the age order), as the claim serves them. It is
+read from task_claim_idx (stage, priority DESC, id WHERE status IN (pending,
+locked)): a page is an index range, never a sort or an OFFSET, and there is
+no COUNT. The cursor carries every field of WORK_ORDER (priority may be negative).
 """
 
 from __future__ import annotations
@@ -24,7 +23,7 @@ from tasks_app.models import Stage, Task
 from tasks_app.schema_rules import schema_for
 from tasks_app.values import parse_db_int
 
-WORK_ORDER: tuple[str, ...] = ("id",)  # every field an integer column: the cursor is their values
+WORK_ORDER: tuple[str, ...] = ("-priority", "id")  # every field an integer column: the cursor is their values
 PAGE_SIZE = 50
 MINE_LIMIT = 100  # the tasks a person has open at once, shown above the queue
 MAX_SEARCH = 200  # characters of the search box: a scan of the live tasks' payloads, so a bounded pattern
@@ -56,7 +55,7 @@ def work_queue(stages: list[Stage], q: str = "") -> QuerySet[Task]:
 
 
 def mine(queue: QuerySet[Task], who: str) -> list[Task]:
-    """The tasks of the queue that `who` ("user:<name>") has open, oldest first."""
+    """The tasks of the queue that `who` ("user:<name>") has open, in WORK_ORDER."""
     return list(queue.filter(status=Task.Status.LOCKED, locked_by=who).order_by(*WORK_ORDER)[:MINE_LIMIT])
 
 

@@ -60,7 +60,7 @@ def lock_token(block: bytes, n: int) -> str:
 
 
 # Shared by both backends and by the EXPLAIN test: the claimable predicate
-# and the order that the partial index task_claim_idx serves. The ORM's
+# and the order (CLAIM_ORDER) that the partial index task_claim_idx serves. The ORM's
 # spelling is TaskQuerySet.claimable (a form open uses it);
 # tests/test_lifecycle_rules.py holds the two to the same rows on both databases.
 # No separate "status IN (...)": PostgreSQL proves the index predicate from the
@@ -74,6 +74,10 @@ CLAIMABLE_WHERE = """
          OR (status = 'locked' AND locked_until < %(now)s
              AND (CAST(%(max_attempts)s AS integer) IS NULL OR attempts < CAST(%(max_attempts)s AS integer))))
 """
+
+# Highest priority first, then oldest: task_claim_idx's keys after stage_id (stage_id, priority DESC, id).
+# A steady stream of higher-priority tasks starves lower ones (no ageing: README, "Priority").
+CLAIM_ORDER = "priority DESC, id"
 
 # Columns the claim sets to values Python already knows; the rest are read back.
 SET_BY_CLAIM = ("status", "locked_by", "locked_at", "locked_until", "updated_at", "completed_at")
@@ -107,7 +111,7 @@ WITH picked AS MATERIALIZED (
            attempts AS old_attempts, reclaimed_from AS old_reclaimed_from
     FROM {TASK}
     WHERE {CLAIMABLE_WHERE}
-    ORDER BY id
+    ORDER BY {CLAIM_ORDER}
     LIMIT %(limit)s
     FOR UPDATE SKIP LOCKED
 ), numbered AS (
@@ -135,13 +139,13 @@ WITH picked AS MATERIALIZED (
     FROM picked
     WHERE old_status = 'locked'
 )
-SELECT * FROM claimed ORDER BY id
+SELECT * FROM claimed ORDER BY {CLAIM_ORDER}
 """
 
 SQLITE_PICK_SQL = f"""
 SELECT id, status, locked_by, locked_at, attempts, reclaimed_from FROM {TASK}
 WHERE {CLAIMABLE_WHERE}
-ORDER BY id
+ORDER BY {CLAIM_ORDER}
 LIMIT %(limit)s
 """
 
@@ -195,6 +199,7 @@ class ClaimedRow:
     created_at: datetime
     parent_id: int | None
     stage: Stage
+    priority: int = 0
 
     @property
     def pk(self) -> int:
@@ -209,7 +214,7 @@ def task_claim(
     lock_timeout: int | None = None,
     now: datetime | None = None,
 ) -> list[Task]:
-    """Lock up to `limit` claimable tasks of `stage` for `worker_id`, oldest first."""
+    """Lock up to `limit` claimable tasks of `stage` for `worker_id`, highest priority first, then oldest."""
     return _claim(stage=stage, worker_id=worker_id, limit=limit, lock_timeout=lock_timeout, now=now, rows=False)
 
 
@@ -273,6 +278,7 @@ def _pg_rows(cursor: Any, params: dict[str, Any], *, stage: Stage, until: dateti
     i = _PG_INDEX
     id_, stage_id, type_, payload = i["id"], i["stage_id"], i["type"], i["payload"]
     attempts, token, created, parent = i["attempts"], i["lock_token"], i["created_at"], i["parent_id"]
+    priority = i["priority"]
     worker_id = params["worker_id"]
     out = []
     for row in cursor.fetchall():
@@ -290,6 +296,7 @@ def _pg_rows(cursor: Any, params: dict[str, Any], *, stage: Stage, until: dateti
                 created_at=datetime.fromtimestamp(row[created], UTC),  # an EPOCH_COLUMN
                 parent_id=row[parent],
                 stage=stage,
+                priority=row[priority],
             )
         )
     return out
@@ -340,7 +347,7 @@ def _claim_sqlite(
     if rows:
         claimed = _sqlite_rows(sql, sql_params, stage=stage, until=until)
     else:
-        claimed = sorted(Task.objects.raw(sql, sql_params), key=lambda t: t.pk)
+        claimed = sorted(Task.objects.raw(sql, sql_params), key=lambda t: (-t.priority, t.pk))  # CLAIM_ORDER
     if taken_over:  # as PG_CLAIM_SQL's `expired`: the previous holder's claim ends here
         TaskEvent.objects.bulk_create(
             TaskEvent(
@@ -380,10 +387,11 @@ def _sqlite_rows(sql: str, params: dict[str, Any], *, stage: Stage, until: datet
             created_at=_sqlite_datetime(r["created_at"]),
             parent_id=r["parent_id"],
             stage=stage,
+            priority=r["priority"],
         )
         for r in fetched
     ]
-    return sorted(out, key=lambda r: r.id)
+    return sorted(out, key=lambda r: (-r.priority, r.id))  # CLAIM_ORDER
 
 
 def _sqlite_datetime(value: Any) -> datetime:

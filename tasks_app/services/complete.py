@@ -32,7 +32,7 @@ from tasks_app.services.events import completed_details, details_sql, event_time
 from tasks_app.services.lifecycle import lock_lost
 from tasks_app.services.notify import notify_stages
 from tasks_app.services.pg import execute_prepared
-from tasks_app.services.routing import Send, successor_tasks, validate_task_input
+from tasks_app.services.routing import SendLike, as_send, run_at, successor_tasks, validate_task_input
 from tasks_app.services.schemas import validate_sent
 
 TASK = connection.ops.quote_name(Task._meta.db_table)
@@ -43,7 +43,7 @@ TASK_EVENT = connection.ops.quote_name(TaskEvent._meta.db_table)
 class Completion:
     task_id: int
     lock_token: str
-    send: Sequence[Send] = ()
+    send: Sequence[SendLike] = ()  # (type, payload) pairs or routing.Sends (priority, run-at)
 
 
 @dataclass
@@ -140,6 +140,27 @@ SELECT id, status FROM done
 """
 
 
+def send_options_apply(
+    children: dict[int, list[Task]],
+    by_id: dict[int, Completion],
+    routes: dict[int, list[Transition]],
+    stage_of: dict[int, int],
+    now: datetime,
+) -> None:
+    """Give each successor its send's priority (none given: its sender's, read under the completion's lock)
+    and run-at time. Each send made one successor per transition passing its type, in send order."""
+    if not children:
+        return
+    priorities = dict(Task.objects.filter(pk__in=list(children)).values_list("id", "priority"))
+    for task_id, kids in children.items():
+        made = iter(kids)
+        for send in map(as_send, by_id[task_id].send):
+            for _ in (t for t in routes[stage_of[task_id]] if t.accepts(send[0])):
+                kid = next(made)
+                kid.priority = priorities[task_id] if send.priority is None else send.priority
+                kid.available_at = run_at(now=now, at=send.at, delay=send.delay)
+
+
 def tasks_complete_batch(*, items: Sequence[Completion], now: datetime | None = None) -> BatchResult:
     """Complete many locked tasks and send their successors in one transaction.
 
@@ -200,6 +221,7 @@ def tasks_complete_batch(*, items: Sequence[Completion], now: datetime | None = 
                     )
                 )
         successors = [child for kids in children.values() for child in kids]
+        send_options_apply(children, by_id, routes, {row[0]: row[1] for row in rows}, now)
         if successors:
             Task.objects.bulk_create(successors)
         events = []
@@ -293,7 +315,7 @@ def tasks_complete_each(*, items: Sequence[Completion], now: datetime | None = N
 
 
 def task_complete(
-    *, task_id: int, lock_token: str, send: Iterable[Send] = (), now: datetime | None = None
+    *, task_id: int, lock_token: str, send: Iterable[SendLike] = (), now: datetime | None = None
 ) -> list[Task]:
     """Complete a locked task and send its successors, in one transaction.
 

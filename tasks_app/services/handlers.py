@@ -16,8 +16,11 @@ What the code is called with is defined here too:
 - a hook transform: `transform(data, query)`, returning a payload or a
   (type, payload) pair (`call_transform`; the hook view).
 
-Handlers and job handlers send successors with `send()`, checked at once
-(`checked_send`); raising PermanentFailure fails a script task without retries.
+Handlers and job handlers send successors with `send(type, payload, delay=
+| at=, priority=)`, checked at once (`checked_send`): `delay` (seconds) or
+`at` (an aware datetime), not both, at most a year ahead; `priority` an
+integer -1000..1000, by default the sending task's (a job's sends: the
+target stage's). Raising PermanentFailure fails a script task without retries.
 
 User code may raise anything, SystemExit and KeyboardInterrupt included:
 `call_handler` turns what is not an Exception into HandlerAborted, so the
@@ -36,7 +39,13 @@ from tasks_app.handler_modules import ERROR_CODE as HANDLER_ERROR_CODE
 from tasks_app.handler_modules import SETTING, HandlerPathError, load_handler, module_allowed
 from tasks_app.models import Stage, Transition
 from tasks_app.services.errors import NoRouteError
-from tasks_app.services.routing import Send, matching_transitions, validate_task_input
+from tasks_app.services.routing import (
+    Send,
+    matching_transitions,
+    priority_problem,
+    schedule_problem,
+    validate_task_input,
+)
 from tasks_app.services.schemas import validate_sent
 
 __all__ = [
@@ -141,12 +150,33 @@ class HandlerTask:
     # may look and return early. Whatever it does, the task then ends cancelled and its sends are dropped.
     cancel_requested: bool = False
 
-    def send(self, type: str, payload: dict[str, Any] | None = None) -> None:
-        """Queue a successor of `type`; it is created when this task completes, in the same transaction."""
-        self.sent.append(checked_send(self._stage, self._routes, type, payload))
+    def send(
+        self,
+        type: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        delay: float | None = None,
+        at: datetime | None = None,
+        priority: int | None = None,
+    ) -> None:
+        """Queue a successor of `type`; it is created when this task completes, in the same transaction.
+
+        delay (seconds from the completion) or at (an aware datetime): not before then. priority: higher
+        runs first; by default this task's.
+        """
+        self.sent.append(checked_send(self._stage, self._routes, type, payload, delay=delay, at=at, priority=priority))
 
 
-def checked_send(stage: Stage, routes: list[Transition] | None, type: str, payload: dict[str, Any] | None) -> Send:
+def checked_send(
+    stage: Stage,
+    routes: list[Transition] | None,
+    type: str,
+    payload: dict[str, Any] | None,
+    *,
+    delay: float | None = None,
+    at: datetime | None = None,
+    priority: int | None = None,
+) -> Send:
     """A handler's send, checked now rather than at commit: input, route and the stage's schema.
 
     Failing inside the handler points at the line that sent it, instead of
@@ -154,6 +184,9 @@ def checked_send(stage: Stage, routes: list[Transition] | None, type: str, paylo
     the stage's transitions if the caller has them (None: read them).
     """
     payload = {} if payload is None else payload
+    problem = (priority_problem(priority) if priority is not None else None) or schedule_problem(delay=delay, at=at)
+    if problem:
+        raise ValueError(f"send({type!r}): {problem}")
     validate_task_input(type=type, payload=payload)
     if routes is None:
         matching_transitions(stage=stage, type=type)
@@ -161,7 +194,7 @@ def checked_send(stage: Stage, routes: list[Transition] | None, type: str, paylo
         accepted = sorted({t.task_type or "*" for t in routes})
         raise NoRouteError(stage_slug=stage.slug, task_type=type, accepted=accepted)
     validate_sent(stage, type, payload)
-    return type, copy.deepcopy(payload)
+    return Send(type, copy.deepcopy(payload), priority=priority, at=at, delay=delay)
 
 
 # -- what a job handler sees ----------------------------------------------------------------------
@@ -192,15 +225,28 @@ class JobContext:
     _routes: list[Transition] = field(default_factory=list, repr=False)
     sent: list[Send] = field(default_factory=list, repr=False)
 
-    def send(self, type: str, payload: dict[str, Any] | None = None) -> None:
-        """Queue a task of `type` out of the job stage; created when the run succeeds, in its transaction."""
-        self.sent.append(checked_send(self._stage, self._routes, type, payload))
+    def send(
+        self,
+        type: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        delay: float | None = None,
+        at: datetime | None = None,
+        priority: int | None = None,
+    ) -> None:
+        """Queue a task of `type` out of the job stage; created when the run succeeds, in its transaction.
+
+        delay/at and priority as HandlerTask.send (priority by default: the target stage's).
+        """
+        self.sent.append(checked_send(self._stage, self._routes, type, payload, delay=delay, at=at, priority=priority))
 
 
 # -- what a hook transform is called with, and what it returns ----------------------------------
 
 
-def call_transform(transform: Handler, data: dict[str, Any], query: dict[str, str], task_type: str) -> Send:
+def call_transform(
+    transform: Handler, data: dict[str, Any], query: dict[str, str], task_type: str
+) -> tuple[str, dict[str, Any]]:
     """A hook transform's (type, payload) for a request's body and query; `task_type` if it returns a payload.
 
     Whatever the transform raises propagates (SystemExit and the like as
@@ -210,7 +256,7 @@ def call_transform(transform: Handler, data: dict[str, Any], query: dict[str, st
     return transform_result(call_handler(transform, data, query), task_type)
 
 
-def transform_result(result: Any, task_type: str) -> Send:
+def transform_result(result: Any, task_type: str) -> tuple[str, dict[str, Any]]:
     """A transform's (type, payload) from what it returned: a payload object, or a (str, object) pair.
 
     Anything else is the transform's error (TypeError), answered like any other it raises.

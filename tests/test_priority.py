@@ -1,0 +1,188 @@
+"""Priority (issue 15): where a task's priority comes from, and that claims and My work serve it first.
+
+Runs on SQLite and, under scripts/with_postgres.py, on PostgreSQL (the claim's SQL differs).
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+
+from tasks_app.limits import MAX_PRIORITY, MIN_PRIORITY
+from tasks_app.models import Stage, Task
+from tasks_app.selectors import work as work_selectors
+from tasks_app.services import task_claim, task_complete, task_create, task_send, tasks_create_bulk
+from tasks_app.services.claim import task_claim_rows
+from tasks_app.services.handlers import HandlerTask
+from tasks_app.services.routing import NewTask, Send
+from tasks_app.worker import Worker
+
+
+def handler_task(stage: Stage) -> HandlerTask:
+    return HandlerTask(
+        id=1, type="t", payload={}, stage=stage.slug, attempts=1, created_at=timezone.now(), parent_id=None,
+        _stage=stage,
+    )  # fmt: skip
+
+
+# -- where the priority comes from --------------------------------------------------------------
+
+
+def test_a_created_task_takes_its_stages_default_unless_given_one(world: dict[str, Stage]) -> None:
+    ship = world["ship"]
+    ship.default_priority = 5
+    ship.save()
+    assert task_create(stage=ship, type="order", payload={}).priority == 5
+    assert task_create(stage=ship, type="order", payload={}, priority=-3).priority == -3
+    assert task_create(stage=world["notify"], type="order", payload={}).priority == 0
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (9, 9),
+        (9.0, 9),  # an integral JSON number
+        (5000, MAX_PRIORITY),  # clamped
+        (-5000, MIN_PRIORITY),
+        ("9", 2),  # not an integer: the stage's default
+        (9.5, 2),
+        (True, 2),
+        (None, 2),
+        ([9], 2),
+    ],
+)
+def test_a_stage_reads_the_priority_from_the_payload_field_it_names(
+    world: dict[str, Stage], value: object, expected: int
+) -> None:
+    ship = world["ship"]
+    ship.default_priority, ship.priority_from = 2, "urgency"
+    ship.save()
+    assert task_create(stage=ship, type="order", payload={"urgency": value}).priority == expected
+    assert task_create(stage=ship, type="order", payload={}).priority == 2  # field missing
+    assert task_create(stage=ship, type="order", payload={"urgency": 7}, priority=1).priority == 1  # given wins
+
+
+def test_bulk_create_gives_each_task_its_own_or_its_stages_priority(world: dict[str, Stage]) -> None:
+    ship = world["ship"]
+    ship.default_priority = 4
+    ship.save()
+    a, b, c = tasks_create_bulk(
+        items=[(ship, "order", {}), NewTask(ship, "order", {}, priority=9), NewTask(world["audit"], "order", {})]
+    )
+    assert [Task.objects.get(pk=t.pk).priority for t in (a, b, c)] == [4, 9, 0]
+
+
+def test_a_send_without_a_sending_task_takes_each_target_stages_priority(world: dict[str, Stage]) -> None:
+    # The API's stage send, a hook, a job: no task sent it, so each target stage decides.
+    Stage.objects.filter(slug="ship").update(default_priority=8)
+    Stage.objects.filter(slug="audit").update(priority_from="p")
+    sent = task_send(stage=world["review"], type="approved", payload={"p": -2})
+    assert {t.stage.slug: Task.objects.get(pk=t.pk).priority for t in sent} == {"ship": 8, "audit": -2}
+    sent = task_send(stage=world["review"], type="approved", payload={}, priority=3)
+    assert {Task.objects.get(pk=t.pk).priority for t in sent} == {3}
+
+
+def test_successors_inherit_the_senders_priority_unless_the_send_gives_one(world: dict[str, Stage]) -> None:
+    Stage.objects.filter(slug__in=["ship", "audit"]).update(default_priority=-9)  # not used for sent tasks
+    task_create(stage=world["review"], type="order", payload={"amount": 1}, priority=6)
+    [claimed] = task_claim(stage=world["review"], worker_id="w")
+    kids = task_complete(
+        task_id=claimed.pk,
+        lock_token=claimed.lock_token,
+        send=[("approved", {}), Send("declined", {}, priority=-4)],
+    )
+    assert sorted((k.stage.slug, Task.objects.get(pk=k.pk).priority) for k in kids) == [
+        ("audit", 6),
+        ("notify", -4),
+        ("ship", 6),
+    ]
+    # task_send with a parent: the same rule.
+    parent = Task.objects.get(pk=claimed.pk)
+    [one, two] = task_send(stage=world["review"], type="approved", payload={}, parent=parent)
+    assert {Task.objects.get(pk=one.pk).priority, Task.objects.get(pk=two.pk).priority} == {6}
+
+
+def test_a_handlers_sends_inherit_or_override_through_the_worker(world: dict[str, Stage]) -> None:
+    review = world["review"]
+    inherit = task_create(stage=review, type="order", payload={"amount": 1}, priority=7)
+    Worker(stage_slugs=["review"], worker_id="w-p").run(once=True)
+    assert sorted(Task.objects.filter(parent=inherit).values_list("stage__slug", "priority")) == [
+        ("audit", 7),
+        ("ship", 7),
+    ]
+    Stage.objects.filter(pk=review.pk).update(handler="tests.handlers.send_with_options")
+    override = task_create(stage=review, type="order", payload={"priority": -1}, priority=7)
+    Worker(stage_slugs=["review"], worker_id="w-p").run(once=True)
+    assert set(Task.objects.filter(parent=override).values_list("priority", flat=True)) == {-1}
+
+
+@pytest.mark.parametrize("bad", [MAX_PRIORITY + 1, MIN_PRIORITY - 1, 1.5, "3", True])
+def test_a_handlers_send_refuses_a_bad_priority_at_once(review: Stage, bad: object) -> None:
+    task = handler_task(review)
+    with pytest.raises(ValueError, match="priority must be"):
+        task.send("approved", {}, priority=bad)  # type: ignore[arg-type]
+    assert task.sent == []
+
+
+# -- the claim's order ----------------------------------------------------------------------------
+
+
+def make_mixed(stage: Stage) -> list[Task]:
+    return [
+        task_create(stage=stage, type="order", payload={"n": n}, priority=p)
+        for n, p in enumerate([0, 5, -1, 5, 0, 10, -1])
+    ]
+
+
+def expected_order(tasks: list[Task]) -> list[int]:
+    return [t.pk for t in sorted(tasks, key=lambda t: (-t.priority, t.pk))]
+
+
+def test_the_claim_serves_priority_then_id(world: dict[str, Stage]) -> None:
+    tasks = make_mixed(world["ship"])
+    order = expected_order(tasks)
+    got = [t.pk for t in task_claim(stage=world["ship"], worker_id="a", limit=3)]
+    assert got == order[:3]  # the batch comes back in that order too
+    got += [t.pk for t in task_claim(stage=world["ship"], worker_id="b", limit=1)]
+    got += [t.pk for t in task_claim(stage=world["ship"], worker_id="c", limit=10)]
+    assert got == order
+
+
+def test_the_workers_light_claim_serves_the_same_order(world: dict[str, Stage]) -> None:
+    tasks = make_mixed(world["ship"])
+    rows = task_claim_rows(stage=world["ship"], worker_id="a", limit=10)
+    assert [r.id for r in rows] == expected_order(tasks)
+    assert [r.priority for r in rows] == sorted((t.priority for t in tasks), reverse=True)
+
+
+def test_a_high_priority_task_not_yet_due_waits(world: dict[str, Stage]) -> None:
+    now = timezone.now()
+    ship = world["ship"]
+    later = task_create(
+        stage=ship, type="order", payload={}, priority=9, available_at=now + timedelta(hours=1), now=now
+    )
+    low = task_create(stage=ship, type="order", payload={}, priority=0, now=now)
+    assert [t.pk for t in task_claim(stage=world["ship"], worker_id="a", limit=5, now=now)] == [low.pk]
+    # Two hours on: it is due, and first (low's lock has expired too, but its priority is lower).
+    assert [t.pk for t in task_claim(stage=ship, worker_id="a", limit=1, now=now + timedelta(hours=2))] == [later.pk]
+
+
+# -- My work -------------------------------------------------------------------------------------
+
+
+def test_my_work_orders_by_priority_then_age_across_pages(world: dict[str, Stage], monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.setattr(work_selectors, "PAGE_SIZE", 3)
+    tasks = make_mixed(world["ship"])
+    queue = work_selectors.work_queue([world["ship"]])
+    seen: list[int] = []
+    page = work_selectors.work_page(queue)
+    seen += [t.pk for t in page.tasks]
+    while page.next_cursor:
+        page = work_selectors.work_page(queue, after=page.next_cursor)
+        seen += [t.pk for t in page.tasks]
+    assert seen == expected_order(tasks)
+    # Back from the last page (its cursor holds a negative priority).
+    back = work_selectors.work_page(queue, before=page.previous_cursor or "")
+    assert [t.pk for t in back.tasks] == expected_order(tasks)[3:6]
