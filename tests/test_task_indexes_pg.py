@@ -46,6 +46,8 @@ AUDITED = {
     "task_finished_updated_idx": (["updated_at", "id"], "((status)::text = ANY ((ARRAY['completed'::character varying, "
                                                         "'failed'::character varying, "
                                                         "'cancelled'::character varying])::text[]))"),
+    "task_live_updated_idx": (["updated_at", "id"], "((status)::text = ANY ((ARRAY['pending'::character varying, "
+                                                    "'locked'::character varying])::text[]))"),
     "task_cancelled_idx": (["id"], "((status)::text = 'cancelled'::text)"),
     "task_completed_at_idx": (["completed_at"], "(completed_at IS NOT NULL)"),
     "task_parent_idx": (["parent_id"], "(parent_id IS NOT NULL)"),

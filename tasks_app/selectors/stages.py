@@ -34,10 +34,12 @@ def stage_delete_counts(stages: Iterable[Stage]) -> dict[str, int]:
 
 LIVE = [Task.Status.PENDING, Task.Status.LOCKED]
 # "Recent" errors come from at most this many tasks: the stage's latest live (pending or locked)
-# tasks, through the claim index, and the latest failed tasks of every stage, through the failed
-# index. Bounded reads whatever the table holds; a stage's older failures drop out of the window.
-RECENT_LIVE = 2000
-RECENT_FAILED = 5000
+# tasks, through the claim index, and the stage's latest failed tasks, through the failed index.
+# Bounded reads whatever the table holds; a stage's older failures drop out of the window. (2,000 and
+# 5,000 of every stage's failed tasks cost 295 ms at a million tasks, mostly binding the ids:
+# bench/pages.py; these windows 20-80 ms.)
+RECENT_LIVE = 1000
+RECENT_FAILED = 2000
 ERROR_GROUPS = 20
 MESSAGE_CHARS = 300  # of an error read per task: its first line is the message the groups are made of
 JOB_RUNS = 10
@@ -61,12 +63,13 @@ def stage_recent_errors(
     """The stage's recent errors grouped by message (the first line), most frequent first.
 
     First the two windows' ids, each from a partial index (the claim index: the stage's live tasks; the
-    failed index: every stage's failed tasks), then one GROUP BY over those rows reached by primary key.
+    failed index, filtered by stage: the stage's failed tasks), then one GROUP BY over those rows reached
+    by primary key.
     The ids go in as a list, not a subquery: with a subquery PostgreSQL joined it to a scan of all the
     stage's tasks (its stage_id index: 140,000 rows of a stage at a million tasks).
     """
     live = Task.objects.filter(stage=stage, status__in=LIVE).order_by("-id").values_list("id", flat=True)
-    failed = Task.objects.filter(status=Task.Status.FAILED).order_by("-id").values_list("id", flat=True)
+    failed = Task.objects.filter(stage=stage, status=Task.Status.FAILED).order_by("-id").values_list("id", flat=True)
     ids = [*live[:live_rows], *failed[:failed_rows]]
     step = connection.features.max_query_params or len(ids) or 1  # SQLite binds at most 999 parameters
     merged: dict[str, dict[str, Any]] = {}

@@ -35,8 +35,8 @@ SEARCH_RANGE = 50_000
 # A bare number (or #number) typed as text is a task id: free text for "42" matches every payload
 # with a 42 anywhere in it, which is noise, never the task.
 TASK_ID = re.compile(r"#?\s*(\d+)")
-# Sorted by updated_at, finished and live tasks are read apart (task_finished_updated_idx holds only
-# the finished ones: live tasks change updated_at at every claim and heartbeat) and merged.
+# Sorted by updated_at, finished and live tasks are read apart, each side walking its own partial index
+# (task_finished_updated_idx, task_live_updated_idx), and merged.
 FINISHED = (Task.Status.COMPLETED, Task.Status.FAILED, Task.Status.CANCELLED)
 LIVE = (Task.Status.PENDING, Task.Status.LOCKED)
 
@@ -237,6 +237,8 @@ def _top_n(name: str, wanted: set[str]) -> bool:
     tasks by created (task_failed_idx; the created index would walk past the backlog and 33 finished
     tasks for each failed one). Failed by id has task_failed_idx, by updated task_finished_updated_idx.
     """
+    if name == "updated_at":
+        return False  # task_finished_updated_idx and task_live_updated_idx are in this order
     if wanted <= set(LIVE):
         return not (name == "id" and wanted == {Task.Status.LOCKED})
     return wanted == {Task.Status.FAILED} and name == "created_at"
@@ -249,9 +251,9 @@ def _rows(qs: QuerySet[Task], sort: str, cursor: Cursor | None, *, backwards: bo
     wanted = set(statuses) or set(Task.Status.values)
     sides = [(qs, _top_n(name, wanted))]
     if name == "updated_at":
-        # Finished tasks in task_finished_updated_idx order; live ones (the backlog) by a top-N sort, then
+        # Finished tasks in task_finished_updated_idx order, live ones in task_live_updated_idx order, then
         # merged. A status filter leaves out the side it excludes.
-        sides = [(qs.filter(status__in=side), side == LIVE) for side in (FINISHED, LIVE) if wanted & set(side)]
+        sides = [(qs.filter(status__in=side), False) for side in (FINISHED, LIVE) if wanted & set(side)]
     rows: list[Task] = []
     for branch, top_n in sides:
         if cursor is not None:
