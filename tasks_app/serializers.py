@@ -52,7 +52,7 @@ class StageSerializer(ModelSerializer):
     class Meta:
         model = Stage
         fields = [
-            "slug", "name", "kind", "handler", "lock_timeout", "max_attempts", "max_run_time",
+            "slug", "name", "kind", "handler", "lock_timeout", "max_attempts", "max_run_time", "max_wait", "on_timeout",
             "is_paused", "description", "schedule", "schemas", "groups", "created_at", "updated_at",
         ]  # fmt: skip
         read_only_fields = ["created_at", "updated_at"]
@@ -69,7 +69,8 @@ class StageSerializer(ModelSerializer):
     def _current(self) -> dict[str, Any]:
         if self.instance is None:
             return {}
-        return {"kind": self.instance.kind, "schedule": self.instance.schedule}
+        current = {"kind": self.instance.kind, "schedule": self.instance.schedule}
+        return {**current, "max_wait": self.instance.max_wait, "on_timeout": self.instance.on_timeout}
 
 
 class TransitionSerializer(ModelSerializer):
