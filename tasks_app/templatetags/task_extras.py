@@ -35,6 +35,16 @@ def human_delta(delta: timedelta) -> str:
     return f"{seconds / 86400:.0f} d"
 
 
+def clock_time(at: datetime, now: datetime) -> str:
+    """14:00 today (in the active time zone: the viewer's), else 3 Dec 14:00, else 3 Dec 2027 14:00."""
+    local, today = timezone.localtime(at), timezone.localtime(now)
+    if local.date() == today.date():
+        return f"{local:%H:%M}"
+    if local.year == today.year:
+        return f"{local.day} {local:%b %H:%M}"
+    return f"{local.day} {local:%b %Y %H:%M}"
+
+
 @register.filter
 def duration_short(value: timedelta | None) -> str:
     return human_delta(value) if value is not None else ""
@@ -56,8 +66,8 @@ def status_text(task: Task, now: datetime) -> str:
             # The attempt it waits to make; "due" once its backoff has passed (the list and the task page agree).
             wait = f"next in {human_delta(task.available_at - now)}" if task.available_at > now else "due"
             return f"Retrying · attempt {task.attempts + 1} · {wait}"
-        if task.available_at and task.available_at > now:
-            return f"Due in {human_delta(task.available_at - now)}"
+        if task.available_at and task.available_at > now:  # run-at: created to run later (issue 15)
+            return f"Scheduled for {clock_time(task.available_at, now)} (in {human_delta(task.available_at - now)})"
         return f"Pending for {human_delta(now - task.updated_at)}"
     if task.status == Task.Status.LOCKED:
         if task.locked_until and task.locked_until < now:
