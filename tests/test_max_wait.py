@@ -35,7 +35,7 @@ from tasks_app.services.waiting import (
 from tasks_app.services.workflow import workflow_dump, workflow_problems
 from tasks_app.templatetags.task_extras import status_text
 from tasks_app.worker import Worker
-from tests.support.pages import STAGE_URL, form_fields
+from tests.support.pages import LIST_URL, STAGE_URL, form_fields
 from tests.support.users import logged_in, make_user
 from tests.support.world import make_world
 
@@ -314,6 +314,19 @@ def test_the_stage_page_counts_overdue_tasks(world: dict[str, Stage]) -> None:
 
     assert response.status_code == 200
     assert "1 overdue" in response.content.decode() and "60 s" in response.content.decode()
+
+
+def test_the_task_list_and_task_page_say_overdue(world: dict[str, Stage]) -> None:
+    review = limit(world["review"], 3600)
+    late = arrived(review, 2 * 3600)
+    arrived(review, 60)
+    client = logged_in(make_user("boss", superuser=True))
+
+    listed = client.get(LIST_URL, {"stage": review.slug}).content.decode()
+    shown = client.get(f"/tasks/{late.pk}/").content.decode()
+
+    assert listed.count("Overdue · waiting 2 h, limit 60 min") == 1  # the young one is not
+    assert "Overdue · waiting 2 h, limit 60 min" in shown
 
 
 def test_metrics_count_overdue_tasks(world: dict[str, Stage], settings: Any, monkeypatch: pytest.MonkeyPatch) -> None:
