@@ -29,6 +29,7 @@ from tasks_app.jsonpreview import PAGE_CHARS, editable_json, json_head, json_pre
 from tasks_app.models import JobRun, Stage, Task, TaskEvent, Transition, WorkerProcess, validate_payload
 from tasks_app.paginators import EstimatedCountPaginator
 from tasks_app.selectors.stages import stage_delete_counts
+from tasks_app.services.cancel import task_cancel
 from tasks_app.services.events import actor_for
 from tasks_app.services.schemas import validate_arrival
 from tasks_app.services.stages import stage_delete, stage_delete_refusal
@@ -64,7 +65,7 @@ class StageAdminForm(forms.ModelForm):
         model = Stage
         fields = [
             "slug", "name", "kind", "handler", "description", "is_paused", "lock_timeout", "max_attempts",
-            "max_run_time", "max_wait", "on_timeout", "schemas", "hook_secret", "schedule", "groups",
+            "max_run_time", "schemas", "hook_secret", "schedule", "groups",
         ]  # fmt: skip
         widgets = {"schemas": JSONEditorWidget(), "hook_secret": SecretInput()}
         field_classes = {"schemas": JSONDocumentField}  # bounded nesting, no RecursionError
@@ -101,7 +102,6 @@ class StageAdmin(admin.ModelAdmin):
     fieldsets = [
         (None, {"fields": ["slug", "name", "kind", "handler", "description", "is_paused"]}),
         ("Running", {"fields": ["lock_timeout", "max_attempts", "max_run_time"]}),
-        ("Waiting-time limit", {"fields": ["max_wait", "on_timeout"]}),
         ("Payload schemas", {"fields": ["schemas"]}),
         ("Hook stages", {"fields": ["hook_secret"], "classes": ["collapse"]}),
         ("Job stages", {"fields": ["schedule"]}),
@@ -235,6 +235,11 @@ def _run_action(
         modeladmin.message_user(request, " ".join(refused[:3]) + more, messages.WARNING)
 
 
+def _cancel_in_admin(*, task_id: int, actor: str) -> None:
+    """The admin's cancel: an action takes no input, so its reason says where it came from."""
+    task_cancel(task_id=task_id, actor=actor, reason="cancelled in the admin")
+
+
 class TaskAdminForm(forms.ModelForm):
     class Meta:
         model = Task
@@ -307,7 +312,7 @@ class TaskAdmin(admin.ModelAdmin):
         "completed_at", "last_error", "created_at", "updated_at", "parent", "source_stage",
     ]  # fmt: skip
     inlines = [TaskEventInline]
-    actions = ["retry", "release", "mark_completed"]
+    actions = ["retry", "release", "mark_completed", "cancel"]
     # At volume no page view counts the table: no "N total" (a second COUNT), and a paginator that
     # counts at most 10,000 rows and otherwise estimates (tasks_app.paginators).
     show_full_result_count = False
@@ -408,6 +413,10 @@ class TaskAdmin(admin.ModelAdmin):
     @admin.action(description="Mark completed", permissions=["change"])
     def mark_completed(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
         _run_action(self, request, queryset, "Marked completed", services.task_mark_completed)
+
+    @admin.action(description="Cancel (pending or failed: at once; locked: a cancel request)", permissions=["change"])
+    def cancel(self, request: HttpRequest, queryset: QuerySet[Task]) -> None:
+        _run_action(self, request, queryset, "Cancelled (or requested the cancel of)", _cancel_in_admin)
 
 
 @admin.register(WorkerProcess)

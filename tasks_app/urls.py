@@ -19,6 +19,7 @@ urlpatterns = [
     path("tasks/<int:task_id>/payload.json", pages.task_payload, name="task-payload"),
     path("tasks/<int:task_id>/edit/", actions.task_edit_payload, name="task-edit"),
     path("tasks/<int:task_id>/duplicate/", actions.task_duplicate, name="task-duplicate"),
+    path("tasks/<int:task_id>/cancel/", actions.task_cancel, name="task-cancel"),  # before task-action
     path("tasks/<int:task_id>/<str:action>/", actions.task_action, name="task-action"),
     path("workers/", pages.workers, name="workers"),
     path("stages/<slug:slug>/", stages.stage_detail, name="stage-detail"),

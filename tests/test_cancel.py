@@ -6,12 +6,15 @@ path completes it (one task, a batch, the pipelined completion + claim, the API)
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.db import connection
+from django.test import Client
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from tasks_app.models import Stage, Task, TaskEvent
 from tasks_app.services import (
@@ -23,10 +26,14 @@ from tasks_app.services import (
     task_fail,
     tasks_complete_each,
 )
+from tasks_app.services import counters as stage_counters
 from tasks_app.services.cancel import task_cancel
 from tasks_app.services.complete import task_extend_lock_reporting, tasks_extend_locks_reporting
 from tasks_app.services.pipeline import tasks_complete_and_claim
 from tasks_app.services.retention import tasks_prune
+from tests.support.api import get, post
+from tests.support.pages import shown_messages
+from tests.support.users import all_view_codenames, logged_in, make_user
 from tests.support.world import claim_one, create, kinds, nothing_written
 
 S = Task.Status
@@ -241,3 +248,225 @@ def test_the_cancel_index_serves_retention_on_postgres(world: dict[str, Stage]) 
         )
         plan: Any = "\n".join(row[0] for row in cursor.fetchall())
     assert "task_cancelled_idx" in plan
+
+
+# -- REST API ----------------------------------------------------------------------------------
+
+
+def test_api_cancels_a_pending_task(world: dict[str, Stage], operator: APIClient) -> None:
+    task = create(world["review"], amount=5)
+    response = post(operator, f"/api/tasks/{task.pk}/cancel/", {"reason": "duplicate order"})
+    assert response.status_code == 200, response.data
+    assert response.data == {"id": task.pk, "outcome": "cancelled", "cascaded": []}
+    assert Task.objects.get(pk=task.pk).status == S.CANCELLED
+    event = cancel_event(task.pk)
+    assert (event.actor, event.details["reason"]) == ("user:operator", "duplicate order")
+    got = get(operator, f"/api/tasks/{task.pk}/")
+    assert (got.data["status"], got.data["cancel_requested"]) == ("cancelled", False)
+    # The list's status filter knows it.
+    assert [t["id"] for t in get(operator, "/api/tasks/?status=cancelled").data["results"]] == [task.pk]
+
+
+def test_api_requests_the_cancel_of_a_locked_task_and_a_client_completion_sends_nothing(
+    world: dict[str, Stage], operator: APIClient, admin: APIClient
+) -> None:
+    create(world["review"], amount=5)
+    [claimed] = post(admin, f"/api/stages/{world['review'].slug}/claim/", {"limit": 1}).data
+    response = post(operator, f"/api/tasks/{claimed['id']}/cancel/", {"reason": "stop"})
+    assert response.data["outcome"] == "requested"
+    beat = post(admin, f"/api/tasks/{claimed['id']}/heartbeat/", {"lock_token": claimed["lock_token"]})
+    assert beat.status_code == 200 and beat.data["cancel_requested"] is True
+    done = post(
+        admin,
+        f"/api/tasks/{claimed['id']}/complete/",
+        {"lock_token": claimed["lock_token"], "send": [{"type": "approved", "payload": {"amount": 5}}]},
+    )
+    assert done.status_code == 200 and done.data == []
+    assert Task.objects.get(pk=claimed["id"]).status == S.CANCELLED
+    assert Task.objects.count() == 1
+
+
+def test_api_bulk_complete_reports_a_cancelled_item(world: dict[str, Stage], admin: APIClient) -> None:
+    create(world["review"], amount=1)
+    create(world["review"], amount=2)
+    first, second = task_claim(stage=world["review"], worker_id="api", limit=2)
+    task_cancel(task_id=first.pk, actor="user:ann")
+    send = [{"type": "approved", "payload": {"amount": 1}}]
+    response = post(
+        admin,
+        "/api/tasks/bulk-complete/",
+        {"tasks": [{"id": t.pk, "lock_token": t.lock_token, "send": send} for t in (first, second)]},
+    )
+    assert response.status_code == 200
+    assert [(r["id"], r["status"]) for r in response.data["results"]] == [
+        (first.pk, "cancelled"),
+        (second.pk, "completed"),
+    ]
+    assert Task.objects.filter(parent_id=first.pk).count() == 0
+
+
+def test_api_refusals_change_nothing(world: dict[str, Stage], operator: APIClient, viewer: APIClient) -> None:
+    task = create(world["ship"])
+    held = claim_one(world["ship"])
+    task_complete(task_id=held.pk, lock_token=held.lock_token)
+    pending = create(world["review"], amount=1)
+    with nothing_written():
+        finished = post(operator, f"/api/tasks/{task.pk}/cancel/", {"reason": "late"})
+        assert finished.status_code == 409 and "it is completed" in finished.data["detail"]
+        assert post(operator, "/api/tasks/987654/cancel/", {"reason": "x"}).status_code == 404
+        assert post(viewer, f"/api/tasks/{pending.pk}/cancel/", {"reason": "x"}).status_code == 403
+        assert post(APIClient(), f"/api/tasks/{pending.pk}/cancel/", {"reason": "x"}).status_code == 401
+        no_reason = post(operator, f"/api/tasks/{pending.pk}/cancel/", {})
+        assert no_reason.status_code == 400 and "reason" in no_reason.data
+        bad = post(operator, f"/api/tasks/{pending.pk}/cancel/", {"reason": "x", "cascade": "maybe"})
+        assert bad.status_code == 400 and "cascade" in bad.data
+        empty = post(operator, "/api/tasks/bulk-cancel/", {"ids": [], "reason": "x"})
+        assert empty.status_code == 400 and "ids" in empty.data
+        assert post(viewer, "/api/tasks/bulk-cancel/", {"ids": [pending.pk], "reason": "x"}).status_code == 403
+
+
+def test_api_bulk_cancel_answers_per_id(world: dict[str, Stage], operator: APIClient) -> None:
+    pending = create(world["review"], amount=1)
+    create(world["audit"])
+    locked = claim_one(world["audit"])
+    done = create(world["ship"])
+    held = claim_one(world["ship"])
+    task_complete(task_id=held.pk, lock_token=held.lock_token)
+    response = post(
+        operator, "/api/tasks/bulk-cancel/", {"ids": [pending.pk, locked.pk, done.pk, 987654], "reason": "cleanup"}
+    )
+    assert response.status_code == 200
+    results = response.data["results"]
+    assert [(r["id"], r["outcome"]) for r in results] == [
+        (pending.pk, "cancelled"),
+        (locked.pk, "requested"),
+        (done.pk, "refused"),
+        (987654, "refused"),
+    ]
+    assert "does not exist" in results[3]["error"]
+    assert Task.objects.get(pk=pending.pk).status == S.CANCELLED
+    assert Task.objects.get(pk=locked.pk).cancel_requested
+    assert Task.objects.get(pk=done.pk).status == S.COMPLETED
+
+
+def test_the_schema_documents_cancel(operator: APIClient) -> None:
+    schema = get(operator, "/api/schema/?format=json").json()
+    assert "post" in schema["paths"]["/api/tasks/{id}/cancel/"]
+    assert "post" in schema["paths"]["/api/tasks/bulk-cancel/"]
+
+
+# -- the task page, the list's bulk action, the admin ------------------------------------------
+
+
+def test_the_task_page_cancels_with_a_reason(admin_client: Client, world: dict[str, Stage]) -> None:
+    task = create(world["review"], amount=5)
+    html = admin_client.get(f"/tasks/{task.pk}/").content.decode()
+    assert f'action="/tasks/{task.pk}/cancel/"' in html and "Cancel task" in html
+    response = admin_client.post(f"/tasks/{task.pk}/cancel/", {"reason": "wrong customer"}, follow=True)
+    assert response.redirect_chain == [(f"/tasks/{task.pk}/", 302)]
+    assert shown_messages(response) == [("success", f"Cancelled task {task.pk}.")]
+    assert Task.objects.get(pk=task.pk).status == S.CANCELLED
+    assert (cancel_event(task.pk).actor, cancel_event(task.pk).details["reason"]) == ("user:admin", "wrong customer")
+    html = response.content.decode()
+    assert 'class="badge badge-cancelled"' in html and "Cancel task" not in html
+
+
+def test_the_task_page_requests_the_cancel_of_a_locked_task(admin_client: Client, world: dict[str, Stage]) -> None:
+    create(world["audit"])
+    held = claim_one(world["audit"], worker="w9")
+    response = admin_client.post(f"/tasks/{held.pk}/cancel/", {"reason": "stop"}, follow=True)
+    [(level, text)] = shown_messages(response)
+    assert level == "success" and text.startswith(f"Requested the cancel of task {held.pk}")
+    html = response.content.decode()
+    assert 'id="cancel-requested"' in html and "cancel requested" in html and "Cancel task" not in html
+
+
+def test_page_refusals_change_nothing(client: Client, admin_client: Client, world: dict[str, Stage]) -> None:
+    task = create(world["review"], amount=5)
+    with nothing_written():
+        no_reason = admin_client.post(f"/tasks/{task.pk}/cancel/", {"reason": "  "}, follow=True)
+        assert shown_messages(no_reason)[0][0] == "warning"
+        assert admin_client.get(f"/tasks/{task.pk}/cancel/").status_code == 405
+        viewer = logged_in(make_user("looker", *all_view_codenames()))
+        assert viewer.post(f"/tasks/{task.pk}/cancel/", {"reason": "x"}).status_code == 403
+        assert "Cancel task" not in viewer.get(f"/tasks/{task.pk}/").content.decode()
+        assert client.post(f"/tasks/{task.pk}/cancel/", {"reason": "x"}).status_code == 302  # to the login page
+    held = claim_one(world["ship"]) if create(world["ship"]) else None
+    assert held is not None
+    task_complete(task_id=held.pk, lock_token=held.lock_token)
+    with nothing_written():
+        finished = admin_client.post(f"/tasks/{held.pk}/cancel/", {"reason": "late"}, follow=True)
+        [(level, text)] = shown_messages(finished)
+        assert level == "warning" and "it is completed" in text
+
+
+def test_the_bulk_action_asks_for_a_reason_then_cancels_the_selection(
+    admin_client: Client, world: dict[str, Stage]
+) -> None:
+    first = create(world["review"], amount=1)
+    second = create(world["review"], amount=2)
+    create(world["ship"])
+    done = claim_one(world["ship"])
+    task_complete(task_id=done.pk, lock_token=done.lock_token)
+    assert '<option value="cancel">Cancel</option>' in admin_client.get("/tasks/").content.decode()
+    chosen = {"action": "cancel", "scope": "selected", "ids": [first.pk, second.pk, done.pk], "query": ""}
+    with nothing_written():
+        asked = admin_client.post("/tasks/bulk/", chosen)
+        html = asked.content.decode()
+        assert "Cancel 3 tasks" in html or "Cancel 3 selected tasks" in html, html
+        assert 'name="reason"' in html
+        missing = admin_client.post("/tasks/bulk/", {**chosen, "confirm": "1"}, follow=True)
+        assert shown_messages(missing)[0][0] == "warning"
+    response = admin_client.post("/tasks/bulk/", {**chosen, "confirm": "1", "reason": "batch cleanup"}, follow=True)
+    [(level, text)] = shown_messages(response)
+    assert level == "success" and "2 task(s)" in text and "1 skipped" in text
+    assert set(Task.objects.filter(status=S.CANCELLED).values_list("id", flat=True)) == {first.pk, second.pk}
+    assert cancel_event(first.pk).details["reason"] == "batch cleanup"
+
+
+def test_the_bulk_action_cancels_all_matching_a_filter(admin_client: Client, world: dict[str, Stage]) -> None:
+    wanted = [create(world["review"], amount=n) for n in range(3)]
+    other = create(world["ship"])
+    query = f"stage={world['review'].slug}&status=pending"
+    chosen = {"action": "cancel", "scope": "all", "query": query}
+    asked = admin_client.post("/tasks/bulk/", chosen).content.decode()
+    upto = re.search(r'name="upto" value="(\d+)"', asked)
+    assert upto is not None
+    admin_client.post("/tasks/bulk/", {**chosen, "confirm": "1", "upto": upto.group(1), "reason": "stage closed"})
+    assert set(Task.objects.filter(status=S.CANCELLED).values_list("id", flat=True)) == {t.pk for t in wanted}
+    assert Task.objects.get(pk=other.pk).status == S.PENDING
+    filtered = admin_client.get("/tasks/?status=cancelled").content.decode()
+    assert all(f"/tasks/{t.pk}/" in filtered for t in wanted) and f"/tasks/{other.pk}/" not in filtered
+    assert 'value="cancelled"' in filtered  # the status chips offer it
+
+
+def test_the_admin_action_cancels(admin_client: Client, world: dict[str, Stage]) -> None:
+    pending = create(world["review"], amount=1)
+    create(world["audit"])
+    locked = claim_one(world["audit"])
+    data = {"action": "cancel", "_selected_action": [pending.pk, locked.pk], "index": 0}
+    response = admin_client.post("/admin/tasks_app/task/", data, follow=True)
+    assert response.status_code == 200
+    assert Task.objects.get(pk=pending.pk).status == S.CANCELLED
+    assert Task.objects.get(pk=locked.pk).cancel_requested
+    assert cancel_event(pending.pk).details["reason"] == "cancelled in the admin"
+
+
+# -- /metrics ------------------------------------------------------------------------------
+
+
+def test_metrics_count_cancelled_tasks_per_stage(
+    admin_client: Client, world: dict[str, Stage], settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings.TASKS_METRICS_CACHE = 0
+    monkeypatch.setattr(stage_counters, "SETTLE_SECONDS", 0.0)  # fold the events just written
+    for amount in (1, 2):
+        task_cancel(task_id=create(world["review"], amount=amount).pk, actor="user:ann")
+    create(world["ship"])
+    held = claim_one(world["ship"])
+    task_cancel(task_id=held.pk, actor="user:ann")
+    task_complete(task_id=held.pk, lock_token=held.lock_token)
+    body = admin_client.get("/metrics").content.decode()
+    assert 'tasks_cancelled_total{stage="review"} 2.0' in body
+    assert 'tasks_cancelled_total{stage="ship"} 1.0' in body
+    assert 'tasks_completed_total{stage="ship"} 0.0' in body

@@ -294,10 +294,10 @@ def test_add_only_user_can_duplicate_but_sees_no_state_actions(every_state: dict
 @pytest.mark.parametrize(
     ("name", "offered"),
     [
-        ("pending", {"complete", "duplicate"}),
-        ("locked", {"release", "complete", "duplicate"}),
+        ("pending", {"complete", "duplicate", "cancel"}),
+        ("locked", {"release", "complete", "duplicate", "cancel"}),
         ("completed", {"retry", "duplicate"}),
-        ("failed", {"retry", "complete", "duplicate"}),
+        ("failed", {"retry", "complete", "duplicate", "cancel"}),
     ],
 )
 def test_operator_is_offered_the_actions_that_apply_to_the_task_state(

@@ -23,6 +23,8 @@ ACTION_PERMS: dict[str, list[str]] = {
     "heartbeat": ["tasks_app.change_task"],
     "bulk_complete": ["tasks_app.change_task"],
     "retry": ["tasks_app.change_task"],
+    "cancel": ["tasks_app.change_task"],
+    "bulk_cancel": ["tasks_app.change_task"],
     "bulk_create": ["tasks_app.add_task"],
     "events": ["tasks_app.view_task"],
 }

@@ -7,7 +7,6 @@ from typing import Any, cast
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import DateTimeField, IntegerField, QuerySet
-from django.utils import timezone
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import (
     OpenApiExample,
@@ -26,6 +25,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from tasks_app import services
+from tasks_app.api.cancel import CancelActions
 from tasks_app.api.errors import translate
 from tasks_app.filters import TaskFilter
 from tasks_app.models import Task
@@ -38,11 +38,10 @@ from tasks_app.serializers import (
     TaskCreateSerializer,
     TaskEventSerializer,
     TaskSerializer,
-    scheduled_at,
 )
+from tasks_app.services.complete import task_extend_lock_reporting
 from tasks_app.services.events import actor_for
 from tasks_app.services.form_stages import form_tasks_refusal
-from tasks_app.services.routing import NewTask, Send
 from tasks_app.values import parse_db_datetime, parse_db_int
 
 
@@ -110,12 +109,8 @@ class TaskCursorPagination(CursorPagination):
         return cursor._replace(position=position)
 
 
-def _sends(items: list[dict[str, Any]]) -> list[Send]:
-    """A completion's sends; a delay counts from the completion (routing.Send)."""
-    return [
-        Send(item["type"], item["payload"], item.get("priority"), item.get("available_at"), item.get("delay"))
-        for item in items
-    ]
+def _sends(items: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
+    return [(item["type"], item["payload"]) for item in items]
 
 
 BULK_COMPLETE_RESULT = inline_serializer(
@@ -125,7 +120,7 @@ BULK_COMPLETE_RESULT = inline_serializer(
             "BulkCompleteItemResult",
             {
                 "id": serializers.IntegerField(),
-                "status": serializers.ChoiceField(choices=["completed", "lock_lost", "error"]),
+                "status": serializers.ChoiceField(choices=["completed", "cancelled", "lock_lost", "error"]),
                 "sent": serializers.ListField(child=serializers.IntegerField(), required=False),
                 "error": serializers.CharField(required=False),
             },
@@ -154,7 +149,7 @@ BULK_COMPLETE_RESULT = inline_serializer(
     ),
     retrieve=extend_schema(summary="Get a task"),
 )
-class TaskViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
+class TaskViewSet(CancelActions, mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     serializer_class = TaskSerializer
     filter_backends = [DjangoFilterBackend, OrderingFilter]
     filterset_class = TaskFilter
@@ -185,16 +180,14 @@ class TaskViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
                 task, created = services.task_create_idempotent(
                     stage=v["stage"], type=v["type"], payload=v["payload"],
                     idempotency_key=v["idempotency_key"], actor=actor_for(request.user),
-                    priority=v.get("priority"), available_at=scheduled_at(v),
                 )  # fmt: skip
             else:
                 task, created = (
                     services.task_create(
-                        stage=v["stage"], type=v["type"], payload=v["payload"], actor=actor_for(request.user),
-                        priority=v.get("priority"), available_at=scheduled_at(v),
+                        stage=v["stage"], type=v["type"], payload=v["payload"], actor=actor_for(request.user)
                     ),
                     True,
-                )  # fmt: skip
+                )
         except Exception as exc:
             raise translate(exc) from exc
         task = self.get_queryset().get(pk=task.pk)
@@ -209,11 +202,7 @@ class TaskViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         """Create up to 1,000 tasks in one transaction: all of them, or none."""
         data = BulkCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        now = timezone.now()
-        items = [
-            NewTask(t["stage"], t["type"], t["payload"], t.get("priority"), scheduled_at(t, now))
-            for t in data.validated_data["tasks"]
-        ]
+        items = [(t["stage"], t["type"], t["payload"]) for t in data.validated_data["tasks"]]
         try:
             created = services.tasks_create_bulk(items=items, actor=actor_for(request.user))
         except Exception as exc:
@@ -268,7 +257,8 @@ class TaskViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         examples=[OpenApiExample("Keep the lock 30 s more", value={"lock_token": "<lock_token>", "lock_timeout": 30},
                                  request_only=True)],
         responses={200: inline_serializer("HeartbeatResult", {"id": serializers.IntegerField(),
-                                                         "locked_until": serializers.DateTimeField()})},
+                                                         "locked_until": serializers.DateTimeField(),
+                                                         "cancel_requested": serializers.BooleanField()})},
     )  # fmt: skip
     @action(detail=True, methods=["post"])
     def heartbeat(self, request: Request, pk: str | None = None) -> Response:
@@ -277,14 +267,17 @@ class TaskViewSet(mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
         data.is_valid(raise_exception=True)
         task = self.get_object()
         try:
-            until = services.task_extend_lock(
+            until, cancel_requested = task_extend_lock_reporting(
                 task_id=task.pk,
                 lock_token=data.validated_data["lock_token"],
                 lock_timeout=data.validated_data.get("lock_timeout"),
             )
         except Exception as exc:
             raise translate(exc) from exc
-        return Response({"id": task.pk, "locked_until": serializers.DateTimeField().to_representation(until)})
+        # cancel_requested: someone asked to cancel it (services.cancel); stop early if you can, then
+        # complete: the completion ends it cancelled and sends nothing.
+        until_text = serializers.DateTimeField().to_representation(until)
+        return Response({"id": task.pk, "locked_until": until_text, "cancel_requested": cancel_requested})
 
     @extend_schema(summary="Complete claimed tasks in bulk", request=BulkCompleteSerializer,
                    description="One result per item. An item whose send nothing routes or whose payload breaks "

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 from django.contrib import messages
@@ -22,18 +21,17 @@ from django.http import (
 )
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
-from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from tasks_app import services
 from tasks_app.filter_chips import Chip, active_chips, chosen_tasks, matching_tasks
 from tasks_app.jsonpreview import editable_json
-from tasks_app.limits import MAX_PRIORITY, MIN_PRIORITY, NUL
+from tasks_app.limits import NUL
 from tasks_app.models import Stage, Task
 from tasks_app.selectors.tasks import errors_text, filtered_tasks, task_search
+from tasks_app.services.cancel import task_cancel as cancel_service
 from tasks_app.services.events import actor_for
-from tasks_app.services.routing import priority_problem, schedule_problem
 from tasks_app.values import parse_db_int
 
 SINGLE_ACTIONS: dict[str, tuple[str, Callable[..., Any]]] = {
@@ -66,6 +64,35 @@ def task_action(request: HttpRequest, task_id: int, action: str) -> HttpResponse
         if not Task.objects.filter(pk=task_id).exists():
             return back(request, reverse("tasks_app:task-list"))
     return back(request, reverse("tasks_app:task-detail", args=[task_id]))
+
+
+@login_required
+@permission_required("tasks_app.change_task", raise_exception=True)
+@require_POST
+def task_cancel(request: HttpRequest, task_id: int) -> HttpResponse:
+    """The task page's Cancel: at once when pending or failed, a cancel request when locked; a reason is required."""
+    detail = reverse("tasks_app:task-detail", args=[task_id])
+    reason = request.POST.get("reason", "").strip()
+    if not reason or NUL in reason:
+        messages.warning(request, "Say why you cancel it: a reason is required. Nothing was changed.")
+        return back(request, detail)
+    try:
+        result = cancel_service(
+            task_id=task_id, actor=actor_for(request.user), reason=reason, cascade=request.POST.get("cascade") == "1"
+        )
+    except services.TaskError as exc:
+        messages.warning(request, str(exc))
+        if not Task.objects.filter(pk=task_id).exists():
+            return back(request, reverse("tasks_app:task-list"))
+        return back(request, detail)
+    if result.outcome == "requested":
+        text = f"Requested the cancel of task {task_id}: it ends cancelled when its worker's handler returns."
+    else:
+        text = f"Cancelled task {task_id}."
+    if result.cascaded:
+        text += f" Also cancelled {len(result.cascaded)} pending descendant(s)."
+    messages.success(request, text)
+    return back(request, detail)
 
 
 @login_required
@@ -116,51 +143,24 @@ def task_edit_payload(request: HttpRequest, task_id: int) -> HttpResponse:
     return render(request, "tasks_app/task_edit.html", {"task": task, "raw": raw, "error": error}, status=status)
 
 
-def _parse_schedule(priority: str, run_at: str) -> tuple[int | None, datetime | None, str]:
-    """The New task page's priority (blank: the stage's) and "Run at" (blank: now; in the viewer's time zone)."""
-    value: int | None = None
-    at: datetime | None = None
-    if priority.strip():
-        try:
-            value = int(priority.strip())
-        except ValueError:
-            return None, None, f"Priority must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}."
-        if problem := priority_problem(value):
-            return None, None, f"{problem[0].upper()}{problem[1:]}."
-    if run_at.strip():
-        try:
-            at = datetime.fromisoformat(run_at.strip())
-        except ValueError:
-            return None, None, "Run at must be a date and time, like 2026-12-24 14:00."
-        if timezone.is_naive(at):
-            at = timezone.make_aware(at)  # the active time zone: the viewer's
-        if problem := schedule_problem(at=at):
-            return None, None, f"Run at: {problem.removeprefix('at ')}."
-    return value, at, ""
-
-
 @login_required
 @permission_required("tasks_app.add_task", raise_exception=True)
 def task_create(request: HttpRequest) -> HttpResponse:
     stages = Stage.objects.order_by("slug")
-    values = {"stage": request.GET.get("stage", ""), "type": "", "payload": "{}", "priority": "", "run_at": ""}
+    values = {"stage": request.GET.get("stage", ""), "type": "", "payload": "{}"}
     error = ""
     if request.method == "POST":
-        values = {k: request.POST.get(k, "") for k in ("stage", "type", "payload", "priority", "run_at")}
+        values = {k: request.POST.get(k, "") for k in ("stage", "type", "payload")}
         # A NUL can't be looked up on PostgreSQL (DataError): it names no stage anyway.
         stage = Stage.objects.filter(slug=values["stage"]).first() if NUL not in values["stage"] else None
         payload, error = _parse_payload(values["payload"])
-        priority, run_at, schedule_error = _parse_schedule(values["priority"], values["run_at"])
         if stage is None:
             error = f"Unknown stage '{values['stage']}'."
-        elif schedule_error:
-            error = schedule_error
         elif payload is not None:
             try:
                 task = services.task_create(
-                    stage=stage, type=values["type"], payload=payload, actor=actor_for(request.user),
-                    priority=priority, available_at=run_at,
-                )  # fmt: skip
+                    stage=stage, type=values["type"], payload=payload, actor=actor_for(request.user)
+                )
                 messages.success(request, f"Created task {task.pk} at {stage.slug}.")
                 return redirect("tasks_app:task-detail", task.pk)
             except ValidationError as exc:
@@ -174,6 +174,8 @@ BULK_ACTIONS: dict[str, tuple[str, str, Callable[..., Any]]] = {
     "release": ("Released", "tasks_app.change_task", services.task_force_release),
     "complete": ("Marked completed", "tasks_app.change_task", services.task_mark_completed),
     "duplicate": ("Duplicated", "tasks_app.add_task", services.task_duplicate),
+    # Locked tasks get a cancel request (they end cancelled when their handler returns); counted as done.
+    "cancel": ("Cancelled (or requested the cancel of)", "tasks_app.change_task", cancel_service),
 }
 # The confirmation's question per action; {} is the tasks ("587 failed tasks at Check stock").
 BULK_QUESTIONS = {
@@ -181,7 +183,10 @@ BULK_QUESTIONS = {
     "release": "Release the locks of {}?",
     "complete": "Mark {} as completed?",
     "duplicate": "Duplicate {}?",
+    "cancel": "Cancel {}?",
 }
+# Actions whose confirmation asks for a reason (recorded in each task's history).
+BULK_REASONED = {"cancel"}
 # One request acts on at most this many tasks; the message says when more remain.
 BULK_LIMIT = 5000
 
@@ -282,12 +287,20 @@ def task_bulk(request: HttpRequest) -> HttpResponse:
             "more": choice.more,
             "chips": choice.chips,
             "list_url": list_url,
+            "needs_reason": action in BULK_REASONED,
         }
         return render(request, "tasks_app/task_bulk_confirm.html", ctx)
+    extra: dict[str, Any] = {}
+    if action in BULK_REASONED:
+        reason = request.POST.get("reason", "").strip()
+        if not reason or NUL in reason:
+            messages.warning(request, "A reason is required to cancel tasks. Nothing was changed.")
+            return HttpResponseRedirect(list_url)
+        extra["reason"] = reason
     done, refused = 0, 0
     for task_id in choice.ids:
         try:
-            service(task_id=task_id, actor=actor_for(request.user))
+            service(task_id=task_id, actor=actor_for(request.user), **extra)
             done += 1
         except services.TaskError:
             refused += 1  # not in a state this action applies to (or a worker got there first)
