@@ -53,8 +53,9 @@ test-postgres: $(DEV_STAMP)
 
 test: lint test-sqlite test-postgres
 
+# Every monitoring page at 10k and 1M tasks (README "Performance"; ~10 min). --durable: fsync on, as in production.
 bench-pages: $(DEV_STAMP)
-	$(PY) scripts/with_postgres.py -- $(PY) bench/pages.py
+	$(PY) scripts/with_postgres.py --durable -- $(PY) bench/pages.py
 
 # Claim latency and the monitoring pages at 10k, 1M and 10M tasks (docs/scaling.md; ~10 GB, ~30 min).
 bench-scaling: $(DEV_STAMP)

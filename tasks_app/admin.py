@@ -65,7 +65,7 @@ class StageAdminForm(forms.ModelForm):
         model = Stage
         fields = [
             "slug", "name", "kind", "handler", "description", "is_paused", "lock_timeout", "max_attempts",
-            "max_run_time", "schemas", "hook_secret", "schedule", "groups",
+            "max_run_time", "max_wait", "on_timeout", "schemas", "hook_secret", "schedule", "groups",
         ]  # fmt: skip
         widgets = {"schemas": JSONEditorWidget(), "hook_secret": SecretInput()}
         field_classes = {"schemas": JSONDocumentField}  # bounded nesting, no RecursionError
@@ -102,6 +102,7 @@ class StageAdmin(admin.ModelAdmin):
     fieldsets = [
         (None, {"fields": ["slug", "name", "kind", "handler", "description", "is_paused"]}),
         ("Running", {"fields": ["lock_timeout", "max_attempts", "max_run_time"]}),
+        ("Waiting-time limit", {"fields": ["max_wait", "on_timeout"]}),
         ("Payload schemas", {"fields": ["schemas"]}),
         ("Hook stages", {"fields": ["hook_secret"], "classes": ["collapse"]}),
         ("Job stages", {"fields": ["schedule"]}),

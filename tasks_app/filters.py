@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
-from django.db.models import QuerySet
+from django.db.models import Q, QuerySet
+from django.utils import timezone
 from django_filters import rest_framework as filters
 from django_filters.fields import IsoDateTimeField
 from drf_spectacular.types import OpenApiTypes
@@ -119,6 +120,18 @@ class TaskFilter(filters.FilterSet):
     error = filters.CharFilter(field_name="last_error", lookup_expr="icontains", label="Last error contains")
     # With status=pending: the tasks waiting to retry (the overview's and stage page's "retrying" links).
     attempts_min = IntegerFilter(field_name="attempts", lookup_expr="gte", label="Attempts at least")
+    # Issue 15's run-at: pending tasks held back until a future available_at that no attempt has failed
+    # yet (those are retries: attempts_min); the list says "Scheduled for 14:00 (in 2 h)" for them.
+    # A choice, not a BooleanFilter: that reads "maybe" as no filter at all, where a 400 is due.
+    scheduled = filters.ChoiceFilter(
+        choices=[("true", "Yes"), ("false", "No")], method="filter_scheduled", label="Scheduled for later"
+    )
+
+    def filter_scheduled(self, queryset: QuerySet[Task], name: str, value: str) -> QuerySet[Task]:
+        if not value:
+            return queryset
+        scheduled = Q(status=Task.Status.PENDING, attempts=0, available_at__gt=timezone.now())
+        return queryset.filter(scheduled) if value == "true" else queryset.exclude(scheduled)
 
     class Meta:
         model = Task
@@ -134,4 +147,5 @@ class TaskFilter(filters.FilterSet):
             "id",
             "error",
             "attempts_min",
+            "scheduled",
         ]

@@ -92,3 +92,5 @@ MAX_PRIORITY = 1000
 # How far ahead a task may be scheduled, in seconds: send(delay=/at=), the API's delay/available_at,
 # a hook's ?delay=, the New task page. A year, as a release's retry_in.
 MAX_DELAY = 365 * 24 * 3600
+# Stage.max_wait, in seconds (the waiting-time limit, services.waiting): a year.
+MAX_WAIT = 365 * 24 * 3600

@@ -26,6 +26,7 @@ from tasks_app.limits import (
     MAX_LOCK_TIMEOUT,
     MAX_PRIORITY,
     MAX_RUN_TIME,
+    MAX_WAIT,
     MIN_PRIORITY,
     json_depth_exceeds,
     json_has_nul,
@@ -176,6 +177,24 @@ class Stage(models.Model):
         help_text=f"Seconds a handler may run before the worker abandons it and releases the task (1 to "
         f"{MAX_RUN_TIME}, a week); blank means no limit (heartbeats keep long handlers' locks alive).",
     )
+    # Waiting-time limit (issue 15; services.waiting): a pending task older than this is overdue; with
+    # on_timeout it is completed and that type is sent on through the stage's transitions.
+    max_wait = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_WAIT)],
+        help_text=f"Seconds a task may wait here, pending, from its arrival (1 to {MAX_WAIT}, a year); past it "
+        "the task is overdue. Blank means no limit.",
+    )
+    on_timeout = models.CharField(
+        max_length=TYPE_MAX_LENGTH,
+        blank=True,
+        default="",
+        db_default="",
+        validators=[validate_task_type],
+        help_text="A task type: an overdue task is completed and this type is sent on through the stage's "
+        "transitions (escalation). Blank: overdue tasks stay pending.",
+    )
     # Priority (issue 15): higher runs first. A task created at this stage (not sent by a task, which
     # passes its own on) takes the integer in its payload's `priority_from` field, clamped to the range,
     # else default_priority (services.routing.stage_priority).
@@ -241,6 +260,10 @@ class Stage(models.Model):
                 name="stage_max_run_time_range",
             ),
             models.CheckConstraint(
+                condition=Q(max_wait__isnull=True) | Q(max_wait__gte=1, max_wait__lte=MAX_WAIT),
+                name="stage_max_wait_range",
+            ),
+            models.CheckConstraint(
                 condition=Q(default_priority__gte=MIN_PRIORITY, default_priority__lte=MAX_PRIORITY),
                 name="stage_default_priority_range",
             ),
@@ -259,6 +282,8 @@ class Stage(models.Model):
             raise ValidationError({"schedule": "A job stage needs a schedule."})
         if self.schedule and self.kind != self.Kind.JOB:
             raise ValidationError({"schedule": "Only job stages have a schedule."})
+        if self.on_timeout and self.max_wait is None:
+            raise ValidationError({"on_timeout": "An on_timeout type needs a max_wait to time out after."})
 
 
 class Transition(models.Model):
@@ -491,6 +516,7 @@ class TaskEvent(models.Model):
         EDITED = "edited", "Payload edited"
         CANCEL_REQUESTED = "cancel_requested", "Cancel requested"
         CANCELLED = "cancelled", "Cancelled"
+        WAIT_EXCEEDED = "wait_exceeded", "Wait exceeded"
 
     # The (task, id) index below serves lookups by task, so the FK needs no index
     # of its own. No database-level FK either: events are only ever written by

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
+from datetime import datetime, timedelta
 from typing import Any
 
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db import models
+from django.utils import timezone
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
-from tasks_app.limits import MAX_LOCK_TIMEOUT, NUL
+from tasks_app.limits import MAX_DELAY, MAX_LOCK_TIMEOUT, MAX_PRIORITY, MIN_PRIORITY, NUL
 from tasks_app.models import NO_NUL, TYPE_MAX_LENGTH, Stage, Task, TaskEvent, Transition, json_kind
 from tasks_app.services import MAX_CLAIM_BATCH, validate_task_input
 from tasks_app.values import DB_INT_MAX
@@ -52,8 +54,9 @@ class StageSerializer(ModelSerializer):
     class Meta:
         model = Stage
         fields = [
-            "slug", "name", "kind", "handler", "lock_timeout", "max_attempts", "max_run_time",
+            "slug", "name", "kind", "handler", "lock_timeout", "max_attempts", "max_run_time", "max_wait", "on_timeout",
             "is_paused", "description", "schedule", "schemas", "groups", "created_at", "updated_at",
+            "default_priority", "priority_from",
         ]  # fmt: skip
         read_only_fields = ["created_at", "updated_at"]
 
@@ -69,7 +72,8 @@ class StageSerializer(ModelSerializer):
     def _current(self) -> dict[str, Any]:
         if self.instance is None:
             return {}
-        return {"kind": self.instance.kind, "schedule": self.instance.schedule}
+        current = {"kind": self.instance.kind, "schedule": self.instance.schedule}
+        return {**current, "max_wait": self.instance.max_wait, "on_timeout": self.instance.on_timeout}
 
 
 class TransitionSerializer(ModelSerializer):
@@ -95,7 +99,7 @@ class TaskSerializer(ModelSerializer):
         model = Task
         fields = [
             "id", "stage", "type", "payload", "status", "attempts", "created_at", "updated_at",
-            "available_at", "locked_by", "locked_at", "locked_until", "completed_at", "last_error",
+            "available_at", "priority", "locked_by", "locked_at", "locked_until", "completed_at", "last_error",
             "parent", "source_stage", "idempotency_key", "cancel_requested",
         ]  # fmt: skip
         read_only_fields = fields
@@ -145,12 +149,57 @@ class TypeField(serializers.CharField):
         return value
 
 
-class SendItemSerializer(serializers.Serializer):
+class ScheduleSerializer(serializers.Serializer):
+    """A new task's priority and when it may first run (issue 15): create, bulk, a stage's or a completion's send."""
+
+    priority = serializers.IntegerField(
+        min_value=MIN_PRIORITY,
+        max_value=MAX_PRIORITY,
+        required=False,
+        help_text="Higher runs first. Default: a sent task's sender's; otherwise the stage's "
+        "(default_priority, or the payload field its priority_from names).",
+    )
+    available_at = serializers.DateTimeField(
+        required=False,
+        help_text="Not claimed before this time (at most a year ahead; a past time means now). Not with delay.",
+    )
+    delay = serializers.FloatField(
+        min_value=0,
+        max_value=MAX_DELAY,
+        required=False,
+        help_text=f"Seconds from now before the task may be claimed (0 to {MAX_DELAY}). Not with available_at.",
+    )
+
+    def validate_delay(self, value: float) -> float:
+        if not math.isfinite(value):  # "NaN" passes min/max validators
+            raise serializers.ValidationError("A valid number is required.")
+        return value
+
+    def validate_available_at(self, value: datetime) -> datetime:
+        if value > timezone.now() + timedelta(seconds=MAX_DELAY):
+            raise serializers.ValidationError("At most a year ahead.")
+        return value
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if "available_at" in attrs and "delay" in attrs:
+            raise serializers.ValidationError({"delay": ["Give available_at or delay, not both."]})
+        return attrs
+
+
+def scheduled_at(data: dict[str, Any], now: datetime | None = None) -> datetime | None:
+    """When a validated ScheduleSerializer's task may first run (None: now)."""
+    if "delay" in data:
+        return (now or timezone.now()) + timedelta(seconds=data["delay"])
+    at: datetime | None = data.get("available_at")
+    return at
+
+
+class SendItemSerializer(ScheduleSerializer):
     type = TypeField()
     payload = PayloadField(default=dict)
 
 
-class TaskCreateSerializer(serializers.Serializer):
+class TaskCreateSerializer(ScheduleSerializer):
     stage = SlugRelatedField(slug_field="slug", queryset=Stage.objects.all())
     type = TypeField()
     payload = PayloadField(default=dict)

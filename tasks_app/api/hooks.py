@@ -9,7 +9,8 @@ TASKS_HOOK_TOLERANCE seconds away from now, and when its signature was
 already accepted (a HookReceipt row, written in the send's transaction):
 a captured request can't be replayed, now or later. The JSON body (an
 object) becomes the payload; `?type=` names the task type (default
-"webhook"); other query parameters are added under "query".
+"webhook"); `?delay=` (seconds) holds the task back that long; other query
+parameters are added under "query".
 A stage handler, if set, may transform (body, query) into (type, payload)
 (the call is part of the handler contract, tasks_app.services.handlers);
 what it raises is logged under a request id and never shown to the caller.
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import math
 import re
 import time
 import uuid
@@ -33,7 +35,14 @@ from django.views.decorators.debug import sensitive_variables
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
-from rest_framework.exceptions import APIException, AuthenticationFailed, NotFound, ParseError, UnsupportedMediaType
+from rest_framework.exceptions import (
+    APIException,
+    AuthenticationFailed,
+    NotFound,
+    ParseError,
+    UnsupportedMediaType,
+    ValidationError,
+)
 from rest_framework.permissions import AllowAny
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -43,6 +52,7 @@ from tasks_app import services
 from tasks_app.api.errors import translate
 from tasks_app.api.parsers import BoundedJSONParser
 from tasks_app.api.throttles import SharedRateThrottle
+from tasks_app.limits import MAX_DELAY
 from tasks_app.models import HookReceipt, Stage
 from tasks_app.services.handlers import HandlerImportError, call_transform, resolve_handler
 
@@ -126,6 +136,9 @@ class HookView(APIView):
         request=OpenApiTypes.OBJECT,
         parameters=[
             OpenApiParameter("type", str, description=f"Task type (default {DEFAULT_TYPE!r})."),
+            OpenApiParameter(
+                "delay", float, description=f"Seconds before the task may run (0 to {MAX_DELAY}); default: at once."
+            ),
             OpenApiParameter("X-Hook-Token", str, OpenApiParameter.HEADER, description="The stage's secret."),
             OpenApiParameter("X-Hook-Timestamp", str, OpenApiParameter.HEADER, description="Unix seconds (signed)."),
             OpenApiParameter(
@@ -149,8 +162,9 @@ class HookView(APIView):
         data = request.data
         if not isinstance(data, dict):
             raise ParseError("The body must be a JSON object.")
-        query = {k: v for k, v in request.query_params.dict().items() if k != "type"}
+        query = {k: v for k, v in request.query_params.dict().items() if k not in ("type", "delay")}
         task_type = request.query_params.get("type", DEFAULT_TYPE)
+        delay = hook_delay(request.query_params.get("delay"))
         payload: Any = {**data, "query": query} if query else dict(data)
         if stage.handler.strip():
             task_type, payload = run_transform(stage, data, query, task_type)
@@ -158,12 +172,27 @@ class HookView(APIView):
             with transaction.atomic():
                 if signature:
                     remember(stage, signature)
-                created = services.task_send(stage=stage, type=task_type, payload=payload, actor=f"hook:{slug}")
+                created = services.task_send(
+                    stage=stage, type=task_type, payload=payload, actor=f"hook:{slug}", delay=delay
+                )
         except AuthenticationFailed:
             raise
         except Exception as exc:
             raise translate(exc) from exc
         return Response({"tasks": [t.pk for t in created]}, status=status.HTTP_202_ACCEPTED)
+
+
+def hook_delay(text: str | None) -> float | None:
+    """?delay=: seconds, 0 to MAX_DELAY (a year); a 400 naming the parameter for anything else."""
+    if text is None or text == "":
+        return None
+    try:
+        delay = float(text)
+    except ValueError:
+        delay = math.nan
+    if not (math.isfinite(delay) and 0 <= delay <= MAX_DELAY):
+        raise ValidationError({"delay": [f"Seconds from 0 to {MAX_DELAY} (a year), not {text[:40]!r}."]})
+    return delay
 
 
 def remember(stage: Stage, signature: str) -> None:

@@ -20,6 +20,7 @@ from tasks_app.serializers import (
     StageSerializer,
     TaskSerializer,
     TransitionSerializer,
+    scheduled_at,
 )
 from tasks_app.services.events import actor_for
 from tasks_app.services.stages import stage_delete
@@ -75,6 +76,8 @@ class StageViewSet(viewsets.ModelViewSet):
                 type=data.validated_data["type"],
                 payload=data.validated_data["payload"],
                 actor=actor_for(request.user),
+                priority=data.validated_data.get("priority"),
+                available_at=scheduled_at(data.validated_data),
             )
         except Exception as exc:
             raise translate(exc) from exc

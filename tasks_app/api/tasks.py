@@ -7,6 +7,7 @@ from typing import Any, cast
 
 from django.core.exceptions import ValidationError as DjangoValidationError
 from django.db.models import DateTimeField, IntegerField, QuerySet
+from django.utils import timezone
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import (
     OpenApiExample,
@@ -38,10 +39,12 @@ from tasks_app.serializers import (
     TaskCreateSerializer,
     TaskEventSerializer,
     TaskSerializer,
+    scheduled_at,
 )
 from tasks_app.services.complete import task_extend_lock_reporting
 from tasks_app.services.events import actor_for
 from tasks_app.services.form_stages import form_tasks_refusal
+from tasks_app.services.routing import NewTask, Send
 from tasks_app.values import parse_db_datetime, parse_db_int
 
 
@@ -109,8 +112,12 @@ class TaskCursorPagination(CursorPagination):
         return cursor._replace(position=position)
 
 
-def _sends(items: list[dict[str, Any]]) -> list[tuple[str, dict[str, Any]]]:
-    return [(item["type"], item["payload"]) for item in items]
+def _sends(items: list[dict[str, Any]]) -> list[Send]:
+    """A completion's sends; a delay counts from the completion (routing.Send)."""
+    return [
+        Send(item["type"], item["payload"], item.get("priority"), item.get("available_at"), item.get("delay"))
+        for item in items
+    ]
 
 
 BULK_COMPLETE_RESULT = inline_serializer(
@@ -180,14 +187,16 @@ class TaskViewSet(CancelActions, mixins.CreateModelMixin, viewsets.ReadOnlyModel
                 task, created = services.task_create_idempotent(
                     stage=v["stage"], type=v["type"], payload=v["payload"],
                     idempotency_key=v["idempotency_key"], actor=actor_for(request.user),
+                    priority=v.get("priority"), available_at=scheduled_at(v),
                 )  # fmt: skip
             else:
                 task, created = (
                     services.task_create(
-                        stage=v["stage"], type=v["type"], payload=v["payload"], actor=actor_for(request.user)
+                        stage=v["stage"], type=v["type"], payload=v["payload"], actor=actor_for(request.user),
+                        priority=v.get("priority"), available_at=scheduled_at(v),
                     ),
                     True,
-                )
+                )  # fmt: skip
         except Exception as exc:
             raise translate(exc) from exc
         task = self.get_queryset().get(pk=task.pk)
@@ -202,7 +211,11 @@ class TaskViewSet(CancelActions, mixins.CreateModelMixin, viewsets.ReadOnlyModel
         """Create up to 1,000 tasks in one transaction: all of them, or none."""
         data = BulkCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        items = [(t["stage"], t["type"], t["payload"]) for t in data.validated_data["tasks"]]
+        now = timezone.now()
+        items = [
+            NewTask(t["stage"], t["type"], t["payload"], t.get("priority"), scheduled_at(t, now))
+            for t in data.validated_data["tasks"]
+        ]
         try:
             created = services.tasks_create_bulk(items=items, actor=actor_for(request.user))
         except Exception as exc:

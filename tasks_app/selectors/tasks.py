@@ -90,7 +90,10 @@ def task_search(params: QueryDict) -> TaskSearch:
     if errors:
         return TaskSearch(task_filter, Task.objects.none(), errors)
     qs = task_filter.qs
-    search = TaskSearch(task_filter, qs, errors, statuses=list(task_filter.form.cleaned_data.get("status") or []))
+    statuses = list(task_filter.form.cleaned_data.get("status") or [])
+    if not statuses and task_filter.form.cleaned_data.get("scheduled") == "true":
+        statuses = [Task.Status.PENDING]  # only pending tasks are scheduled: read them as the live set
+    search = TaskSearch(task_filter, qs, errors, statuses=statuses)
     id_match = TASK_ID.fullmatch(q)
     if id_match:
         try:

@@ -8,7 +8,7 @@ shows its fields in the order of a schema's properties.
 
     {"version": 1,
      "stages": [{"slug", "name", "kind", "handler", "description", "lock_timeout",
-                 "max_attempts", "max_run_time", "is_paused", "schedule",
+                 "max_attempts", "max_run_time", "max_wait", "on_timeout", "is_paused", "schedule",
                  "groups": [group names], "schemas": {type or "*": JSON Schema}}],
      "transitions": [{"source", "target", "type"}]}   # type "" routes every type
 
@@ -71,6 +71,8 @@ STAGE_FIELDS = (
     "lock_timeout",
     "max_attempts",
     "max_run_time",
+    "max_wait",
+    "on_timeout",
     "is_paused",
     "schedule",
     "groups",
@@ -104,6 +106,8 @@ FIELD_TYPES: dict[str, tuple[str, Callable[[object], bool]]] = {
     "lock_timeout": ("a whole number", _is_int),
     "max_attempts": ("a whole number or null", lambda v: v is None or _is_int(v)),
     "max_run_time": ("a whole number or null", lambda v: v is None or _is_int(v)),
+    "max_wait": ("a whole number of seconds or null", lambda v: v is None or _is_int(v)),
+    "on_timeout": ("a task type (a string)", _is_str),
     "is_paused": ("true or false", lambda v: isinstance(v, bool)),
     "schedule": ("a string", _is_str),
     "groups": ("an array of group names", _is_names),
@@ -273,8 +277,8 @@ def _stage_field_problems(entry: dict[str, Any]) -> list[str]:
             kept = [e for e in field_errors if not (name == "handler" and e.code == HANDLER_ERROR_CODE)]
             if kept:
                 errors[name] = ValidationError(kept).messages
-    # Stage.clean relates kind and schedule: only meaningful when both are.
-    if not {"kind", "schedule"} & (unusable | errors.keys()):
+    # Stage.clean relates kind and schedule, and on_timeout and max_wait: only meaningful when all are.
+    if not {"kind", "schedule", "max_wait", "on_timeout"} & (unusable | errors.keys()):
         try:
             stage.clean()
         except ValidationError as exc:
@@ -409,6 +413,24 @@ def workflow_problems(data: Any) -> list[str]:
                         f"transitions[{i}]: same route as transitions[{seen[route]}] ({_route_label(route)})"
                     )
                 seen.setdefault(route, i)
+        if isinstance(stages, list):
+            problems += _timeout_route_problems(stages, transitions)
+    return problems
+
+
+def _timeout_route_problems(stages: list[Any], transitions: list[Any]) -> list[str]:
+    """A stage's on_timeout type must pass one of its transitions in the file (else no overdue task could go on)."""
+    routes = [_route(e) for e in transitions if isinstance(e, dict) and _is_str(e.get("source")) and "target" in e]
+    problems = []
+    for i, entry in enumerate(stages):
+        if not isinstance(entry, dict) or not _is_str(entry.get("slug")) or not _is_str(entry.get("on_timeout")):
+            continue
+        slug, type = entry["slug"], entry["on_timeout"]
+        if type and not any(source == slug and t in ("", type) for source, _, t in routes):
+            problems.append(
+                f"stages[{i}] (slug '{slug}'): on_timeout '{type}' has no route: no transition out of '{slug}' "
+                "passes that type"
+            )
     return problems
 
 

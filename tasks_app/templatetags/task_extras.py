@@ -14,6 +14,7 @@ from django.utils.safestring import SafeString, mark_safe
 
 from tasks_app.jsonpreview import CELL_CHARS, PAGE_CHARS, ROW_CHARS, editable_json, json_head, json_preview, json_size
 from tasks_app.models import Task
+from tasks_app.services.waiting import overdue_by
 
 register = template.Library()
 
@@ -34,6 +35,16 @@ def human_delta(delta: timedelta) -> str:
     return f"{seconds / 86400:.0f} d"
 
 
+def clock_time(at: datetime, now: datetime) -> str:
+    """14:00 today (in the active time zone: the viewer's), else 3 Dec 14:00, else 3 Dec 2027 14:00."""
+    local, today = timezone.localtime(at), timezone.localtime(now)
+    if local.date() == today.date():
+        return f"{local:%H:%M}"
+    if local.year == today.year:
+        return f"{local.day} {local:%b %H:%M}"
+    return f"{local.day} {local:%b %Y %H:%M}"
+
+
 @register.filter
 def duration_short(value: timedelta | None) -> str:
     return human_delta(value) if value is not None else ""
@@ -48,12 +59,15 @@ def age(value: datetime | None) -> str:
 
 def status_text(task: Task, now: datetime) -> str:
     if task.status == Task.Status.PENDING:
+        if (overdue := overdue_by(task, now)) is not None:  # the waiting-time limit (services.waiting)
+            waited, limit = overdue
+            return f"Overdue · waiting {human_delta(waited)}, limit {human_delta(timedelta(seconds=limit))}"
         if task.attempts:  # claimed before and given back (an error, an expired lock): say it is a retry
             # The attempt it waits to make; "due" once its backoff has passed (the list and the task page agree).
             wait = f"next in {human_delta(task.available_at - now)}" if task.available_at > now else "due"
             return f"Retrying · attempt {task.attempts + 1} · {wait}"
-        if task.available_at and task.available_at > now:
-            return f"Due in {human_delta(task.available_at - now)}"
+        if task.available_at and task.available_at > now:  # run-at: created to run later (issue 15)
+            return f"Scheduled for {clock_time(task.available_at, now)} (in {human_delta(task.available_at - now)})"
         return f"Pending for {human_delta(now - task.updated_at)}"
     if task.status == Task.Status.LOCKED:
         if task.locked_until and task.locked_until < now:

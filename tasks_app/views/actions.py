@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from django.contrib import messages
@@ -21,17 +22,19 @@ from django.http import (
 )
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
+from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
 
 from tasks_app import services
 from tasks_app.filter_chips import Chip, active_chips, chosen_tasks, matching_tasks
 from tasks_app.jsonpreview import editable_json
-from tasks_app.limits import NUL
+from tasks_app.limits import MAX_PRIORITY, MIN_PRIORITY, NUL
 from tasks_app.models import Stage, Task
 from tasks_app.selectors.tasks import errors_text, filtered_tasks, task_search
 from tasks_app.services.cancel import task_cancel as cancel_service
 from tasks_app.services.events import actor_for
+from tasks_app.services.routing import priority_problem, schedule_problem
 from tasks_app.values import parse_db_int
 
 SINGLE_ACTIONS: dict[str, tuple[str, Callable[..., Any]]] = {
@@ -143,24 +146,51 @@ def task_edit_payload(request: HttpRequest, task_id: int) -> HttpResponse:
     return render(request, "tasks_app/task_edit.html", {"task": task, "raw": raw, "error": error}, status=status)
 
 
+def _parse_schedule(priority: str, run_at: str) -> tuple[int | None, datetime | None, str]:
+    """The New task page's priority (blank: the stage's) and "Run at" (blank: now; in the viewer's time zone)."""
+    value: int | None = None
+    at: datetime | None = None
+    if priority.strip():
+        try:
+            value = int(priority.strip())
+        except ValueError:
+            return None, None, f"Priority must be a whole number from {MIN_PRIORITY} to {MAX_PRIORITY}."
+        if problem := priority_problem(value):
+            return None, None, f"{problem[0].upper()}{problem[1:]}."
+    if run_at.strip():
+        try:
+            at = datetime.fromisoformat(run_at.strip())
+        except ValueError:
+            return None, None, "Run at must be a date and time, like 2026-12-24 14:00."
+        if timezone.is_naive(at):
+            at = timezone.make_aware(at)  # the active time zone: the viewer's
+        if problem := schedule_problem(at=at):
+            return None, None, f"Run at: {problem.removeprefix('at ')}."
+    return value, at, ""
+
+
 @login_required
 @permission_required("tasks_app.add_task", raise_exception=True)
 def task_create(request: HttpRequest) -> HttpResponse:
     stages = Stage.objects.order_by("slug")
-    values = {"stage": request.GET.get("stage", ""), "type": "", "payload": "{}"}
+    values = {"stage": request.GET.get("stage", ""), "type": "", "payload": "{}", "priority": "", "run_at": ""}
     error = ""
     if request.method == "POST":
-        values = {k: request.POST.get(k, "") for k in ("stage", "type", "payload")}
+        values = {k: request.POST.get(k, "") for k in ("stage", "type", "payload", "priority", "run_at")}
         # A NUL can't be looked up on PostgreSQL (DataError): it names no stage anyway.
         stage = Stage.objects.filter(slug=values["stage"]).first() if NUL not in values["stage"] else None
         payload, error = _parse_payload(values["payload"])
+        priority, run_at, schedule_error = _parse_schedule(values["priority"], values["run_at"])
         if stage is None:
             error = f"Unknown stage '{values['stage']}'."
+        elif schedule_error:
+            error = schedule_error
         elif payload is not None:
             try:
                 task = services.task_create(
-                    stage=stage, type=values["type"], payload=payload, actor=actor_for(request.user)
-                )
+                    stage=stage, type=values["type"], payload=payload, actor=actor_for(request.user),
+                    priority=priority, available_at=run_at,
+                )  # fmt: skip
                 messages.success(request, f"Created task {task.pk} at {stage.slug}.")
                 return redirect("tasks_app:task-detail", task.pk)
             except ValidationError as exc:

@@ -61,6 +61,11 @@ COUNTERS: Sequence[tuple[str, str, Sequence[str]]] = (
         ["cancelled"],
     ),
     (
+        "tasks_overdue",
+        "Tasks that waited at the stage past its max_wait (each once; with an on_timeout type, sent on as it).",
+        ["wait_exceeded"],
+    ),
+    (
         "tasks_released",
         "Locked tasks handed back to pending (handler error, worker shutdown, or force-released by a person).",
         ["released", "force_released"],

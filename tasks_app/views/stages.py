@@ -39,6 +39,7 @@ from tasks_app.selectors.stages import (
 from tasks_app.services.events import actor_for
 from tasks_app.services.jobs import job_run_now
 from tasks_app.services.stages import stage_set_paused
+from tasks_app.services.waiting import stage_overdue
 
 
 def hook_curl(url: str, secret: str, task_type: str) -> str:
@@ -96,6 +97,8 @@ def stage_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "live": live,
         "retrying_url": _tasks_url(stage, status="pending", attempts_min=1),
         "oldest_age": timezone.now() - live["oldest_pending"] if live["oldest_pending"] else None,
+        # Waiting-time limit: pending past max_wait (services.waiting), through the stage's live tasks.
+        "overdue": stage_overdue(stage).count() if stage.max_wait else None,
         "counters": attempt_counters([stage.pk]).get(stage.pk),
         "counters_as_of": counters_as_of(),
         "errors": errors,

@@ -42,6 +42,7 @@ from tasks_app.services.complete import tasks_extend_locks_reporting
 from tasks_app.services.counters import counters_fold_in_turn
 from tasks_app.services.pipeline import tasks_complete_and_claim
 from tasks_app.services.retention import PERIODIC_PAUSE, PruneResult, tasks_prune_periodic
+from tasks_app.services.waiting import WaitSweep, tasks_wait_sweep
 from tasks_app.worker.handlers import Handler, HandlerImportError, HandlerTask, Outcome, resolve_handler
 from tasks_app.worker.listener import Listener
 from tasks_app.worker.pacing import (
@@ -71,6 +72,8 @@ FOLD_INTERVAL = 10.0
 FOLD_JITTER = 0.2
 FOLD_ROWS = 5_000
 FOLD_PAUSE = 0.5
+# The waiting-time limit's sweep (services.waiting): as often as the expiry sweep, sooner while a backlog lasts.
+WAIT_PAUSE = 0.5
 
 
 def default_worker_id() -> str:
@@ -112,6 +115,7 @@ class Cadences:
     expiry: Cadence  # the expiry sweep (TASKS_EXPIRE_INTERVAL)
     prune: Cadence  # retention (TASKS_PRUNE_INTERVAL; sooner while a backlog lasts)
     fold: Cadence  # the counters' fold (FOLD_INTERVAL; sooner while a backlog lasts)
+    waits: Cadence  # overdue tasks (TASKS_EXPIRE_INTERVAL; sooner while a backlog lasts)
     registry: Cadence  # the registry heartbeat (TASKS_WORKER_HEARTBEAT)
     progress: Cadence | None  # the progress line; None when off
 
@@ -124,6 +128,7 @@ class Cadences:
             expiry=Cadence(float(settings.TASKS_EXPIRE_INTERVAL)),
             prune=Cadence(float(settings.TASKS_PRUNE_INTERVAL), jitter=PRUNE_JITTER),
             fold=Cadence(FOLD_INTERVAL, jitter=FOLD_JITTER),
+            waits=Cadence(float(settings.TASKS_EXPIRE_INTERVAL)),
             registry=Cadence(float(settings.TASKS_WORKER_HEARTBEAT)),
             progress=Cadence(progress_interval, next_at=now + progress_interval) if progress_interval > 0 else None,
         )
@@ -216,6 +221,7 @@ class Worker:
             (self.cadences.expiry, self.expire_locks),
             (self.cadences.prune, self.prune),
             (self.cadences.fold, self.fold_counters),
+            (self.cadences.waits, self.sweep_waits),
             (self.cadences.registry, self.report_in),
         ]
         if self.cadences.progress is not None:
@@ -606,6 +612,17 @@ class Worker:
         if moved is not None and moved >= FOLD_ROWS:
             self.cadences.fold.done(time.monotonic(), after=FOLD_PAUSE)  # a backlog: the next bite soon
         return moved
+
+    def sweep_waits(self) -> WaitSweep | None:
+        """The waiting-time limit: flag overdue tasks and send on_timeout ones on (one worker at a time)."""
+        swept = tasks_wait_sweep()
+        if swept is None:
+            return None
+        if swept.backlog:
+            self.cadences.waits.done(time.monotonic(), after=WAIT_PAUSE)
+        if swept.flagged:
+            logger.info("%d task(s) overdue, %d sent on as their stage's on_timeout", swept.flagged, swept.timed_out)
+        return swept
 
     def report_in(self) -> None:
         """The registry heartbeat: counters and held tasks, so the monitor shows this worker alive."""

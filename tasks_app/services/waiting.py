@@ -1,0 +1,186 @@
+"""The waiting-time limit (Stage.max_wait, Stage.on_timeout): overdue tasks, and the sweep that acts on them.
+
+The rule, in one place (`overdue_q` for queries, `overdue_by` for one task;
+tests/test_max_wait.py holds the two to the same tasks on both databases):
+a task is overdue when it is pending, due (available_at has passed), and
+arrived at its stage (created_at) more than max_wait seconds ago.
+
+- The clock starts at arrival and never restarts: the backoff of a retry, a
+  release, a worker handing a task back or a person closing a form without
+  deciding all count toward the limit (a person can't reset it by opening and
+  closing the task).
+- A task that is not due yet (scheduled for later, or waiting out a retry's
+  backoff) is not overdue until it is due: a run-at time in the future is a
+  decision, not a wait.
+- Locked tasks (a worker or a person on them) are never overdue.
+
+The worker's upkeep runs `tasks_wait_sweep` under the expiry sweep's advisory
+lock (one worker at a time), one bounded batch per stage and call. Each
+overdue task is acted on once: it gets a `wait_exceeded` event; if its stage
+names an on_timeout type, in the same transaction it is completed (with the
+reason) and that type is sent on through the stage's transitions
+(services.routing, as any completion's sends), so escalation is an ordinary
+transition. A task that already has its `wait_exceeded` event is never looked
+at again, so the sweep does not rescan those that stay overdue (no
+on_timeout, or a send that was refused: its event says why). Paused stages
+are not swept (a pause stops a stage's flow, and escalation is flow); their
+tasks still show as overdue.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import transaction
+from django.db.models import BooleanField, Q, QuerySet
+from django.db.models.expressions import RawSQL
+from django.utils import timezone
+
+from tasks_app.models import Stage, Task, TaskEvent
+from tasks_app.services.errors import NoRouteError, TaskStateError
+from tasks_app.services.events import event_record
+from tasks_app.services.locks import LockKey, advisory_xact_lock
+from tasks_app.services.routing import tasks_send_many
+
+logger = logging.getLogger("tasks_app")
+
+# The actor of the sweep's events, as "expiry sweep" for expired locks.
+WAIT_ACTOR = "wait limit"
+# Tasks acted on per stage per sweep: one transaction each, a few queries per task when it sends.
+BATCH_SIZE = 200
+
+
+def overdue_q(*, max_wait: int, now: datetime) -> Q:
+    """Tasks of a stage with this max_wait that are overdue at `now` (add the stage filter)."""
+    return Q(status=Task.Status.PENDING, created_at__lt=now - timedelta(seconds=max_wait), available_at__lte=now)
+
+
+def overdue_by(task: Task, now: datetime) -> tuple[timedelta, int] | None:
+    """(how long it has waited, its stage's max_wait in seconds) if `task` is overdue at `now`, else None."""
+    limit = task.stage.max_wait
+    if limit is None or task.status != Task.Status.PENDING or task.available_at > now:
+        return None
+    waited = now - task.created_at
+    return (waited, limit) if waited > timedelta(seconds=limit) else None
+
+
+def stage_overdue(stage: Stage, *, now: datetime | None = None) -> QuerySet[Task]:
+    """The stage's overdue tasks (none without a max_wait): through task_claim_idx, the stage's live tasks."""
+    if stage.max_wait is None:
+        return Task.objects.none()
+    return Task.objects.filter(stage=stage).filter(overdue_q(max_wait=stage.max_wait, now=now or timezone.now()))
+
+
+def _not_flagged() -> RawSQL:
+    """No `wait_exceeded` event yet: probed per candidate through taskevent_task_idx (task_id, id).
+
+    OFFSET 0 keeps it a correlated subplan: as a plain NOT EXISTS PostgreSQL turns
+    it into an anti-join, and with no wait_exceeded event in its statistics it
+    chose to read the whole history once per sweep (tests/test_max_wait.py,
+    the plan test). The probes cost a few index reads per candidate instead.
+    """
+    task, event = Task._meta.db_table, TaskEvent._meta.db_table
+    sql = f"NOT EXISTS (SELECT 1 FROM {event} e WHERE e.task_id = {task}.id AND e.kind = %s LIMIT 1 OFFSET 0)"
+    return RawSQL(sql, [TaskEvent.Kind.WAIT_EXCEEDED.value], output_field=BooleanField())
+
+
+def wait_candidates(stage: Stage, *, now: datetime, limit: int) -> QuerySet[Task]:
+    """Up to `limit` overdue tasks of `stage` not yet acted on, locked for the sweep (rows others hold skipped).
+
+    In the claim's order (priority DESC, id: the most urgent first, then the
+    oldest), which is task_claim_idx's: the scan of the stage's live tasks stops
+    at `limit`, with no sort, and no other index (all live tasks, all of the
+    stage's tasks) serves that order; the EXPLAIN test holds it to that index.
+    """
+    assert stage.max_wait is not None
+    return (
+        stage_overdue(stage, now=now)
+        .filter(_not_flagged())
+        .order_by("-priority", "id")
+        .select_for_update(skip_locked=True, of=("self",))
+        .only("id", "stage_id", "type", "payload", "priority", "created_at", "available_at", "status")[:limit]
+    )
+
+
+@dataclass
+class WaitSweep:
+    """What one sweep did."""
+
+    flagged: int = 0  # wait_exceeded events written
+    timed_out: int = 0  # completed and sent on as on_timeout
+    backlog: bool = False  # some stage had a full batch: sweep again soon
+
+
+def tasks_wait_sweep(*, now: datetime | None = None, batch_size: int = BATCH_SIZE) -> WaitSweep | None:
+    """Act on overdue tasks, a batch per stage with a max_wait; None if another worker is sweeping.
+
+    Each stage's batch is one transaction under the sweep's advisory lock.
+    """
+    now = now or timezone.now()
+    result = WaitSweep()
+    stages = Stage.objects.filter(max_wait__isnull=False, is_paused=False).order_by("id")
+    for stage in stages:
+        with transaction.atomic():
+            if not advisory_xact_lock(LockKey.SWEEP):
+                return None  # another worker is sweeping (the batches this call committed stay done)
+            tasks = list(wait_candidates(stage, now=now, limit=batch_size))
+            for task in tasks:
+                result.timed_out += _act(stage, task, now)
+            result.flagged += len(tasks)
+            result.backlog = result.backlog or len(tasks) >= batch_size
+    return result
+
+
+def _act(stage: Stage, task: Task, now: datetime) -> int:
+    """One overdue task (locked by the caller): its event, and with on_timeout its completion and send; 1 if sent."""
+    assert stage.max_wait is not None
+    waited = round((now - task.created_at).total_seconds(), 3)
+    details: dict[str, Any] = {"waited": waited, "max_wait": stage.max_wait, "on_timeout": stage.on_timeout or None}
+    sent: list[int] | None = None
+    if stage.on_timeout:
+        sent, error = _send_on(stage, task, now)
+        if error:
+            details["error"] = error
+    event_record(task_id=task.pk, kind=TaskEvent.Kind.WAIT_EXCEEDED, at=now, actor=WAIT_ACTOR, details=details)
+    if sent is None:
+        return 0
+    # The row is locked (wait_candidates) and was pending: the WHERE restates it anyway.
+    updated = Task.objects.filter(pk=task.pk, status=Task.Status.PENDING).update(
+        status=Task.Status.COMPLETED, completed_at=now, updated_at=now
+    )
+    if updated != 1:  # can't happen under the row lock; if it did, the batch's transaction rolls back
+        raise TaskStateError(f"Task {task.pk} is no longer pending; its wait limit was not applied.")
+    reason = f"waited {waited:g} s at '{stage.slug}', over its max_wait of {stage.max_wait} s"
+    event_record(
+        task_id=task.pk,
+        kind=TaskEvent.Kind.COMPLETED,
+        at=now,
+        actor=WAIT_ACTOR,
+        details={"reason": reason, "on_timeout": stage.on_timeout, "sent": sent},
+    )
+    return 1
+
+
+def _send_on(stage: Stage, task: Task, now: datetime) -> tuple[list[int] | None, str]:
+    """Send `task`'s payload on as the stage's on_timeout type; (ids sent, '') or (None, why it was refused)."""
+    try:
+        with transaction.atomic():  # a savepoint: a refused send leaves the batch's other tasks alone
+            created = tasks_send_many(
+                stage=stage, sends=[(stage.on_timeout, task.payload)], parent=task, actor=WAIT_ACTOR, now=now
+            )
+    except (NoRouteError, ValidationError) as exc:
+        why = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
+        logger.warning(
+            "task %s: overdue at %s, but sending it on as %r was refused: %s",
+            task.pk,
+            stage.slug,
+            stage.on_timeout,
+            why,
+            extra={"task_id": task.pk, "stage": stage.slug},
+        )
+        return None, why
+    return [t.pk for t in created], ""

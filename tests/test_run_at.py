@@ -1,0 +1,301 @@
+"""Run at / delay and priority through every entry path (issue 15): a handler's send, the API's create,
+bulk, stage send and completion sends, a hook's ?delay=, the New task page; the list's "Scheduled for"
+status and the scheduled filter (list page and API).
+
+Runs on SQLite and, under scripts/with_postgres.py, on PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from django.core.cache import cache
+from django.test import Client
+from django.utils import timezone
+from rest_framework.test import APIClient
+
+from tasks_app.limits import MAX_DELAY
+from tasks_app.models import Stage, Task
+from tasks_app.services import task_claim, task_complete, task_create, task_release
+from tasks_app.services.handlers import HandlerTask
+from tasks_app.services.routing import Send
+from tasks_app.templatetags.task_extras import status_text
+from tasks_app.worker import Worker
+from tests.support.api import at, list_ids, post
+from tests.support.pages import LIST_URL, page
+from tests.support.world import nothing_written
+
+SLACK = timedelta(seconds=30)  # between a request's "now" and the test's
+
+
+def near(value: datetime, expected: datetime) -> bool:
+    return abs(value - expected) < SLACK
+
+
+def handler_task(stage: Stage) -> HandlerTask:
+    return HandlerTask(
+        id=1, type="t", payload={}, stage=stage.slug, attempts=1, created_at=timezone.now(), parent_id=None,
+        _stage=stage,
+    )  # fmt: skip
+
+
+# -- a handler's send ----------------------------------------------------------------------------
+
+
+def test_a_handlers_delay_counts_from_the_completion_and_at_is_kept(world: dict[str, Stage]) -> None:
+    task_create(stage=world["review"], type="order", payload={})
+    [claimed] = task_claim(stage=world["review"], worker_id="w")
+    done = timezone.now() + timedelta(minutes=1)
+    when = done + timedelta(days=2)
+    kids = task_complete(
+        task_id=claimed.pk,
+        lock_token=claimed.lock_token,
+        send=[Send("approved", {}, delay=90), Send("declined", {}, at=when), ("declined", {})],
+        now=done,
+    )
+    got = sorted((k.stage.slug, Task.objects.get(pk=k.pk).available_at) for k in kids)
+    assert got == [
+        ("audit", done + timedelta(seconds=90)),
+        ("notify", done),
+        ("notify", when),
+        ("ship", done + timedelta(seconds=90)),
+    ]
+    # Not claimable before then; then it is.
+    assert task_claim(stage=world["ship"], worker_id="w", now=done + timedelta(seconds=89)) == []
+    assert len(task_claim(stage=world["ship"], worker_id="w", now=done + timedelta(seconds=91))) == 1
+
+
+def test_a_time_already_past_means_now(world: dict[str, Stage]) -> None:
+    task_create(stage=world["review"], type="order", payload={})
+    [claimed] = task_claim(stage=world["review"], worker_id="w")
+    now = timezone.now()
+    [kid] = task_complete(
+        task_id=claimed.pk,
+        lock_token=claimed.lock_token,
+        send=[Send("declined", {}, at=now - timedelta(days=3))],
+        now=now,
+    )
+    assert Task.objects.get(pk=kid.pk).available_at == now
+
+
+def test_a_handler_schedules_through_the_worker(world: dict[str, Stage]) -> None:
+    Stage.objects.filter(slug="review").update(handler="tests.handlers.send_with_options")
+    when = (timezone.now() + timedelta(hours=5)).replace(microsecond=0)
+    delayed = task_create(stage=world["review"], type="order", payload={"delay": 3600})
+    fixed = task_create(stage=world["review"], type="order", payload={"at": when.isoformat()})
+    before = timezone.now()
+    Worker(stage_slugs=["review"], worker_id="w-at").run(once=True)
+    for kid in Task.objects.filter(parent=delayed):
+        assert before + timedelta(hours=1) <= kid.available_at < before + timedelta(hours=1) + SLACK
+    assert set(Task.objects.filter(parent=fixed).values_list("available_at", flat=True)) == {when}
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"delay": 5, "at": datetime(2030, 1, 1, tzinfo=UTC)}, "not both"),
+        ({"delay": -1}, "delay must be from 0"),
+        ({"delay": MAX_DELAY + 1}, "delay must be from 0"),
+        ({"delay": float("nan")}, "delay must be a number"),
+        ({"delay": "60"}, "delay must be a number"),
+        ({"delay": True}, "delay must be a number"),
+        ({"at": datetime(2030, 1, 1)}, "timezone-aware"),  # noqa: DTZ001
+        ({"at": "2030-01-01T00:00:00Z"}, "at must be a datetime"),
+        ({"at": datetime.now(UTC) + timedelta(days=400)}, "at most a year ahead"),
+    ],
+)
+def test_a_handlers_send_refuses_a_bad_schedule_at_once(review: Stage, options: dict[str, Any], message: str) -> None:
+    task = handler_task(review)
+    with pytest.raises(ValueError, match=message):
+        task.send("approved", {}, **options)
+    assert task.sent == []
+
+
+# -- the REST API ---------------------------------------------------------------------------------
+
+
+def test_api_create_with_priority_and_available_at_or_delay(world: dict[str, Stage], operator: APIClient) -> None:
+    when = timezone.now() + timedelta(hours=3)
+    response = post(
+        operator,
+        "/api/tasks/",
+        {"stage": "ship", "type": "order", "payload": {}, "priority": 12, "available_at": when.isoformat()},
+    )
+    assert response.status_code == 201, response.data
+    assert response.data["priority"] == 12 and at(response.data["available_at"]) == when
+    response = post(operator, "/api/tasks/", {"stage": "ship", "type": "order", "delay": 600})
+    assert response.status_code == 201, response.data
+    assert near(at(response.data["available_at"]), timezone.now() + timedelta(seconds=600))
+    assert response.data["priority"] == 0  # the stage's
+    # With an idempotency key too.
+    response = post(
+        operator,
+        "/api/tasks/",
+        {"stage": "ship", "type": "order", "idempotency_key": "k1", "priority": -5, "delay": 60},
+    )
+    assert response.status_code == 201 and response.data["priority"] == -5
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"priority": 1001}, "priority"),
+        ({"priority": "high"}, "priority"),
+        ({"delay": -1}, "delay"),
+        ({"delay": MAX_DELAY + 1}, "delay"),
+        ({"delay": "NaN"}, "delay"),
+        ({"available_at": "tomorrow"}, "available_at"),
+        ({"available_at": "2026-02-30T10:00:00Z"}, "available_at"),
+        ({"available_at": "9999-01-01T00:00:00Z"}, "available_at"),
+        ({"available_at": (datetime.now(UTC) + timedelta(days=1)).isoformat(), "delay": 5}, "delay"),
+    ],
+)
+def test_api_refuses_a_bad_schedule_with_field_messages(
+    world: dict[str, Stage], operator: APIClient, extra: dict[str, Any], field: str
+) -> None:
+    item = {"stage": "ship", "type": "order", "payload": {}, **extra}
+    with nothing_written():
+        response = post(operator, "/api/tasks/", item)
+        assert response.status_code == 400 and field in response.data, response.data
+        response = post(operator, "/api/tasks/bulk/", {"tasks": [{"stage": "ship", "type": "order"}, item]})
+        assert response.status_code == 400 and field in response.data["tasks"][1], response.data
+        response = post(operator, "/api/stages/review/send/", {"type": "approved", **extra})
+        assert response.status_code == 400 and field in response.data, response.data
+
+
+def test_api_bulk_create_schedules_each_task(world: dict[str, Stage], operator: APIClient) -> None:
+    response = post(
+        operator,
+        "/api/tasks/bulk/",
+        {"tasks": [{"stage": "ship", "type": "a"}, {"stage": "ship", "type": "b", "delay": 3600, "priority": 3}]},
+    )
+    assert response.status_code == 201, response.data
+    a, b = response.data
+    assert a["priority"] == 0 and near(at(a["available_at"]), timezone.now())
+    assert b["priority"] == 3 and near(at(b["available_at"]), timezone.now() + timedelta(hours=1))
+
+
+def test_api_stage_send_and_completion_sends_take_priority_and_delay(
+    world: dict[str, Stage], operator: APIClient
+) -> None:
+    response = post(operator, "/api/stages/review/send/", {"type": "approved", "priority": 4, "delay": 120})
+    assert response.status_code == 201, response.data
+    assert {row["priority"] for row in response.data} == {4}
+    assert all(near(at(row["available_at"]), timezone.now() + timedelta(minutes=2)) for row in response.data)
+
+    parent = task_create(stage=world["review"], type="order", payload={}, priority=9)
+    [claimed] = task_claim(stage=world["review"], worker_id="api")
+    when = timezone.now() + timedelta(days=1)
+    response = post(
+        operator,
+        f"/api/tasks/{parent.pk}/complete/",
+        {
+            "lock_token": claimed.lock_token,
+            "send": [{"type": "approved"}, {"type": "declined", "priority": -2, "available_at": when.isoformat()}],
+        },
+    )
+    assert response.status_code == 200, response.data
+    got = sorted((row["stage"], row["priority"], at(row["available_at"]) == when) for row in response.data)
+    assert got == [("audit", 9, False), ("notify", -2, True), ("ship", 9, False)]  # inherited unless given
+
+
+# -- a hook's ?delay= -----------------------------------------------------------------------------
+
+
+def hook_post(secret: str, query: str) -> Any:
+    raw = json.dumps({"order_id": 7}).encode()
+    return APIClient().generic(
+        "POST", f"/hooks/intake/{query}", raw, content_type="application/json", headers={"X-Hook-Token": secret}
+    )
+
+
+def test_a_hooks_delay_holds_its_task_back(world: dict[str, Stage]) -> None:
+    cache.clear()  # throttle counters
+    secret = world["intake"].hook_secret
+    response = hook_post(secret, "?type=order&delay=300&src=shop")
+    assert response.status_code == 202, response.content
+    [task] = Task.objects.filter(pk__in=response.data["tasks"])
+    assert near(task.available_at, timezone.now() + timedelta(minutes=5))
+    assert task.payload == {"order_id": 7, "query": {"src": "shop"}}  # delay is not part of the payload
+    for bad in ("-1", "abc", "nan", "inf", str(MAX_DELAY + 1)):
+        with nothing_written():
+            response = hook_post(secret, f"?delay={bad}")
+            assert response.status_code == 400 and "delay" in response.json(), (bad, response.content)
+
+
+# -- the New task page ------------------------------------------------------------------------------
+
+
+def test_the_new_task_page_takes_a_priority_and_a_run_at_time(world: dict[str, Stage], admin_client: Client) -> None:
+    form = admin_client.get("/tasks/new/").content.decode()
+    assert 'name="priority"' in form and 'name="run_at"' in form
+    when = (timezone.localtime() + timedelta(days=1)).replace(second=0, microsecond=0)
+    response = admin_client.post(
+        "/tasks/new/",
+        {"stage": "ship", "type": "order", "payload": "{}", "priority": "7", "run_at": when.strftime("%Y-%m-%dT%H:%M")},
+    )
+    assert response.status_code == 302
+    task = Task.objects.get()
+    assert (task.priority, task.available_at) == (7, when)
+
+
+@pytest.mark.parametrize(
+    ("priority", "run_at", "error"),
+    [
+        ("1001", "", "priority must be from"),
+        ("x", "", "Priority must be a whole number"),
+        ("", "tomorrow", "Run at must be a date and time"),
+        ("", "2099-01-01T10:00", "Run at: must be at most a year ahead"),
+    ],
+)
+def test_the_new_task_page_refuses_a_bad_priority_or_time(
+    world: dict[str, Stage], admin_client: Client, priority: str, run_at: str, error: str
+) -> None:
+    with nothing_written():
+        response = admin_client.post(
+            "/tasks/new/", {"stage": "ship", "type": "order", "payload": "{}", "priority": priority, "run_at": run_at}
+        )
+    assert response.status_code == 400
+    assert error.lower() in response.content.decode().lower()
+
+
+# -- the list: "Scheduled for", and the filter ----------------------------------------------------------
+
+
+def test_status_text_says_scheduled_for_a_time_and_keeps_the_retry_badge(world: dict[str, Stage]) -> None:
+    now = timezone.now()
+    scheduled = task_create(stage=world["ship"], type="order", payload={}, available_at=now + timedelta(hours=2))
+    text = status_text(scheduled, now)
+    assert text == f"Scheduled for {timezone.localtime(scheduled.available_at):%H:%M} (in 2 h)" or text.startswith(
+        "Scheduled for "  # two hours on is tomorrow near midnight: the date comes first
+    )
+    assert text.endswith("(in 2 h)")
+    far = task_create(stage=world["ship"], type="order", payload={}, available_at=now + timedelta(days=3))
+    local = timezone.localtime(far.available_at)
+    assert status_text(far, now) == f"Scheduled for {local.day} {local:%b %H:%M} (in 3 d)"
+    retried = task_create(stage=world["notify"], type="order", payload={})
+    [claim] = task_claim(stage=world["notify"], worker_id="w1")
+    task_release(task_id=claim.pk, lock_token=claim.lock_token, error="boom", retry_in=600)
+    assert status_text(Task.objects.get(pk=retried.pk), timezone.now()).startswith("Retrying · attempt 2 · next in ")
+
+
+def test_the_list_and_the_api_filter_scheduled_tasks(
+    world: dict[str, Stage], admin_client: Client, viewer: APIClient
+) -> None:
+    now = timezone.now()
+    scheduled = task_create(stage=world["ship"], type="order", payload={}, available_at=now + timedelta(hours=2))
+    due = task_create(stage=world["ship"], type="order", payload={})
+    retry = task_create(stage=world["notify"], type="order", payload={})
+    [claim] = task_claim(stage=world["notify"], worker_id="w1")
+    task_release(task_id=claim.pk, lock_token=claim.lock_token, error="boom", retry_in=600)  # waits, but a retry
+
+    listed = page(admin_client.get(LIST_URL, {"scheduled": "true"}))
+    assert list(listed.rows) == [scheduled.pk]
+    assert listed.rows[scheduled.pk]["Status"].startswith("Scheduled for ")
+    assert sorted(page(admin_client.get(LIST_URL, {"scheduled": "false"})).rows) == sorted([due.pk, retry.pk])
+    assert list_ids(viewer, {"scheduled": "true"}) == [scheduled.pk]
+    assert sorted(list_ids(viewer, {"scheduled": "false"})) == sorted([due.pk, retry.pk])
+    assert viewer.get("/api/tasks/", {"scheduled": "maybe"}).status_code == 400
