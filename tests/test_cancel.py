@@ -24,7 +24,9 @@ from tasks_app.services import (
     task_claim,
     task_complete,
     task_fail,
+    task_release,
     tasks_complete_each,
+    tasks_expire_locks,
 )
 from tasks_app.services import counters as stage_counters
 from tasks_app.services.cancel import task_cancel
@@ -470,3 +472,32 @@ def test_metrics_count_cancelled_tasks_per_stage(
     assert 'tasks_cancelled_total{stage="review"} 2.0' in body
     assert 'tasks_cancelled_total{stage="ship"} 1.0' in body
     assert 'tasks_completed_total{stage="ship"} 0.0' in body
+
+
+# -- a held task whose attempt ends otherwise -----------------------------------------------------
+
+
+def test_a_requested_task_whose_handler_raises_is_cancelled_not_retried(world: dict[str, Stage]) -> None:
+    create(world["review"], amount=5)
+    held = claim_one(world["review"], worker="w3")
+    task_cancel(task_id=held.pk, actor="user:ann")
+    released = task_release(task_id=held.pk, lock_token=held.lock_token, error="RuntimeError: stopped")
+    assert released.status == S.CANCELLED and released.last_error == "RuntimeError: stopped"
+    assert kinds(held.pk) == ["created", "cancel_requested", "cancelled"]
+    event = cancel_event(held.pk)
+    assert (event.actor, event.details["worker"], event.details["error"]) == ("w3", "w3", "RuntimeError: stopped")
+    assert task_claim(stage=world["review"], worker_id="w", limit=5) == []
+
+
+def test_the_expiry_sweep_cancels_a_requested_task_whose_worker_went_silent(world: dict[str, Stage]) -> None:
+    create(world["review"], amount=5)
+    create(world["review"], amount=6)
+    now = timezone.now()
+    requested, other = task_claim(stage=world["review"], worker_id="gone", limit=2, lock_timeout=1, now=now)
+    task_cancel(task_id=requested.pk, actor="user:ann", now=now)
+    assert tasks_expire_locks(now=now + timedelta(seconds=5)) == 2
+    assert Task.objects.get(pk=requested.pk).status == S.CANCELLED
+    assert Task.objects.get(pk=other.pk).status == S.PENDING
+    expired = TaskEvent.objects.get(task_id=requested.pk, kind=E.LOCK_EXPIRED)
+    assert expired.details["now"] == "cancelled"
+    assert kinds(requested.pk)[-2:] == ["lock_expired", "cancelled"]

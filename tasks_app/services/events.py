@@ -112,6 +112,7 @@ def lock_expired_details(
     """Details of a `lock_expired` event: the facts of the claim whose lock ran out, and what the task is `now`.
 
     `now`: "pending" or "failed" (the expiry sweep, failed at max attempts) or
+    "cancelled" (the expiry sweep, a cancel was requested: services.cancel) or
     "reclaimed" (a claim took the expired lock over; the new holder's outcome
     names this worker in its reclaimed_from).
     """

@@ -91,7 +91,15 @@ def task_release(
         max_attempts = task.stage.max_attempts
         facts = claim_facts(task)
         details: dict[str, Any]
-        if max_attempts is not None and task.attempts >= max_attempts:
+        if task.cancel_requested:
+            # Someone asked to cancel it (services.cancel): no retry; it ends cancelled, with the error.
+            _locked(task_id, lock_token).update(
+                status=Task.Status.CANCELLED, updated_at=now, last_error=error, lock_token="", locked_until=None
+            )
+            reason = "a cancel was requested; the attempt ended with an error, so no retry"
+            details = failed_details(**facts, error=error, traceback=traceback, reason=reason)
+            kind = TaskEvent.Kind.CANCELLED
+        elif max_attempts is not None and task.attempts >= max_attempts:
             _locked(task_id, lock_token).update(
                 status=Task.Status.FAILED, updated_at=now, last_error=error, lock_token="", locked_until=None
             )
@@ -186,6 +194,13 @@ def task_fail(*, task_id: int, lock_token: str, error: str, traceback: str = "",
         )
 
 
+def _expired_now(task_id: int, exhausted: set[int], cancelling: set[int]) -> str:
+    """What an expired lock's task is now: cancelled (a cancel was requested), failed (max attempts), or pending."""
+    if task_id in cancelling:
+        return "cancelled"
+    return "failed" if task_id in exhausted else "pending"
+
+
 def tasks_expire_locks(*, now: datetime | None = None, batch_size: int = 1000) -> int:
     """Turn every task whose lock has passed back to pending (failed at max attempts); returns the count."""
     now = now or timezone.now()
@@ -198,17 +213,25 @@ def tasks_expire_locks(*, now: datetime | None = None, batch_size: int = 1000) -
                 Task.objects.lock_expired(now)
                 .select_for_update(skip_locked=True, of=("self",))
                 .order_by("id")
-                .values("id", "stage__max_attempts", "stage_id", *CLAIM_COLUMNS)[:batch_size]
+                .values("id", "stage__max_attempts", "stage_id", "cancel_requested", *CLAIM_COLUMNS)[:batch_size]
             )
-            # Tasks that used up max_attempts fail; the others go back to pending.
+            # Tasks whose cancel was requested end cancelled (services.cancel); tasks that used up
+            # max_attempts fail; the others go back to pending.
+            cancelling = {r["id"] for r in rows if r["cancel_requested"]}
             exhausted = {
                 r["id"]
                 for r in rows
-                if r["stage__max_attempts"] is not None and r["attempts"] >= r["stage__max_attempts"]
+                if r["id"] not in cancelling
+                and r["stage__max_attempts"] is not None
+                and r["attempts"] >= r["stage__max_attempts"]
             }
             to_fail = [r["id"] for r in rows if r["id"] in exhausted]
-            to_pending = [r["id"] for r in rows if r["id"] not in exhausted]
+            to_pending = [r["id"] for r in rows if r["id"] not in exhausted and r["id"] not in cancelling]
             still_expired = Task.objects.lock_expired(now)
+            if cancelling:
+                still_expired.filter(id__in=cancelling).update(
+                    status=Task.Status.CANCELLED, updated_at=now, lock_token="", locked_until=None
+                )
             if to_pending:
                 still_expired.filter(id__in=to_pending).update(
                     status=Task.Status.PENDING, updated_at=now, available_at=now, **UNLOCKED
@@ -229,13 +252,23 @@ def tasks_expire_locks(*, now: datetime | None = None, batch_size: int = 1000) -
                         at=now,
                         actor="expiry sweep",
                         details=lock_expired_details(
-                            **claim_facts(r), now="failed" if r["id"] in exhausted else "pending"
+                            **claim_facts(r), now=_expired_now(r["id"], exhausted, cancelling)
                         ),
                     )
                     for r in rows
                 ]
+                + [
+                    TaskEvent(
+                        task_id=task_id,
+                        kind=TaskEvent.Kind.CANCELLED,
+                        at=now,
+                        actor="expiry sweep",
+                        details={"reason": "a cancel was requested and the worker's lock expired"},
+                    )
+                    for task_id in sorted(cancelling)
+                ]
             )
-            notify_stages({r["stage_id"] for r in rows if r["id"] not in exhausted})
+            notify_stages({r["stage_id"] for r in rows if r["id"] not in exhausted and r["id"] not in cancelling})
         total += len(rows)
         if len(rows) < batch_size:
             return total

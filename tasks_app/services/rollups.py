@@ -278,7 +278,7 @@ def _add_event(totals: HourTotals, row: Any) -> None:
         if row.now_is == "failed":
             totals.failed += 1
             finished = "failed"
-        else:
+        elif row.now_is != "cancelled":  # a cancel was requested (services.cancel): no retry
             totals.retried += 1
     elif kind == K.RELEASED:
         totals.retried += 1
