@@ -66,6 +66,7 @@ class StageAdminForm(forms.ModelForm):
         fields = [
             "slug", "name", "kind", "handler", "description", "is_paused", "lock_timeout", "max_attempts",
             "max_run_time", "max_wait", "on_timeout", "schemas", "hook_secret", "schedule", "groups",
+            "default_priority", "priority_from",
         ]  # fmt: skip
         widgets = {"schemas": JSONEditorWidget(), "hook_secret": SecretInput()}
         field_classes = {"schemas": JSONDocumentField}  # bounded nesting, no RecursionError
@@ -103,6 +104,7 @@ class StageAdmin(admin.ModelAdmin):
         (None, {"fields": ["slug", "name", "kind", "handler", "description", "is_paused"]}),
         ("Running", {"fields": ["lock_timeout", "max_attempts", "max_run_time"]}),
         ("Waiting-time limit", {"fields": ["max_wait", "on_timeout"]}),
+        ("Priority", {"fields": ["default_priority", "priority_from"]}),
         ("Payload schemas", {"fields": ["schemas"]}),
         ("Hook stages", {"fields": ["hook_secret"], "classes": ["collapse"]}),
         ("Job stages", {"fields": ["schedule"]}),
@@ -244,7 +246,7 @@ def _cancel_in_admin(*, task_id: int, actor: str) -> None:
 class TaskAdminForm(forms.ModelForm):
     class Meta:
         model = Task
-        fields = ["stage", "type", "payload", "available_at"]
+        fields = ["stage", "type", "payload", "available_at", "priority"]
         widgets = {"payload": JSONEditorWidget()}
         field_classes = {"payload": JSONDocumentField}  # bounded nesting, no RecursionError
 
@@ -253,6 +255,10 @@ class TaskAdminForm(forms.ModelForm):
         if "payload" in self.fields:
             # {} is a valid payload, but a form counts it as empty: don't require it.
             self.fields["payload"].required = False
+        if "priority" in self.fields and self.instance.pk is None:
+            # Blank: the stage's (services.routing.stage_priority), as every other way to create a task.
+            self.fields["priority"].required = False
+            self.fields["priority"].initial = None
 
     def clean_payload(self) -> Any:
         raw = str(self.data.get(self.add_prefix("payload"), "")).strip()
@@ -341,7 +347,7 @@ class TaskAdmin(admin.ModelAdmin):
         if obj is not None:
             # The stage and type of an existing task change only by sending it on;
             # scheduling belongs to the lifecycle (retries and backoff).
-            fields += ["stage", "type", "available_at", "payload_view"]
+            fields += ["stage", "type", "available_at", "priority", "payload_view"]
             # A worker holds a locked task: its handler is reading this payload right now.
             # A payload too large for a textarea is shown (bounded) but not edited in a page.
             if obj.status == Task.Status.LOCKED or not self._payload_fits(obj):
@@ -366,8 +372,9 @@ class TaskAdmin(admin.ModelAdmin):
         actor = actor_for(request.user)
         if not change:
             created = services.task_create(
-                stage=obj.stage, type=obj.type, payload=obj.payload, actor=actor, available_at=obj.available_at
-            )
+                stage=obj.stage, type=obj.type, payload=obj.payload, actor=actor, available_at=obj.available_at,
+                priority=form.cleaned_data.get("priority"),
+            )  # fmt: skip
             obj.pk = created.pk
             obj.refresh_from_db()
         elif "payload" in form.changed_data:

@@ -5,10 +5,17 @@ Runs on SQLite and, under scripts/with_postgres.py, on PostgreSQL (the claim's S
 
 from __future__ import annotations
 
+import io
+import json
 from datetime import timedelta
+from pathlib import Path
+from typing import Any
 
 import pytest
+from django.core.management import call_command
+from django.test import Client
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from tasks_app.limits import MAX_PRIORITY, MIN_PRIORITY
 from tasks_app.models import Stage, Task
@@ -17,7 +24,9 @@ from tasks_app.services import task_claim, task_complete, task_create, task_send
 from tasks_app.services.claim import task_claim_rows
 from tasks_app.services.handlers import HandlerTask
 from tasks_app.services.routing import NewTask, Send
+from tasks_app.services.workflow import workflow_dump, workflow_problems
 from tasks_app.worker import Worker
+from tests.support.pages import form_fields
 
 
 def handler_task(stage: Stage) -> HandlerTask:
@@ -186,3 +195,79 @@ def test_my_work_orders_by_priority_then_age_across_pages(world: dict[str, Stage
     # Back from the last page (its cursor holds a negative priority).
     back = work_selectors.work_page(queue, before=page.previous_cursor or "")
     assert [t.pk for t in back.tasks] == expected_order(tasks)[3:6]
+
+
+# -- the workflow file, the admin, the API's stage fields ------------------------------------------
+
+
+def test_the_workflow_file_round_trips_the_priority_fields(world: dict[str, Stage], tmp_path: Path) -> None:
+    Stage.objects.filter(slug="review").update(default_priority=-7, priority_from="urgency")
+    dumped = workflow_dump()
+    entry = next(s for s in dumped["stages"] if s["slug"] == "review")
+    assert (entry["default_priority"], entry["priority_from"]) == (-7, "urgency")
+    assert list(entry).index("default_priority") == list(entry).index("on_timeout") + 1  # the fixed key order
+
+    entry["default_priority"], entry["priority_from"] = 40, "rank"
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(dumped))
+    call_command("load_workflow", str(path), stdout=io.StringIO(), stderr=io.StringIO())
+    review = Stage.objects.get(slug="review")
+    assert (review.default_priority, review.priority_from) == (40, "rank")
+    assert workflow_dump() == dumped
+    # Left out of a file: the model defaults.
+    del entry["default_priority"], entry["priority_from"]
+    path.write_text(json.dumps(dumped))
+    call_command("load_workflow", str(path), stdout=io.StringIO(), stderr=io.StringIO())
+    review.refresh_from_db()
+    assert (review.default_priority, review.priority_from) == (0, "")
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"default_priority": 1001}, "default_priority: Ensure this value is less than or equal to 1000."),
+        ({"default_priority": -1001}, "default_priority: Ensure this value is greater than or equal to -1000."),
+        ({"default_priority": "high"}, "default_priority must be a whole number, not a string"),
+        ({"default_priority": 1.5}, "default_priority must be a whole number"),
+        ({"priority_from": 3}, "priority_from must be a payload field name (a string)"),
+        ({"priority_from": "x" * 101}, "priority_from: Ensure this value has at most 100 characters"),
+    ],
+)
+def test_the_workflow_file_refuses_bad_priority_fields(db: None, fields: dict[str, Any], message: str) -> None:
+    entry = {"slug": "s", "name": "S", "handler": "tests.handlers.noop", **fields}
+    problems = workflow_problems({"version": 1, "stages": [entry], "transitions": []})
+    assert any(message in p for p in problems), problems
+
+
+def test_the_api_reads_and_writes_a_stages_priority_fields(world: dict[str, Stage], admin: APIClient) -> None:
+    response = admin.patch("/api/stages/ship/", {"default_priority": 5, "priority_from": "urgency"}, format="json")
+    assert response.status_code == 200, response.data
+    assert (response.data["default_priority"], response.data["priority_from"]) == (5, "urgency")
+    response = admin.patch("/api/stages/ship/", {"default_priority": 1001}, format="json")
+    assert response.status_code == 400 and "default_priority" in response.data
+    assert Stage.objects.get(slug="ship").default_priority == 5
+
+
+def test_the_admin_edits_a_stages_priority_and_shows_and_sets_a_tasks(
+    world: dict[str, Stage], admin_client: Client
+) -> None:
+    url = f"/admin/tasks_app/stage/{world['ship'].pk}/change/"
+    data = form_fields(admin_client, url, form_id="stage_form")
+    assert data["default_priority"] == "0" and data["priority_from"] == ""
+    data.update(default_priority="3", priority_from="urgency", _save="Save")
+    response = admin_client.post(url, data)
+    assert response.status_code == 302, response.context["adminform"].form.errors
+    ship = Stage.objects.get(slug="ship")
+    assert (ship.default_priority, ship.priority_from) == (3, "urgency")
+
+    add = "/admin/tasks_app/task/add/"
+    data = form_fields(admin_client, add)
+    data.update(stage=str(ship.pk), type="order", payload='{"urgency": 8}', _save="Save")
+    assert admin_client.post(add, data).status_code == 302  # priority left blank: the stage's (from the payload)
+    data.update(priority="-4")
+    assert admin_client.post(add, data).status_code == 302
+    assert list(Task.objects.order_by("id").values_list("priority", flat=True)) == [8, -4]
+    # Shown (read-only) on a task's page: it is set when the task is created.
+    page = admin_client.get(f"/admin/tasks_app/task/{Task.objects.order_by('id').last().pk}/change/")
+    assert "priority" not in page.context["adminform"].form.fields
+    assert '<div class="readonly">-4</div>' in page.content.decode()

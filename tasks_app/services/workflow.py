@@ -8,7 +8,8 @@ shows its fields in the order of a schema's properties.
 
     {"version": 1,
      "stages": [{"slug", "name", "kind", "handler", "description", "lock_timeout",
-                 "max_attempts", "max_run_time", "max_wait", "on_timeout", "is_paused", "schedule",
+                 "max_attempts", "max_run_time", "max_wait", "on_timeout", "default_priority",
+                 "priority_from", "is_paused", "schedule",
                  "groups": [group names], "schemas": {type or "*": JSON Schema}}],
      "transitions": [{"source", "target", "type"}]}   # type "" routes every type
 
@@ -73,6 +74,8 @@ STAGE_FIELDS = (
     "max_run_time",
     "max_wait",
     "on_timeout",
+    "default_priority",
+    "priority_from",
     "is_paused",
     "schedule",
     "groups",
@@ -108,6 +111,8 @@ FIELD_TYPES: dict[str, tuple[str, Callable[[object], bool]]] = {
     "max_run_time": ("a whole number or null", lambda v: v is None or _is_int(v)),
     "max_wait": ("a whole number of seconds or null", lambda v: v is None or _is_int(v)),
     "on_timeout": ("a task type (a string)", _is_str),
+    "default_priority": ("a whole number", _is_int),
+    "priority_from": ("a payload field name (a string)", _is_str),
     "is_paused": ("true or false", lambda v: isinstance(v, bool)),
     "schedule": ("a string", _is_str),
     "groups": ("an array of group names", _is_names),
