@@ -79,9 +79,25 @@ class Task:
     lock_token: str = field(repr=False)
     sent: list[Json] = field(default_factory=list, repr=False)
 
-    def send(self, type: str, payload: Json | None = None) -> None:
+    def send(
+        self,
+        type: str,
+        payload: Json | None = None,
+        *,
+        delay: float | None = None,
+        at: datetime | None = None,
+        priority: int | None = None,
+    ) -> None:
+        """As run_worker's task.send: delay (seconds from the completion) or at (aware), priority (default: ours)."""
         # Copied now, so a handler that keeps mutating its dict can't change what is sent.
-        self.sent.append({"type": type, "payload": copy.deepcopy(payload or {})})
+        item: Json = {"type": type, "payload": copy.deepcopy(payload or {})}
+        if delay is not None:
+            item["delay"] = delay
+        if at is not None:
+            item["available_at"] = at.isoformat()
+        if priority is not None:
+            item["priority"] = priority
+        self.sent.append(item)
 
     @classmethod
     def from_api(cls, data: Json) -> Task:

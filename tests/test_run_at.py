@@ -17,6 +17,7 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
+from examples.http_worker import Task as RemoteTask
 from tasks_app.limits import MAX_DELAY
 from tasks_app.models import Stage, Task
 from tasks_app.services import task_claim, task_complete, task_create, task_release
@@ -299,3 +300,20 @@ def test_the_list_and_the_api_filter_scheduled_tasks(
     assert list_ids(viewer, {"scheduled": "true"}) == [scheduled.pk]
     assert sorted(list_ids(viewer, {"scheduled": "false"})) == sorted([due.pk, retry.pk])
     assert viewer.get("/api/tasks/", {"scheduled": "maybe"}).status_code == 400
+
+
+def test_the_http_workers_send_carries_the_options_the_api_takes(world: dict[str, Stage], operator: APIClient) -> None:
+    # examples/http_worker.py: a remote handler's send(..., delay=, at=, priority=) becomes the complete's items.
+    parent = task_create(stage=world["review"], type="order", payload={}, priority=2)
+    [claimed] = task_claim(stage=world["review"], worker_id="remote")
+    remote = RemoteTask(parent.pk, "order", {}, "review", 1, claimed.lock_token)
+    when = timezone.now() + timedelta(days=2)
+    remote.send("approved", {"n": 1}, delay=60, priority=5)
+    remote.send("declined", {"n": 2}, at=when)
+    response = post(
+        operator, f"/api/tasks/{parent.pk}/complete/", {"lock_token": remote.lock_token, "send": remote.sent}
+    )
+    assert response.status_code == 200, response.data
+    got = {row["stage"]: (row["priority"], at(row["available_at"])) for row in response.data}
+    assert got["ship"][0] == got["audit"][0] == 5 and near(got["ship"][1], timezone.now() + timedelta(minutes=1))
+    assert got["notify"] == (2, when)  # inherited; at kept
