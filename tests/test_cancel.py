@@ -501,3 +501,24 @@ def test_the_expiry_sweep_cancels_a_requested_task_whose_worker_went_silent(worl
     expired = TaskEvent.objects.get(task_id=requested.pk, kind=E.LOCK_EXPIRED)
     assert expired.details["now"] == "cancelled"
     assert kinds(requested.pk)[-2:] == ["lock_expired", "cancelled"]
+
+
+def test_api_bulk_cancel_by_filter(world: dict[str, Stage], operator: APIClient) -> None:
+    wanted = [create(world["review"], amount=n) for n in range(3)]
+    other = create(world["ship"])
+    body = {"filter": {"stage": ["review"], "status": "pending"}, "reason": "stage closed"}
+    response = post(operator, "/api/tasks/bulk-cancel/", body)
+    assert response.status_code == 200, response.data
+    assert response.data["more"] is False
+    assert [(r["id"], r["outcome"]) for r in response.data["results"]] == [(t.pk, "cancelled") for t in wanted]
+    assert Task.objects.get(pk=other.pk).status == S.PENDING
+    with nothing_written():
+        for bad in (
+            {"filter": {"colour": "red"}, "reason": "x"},
+            {"filter": {}, "reason": "x"},
+            {"filter": {"status": "bogus"}, "reason": "x"},
+            {"filter": {"status": "pending"}, "ids": [other.pk], "reason": "x"},
+            {"reason": "x"},
+        ):
+            answer = post(operator, "/api/tasks/bulk-cancel/", bad)
+            assert answer.status_code == 400, (bad, answer.data)

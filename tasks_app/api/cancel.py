@@ -11,13 +11,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.http import QueryDict
 from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers
 from rest_framework.decorators import action
+from rest_framework.exceptions import ValidationError
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from tasks_app.api.errors import translate
+from tasks_app.filters import TaskFilter
+from tasks_app.models import Task
 from tasks_app.services import TaskStateError
 from tasks_app.services.cancel import MAX_REASON, task_cancel
 from tasks_app.services.events import actor_for
@@ -35,13 +39,38 @@ class CancelSerializer(serializers.Serializer):
 
 
 class BulkCancelSerializer(CancelSerializer):
-    # stubs: many=True passes max_length on to the ListSerializer (DRF 3.15+).
     ids = serializers.ListField(
         child=serializers.IntegerField(min_value=1, max_value=DB_INT_MAX),
         allow_empty=False,
         max_length=MAX_BULK_CANCEL,
-        help_text=f"Task ids, at most {MAX_BULK_CANCEL}.",
+        required=False,
+        help_text=f"Task ids, at most {MAX_BULK_CANCEL}. Give ids or filter, not both.",
     )
+    filter = serializers.DictField(
+        required=False,
+        help_text="The task list's filters (GET /api/tasks/), as an object: "
+        '{"stage": ["review"], "status": ["pending", "failed"], "type": "order"}. The first '
+        f"{MAX_BULK_CANCEL} matching tasks by id are cancelled; `more` says whether others match.",
+    )
+
+    def validate_filter(self, value: dict[str, Any]) -> QueryDict:
+        unknown = sorted(set(value) - set(TaskFilter.base_filters))
+        if unknown:
+            raise serializers.ValidationError(f"Unknown filter(s): {', '.join(unknown)}.")
+        if not value:
+            raise serializers.ValidationError("Name at least one filter: an empty one would match every task.")
+        query = QueryDict(mutable=True)
+        for key, given in value.items():
+            for item in given if isinstance(given, list) else [given]:
+                if not isinstance(item, str | int) or isinstance(item, bool):
+                    raise serializers.ValidationError(f"{key}: give a string or a number (or a list of them).")
+                query.appendlist(key, str(item))
+        return query
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if ("ids" in attrs) == ("filter" in attrs):
+            raise serializers.ValidationError({"ids": ["Give ids or filter (exactly one of them)."]})
+        return attrs
 
 
 CANCEL_RESULT = inline_serializer(
@@ -69,7 +98,8 @@ BULK_CANCEL_RESULT = inline_serializer(
                 "error": serializers.CharField(required=False),
             },
             many=True,
-        )
+        ),
+        "more": serializers.BooleanField(help_text=f"With filter: more than {MAX_BULK_CANCEL} tasks matched."),
     },
 )
 
@@ -110,8 +140,9 @@ class CancelActions:
 
     @extend_schema(
         summary="Cancel tasks in bulk",
-        description="One result per id, each in its own transaction: cancelled, requested, or refused (with why: "
-        "finished already, a cancel already requested, or no such task).",
+        description="By `ids`, or by `filter` (the list's filters: the first 1,000 matching tasks by id). One "
+        "result per task, each in its own transaction: cancelled, requested, or refused (with why: finished "
+        "already, a cancel already requested, or no such task).",
         request=BulkCancelSerializer,
         responses={200: BULK_CANCEL_RESULT},
         tags=["tasks"],
@@ -130,8 +161,17 @@ class CancelActions:
         data.is_valid(raise_exception=True)
         v = data.validated_data
         actor = actor_for(request.user)
+        more = False
+        if "filter" in v:
+            chosen = TaskFilter(data=v["filter"], queryset=Task.objects.all())
+            if not chosen.is_valid():
+                raise ValidationError({"filter": chosen.errors})
+            ids = list(chosen.qs.order_by("id").values_list("id", flat=True)[: MAX_BULK_CANCEL + 1])
+            ids, more = ids[:MAX_BULK_CANCEL], len(ids) > MAX_BULK_CANCEL
+        else:
+            ids = v["ids"]
         results = []
-        for task_id in dict.fromkeys(v["ids"]):  # each id once, in the order given
+        for task_id in dict.fromkeys(ids):  # each id once, in the order given
             try:
                 result = task_cancel(task_id=task_id, actor=actor, reason=v["reason"], cascade=v["cascade"])
             except TaskStateError as exc:
@@ -140,4 +180,4 @@ class CancelActions:
             except Exception as exc:
                 raise translate(exc) from exc
             results.append(_answer(result))
-        return Response({"results": results})
+        return Response({"results": results, "more": more})
