@@ -117,3 +117,8 @@ def send_with_options(task: Any) -> None:
     if "at" in task.payload:
         options["at"] = datetime.fromisoformat(task.payload["at"])
     task.send("approved", {"from": task.id}, **options)
+
+
+def job_send_later(job: Any) -> None:
+    """A job's send with options: one "digest" task, held back ten minutes, at priority 3."""
+    job.send("digest", {"count": len(job.tasks)}, delay=600, priority=3)

@@ -19,9 +19,10 @@ from rest_framework.test import APIClient
 
 from examples.http_worker import Task as RemoteTask
 from tasks_app.limits import MAX_DELAY
-from tasks_app.models import Stage, Task
+from tasks_app.models import Stage, Task, Transition
 from tasks_app.services import task_claim, task_complete, task_create, task_release
 from tasks_app.services.handlers import HandlerTask
+from tasks_app.services.jobs import job_run_now
 from tasks_app.services.routing import Send
 from tasks_app.templatetags.task_extras import status_text
 from tasks_app.worker import Worker
@@ -317,3 +318,21 @@ def test_the_http_workers_send_carries_the_options_the_api_takes(world: dict[str
     got = {row["stage"]: (row["priority"], at(row["available_at"])) for row in response.data}
     assert got["ship"][0] == got["audit"][0] == 5 and near(got["ship"][1], timezone.now() + timedelta(minutes=1))
     assert got["notify"] == (2, when)  # inherited; at kept
+
+
+def test_a_jobs_sends_take_the_target_stages_priority_or_their_own_and_a_delay(world: dict[str, Stage]) -> None:
+    job = Stage.objects.create(
+        slug="nightly", name="Nightly", kind=Stage.Kind.JOB, schedule="0 3 * * *", handler="tests.handlers.digest"
+    )
+    Transition.objects.create(source=job, target=world["ship"], task_type="")
+    Stage.objects.filter(slug="ship").update(default_priority=6)
+    job_run_now(stage=job, worker_id="s")
+    [plain] = Task.objects.filter(stage=world["ship"])
+    assert plain.priority == 6  # no sending task: the target stage's
+    Stage.objects.filter(pk=job.pk).update(handler="tests.handlers.job_send_later")
+    job.refresh_from_db()
+    before = timezone.now()
+    assert job_run_now(stage=job, worker_id="s", now=before + timedelta(seconds=2)) is not None  # one run a second
+    later = Task.objects.filter(stage=world["ship"]).exclude(pk=plain.pk).get()
+    assert later.priority == 3
+    assert before + timedelta(minutes=10) <= later.available_at < before + timedelta(minutes=10) + SLACK
