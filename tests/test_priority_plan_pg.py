@@ -22,13 +22,13 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.db import connection
+from django.db import connection, transaction
 from django.utils import timezone
 
 from tasks_app.models import Stage, Task
 from tasks_app.services.claim import PG_CLAIM_SQL, claim_params
 
-pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
+pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
 TASK = Task._meta.db_table
 ROWS = 1_000_000
@@ -52,29 +52,42 @@ FROM generate_series(1, %(n)s) AS i,
 
 
 # Indexes no claim can use (nothing in the claim's WHERE or ORDER BY is in them), dropped for the seed
-# so that a million inserts fit the test's time; the test's transaction rolls the drop back. The ones
+# so that a million inserts fit the test's time; the seed's transaction rolls the drop back. The ones
 # a planner could pick instead of task_claim_idx stay: the primary key (id order) and stage_id's.
 UNUSABLE = ["task_type_idx", "task_created_idx", "task_finished_updated_idx", "task_completed_at_idx"]
 
 
 @pytest.fixture
-def stages() -> list[Stage]:
-    stages = [Stage.objects.create(slug=f"prio-{n}", name=f"Prio {n}") for n in range(3)]
-    now = timezone.now()
-    with connection.cursor() as cur:
-        for name in UNUSABLE:
-            cur.execute(f"DROP INDEX {name}")
-        cur.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
-        if cur.fetchone()[0]:
-            # No foreign-key trigger per row (the rows name the three stages above): their deferred checks
-            # took ~10 s at the test's end. Superuser only; SET LOCAL ends with the test's transaction.
-            cur.execute("SET LOCAL session_replication_role = replica")
-        cur.execute(
-            SEED_SQL, {"stages": [s.pk for s in stages], "now": now, "then": now - timedelta(days=1), "n": ROWS}
-        )
-        cur.execute("SET LOCAL session_replication_role = origin")
-        cur.execute(f"ANALYZE {TASK}")
-    return stages
+def stages() -> Iterator[list[Stage]]:
+    """The seeded stages, inside a transaction rolled back at the end (the test itself runs outside one).
+
+    Why not the usual test transaction: a rolled-back million rows stay in the table's file as dead
+    rows, and ANALYZE writes pg_class.reltuples in place, so every later test on this database would
+    plan against a big bloated table. A transactional test ends with Django's flush, a TRUNCATE: a new,
+    empty file and no statistics.
+    """
+    block = transaction.atomic()
+    block.__enter__()
+    try:
+        stages = [Stage.objects.create(slug=f"prio-{n}", name=f"Prio {n}") for n in range(3)]
+        now = timezone.now()
+        with connection.cursor() as cur:
+            for name in UNUSABLE:
+                cur.execute(f"DROP INDEX {name}")
+            cur.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+            if cur.fetchone()[0]:
+                # No foreign-key trigger per row (the rows name the three stages above): their checks took
+                # ~10 s. Superuser only; SET LOCAL ends with the transaction.
+                cur.execute("SET LOCAL session_replication_role = replica")
+            cur.execute(
+                SEED_SQL, {"stages": [s.pk for s in stages], "now": now, "then": now - timedelta(days=1), "n": ROWS}
+            )
+            cur.execute("SET LOCAL session_replication_role = origin")
+            cur.execute(f"ANALYZE {TASK}")
+        yield stages
+    finally:
+        transaction.set_rollback(True)
+        block.__exit__(None, None, None)
 
 
 def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
