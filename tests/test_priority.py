@@ -20,7 +20,14 @@ from rest_framework.test import APIClient
 from tasks_app.limits import MAX_PRIORITY, MIN_PRIORITY
 from tasks_app.models import Stage, Task
 from tasks_app.selectors import work as work_selectors
-from tasks_app.services import task_claim, task_complete, task_create, task_send, tasks_create_bulk
+from tasks_app.services import (
+    task_claim,
+    task_complete,
+    task_create,
+    task_duplicate,
+    task_send,
+    tasks_create_bulk,
+)
 from tasks_app.services.claim import task_claim_rows
 from tasks_app.services.handlers import HandlerTask
 from tasks_app.services.routing import NewTask, Send
@@ -271,3 +278,8 @@ def test_the_admin_edits_a_stages_priority_and_shows_and_sets_a_tasks(
     page = admin_client.get(f"/admin/tasks_app/task/{Task.objects.order_by('id').last().pk}/change/")
     assert "priority" not in page.context["adminform"].form.fields
     assert '<div class="readonly">-4</div>' in page.content.decode()
+
+
+def test_a_duplicate_keeps_its_originals_priority(world: dict[str, Stage]) -> None:
+    original = task_create(stage=world["ship"], type="order", payload={}, priority=-8)
+    assert task_duplicate(task_id=original.pk, actor="test").priority == -8

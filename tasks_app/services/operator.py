@@ -96,6 +96,7 @@ def task_duplicate(*, task_id: int, actor: str, now: datetime | None = None) -> 
             updated_at=now,
             available_at=now,
             source_stage_id=original.source_stage_id,
+            priority=original.priority,  # a copy keeps its original's priority
         )
         event_record(
             task_id=copy.pk, kind=TaskEvent.Kind.CREATED, at=now, actor=actor, details={"duplicate_of": task_id}
