@@ -122,7 +122,7 @@ def main() -> int:
             if form
             else None
         )
-        sample = Task.objects.filter(pk=middle).values_list("payload", flat=True).first() or {}
+        sample = Task.objects.filter(pk=middle or 0).values_list("payload", flat=True).first() or {}
         pages: list[tuple[str, str, bool, bool]] = [
             ("overview, cold counts", "/overview/", True, False),
             ("overview, cached counts", "/overview/", False, False),

@@ -101,7 +101,8 @@ def test_the_stage_page_groups_errors_links_their_tasks_and_pauses_and_resumes(
         page.wait_for_url("**/stages/review/")
         assert page.locator("h1").inner_text().startswith("Review")
         # The hourly charts (history, errors) are drawn server-side: SVG with its text summary, no canvas.
-        assert page.locator("figure.chart svg.hourly-chart[role=img]").count() >= 2 and page.locator("canvas").count() == 0
+        assert page.locator("figure.chart svg.hourly-chart[role=img]").count() >= 2
+        assert page.locator("canvas").count() == 0
         no_sideways_scroll(page)
 
         groups = page.locator("table.errors tbody tr")
