@@ -134,7 +134,8 @@ def live_counts(cap: int | None = None) -> dict[int, dict[str, Any]]:
     return dict(out)
 
 
-# live_counts() with a cap, stage by stage: each LATERAL reads at most `cap` entries of task_claim_idx
+# live_counts() with a cap, stage by stage: each LATERAL reads at most `cap` entries of task_claim_idx, in its
+# order (priority DESC, id: any other order makes the planner walk the primary key or sort the backlog)
 # (index-only: it INCLUDEs status, attempts, created_at); tests/test_overview_live.py holds it to the
 # uncapped count below the cap.
 CAPPED_LIVE_SQL = """
@@ -143,7 +144,7 @@ FROM {stage} s
 CROSS JOIN LATERAL (
     SELECT count(*) AS n, count(*) FILTER (WHERE x.attempts > 0) AS retrying, min(x.created_at) AS oldest
     FROM (SELECT t.attempts, t.created_at FROM {task} t WHERE t.stage_id = s.id AND t.status = 'pending'
-          ORDER BY t.id LIMIT %(cap)s) x
+          ORDER BY t.priority DESC, t.id LIMIT %(cap)s) x
 ) p
 CROSS JOIN LATERAL (
     SELECT count(*) AS n
