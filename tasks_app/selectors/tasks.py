@@ -30,8 +30,9 @@ SORTS: dict[str, tuple[str, ...]] = {
 }
 # Free text and payload lookups are served by no index (a trigram or jsonb GIN index would take entries
 # from every claim and completion): the list searches this many ids per request, newest first, says
-# which, and links to the range below. A scan of 50,000 rows' payload text is ~0.1-0.2 s on PostgreSQL.
-SEARCH_RANGE = 50_000
+# which, and links to the range below. A scan of 40,000 rows' payload text that matches nothing is ~0.25 s on
+# PostgreSQL at a million tasks (50,000: 306 ms, bench/pages.py "lookup free text (no match)").
+SEARCH_RANGE = 40_000
 # A bare number (or #number) typed as text is a task id: free text for "42" matches every payload
 # with a 42 anywhere in it, which is noise, never the task.
 TASK_ID = re.compile(r"#?\s*(\d+)")
