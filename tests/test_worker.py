@@ -113,6 +113,9 @@ def test_sigterm_finishes_the_running_task_and_exits_zero(workers: list) -> None
     while Task.objects.get(pk=task.pk).status != Task.Status.LOCKED:
         assert time.monotonic() < deadline, "worker never claimed the task"
         time.sleep(0.05)
+    # Locked means claimed; the handler starts a moment later (a task claimed but not started when the
+    # signal comes is handed back, by design). The handler sleeps 2 s: at 0.5 s it is running.
+    time.sleep(0.5)
     proc.send_signal(signal.SIGTERM)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out

@@ -37,7 +37,8 @@ def fold() -> None:
 def send_through(stage: Stage, sends: list[str], *, hours_ago: float, work: float = 2.0) -> list[Task]:
     """One task per entry of `sends` at `stage`, created and completed `hours_ago`, each sending that type
     ("" sends nothing); each waits 1 s, then works `work` seconds."""
-    start = timezone.now() - timedelta(hours=hours_ago)
+    # Twenty minutes into the hour: a task's events never straddle an hour boundary (the charts count per hour).
+    start = (timezone.now() - timedelta(hours=hours_ago)).replace(minute=20, second=0, microsecond=0)
     made = []
     for i, sent in enumerate(sends):
         created = start + timedelta(seconds=10 * i)
