@@ -16,7 +16,6 @@ completion's statement).
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from typing import Any
@@ -27,6 +26,7 @@ from django.utils import timezone
 
 from tasks_app.models import Stage, Task, TaskEvent
 from tasks_app.services.complete import PG_COMPLETE_SQL, Completion, _held, tasks_complete_batch
+from tests.support.plans import explain, explain_generic
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db]
 
@@ -171,35 +171,6 @@ def by_primary_key(plan: dict[str, Any]) -> list[str]:
         ):
             wrong.append(f"{kind} on {TASK}")
     return wrong
-
-
-def explain(sql: str, params: Any) -> dict[str, Any]:
-    with connection.cursor() as cur:
-        cur.execute("EXPLAIN (FORMAT JSON) " + sql, params)
-        [(doc,)] = cur.fetchall()
-    doc = json.loads(doc) if isinstance(doc, str) else doc
-    return doc[0]["Plan"]
-
-
-def explain_generic(sql: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The plan a prepared statement may settle on after its first runs: one made for any parameter values."""
-    names: list[str] = []
-
-    def number(match: re.Match[str]) -> str:
-        if match.group(1) not in names:
-            names.append(match.group(1))
-        return f"${names.index(match.group(1)) + 1}"
-
-    prepared = re.sub(r"%\((\w+)\)s", number, sql).replace("%%", "%")
-    with connection.cursor() as cur:
-        cur.execute("PREPARE plan_probe AS " + prepared.replace("%", "%%"))
-        try:
-            cur.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-            args = ", ".join(["%s"] * len(names))
-            plan = explain(f"EXECUTE plan_probe({args})", [params[name] for name in names])
-        finally:
-            cur.execute("DEALLOCATE plan_probe")
-    return plan
 
 
 # -- the tests --------------------------------------------------------------------------

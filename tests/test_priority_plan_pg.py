@@ -15,8 +15,6 @@ a handful, not a share of the backlog (a count, not a time).
 
 from __future__ import annotations
 
-import json
-import re
 from collections.abc import Iterator
 from datetime import timedelta
 from typing import Any
@@ -27,6 +25,7 @@ from django.utils import timezone
 
 from tasks_app.models import Stage, Task
 from tasks_app.services.claim import PG_CLAIM_SQL, claim_params
+from tests.support.plans import explain, explain_generic
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -94,33 +93,6 @@ def nodes(plan: dict[str, Any]) -> Iterator[dict[str, Any]]:
     yield plan
     for child in plan.get("Plans", []):
         yield from nodes(child)
-
-
-def explain(sql: str, params: Any, options: str = "FORMAT JSON") -> dict[str, Any]:
-    with connection.cursor() as cur:
-        cur.execute(f"EXPLAIN ({options}) " + sql, params)
-        (doc,) = cur.fetchone()
-    return (json.loads(doc) if isinstance(doc, str) else doc)[0]["Plan"]
-
-
-def explain_generic(sql: str, params: dict[str, Any]) -> dict[str, Any]:
-    """The plan a prepared statement may settle on after its first runs: one made for any parameter values."""
-    names: list[str] = []
-
-    def number(match: re.Match[str]) -> str:
-        if match.group(1) not in names:
-            names.append(match.group(1))
-        return f"${names.index(match.group(1)) + 1}"
-
-    prepared = re.sub(r"%\((\w+)\)s", number, sql).replace("%%", "%")
-    with connection.cursor() as cur:
-        cur.execute("PREPARE claim_probe AS " + prepared.replace("%", "%%"))
-        try:
-            cur.execute("SET LOCAL plan_cache_mode = force_generic_plan")
-            plan = explain(f"EXECUTE claim_probe({', '.join(['%s'] * len(names))})", [params[n] for n in names])
-        finally:
-            cur.execute("DEALLOCATE claim_probe")
-    return plan
 
 
 def picked(plan: dict[str, Any]) -> dict[str, Any]:
