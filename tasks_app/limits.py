@@ -94,3 +94,25 @@ MAX_PRIORITY = 1000
 MAX_DELAY = 365 * 24 * 3600
 # Stage.max_wait, in seconds (the waiting-time limit, services.waiting): a year.
 MAX_WAIT = 365 * 24 * 3600
+# Stage.max_concurrency (services.flow_limits): locked tasks at a stage across every worker and API client.
+MAX_STAGE_CONCURRENCY = 10_000
+# Stage.rate_limit, "N/second", "N/minute" or "N/hour": claimed tasks per fixed window of that length.
+MAX_RATE = 1_000_000
+RATE_PERIODS = {"second": 1, "minute": 60, "hour": 3600}
+
+
+def parse_rate_limit(text: str) -> tuple[int, int] | None:
+    """A rate limit "N/second|minute|hour" as (N, period in seconds); None for blank. ValueError says what's wrong.
+
+    Strict on purpose: one spelling, so the workflow file, the API and the admin all show what was typed.
+    """
+    text = text.strip()
+    if not text:
+        return None
+    count, slash, unit = text.partition("/")
+    if not slash or unit not in RATE_PERIODS or not count.isascii() or not count.isdigit():
+        raise ValueError(f"'{text}' is not a rate limit: write N/second, N/minute or N/hour (e.g. 10/second).")
+    n = int(count)
+    if not 1 <= n <= MAX_RATE:
+        raise ValueError(f"A rate limit's count must be 1 to {MAX_RATE} (got {n}).")
+    return n, RATE_PERIODS[unit]

@@ -12,6 +12,11 @@ took over, '' if none). Only taking over an expired lock writes an event, the
 no row locks but serialises writers; with BEGIN IMMEDIATE (settings) the whole
 transaction holds the write lock, so reading the candidates and updating them
 is atomic.
+
+A stage with a concurrency cap or a rate limit claims through its gate row
+instead (services.flow_limits): a short transaction that locks the gate, counts,
+then runs this same claim statement with a smaller LIMIT. Stages with neither
+never touch the gate.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from tasks_app.limits import clamp_lock_timeout
 from tasks_app.models import Stage, Task, TaskEvent
 from tasks_app.services import histograms
 from tasks_app.services.events import details_sql, event_time_sql, lock_expired_details
+from tasks_app.services.flow_limits import gate_enter, gate_leave, gated
 from tasks_app.services.pg import execute_prepared
 
 MAX_CLAIM_BATCH = 1000
@@ -251,22 +257,48 @@ def _claim(
     params = claim_params(stage=stage, worker_id=worker_id, limit=limit, now=now, until=until)
     started = time.perf_counter()
     claimed: list[Any]
-    if connection.vendor == "postgresql":
+    if gated(stage):
+        # A cap or a rate limit: the claim takes the stage's gate row first (services.flow_limits).
+        with transaction.atomic():
+            gate = gate_enter(stage, limit=limit, now=now)
+            params["limit"] = gate.allowed
+            claimed = _claim_statement(params, stage=stage, now=now, until=until, rows=rows) if gate.allowed else []
+            cut_short = gate.allowed < limit and len(claimed) == gate.allowed
+            gate_leave(gate, claimed=len(claimed), claimable_more=cut_short and _claimable_left(params), now=now)
+    elif connection.vendor == "postgresql":
         # One statement, atomic on its own: no BEGIN/COMMIT round trips around it.
-        cursor = execute_prepared(PG_CLAIM_SQL, params)
-        if rows:
-            claimed = _pg_rows(cursor, params, stage=stage, until=until)
-        else:
-            claimed = _tasks_from_rows(cursor, params, now=now, until=until)
+        claimed = _claim_statement(params, stage=stage, now=now, until=until, rows=rows)
     else:
         with transaction.atomic():
-            claimed = _claim_sqlite(params, stage=stage, now=now, until=until, rows=rows)
+            claimed = _claim_statement(params, stage=stage, now=now, until=until, rows=rows)
     # Empty claims too: an idle worker's polls are claims. A no-op unless worker_id runs in this process.
     histograms.observe("claim", worker_id=worker_id, stage=stage.slug, seconds=time.perf_counter() - started)
     if not rows:
         for task in claimed:
             task.stage = stage  # saves a query per task in the worker
     return claimed
+
+
+def _claim_statement(
+    params: dict[str, Any], *, stage: Stage, now: datetime, until: datetime, rows: bool
+) -> list[Task] | list[ClaimedRow]:
+    """The claim itself: PG_CLAIM_SQL (prepared), or SQLite's pick and update (inside the caller's transaction)."""
+    if connection.vendor != "postgresql":
+        return _claim_sqlite(params, stage=stage, now=now, until=until, rows=rows)
+    cursor = execute_prepared(PG_CLAIM_SQL, params)
+    if rows:
+        return _pg_rows(cursor, params, stage=stage, until=until)
+    return _tasks_from_rows(cursor, params, now=now, until=until)
+
+
+CLAIMABLE_LEFT_SQL = f"SELECT 1 FROM {TASK} WHERE {CLAIMABLE_WHERE} LIMIT 1"
+
+
+def _claimable_left(params: dict[str, Any]) -> bool:
+    """Whether the stage still has a claimable task (after a claim the gate cut short: was it throttled?)."""
+    with connection.cursor() as cursor:
+        cursor.execute(CLAIMABLE_LEFT_SQL, params)
+        return cursor.fetchone() is not None
 
 
 # Where ClaimedRow's fields sit in a PostgreSQL claim's RETURNING row.

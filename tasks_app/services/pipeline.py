@@ -15,7 +15,7 @@ trouble (tasks_unclaim_orphans) hands them back, and the completions, retried,
 find their tokens gone and are reported lost, never completed twice.
 
 Anything else (SQLite, completions that send successors or name a task twice,
-a paused stage) takes the separate calls, tasks_complete_each then
+a paused stage, a stage with a concurrency cap or a rate limit) takes the separate calls, tasks_complete_each then
 task_claim_rows, with the same results.
 """
 
@@ -50,6 +50,7 @@ from tasks_app.services.complete import (
     pg_complete_params,
     tasks_complete_each,
 )
+from tasks_app.services.flow_limits import gated
 
 # Two server-binding cursors per connection (one per statement: in pipeline mode a cursor
 # keeps only its last statement's rows), reused as services.pg reuses its one.
@@ -89,7 +90,9 @@ def tasks_complete_and_claim(
         raise ValueError(f"limit must be between 1 and {MAX_CLAIM_BATCH}, got {limit}")
     if lock_timeout is not None and lock_timeout < 1:
         raise ValueError(f"lock_timeout must be at least 1 second, got {lock_timeout}")
-    if connection.vendor != "postgresql" or stage.is_paused or not one_statement(items):
+    # A capped or rate-limited stage claims through its gate (services.flow_limits): a transaction of its
+    # own after the completions', which also frees their slots first.
+    if connection.vendor != "postgresql" or stage.is_paused or gated(stage) or not one_statement(items):
         return _separately(items, stage, worker_id, limit, lock_timeout, now, each)
     now = now or timezone.now()
     # As services.claim computes them; clamped so a stored out-of-bounds timeout can't overflow.

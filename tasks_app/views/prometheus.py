@@ -37,6 +37,7 @@ from tasks_app.models import Stage, TaskEvent
 from tasks_app.selectors.overview import live_counts
 from tasks_app.selectors.workers import live_workers
 from tasks_app.services.counters import EXPIRED_FAILED, claim_counts, counter_values, counters_fold
+from tasks_app.services.flow_limits import throttled_counts
 from tasks_app.services.histograms import BUCKETS, worker_histograms
 
 CACHE_KEY = "tasks_app:metrics"
@@ -109,6 +110,16 @@ class TasksCollector:
         for stage_id, slug in stages:
             claimed.add_metric([slug], claims.get(stage_id, 0))
         yield claimed
+        # Claims the stage's concurrency cap or rate limit cut short: counted in its gate row (services.flow_limits).
+        gates = throttled_counts()
+        throttled = CounterMetricFamily(
+            "tasks_throttled",
+            "Claims at the stage that its concurrency cap or rate limit cut short while tasks were claimable.",
+            labels=["stage"],
+        )
+        for stage_id, slug in stages:
+            throttled.add_metric([slug], gates.get(stage_id, 0))
+        yield throttled
         events = CounterMetricFamily("tasks_events", "History events per stage and kind.", labels=["stage", "kind"])
         for stage_id, slug in stages:
             for kind in TaskEvent.Kind.values:

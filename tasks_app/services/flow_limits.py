@@ -1,0 +1,213 @@
+"""A stage's concurrency cap and rate limit, enforced inside the claim (issue 15).
+
+`Stage.max_concurrency` caps the tasks locked at a stage across every worker
+and API client; `Stage.rate_limit` ("N/second|minute|hour") caps the tasks
+claimed there per fixed window of that length. Both hold under any
+interleaving of claims because every claim at such a stage takes the stage's
+gate row (StageGate) first and keeps it to the end of its transaction:
+
+PostgreSQL. A claim at a capped or rate-limited stage is a short transaction
+of separate statements: (1) SELECT the gate row FOR UPDATE; (2) count the
+stage's locked tasks (at most `cap` of them); (3) the ordinary claim statement
+(services.claim.PG_CLAIM_SQL) with LIMIT the least of the asked number, the
+free slots and the window's tokens; (4) UPDATE the gate row's window (and
+throttled count) when it changed. They must be separate statements: under READ
+COMMITTED each statement takes its snapshot when it starts, so a count folded
+into the statement that waits for the gate row would be the count from before
+the wait (EvalPlanQual re-reads only the locked row, not a subquery), and two
+claims could both see a free slot. Counted after the lock, in a new snapshot,
+the count includes every claim that held the gate before, and the next claim
+waits for this one's commit. Completions, releases, expiry, cancels and
+failures take a task out of `locked` without touching the gate: they can only
+make the count smaller, so nothing needs to decrement anything and nothing can
+drift (the alternative, a running count kept in the gate row, would need every
+one of those paths to decrement it, exactly once). A stage with neither control
+never touches the gate: its claim stays the one prepared statement.
+
+SQLite. Writers take turns (BEGIN IMMEDIATE: the claim's transaction holds the
+database's write lock from its first statement), so the same steps in the
+claim's transaction are exact without row locks.
+
+Expired locks count as running until they are reclaimed or the expiry sweep
+hands them back: the cap is on `status = 'locked'`, what people and the
+race test see.
+
+The rate limit is a fixed window aligned to the period (each second, minute or
+hour of the claimer's clock, UTC): at most N tasks are claimed per window, so
+a sliding period can see up to 2N at a window boundary (README, "Concurrency
+cap and rate limit"). A claimer whose clock is behind the stored window counts
+against the stored window, never a fresh one.
+
+A claim is *throttled* when the cap or the rate limit gave it fewer tasks than
+it asked for while more were claimable; the gate row counts those
+(tasks_throttled_total) and the worker backs off from the stage for a moment
+(throttle_pause()).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from django.db import connection
+from django.db.models import F
+
+from tasks_app.limits import parse_rate_limit
+from tasks_app.models import Stage, StageGate, Task
+
+TASK = connection.ops.quote_name(Task._meta.db_table)
+GATE = connection.ops.quote_name(StageGate._meta.db_table)
+
+# How long a worker leaves a stage alone after the cap throttled its claim: a slot frees when some
+# task there ends, which nobody announces, so the worker looks again this soon (it also looks at once
+# after completing a task there itself). A rate-limited claim waits for its window to open instead.
+CAP_PAUSE = 0.2
+
+# The stage's locked tasks, at most `cap` of them (the claim needs only to know whether cap is reached).
+# Through task_locked_idx (status = 'locked', every stage's locked tasks: as many as workers hold, a
+# few thousand at most), not task_claim_idx, whose stage range holds the stage's whole backlog: below
+# the cap a count through it would read every pending task there. `stage_id + 0` keeps the planner off
+# the indexes keyed by stage.
+RUNNING_SQL = f"""
+SELECT count(*) FROM (
+    SELECT 1 FROM {TASK} WHERE status = 'locked' AND stage_id + 0 = %(stage_id)s LIMIT %(cap)s
+) AS running
+"""
+
+
+def gated(stage: Stage) -> bool:
+    """Whether claims at `stage` go through its gate (a cap or a rate limit is set)."""
+    return stage.max_concurrency is not None or bool(stage.rate_limit)
+
+
+def stage_rate(stage: Stage) -> tuple[int, int] | None:
+    """The stage's rate limit as (N, period seconds); None when blank (or unreadable: stored by raw SQL)."""
+    try:
+        return parse_rate_limit(stage.rate_limit)
+    except ValueError:
+        return None
+
+
+def window_start(now: datetime, period: int) -> datetime:
+    """The start of the fixed window of `period` seconds that `now` falls in (aligned to the epoch, UTC)."""
+    epoch = now.timestamp()
+    return datetime.fromtimestamp(math.floor(epoch / period) * period, UTC)
+
+
+@dataclass(slots=True)
+class Gate:
+    """What a claim at a gated stage may take, read under the gate row's lock (gate_enter)."""
+
+    stage: Stage
+    asked: int
+    allowed: int
+    cap_room: int | None  # free slots, None without a cap
+    rate_room: int | None  # tokens left in the window, None without a rate limit
+    window: datetime | None  # the window this claim counts in
+    window_count: int  # tasks claimed in it before this claim
+    period: int  # the rate limit's period in seconds (0 without one)
+
+
+def gate_enter(stage: Stage, *, limit: int, now: datetime) -> Gate:
+    """Lock the stage's gate row and work out how many tasks this claim may take. Inside the claim's transaction."""
+    assert connection.in_atomic_block
+    row = _locked_gate(stage)
+    rate = stage_rate(stage)
+    rate_room: int | None = None
+    window: datetime | None = None
+    window_count = 0
+    period = 0
+    if rate is not None:
+        n, period = rate
+        window = window_start(now, period)
+        stored = row.window_start
+        if stored is not None and stored >= window:
+            window, window_count = stored, row.window_count  # this window, or a later one (a clock behind)
+        rate_room = max(0, n - window_count)
+    cap_room: int | None = None
+    if stage.max_concurrency is not None:
+        with connection.cursor() as cursor:
+            # A new statement, so a new snapshot: every claim that held the gate before has committed.
+            cursor.execute(RUNNING_SQL, {"stage_id": stage.pk, "cap": stage.max_concurrency})
+            (running,) = cursor.fetchone()
+        cap_room = max(0, stage.max_concurrency - running)
+    allowed = min(x for x in (limit, cap_room, rate_room) if x is not None)
+    return Gate(stage, limit, allowed, cap_room, rate_room, window, window_count, period)
+
+
+def _locked_gate(stage: Stage) -> StageGate:
+    """The stage's gate row, locked FOR UPDATE (PostgreSQL; SQLite's write lock already serialises); made if missing."""
+    gate = StageGate.objects.select_for_update().filter(stage_id=stage.pk).first()
+    if gate is None:
+        # Two first claims at once: one inserts, the other's insert does nothing; both then lock the row.
+        StageGate.objects.bulk_create([StageGate(stage_id=stage.pk)], ignore_conflicts=True)
+        gate = StageGate.objects.select_for_update().get(stage_id=stage.pk)
+    return gate
+
+
+def gate_leave(gate: Gate, *, claimed: int, claimable_more: bool, now: datetime) -> None:
+    """Record the claim in the gate row (the window's count, a throttled claim) and note a pause for the worker.
+
+    `claimable_more`: whether tasks were left claimable that the gate kept this claim from (the caller
+    checks only when the gate cut the claim short).
+    """
+    throttled = gate.allowed < gate.asked and claimed == gate.allowed and claimable_more
+    changes: dict[str, Any] = {}
+    if gate.window is not None and claimed:  # an older stored window needs no reset: it counts as empty
+        changes.update(window_start=gate.window, window_count=gate.window_count + claimed)
+    if throttled:
+        changes.update(throttled_at=now)
+    if changes:
+        updated = StageGate.objects.filter(stage_id=gate.stage.pk)
+        if throttled:
+            updated.update(throttled=F("throttled") + 1, **changes)
+        else:
+            updated.update(**changes)
+    _note_pause(gate, throttled=throttled, claimed=claimed, now=now)
+
+
+@dataclass(frozen=True, slots=True)
+class Pause:
+    """How long to leave a stage alone after a throttled claim, and whether the cap (not the rate) did it."""
+
+    seconds: float
+    by_cap: bool
+
+
+def _note_pause(gate: Gate, *, throttled: bool, claimed: int, now: datetime) -> None:
+    pauses = _pauses()
+    if not throttled:
+        pauses.pop(gate.stage.pk, None)
+        return
+    if gate.rate_room is not None and gate.rate_room - claimed <= 0 and gate.window is not None:
+        opens = gate.window + timedelta(seconds=gate.period)
+        pauses[gate.stage.pk] = Pause(max((opens - now).total_seconds(), 0.01), by_cap=False)
+    else:
+        pauses[gate.stage.pk] = Pause(CAP_PAUSE, by_cap=True)
+
+
+_local = threading.local()
+
+
+def _pauses() -> dict[int, Pause]:
+    pauses: dict[int, Pause] | None = getattr(_local, "pauses", None)
+    if pauses is None:
+        pauses = _local.pauses = {}
+    return pauses
+
+
+def throttle_pause(stage_id: int) -> Pause | None:
+    """How long this thread's last claim at the stage says to wait before claiming there again (None: no need).
+
+    Set by a throttled claim (the rate limit: until its window opens; the cap: CAP_PAUSE) and
+    taken by the call, so the worker (worker.loop) asks once per claim.
+    """
+    return _pauses().pop(stage_id, None)
+
+
+def throttled_counts() -> dict[int, int]:
+    """Throttled claims per stage (stage id -> count) since its gate row was made: tasks_throttled_total."""
+    return dict(StageGate.objects.values_list("stage_id", "throttled"))
