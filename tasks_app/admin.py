@@ -109,6 +109,7 @@ class StageAdmin(admin.ModelAdmin):
         ("Hook stages", {"fields": ["hook_secret"], "classes": ["collapse"]}),
         ("Job stages", {"fields": ["schedule"]}),
         ("Form stages", {"fields": ["groups"]}),
+        ("Join", {"fields": ["join_rule", "join_key", "join_count", "join_timeout", "join_type"]}),
     ]
     inlines = [OutgoingTransitionInline]
     readonly_fields = ["hook_secret_masked"]

@@ -139,6 +139,26 @@ def validate_schema_map(value: object) -> None:
         raise ValidationError(problems, code="bad_schema")
 
 
+# Join stages (issue 15; services.join): the two rules, and the bound of a group's size.
+JOIN_SIBLINGS = "siblings"
+JOIN_COUNT = "count"
+JOIN_RULES = [(JOIN_SIBLINGS, "All siblings of a fan-out"), (JOIN_COUNT, "N arrivals with the same key")]
+MAX_JOIN_COUNT = 10_000
+JOIN_FIELDS = ("join_rule", "join_key", "join_count", "join_timeout", "join_type")
+JOIN_TIMEOUT_TYPE = "join_timeout"  # the type a timed-out group is sent on as
+
+
+def validate_json_pointer(value: str) -> None:
+    """Stage.join_key: blank, or an RFC 6901 JSON pointer ('/order_id', '/customer/id')."""
+    if not value:
+        return
+    if not value.startswith("/"):
+        raise ValidationError("A JSON pointer starts with '/', e.g. /order_id.", code="bad_pointer")
+    if "~" in value.replace("~0", "").replace("~1", ""):
+        raise ValidationError("In a JSON pointer '~' must be followed by 0 or 1 (RFC 6901).", code="bad_pointer")
+    NO_NUL(value)
+
+
 class JSONTypeOf(Func):
     """JSON type name of a value ('object', 'array', ...) on SQLite and PostgreSQL."""
 
@@ -155,6 +175,7 @@ class Stage(models.Model):
         FORM = "form", "Form"
         HOOK = "hook", "Hook"
         JOB = "job", "Job"
+        JOIN = "join", "Join"
 
     slug = models.SlugField(max_length=100, unique=True)
     name = models.CharField(max_length=200, validators=[NO_NUL])
@@ -242,6 +263,48 @@ class Stage(models.Model):
         help_text="A payload field holding the priority of tasks created at this stage (an integer, clamped "
         f"to {MIN_PRIORITY}..{MAX_PRIORITY}); anything else there falls back to the default priority.",
     )
+    # Join (issue 15; services.join): a join stage holds its arrivals until a group is complete (all the
+    # siblings of a fan-out, or join_count arrivals with the same join_key), or join_timeout seconds after
+    # the group's first arrival, then completes them and sends one merged task on.
+    join_rule = models.CharField(
+        max_length=10,
+        blank=True,
+        default="",
+        db_default="",
+        choices=JOIN_RULES,
+        help_text="Join stages: 'siblings' (every task of a fan-out) or 'count' (join_count arrivals with the "
+        "same join_key).",
+    )
+    join_key = models.CharField(
+        max_length=200,
+        blank=True,
+        default="",
+        db_default="",
+        validators=[validate_json_pointer],
+        help_text="Join stages, rule 'count': a JSON pointer into the payload, e.g. /order_id; arrivals with "
+        "equal values there form a group. Blank: all arrivals do.",
+    )
+    join_count = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_JOIN_COUNT)],
+        help_text=f"Join stages, rule 'count': arrivals that make a group (1 to {MAX_JOIN_COUNT}).",
+    )
+    join_timeout = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_WAIT)],
+        help_text=f"Join stages: seconds after a group's first arrival (1 to {MAX_WAIT}) after which what arrived "
+        "is sent on as a join_timeout task. Blank: a group waits until it is complete.",
+    )
+    join_type = models.CharField(
+        max_length=TYPE_MAX_LENGTH,
+        blank=True,
+        default="",
+        db_default="",
+        validators=[validate_task_type],
+        help_text="Join stages: the type of the merged task. Blank: the type of the group's first arrival.",
+    )
     is_paused = models.BooleanField(default=False, help_text="A paused stage hands out no tasks.")
     hook_secret = models.CharField(
         max_length=128,
@@ -296,6 +359,14 @@ class Stage(models.Model):
                 name="stage_default_priority_range",
             ),
             models.CheckConstraint(
+                condition=Q(join_count__isnull=True) | Q(join_count__gte=1, join_count__lte=MAX_JOIN_COUNT),
+                name="stage_join_count_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(join_timeout__isnull=True) | Q(join_timeout__gte=1, join_timeout__lte=MAX_WAIT),
+                name="stage_join_timeout_range",
+            ),
+            models.CheckConstraint(
                 condition=Q(max_concurrency__isnull=True)
                 | Q(max_concurrency__gte=1, max_concurrency__lte=MAX_STAGE_CONCURRENCY),
                 name="stage_max_concurrency_range",
@@ -317,6 +388,26 @@ class Stage(models.Model):
             raise ValidationError({"schedule": "Only job stages have a schedule."})
         if self.on_timeout and self.max_wait is None:
             raise ValidationError({"on_timeout": "An on_timeout type needs a max_wait to time out after."})
+        self._clean_join()
+
+    def _clean_join(self) -> None:
+        """A join stage's rule and its fields; other kinds have none of them."""
+        if self.kind != self.Kind.JOIN:
+            given = [f for f in JOIN_FIELDS if getattr(self, f) not in ("", None)]
+            if given:
+                raise ValidationError({f: "Only join stages have join settings." for f in given})
+            return
+        if self.handler:
+            raise ValidationError({"handler": "A join stage runs no handler; leave it empty."})
+        if self.on_timeout:
+            raise ValidationError({"on_timeout": "A join stage times groups out with join_timeout, not on_timeout."})
+        if not self.join_rule:
+            raise ValidationError({"join_rule": "A join stage needs a rule: 'siblings' or 'count'."})
+        if self.join_rule == JOIN_COUNT and self.join_count is None:
+            raise ValidationError({"join_count": "The 'count' rule needs a join_count."})
+        if self.join_rule == JOIN_SIBLINGS and (self.join_count is not None or self.join_key):
+            field = "join_count" if self.join_count is not None else "join_key"
+            raise ValidationError({field: "The 'siblings' rule counts a fan-out's tasks; it takes no count or key."})
 
 
 class Transition(models.Model):
@@ -425,6 +516,13 @@ class Task(models.Model):
         help_text="Set by clients that retry creates: a second create with the same key at the "
         "same stage returns this task instead of creating another.",
     )
+
+    # Join (issue 15; services.join): the fan-out this task belongs to. A completion (or a send) that creates
+    # two or more tasks makes a fan-out: each gets the sender's id (a parentless send: a negative random
+    # number) and how many were created; a task created alone inherits its sender's. Not indexed: a join
+    # pass reads them from the join stage's pending tasks (task_claim_idx).
+    fanout_id = models.BigIntegerField(null=True, blank=True, editable=False)
+    fanout_size = models.PositiveIntegerField(null=True, blank=True, editable=False)
 
     objects = TaskQuerySet.as_manager()
 
@@ -550,6 +648,8 @@ class TaskEvent(models.Model):
         CANCEL_REQUESTED = "cancel_requested", "Cancel requested"
         CANCELLED = "cancelled", "Cancelled"
         WAIT_EXCEEDED = "wait_exceeded", "Wait exceeded"
+        JOINED = "joined", "Joined"
+        JOIN_TIMED_OUT = "join_timed_out", "Join timed out"
 
     # The (task, id) index below serves lookups by task, so the FK needs no index
     # of its own. No database-level FK either: events are only ever written by

@@ -15,7 +15,7 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from tasks_app.limits import MAX_DELAY, MAX_LOCK_TIMEOUT, MAX_PRIORITY, MIN_PRIORITY, NUL
-from tasks_app.models import NO_NUL, TYPE_MAX_LENGTH, Stage, Task, TaskEvent, Transition, json_kind
+from tasks_app.models import JOIN_FIELDS, NO_NUL, TYPE_MAX_LENGTH, Stage, Task, TaskEvent, Transition, json_kind
 from tasks_app.services import MAX_CLAIM_BATCH, validate_task_input
 from tasks_app.values import DB_INT_MAX
 
@@ -57,6 +57,7 @@ class StageSerializer(ModelSerializer):
             "slug", "name", "kind", "handler", "lock_timeout", "max_attempts", "max_run_time", "max_wait", "on_timeout",
             "is_paused", "description", "schedule", "schemas", "groups", "created_at", "updated_at",
             "default_priority", "priority_from",
+            "join_rule", "join_key", "join_count", "join_timeout", "join_type",
         ]  # fmt: skip
         read_only_fields = ["created_at", "updated_at"]
 
@@ -73,6 +74,8 @@ class StageSerializer(ModelSerializer):
         if self.instance is None:
             return {}
         current = {"kind": self.instance.kind, "schedule": self.instance.schedule}
+        # Join stages (Stage._clean_join) relate the kind, the handler and the join fields.
+        current |= {f: getattr(self.instance, f) for f in ("handler", *JOIN_FIELDS)}
         return {**current, "max_wait": self.instance.max_wait, "on_timeout": self.instance.on_timeout}
 
 
@@ -101,6 +104,7 @@ class TaskSerializer(ModelSerializer):
             "id", "stage", "type", "payload", "status", "attempts", "created_at", "updated_at",
             "available_at", "priority", "locked_by", "locked_at", "locked_until", "completed_at", "last_error",
             "parent", "source_stage", "idempotency_key", "cancel_requested",
+            "fanout_id", "fanout_size",
         ]  # fmt: skip
         read_only_fields = fields
 

@@ -101,6 +101,12 @@ class StageViewSet(viewsets.ModelViewSet):
                 f"Stage '{stage.slug}' is a job stage: its tasks are taken by the scheduler's runs, "
                 "not claimed over the API."
             )
+        if stage.kind == Stage.Kind.JOIN:
+            # Its arrivals wait for their group; the join pass completes them (services.join).
+            raise Conflict(
+                f"Stage '{stage.slug}' is a join stage: its tasks wait for their group and are merged by the "
+                "workers' join pass, not claimed."
+            )
         data = ClaimSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         tasks = services.task_claim(

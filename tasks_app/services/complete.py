@@ -29,6 +29,7 @@ from tasks_app.limits import clamp_lock_timeout
 from tasks_app.models import Stage, Task, TaskEvent, Transition
 from tasks_app.services.errors import NoRouteError, TaskLockLost
 from tasks_app.services.events import completed_details, details_sql, event_time_sql
+from tasks_app.services.fanout import mark_fanouts
 from tasks_app.services.lifecycle import lock_lost
 from tasks_app.services.notify import notify_stages
 from tasks_app.services.pg import execute_prepared
@@ -222,6 +223,7 @@ def tasks_complete_batch(*, items: Sequence[Completion], now: datetime | None = 
                 )
         successors = [child for kids in children.values() for child in kids]
         send_options_apply(children, by_id, routes, {row[0]: row[1] for row in rows}, now)
+        mark_fanouts(children)  # join stages: which successors were created together (services.fanout)
         if successors:
             Task.objects.bulk_create(successors)
         events = []

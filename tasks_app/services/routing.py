@@ -26,6 +26,7 @@ from django.utils import timezone
 from tasks_app.limits import MAX_DELAY, MAX_PRIORITY, MIN_PRIORITY
 from tasks_app.models import Stage, Task, TaskEvent, Transition, validate_payload, validate_task_type
 from tasks_app.services.errors import NoRouteError, TaskStateError
+from tasks_app.services.fanout import fanout_total, mark_fanout
 from tasks_app.services.notify import notify_stages
 from tasks_app.services.schemas import Senders, senders_into, validate_created, validate_sent
 
@@ -310,7 +311,9 @@ def successor_tasks(
     ]
 
 
-def _send_one(*, stage: Stage, send: Send, parent: Task | None, actor: str, now: datetime) -> list[Task]:
+def _send_one(
+    *, stage: Stage, send: Send, parent: Task | None, actor: str, now: datetime, fanout_size: int | None = None
+) -> list[Task]:
     assert connection.in_atomic_block
     type, payload = send
     priority = send.priority
@@ -326,6 +329,7 @@ def _send_one(*, stage: Stage, send: Send, parent: Task | None, actor: str, now:
         priority=priority,
         available_at=run_at(now=now, at=send.at, delay=send.delay),
     )
+    mark_fanout(tasks, parent=parent, size=fanout_size)  # join stages (services.fanout)
     Task.objects.bulk_create(tasks)
     details: dict[str, Any] = {"from_stage": stage.slug}
     if parent is not None:
@@ -353,8 +357,10 @@ def tasks_send_many(
     now = now or timezone.now()
     created: list[Task] = []
     with transaction.atomic():
+        # One call's sends are one fan-out (services.fanout): its size is all the tasks they create.
+        size = fanout_total(stage, [type for type, _ in checked]) if len(checked) > 1 else None
         for send in checked:
-            created += _send_one(stage=stage, send=send, parent=parent, actor=actor, now=now)
+            created += _send_one(stage=stage, send=send, parent=parent, actor=actor, now=now, fanout_size=size)
     return created
 
 

@@ -10,6 +10,7 @@ shows its fields in the order of a schema's properties.
      "stages": [{"slug", "name", "kind", "handler", "description", "lock_timeout",
                  "max_attempts", "max_run_time", "max_wait", "on_timeout", "default_priority",
                  "priority_from", "is_paused", "schedule",
+                 "join_rule", "join_key", "join_count", "join_timeout", "join_type",
                  "groups": [group names], "schemas": {type or "*": JSON Schema}}],
      "transitions": [{"source", "target", "type"}]}   # type "" routes every type
 
@@ -58,7 +59,7 @@ from django.db import transaction
 from django.db.models import Prefetch
 
 from tasks_app.limits import MAX_DOCUMENT_DEPTH, NUL, json_depth_exceeds
-from tasks_app.models import Stage, Transition, json_kind
+from tasks_app.models import JOIN_FIELDS, JOIN_TIMEOUT_TYPE, Stage, Transition, json_kind
 from tasks_app.services.handlers import HANDLER_ERROR_CODE, stage_handler_problems
 
 FORMAT_VERSION = 1
@@ -78,6 +79,11 @@ STAGE_FIELDS = (
     "priority_from",
     "is_paused",
     "schedule",
+    "join_rule",
+    "join_key",
+    "join_count",
+    "join_timeout",
+    "join_type",
     "groups",
     "schemas",
 )
@@ -115,6 +121,11 @@ FIELD_TYPES: dict[str, tuple[str, Callable[[object], bool]]] = {
     "priority_from": ("a payload field name (a string)", _is_str),
     "is_paused": ("true or false", lambda v: isinstance(v, bool)),
     "schedule": ("a string", _is_str),
+    "join_rule": ('"siblings", "count" or "" (join stages)', _is_str),
+    "join_key": ('a JSON pointer (a string like "/order_id")', _is_str),
+    "join_count": ("a whole number or null", lambda v: v is None or _is_int(v)),
+    "join_timeout": ("a whole number of seconds or null", lambda v: v is None or _is_int(v)),
+    "join_type": ("a task type (a string)", _is_str),
     "groups": ("an array of group names", _is_names),
     "schemas": ("an object", lambda v: isinstance(v, dict)),
     "source": ("a stage slug", _is_str),
@@ -283,7 +294,7 @@ def _stage_field_problems(entry: dict[str, Any]) -> list[str]:
             if kept:
                 errors[name] = ValidationError(kept).messages
     # Stage.clean relates kind and schedule, and on_timeout and max_wait: only meaningful when all are.
-    if not {"kind", "schedule", "max_wait", "on_timeout"} & (unusable | errors.keys()):
+    if not {"kind", "schedule", "max_wait", "on_timeout", "handler", *JOIN_FIELDS} & (unusable | errors.keys()):
         try:
             stage.clean()
         except ValidationError as exc:
@@ -297,6 +308,8 @@ def _handler_problems(entry: dict[str, Any]) -> list[str]:
     kind, handler = entry.get("kind", Stage.Kind.SCRIPT), entry.get("handler", "")
     if kind not in Stage.Kind.values or not isinstance(handler, str):
         return []  # already reported as a field problem
+    if kind == Stage.Kind.JOIN:
+        return []  # Stage.clean says that a join stage runs none
     return stage_handler_problems(kind, handler)
 
 
@@ -420,6 +433,7 @@ def workflow_problems(data: Any) -> list[str]:
                 seen.setdefault(route, i)
         if isinstance(stages, list):
             problems += _timeout_route_problems(stages, transitions)
+            problems += _join_route_problems(stages, transitions)
     return problems
 
 
@@ -436,6 +450,26 @@ def _timeout_route_problems(stages: list[Any], transitions: list[Any]) -> list[s
                 f"stages[{i}] (slug '{slug}'): on_timeout '{type}' has no route: no transition out of '{slug}' "
                 "passes that type"
             )
+    return problems
+
+
+def _join_route_problems(stages: list[Any], transitions: list[Any]) -> list[str]:
+    """A join stage's join_type, and with a join_timeout the join_timeout type, must pass one of its transitions."""
+    routes = [_route(e) for e in transitions if isinstance(e, dict) and _is_str(e.get("source")) and "target" in e]
+    problems = []
+    for i, entry in enumerate(stages):
+        if not isinstance(entry, dict) or entry.get("kind") != Stage.Kind.JOIN or not _is_str(entry.get("slug")):
+            continue
+        slug = entry["slug"]
+        types = [entry["join_type"]] if _is_str(entry.get("join_type")) and entry["join_type"] else []
+        if _is_int(entry.get("join_timeout")):
+            types.append(JOIN_TIMEOUT_TYPE)
+        for type in types:
+            if not any(source == slug and t in ("", type) for source, _, t in routes):
+                problems.append(
+                    f"stages[{i}] (slug '{slug}'): the join sends '{type}' but no transition out of '{slug}' "
+                    "passes that type"
+                )
     return problems
 
 

@@ -13,7 +13,7 @@ from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from tasks_app.jsonpreview import CELL_CHARS, PAGE_CHARS, ROW_CHARS, editable_json, json_head, json_preview, json_size
-from tasks_app.models import Task
+from tasks_app.models import Stage, Task
 from tasks_app.services.waiting import overdue_by
 
 register = template.Library()
@@ -62,6 +62,8 @@ def status_text(task: Task, now: datetime) -> str:
         if (overdue := overdue_by(task, now)) is not None:  # the waiting-time limit (services.waiting)
             waited, limit = overdue
             return f"Overdue · waiting {human_delta(waited)}, limit {human_delta(timedelta(seconds=limit))}"
+        if task.stage.kind == Stage.Kind.JOIN and task.available_at <= now:  # an arrival waiting for its group
+            return f"Waiting to join for {human_delta(now - task.available_at)}"
         if task.attempts:  # claimed before and given back (an error, an expired lock): say it is a retry
             # The attempt it waits to make; "due" once its backoff has passed (the list and the task page agree).
             wait = f"next in {human_delta(task.available_at - now)}" if task.available_at > now else "due"

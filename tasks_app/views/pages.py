@@ -16,6 +16,7 @@ from tasks_app.selectors.history import task_timeline
 from tasks_app.selectors.tasks import SORTS, Page, decode_cursor, errors_text, keyset_page, task_search
 from tasks_app.selectors.workers import recent_workers
 from tasks_app.services.form_stages import may_work_on
+from tasks_app.services.join import task_group
 
 HISTORY_LIMIT = 50  # events shown on a task's page (a task retried forever has an endless history)
 
@@ -84,6 +85,8 @@ def task_detail(request: HttpRequest, task_id: int) -> HttpResponse:
         "work_link": task.stage.kind == Stage.Kind.FORM
         and task.status in (Task.Status.PENDING, Task.Status.LOCKED)
         and may_work_on(request.user, task.stage),
+        # An arrival waiting at a join stage: its group, "3/5 arrived" (services.join).
+        "join_group": task_group(task),
     }
     return render(request, "tasks_app/task_detail.html", ctx)
 

@@ -39,6 +39,7 @@ from tasks_app.selectors.workers import live_workers
 from tasks_app.services.counters import EXPIRED_FAILED, claim_counts, counter_values, counters_fold
 from tasks_app.services.flow_limits import throttled_counts
 from tasks_app.services.histograms import BUCKETS, worker_histograms
+from tasks_app.services.join import stage_groups
 
 CACHE_KEY = "tasks_app:metrics"
 
@@ -65,6 +66,16 @@ COUNTERS: Sequence[tuple[str, str, Sequence[str]]] = (
         "tasks_overdue",
         "Tasks that waited at the stage past its max_wait (each once; with an on_timeout type, sent on as it).",
         ["wait_exceeded"],
+    ),
+    (
+        "tasks_joined",
+        "Groups a join stage completed and sent on as one merged task (all siblings arrived, or join_count).",
+        ["joined"],
+    ),
+    (
+        "tasks_join_timeouts",
+        "Groups a join stage sent on as join_timeout, incomplete after its join_timeout.",
+        ["join_timed_out"],
     ),
     (
         "tasks_released",
@@ -146,6 +157,16 @@ class TasksCollector:
             locked.add_metric([slug], counts.get("locked", 0))
             age.add_metric([slug], max((now - oldest).total_seconds(), 0.0) if oldest else 0.0)
         yield from (pending, locked, age)
+        yield self._join_groups()
+
+    def _join_groups(self) -> Metric:
+        # Each join stage's waiting groups (services.join: a bounded read of its waiting arrivals).
+        waiting = GaugeMetricFamily(
+            "tasks_join_groups_waiting", "Groups waiting at a join stage for more arrivals.", labels=["stage"]
+        )
+        for stage in Stage.objects.filter(kind=Stage.Kind.JOIN).order_by("slug"):
+            waiting.add_metric([stage.slug], sum(1 for g in stage_groups(stage) if not g.complete))
+        return waiting
 
     def _workers(self) -> Metric:
         live = live_workers().count()

@@ -38,8 +38,11 @@ from tasks_app.selectors.stages import (
 )
 from tasks_app.services.events import actor_for
 from tasks_app.services.jobs import job_run_now
+from tasks_app.services.join import stage_groups
 from tasks_app.services.stages import stage_set_paused
 from tasks_app.services.waiting import stage_overdue
+
+JOIN_GROUPS_SHOWN = 100  # a join stage's waiting groups on its page, by first arrival
 
 
 def hook_curl(url: str, secret: str, task_type: str) -> str:
@@ -110,6 +113,9 @@ def stage_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "groups": list(stage.groups.order_by("name")) if stage.kind == Stage.Kind.FORM else [],
         "next_due": next_due(stage),
         "job_runs": stage_job_runs(stage) if stage.kind == Stage.Kind.JOB else [],
+        # Join stages: the waiting groups, "3/5 arrived" (services.join; a bounded read of the arrivals).
+        "join_groups": stage_groups(stage)[:JOIN_GROUPS_SHOWN] if stage.kind == Stage.Kind.JOIN else [],
+        "join_groups_shown": JOIN_GROUPS_SHOWN,
         "hook_url": hook_url,
         "hook_curl": hook_curl(hook_url, stage.hook_secret, _hook_type(stage)) if hook_url and can_change else "",
         **_figures(stage, window),

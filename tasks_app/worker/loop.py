@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection
+from django.db.models import Q
 
 from tasks_app import services
 from tasks_app.limits import clamp_lock_timeout
@@ -41,6 +42,7 @@ from tasks_app.services.claim import ClaimedRow, task_claim_rows
 from tasks_app.services.complete import tasks_extend_locks_reporting
 from tasks_app.services.counters import counters_fold_in_turn
 from tasks_app.services.flow_limits import throttle_pause
+from tasks_app.services.join import JoinPass, tasks_join_sweep
 from tasks_app.services.pipeline import tasks_complete_and_claim
 from tasks_app.services.retention import PERIODIC_PAUSE, PruneResult, tasks_prune_periodic
 from tasks_app.services.waiting import WaitSweep, tasks_wait_sweep
@@ -75,6 +77,10 @@ FOLD_ROWS = 5_000
 FOLD_PAUSE = 0.5
 # The waiting-time limit's sweep (services.waiting): as often as the expiry sweep, sooner while a backlog lasts.
 WAIT_PAUSE = 0.5
+# Join stages (services.join): every worker passes over them this often, at once when an idle worker is
+# notified of an arrival there, and after JOIN_PAUSE while ready groups are left over.
+JOIN_INTERVAL = 1.0
+JOIN_PAUSE = 0.1
 
 
 def default_worker_id() -> str:
@@ -117,6 +123,7 @@ class Cadences:
     prune: Cadence  # retention (TASKS_PRUNE_INTERVAL; sooner while a backlog lasts)
     fold: Cadence  # the counters' fold (FOLD_INTERVAL; sooner while a backlog lasts)
     waits: Cadence  # overdue tasks (TASKS_EXPIRE_INTERVAL; sooner while a backlog lasts)
+    joins: Cadence  # join stages' passes (JOIN_INTERVAL; at once on an arrival's notification)
     registry: Cadence  # the registry heartbeat (TASKS_WORKER_HEARTBEAT)
     progress: Cadence | None  # the progress line; None when off
 
@@ -130,6 +137,7 @@ class Cadences:
             prune=Cadence(float(settings.TASKS_PRUNE_INTERVAL), jitter=PRUNE_JITTER),
             fold=Cadence(FOLD_INTERVAL, jitter=FOLD_JITTER),
             waits=Cadence(float(settings.TASKS_EXPIRE_INTERVAL)),
+            joins=Cadence(JOIN_INTERVAL),
             registry=Cadence(float(settings.TASKS_WORKER_HEARTBEAT)),
             progress=Cadence(progress_interval, next_at=now + progress_interval) if progress_interval > 0 else None,
         )
@@ -137,20 +145,25 @@ class Cadences:
 
 @dataclass
 class ServedStages:
-    """The script stages a worker serves and their transitions, re-read every STAGE_REFRESH s."""
+    """The script stages a worker serves and their transitions, re-read every STAGE_REFRESH s.
+
+    With them, in the same query, the join stages (services.join): every worker passes over every join
+    stage that is not paused, whatever its --stage, and never claims there.
+    """
 
     slugs: Sequence[str]
     cadence: Cadence = field(default_factory=lambda: Cadence(STAGE_REFRESH))
     stages: list[Stage] = field(default_factory=list)
+    joins: list[Stage] = field(default_factory=list)
     routes: dict[int, list[Transition]] = field(default_factory=dict)
     rotation: int = 0
 
     def current(self) -> list[Stage]:
         if self.cadence.tick(time.monotonic()):
-            qs = Stage.objects.filter(kind=Stage.Kind.SCRIPT, is_paused=False)
-            if self.slugs:
-                qs = qs.filter(slug__in=self.slugs)
-            self.stages = list(qs.order_by("id"))
+            served = Q(kind=Stage.Kind.SCRIPT, slug__in=self.slugs) if self.slugs else Q(kind=Stage.Kind.SCRIPT)
+            every = list(Stage.objects.filter(served | Q(kind=Stage.Kind.JOIN), is_paused=False).order_by("id"))
+            self.stages = [s for s in every if s.kind == Stage.Kind.SCRIPT]
+            self.joins = [s for s in every if s.kind == Stage.Kind.JOIN]
             self.routes = {s.pk: [] for s in self.stages}
             for t in Transition.objects.filter(source__in=self.stages).order_by("id"):
                 self.routes[t.source_id].append(t)
@@ -223,6 +236,7 @@ class Worker:
             (self.cadences.prune, self.prune),
             (self.cadences.fold, self.fold_counters),
             (self.cadences.waits, self.sweep_waits),
+            (self.cadences.joins, self.join_groups),
             (self.cadences.registry, self.report_in),
         ]
         if self.cadences.progress is not None:
@@ -639,6 +653,18 @@ class Worker:
             logger.info("%d task(s) overdue, %d sent on as their stage's on_timeout", swept.flagged, swept.timed_out)
         return swept
 
+    def join_groups(self) -> JoinPass | None:
+        """Join stages: merge the complete groups and send the timed-out ones on (services.join)."""
+        self.served.current()
+        if not self.served.joins:
+            return None
+        joined = tasks_join_sweep(stages=self.served.joins)
+        if joined.backlog:
+            self.cadences.joins.done(time.monotonic(), after=JOIN_PAUSE)
+        if joined.joined or joined.timed_out:
+            logger.info("joined %d group(s), %d timed out", joined.joined, joined.timed_out)
+        return joined
+
     def report_in(self) -> None:
         """The registry heartbeat: counters and held tasks, so the monitor shows this worker alive."""
         services.worker_heartbeat(
@@ -769,6 +795,8 @@ class Worker:
         # Wake in time for the registry heartbeat and the expiry sweep, so an idle
         # worker with a long poll interval is not shown as dead.
         deadline = min(time.monotonic() + wait, self.cadences.registry.next_at, self.cadences.expiry.next_at)
+        if self.served.joins:  # a join's timeout is due within JOIN_INTERVAL, idle or not
+            deadline = min(deadline, self.cadences.joins.next_at)
         # And when a throttled stage may be claimed at again (a rate limit's next window).
         now = time.monotonic()
         deadline = min([deadline, *(until for until, _ in self.throttled.values() if until > now)])
@@ -780,6 +808,8 @@ class Worker:
             if self._listener is not None:
                 notified = self._listener.wait(chunk)
                 if notified:
+                    if notified & {s.pk for s in self.served.joins}:
+                        self.cadences.joins.next_at = 0.0  # an arrival at a join stage: pass over it now
                     return
                 if notified is not None:
                     continue
