@@ -230,18 +230,25 @@ def join_stages() -> list[Stage]:
     return list(Stage.objects.filter(kind=Stage.Kind.JOIN, is_paused=False).order_by("id"))
 
 
-def tasks_join_sweep(*, stages: list[Stage] | None = None, now: datetime | None = None) -> JoinPass:
+def tasks_join_sweep(
+    *, stages: list[Stage] | None = None, now: datetime | None = None, actor: str = JOIN_ACTOR
+) -> JoinPass:
     """One join pass over each join stage (skipping those another worker is passing over)."""
     result = JoinPass()
     for stage in join_stages() if stages is None else stages:
-        one = tasks_join_pass(stage, now=now)
+        one = tasks_join_pass(stage, now=now, actor=actor)
         if one is not None:
             result.add(one)
     return result
 
 
-def tasks_join_pass(stage: Stage, *, now: datetime | None = None, max_groups: int = GROUPS_PER_PASS) -> JoinPass | None:
-    """Join the stage's complete and timed-out groups, under the stage's lock; None if another pass holds it."""
+def tasks_join_pass(
+    stage: Stage, *, now: datetime | None = None, max_groups: int = GROUPS_PER_PASS, actor: str = JOIN_ACTOR
+) -> JoinPass | None:
+    """Join the stage's complete and timed-out groups, under the stage's lock; None if another pass holds it.
+
+    `actor` names who joined in the history (a worker passes its id).
+    """
     now = now or timezone.now()
     result = JoinPass()
     with transaction.atomic():
@@ -260,7 +267,7 @@ def tasks_join_pass(stage: Stage, *, now: datetime | None = None, max_groups: in
             if result.joined + result.timed_out >= max_groups:
                 result.backlog = True
                 break
-            sent = _join(locked, group, now=now, timed_out=timed_out)
+            sent = _join(locked, group, now=now, timed_out=timed_out, actor=actor)
             if sent is None:
                 result.refused += 1
                 continue
@@ -276,7 +283,7 @@ class _GroupChanged(Exception):
     """An arrival of the group is no longer pending (cancelled, say): leave the group to the next pass."""
 
 
-def _join(stage: Stage, group: Group, *, now: datetime, timed_out: bool) -> list[int] | None:
+def _join(stage: Stage, group: Group, *, now: datetime, timed_out: bool, actor: str) -> list[int] | None:
     """Complete the group's arrivals and send the merged task, in one savepoint; the ids sent, or None."""
     ids = [a.id for a in group.arrivals]
     try:
@@ -299,9 +306,9 @@ def _join(stage: Stage, group: Group, *, now: datetime, timed_out: bool) -> list
             # (services.fanout). Set on this in-memory parent only: its row is not saved again.
             first.fanout_id, first.fanout_size = _outer_fanout(stage, first)
             send = Send(type, payload, priority=max(a.priority for a in group.arrivals))
-            created = tasks_send_many(stage=stage, sends=[send], parent=first, actor=JOIN_ACTOR, now=now)
+            created = tasks_send_many(stage=stage, sends=[send], parent=first, actor=actor, now=now)
             sent = [t.pk for t in created]
-            _record(group, ids, sent=sent, now=now, timed_out=timed_out, type=type)
+            _record(group, ids, sent=sent, now=now, timed_out=timed_out, type=type, actor=actor)
     except _GroupChanged:
         return None
     except (NoRouteError, ValidationError) as exc:
@@ -318,7 +325,9 @@ def _outer_fanout(stage: Stage, first: Task) -> tuple[int | None, int | None]:
     return (row[0], row[1]) if row else (None, None)
 
 
-def _record(group: Group, ids: list[int], *, sent: list[int], now: datetime, timed_out: bool, type: str) -> None:
+def _record(
+    group: Group, ids: list[int], *, sent: list[int], now: datetime, timed_out: bool, type: str, actor: str
+) -> None:
     joined = {
         "group": group.ident,
         "key": group.key,
@@ -332,13 +341,13 @@ def _record(group: Group, ids: list[int], *, sent: list[int], now: datetime, tim
         waited = round((now - group.first_at).total_seconds(), 3)
         joined["reason"] = f"join timed out {waited:g} s after the group's first arrival: {group.label()}"
     kind = TaskEvent.Kind.JOIN_TIMED_OUT if timed_out else TaskEvent.Kind.JOINED
-    events = [TaskEvent(task_id=ids[0], kind=kind, at=now, actor=JOIN_ACTOR, details=joined)]
+    events = [TaskEvent(task_id=ids[0], kind=kind, at=now, actor=actor, details=joined)]
     events += [
         TaskEvent(
             task_id=task_id,
             kind=TaskEvent.Kind.COMPLETED,
             at=now,
-            actor=JOIN_ACTOR,
+            actor=actor,
             details={"joined": group.ident, "position": n, "timed_out": timed_out, "sent": sent},
         )
         for n, task_id in enumerate(ids, start=1)

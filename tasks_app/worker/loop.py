@@ -658,7 +658,7 @@ class Worker:
         self.served.current()
         if not self.served.joins:
             return None
-        joined = tasks_join_sweep(stages=self.served.joins)
+        joined = tasks_join_sweep(stages=self.served.joins, actor=self.worker_id)
         if joined.backlog:
             self.cadences.joins.done(time.monotonic(), after=JOIN_PAUSE)
         if joined.joined or joined.timed_out:
