@@ -348,6 +348,16 @@ def test_an_api_create_and_a_hook_arrive_at_a_join_stage_like_a_send(db: None, a
     [merged] = Task.objects.filter(stage=sink)
     assert merged.payload["parts"] == [{"order": 7}, {"order": 7}]
 
+    # The New task page: a person's create lands the same way.
+    client = logged_in(make_user("boss", superuser=True))
+    form = {"stage": "gather", "type": "line", "payload": '{"order": 8}', "priority": "", "run_at": ""}
+    for _ in range(2):
+        assert client.post("/tasks/new/", form).status_code == 302
+    assert tasks_join_pass(gather).joined == 1
+    assert Task.objects.filter(stage=sink, payload__key=8).count() == 1
+    # The overview draws a join stage like any other.
+    assert client.get("/overview/").status_code == 200
+
 
 def test_the_workflow_file_round_trips_a_join_stage(db: None, tmp_path: Path) -> None:
     w = fan_in_workflow(join_timeout=600)

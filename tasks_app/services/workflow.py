@@ -42,8 +42,11 @@ What a load does:
   generated (`Stage.save`).
 - Handlers: script and job stages need one; a hook stage's is optional (a
   transform of the request body); a form stage must have none, since people
-  work it and no handler would ever run. Every handler named must be one the
-  worker may run: a callable defined in a module TASKS_HANDLER_MODULES lists.
+  work it and no handler would ever run; nor a join stage (services.join).
+  Every handler named must be one the worker may run: a callable defined in
+  a module TASKS_HANDLER_MODULES lists.
+- Join stages: a join_type, and with a join_timeout the type join_timeout,
+  must pass one of the stage's transitions in the file.
 """
 
 from __future__ import annotations
