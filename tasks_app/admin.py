@@ -66,6 +66,7 @@ class StageAdminForm(forms.ModelForm):
         fields = [
             "slug", "name", "kind", "handler", "description", "is_paused", "lock_timeout", "max_attempts",
             "max_run_time", "max_wait", "on_timeout", "schemas", "hook_secret", "schedule", "groups",
+            "max_concurrency", "rate_limit",
             "default_priority", "priority_from",
         ]  # fmt: skip
         widgets = {"schemas": JSONEditorWidget(), "hook_secret": SecretInput()}
@@ -104,6 +105,7 @@ class StageAdmin(admin.ModelAdmin):
         (None, {"fields": ["slug", "name", "kind", "handler", "description", "is_paused"]}),
         ("Running", {"fields": ["lock_timeout", "max_attempts", "max_run_time"]}),
         ("Waiting-time limit", {"fields": ["max_wait", "on_timeout"]}),
+        ("Flow control", {"fields": ["max_concurrency", "rate_limit"]}),
         ("Priority", {"fields": ["default_priority", "priority_from"]}),
         ("Payload schemas", {"fields": ["schemas"]}),
         ("Hook stages", {"fields": ["hook_secret"], "classes": ["collapse"]}),

@@ -55,6 +55,7 @@ class StageSerializer(ModelSerializer):
         model = Stage
         fields = [
             "slug", "name", "kind", "handler", "lock_timeout", "max_attempts", "max_run_time", "max_wait", "on_timeout",
+            "max_concurrency", "rate_limit",
             "is_paused", "description", "schedule", "schemas", "groups", "created_at", "updated_at",
             "default_priority", "priority_from",
             "join_rule", "join_key", "join_count", "join_timeout", "join_type",

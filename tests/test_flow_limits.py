@@ -6,13 +6,20 @@ The race tests with real processes are tests/test_flow_limits_race_pg.py.
 
 from __future__ import annotations
 
+import io
+import json
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from django.core.management import call_command
+from django.core.management.base import CommandError
 from django.db import connection
+from django.test import Client
 from django.utils import timezone
+from rest_framework.test import APIClient
 
 from tasks_app.models import Stage, StageGate, Task
 from tasks_app.services import claim as claim_module
@@ -28,7 +35,10 @@ from tasks_app.services.cancel import task_cancel
 from tasks_app.services.complete import Completion
 from tasks_app.services.flow_limits import CAP_PAUSE, throttle_pause, throttled_counts, window_start
 from tasks_app.services.pipeline import tasks_complete_and_claim
+from tasks_app.services.workflow import workflow_dump, workflow_problems
 from tasks_app.worker import Worker
+from tests.support.pages import STAGE_URL, form_fields
+from tests.support.users import logged_in, make_user
 
 # A fixed instant 10 s into a minute: windows of a second and a minute are easy to step through.
 T0 = datetime(2026, 12, 1, 12, 0, 10, tzinfo=UTC)
@@ -277,3 +287,207 @@ def test_a_worker_run_once_waits_out_a_rate_limit_instead_of_stopping(review: St
 
     assert not Task.objects.filter(stage=review).exclude(status=Task.Status.COMPLETED).exists()
     assert throttled(review) >= 2  # it was held back at least twice (five tasks, two a second)
+
+
+# -- the workflow file -----------------------------------------------------------------------------
+
+
+def test_the_workflow_file_round_trips_the_cap_and_the_rate(world: dict[str, Stage], tmp_path: Path) -> None:
+    limited(world["review"], cap=3, rate="10/second")
+    dumped = workflow_dump()
+    entry = next(s for s in dumped["stages"] if s["slug"] == "review")
+    assert (entry["max_concurrency"], entry["rate_limit"]) == (3, "10/second")
+    assert next(s for s in dumped["stages"] if s["slug"] == "ship")["max_concurrency"] is None
+
+    entry["max_concurrency"], entry["rate_limit"] = None, "5/hour"
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(dumped))
+    call_command("load_workflow", str(path), stdout=io.StringIO(), stderr=io.StringIO())
+
+    review = Stage.objects.get(slug="review")
+    assert (review.max_concurrency, review.rate_limit) == (None, "5/hour")
+    assert workflow_dump() == dumped
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"max_concurrency": 0}, "max_concurrency: Ensure this value is greater than or equal to 1."),
+        ({"max_concurrency": 10_001}, "max_concurrency: Ensure this value is less than or equal to 10000."),
+        ({"max_concurrency": "3"}, "max_concurrency must be a whole number or null, not a string"),
+        ({"rate_limit": "10 per second"}, "rate_limit: '10 per second' is not a rate limit: write N/second"),
+        ({"rate_limit": "0/minute"}, "rate_limit: A rate limit's count must be 1 to 1000000 (got 0)."),
+        ({"rate_limit": "10/day"}, "'10/day' is not a rate limit"),
+        ({"rate_limit": 10}, 'rate_limit must be a rate limit (a string like "10/second"), not a number'),
+    ],
+)
+def test_bad_limits_in_a_workflow_file_are_one_line_each(db: None, fields: dict[str, Any], message: str) -> None:
+    stage = {"slug": "review", "name": "Review", "handler": "tests.handlers.noop", **fields}
+    data = {"version": 1, "stages": [stage], "transitions": []}
+
+    problems = workflow_problems(data)
+
+    assert len(problems) == 1 and problems[0].startswith("stages[0] (slug 'review'): ") and message in problems[0]
+
+
+def test_load_workflow_refuses_a_bad_rate_in_one_line_and_changes_nothing(
+    world: dict[str, Stage], tmp_path: Path
+) -> None:
+    dumped = workflow_dump()
+    next(s for s in dumped["stages"] if s["slug"] == "review")["rate_limit"] = "fast"
+    path = tmp_path / "wf.json"
+    path.write_text(json.dumps(dumped))
+    err = io.StringIO()
+
+    with pytest.raises(CommandError) as refused:
+        call_command("load_workflow", str(path), stdout=io.StringIO(), stderr=err)
+
+    said = (str(refused.value) + "\n" + err.getvalue()).splitlines()
+    assert [line.strip() for line in said if "rate_limit" in line] == [
+        "stages[3] (slug 'review'): rate_limit: 'fast' is not a rate limit: write N/second, N/minute or N/hour "
+        "(e.g. 10/second)."
+    ]
+    assert Stage.objects.get(slug="review").rate_limit == ""
+
+
+# -- the admin ---------------------------------------------------------------------------------------
+
+
+def test_the_admin_sets_the_cap_and_rate_and_refuses_bad_values(world: dict[str, Stage]) -> None:
+    client = logged_in(make_user("boss", superuser=True))
+    url = f"{STAGE_URL}{world['review'].pk}/change/"
+    page = client.get(url).content.decode()
+    assert "Flow control" in page and 'name="max_concurrency"' in page and 'name="rate_limit"' in page
+    data = form_fields(client, url, form_id="stage_form")
+
+    bad_rate = client.post(url, {**data, "rate_limit": "lots/second", "_save": "Save"})
+    assert bad_rate.status_code == 200 and "is not a rate limit" in bad_rate.content.decode()
+    zero = client.post(url, {**data, "max_concurrency": "0", "_save": "Save"})
+    assert zero.status_code == 200 and "greater than or equal to 1" in zero.content.decode()
+    assert (Stage.objects.get(slug="review").max_concurrency, Stage.objects.get(slug="review").rate_limit) == (None, "")
+
+    saved = client.post(url, {**data, "max_concurrency": "4", "rate_limit": "100/minute", "_save": "Save"})
+    assert saved.status_code == 302
+    review = Stage.objects.get(slug="review")
+    assert (review.max_concurrency, review.rate_limit) == (4, "100/minute")
+
+
+# -- the REST API ------------------------------------------------------------------------------------
+
+
+def test_the_api_shows_and_sets_the_cap_and_rate(world: dict[str, Stage], admin: APIClient) -> None:
+    for bad in ({"max_concurrency": 0}, {"max_concurrency": 10_001}, {"rate_limit": "3/fortnight"}):
+        refused = admin.patch("/api/stages/review/", bad, format="json")
+        assert refused.status_code == 400 and list(refused.json()) == list(bad), refused.json()
+    said = admin.patch("/api/stages/review/", {"rate_limit": "x"}, format="json").json()
+    assert said == {"rate_limit": ["'x' is not a rate limit: write N/second, N/minute or N/hour (e.g. 10/second)."]}
+    assert (Stage.objects.get(slug="review").max_concurrency, Stage.objects.get(slug="review").rate_limit) == (None, "")
+
+    response = admin.patch("/api/stages/review/", {"max_concurrency": 2, "rate_limit": "30/minute"}, format="json")
+
+    assert response.status_code == 200
+    assert (response.json()["max_concurrency"], response.json()["rate_limit"]) == (2, "30/minute")
+    shown = admin.get("/api/stages/review/").json()
+    assert (shown["max_concurrency"], shown["rate_limit"]) == (2, "30/minute")
+    cleared = admin.patch("/api/stages/review/", {"max_concurrency": None, "rate_limit": ""}, format="json")
+    assert (cleared.json()["max_concurrency"], cleared.json()["rate_limit"]) == (None, "")
+
+
+def test_an_api_claim_the_cap_holds_back_says_when_to_retry(world: dict[str, Stage], admin: APIClient) -> None:
+    review = limited(world["review"], cap=1)
+    backlog(review, 3)
+
+    first = admin.post("/api/stages/review/claim/", {"limit": 2}, format="json")
+    second = admin.post("/api/stages/review/claim/", {"limit": 1}, format="json")
+
+    assert first.status_code == 200 and len(first.json()) == 1 and first["Retry-After"] == "1"
+    assert second.status_code == 200 and second.json() == [] and second["Retry-After"] == "1"
+    assert throttled(review) == 2
+
+
+def test_an_api_claim_the_rate_limit_holds_back_waits_for_the_window(world: dict[str, Stage], admin: APIClient) -> None:
+    review = limited(world["review"], rate="1/hour")
+    backlog(review, 2)
+
+    first = admin.post("/api/stages/review/claim/", {"limit": 1}, format="json")
+    second = admin.post("/api/stages/review/claim/", {"limit": 1}, format="json")
+
+    assert len(first.json()) == 1 and "Retry-After" not in first  # it got what it asked for
+    assert second.json() == [] and 1 <= int(second["Retry-After"]) <= 3600
+
+
+# -- /metrics ----------------------------------------------------------------------------------------
+
+
+def test_metrics_count_throttled_claims_per_stage(world: dict[str, Stage], settings: Any) -> None:
+    settings.TASKS_METRICS_TOKEN = "t0ken-t0ken-t0ken-t0ken"
+    settings.TASKS_METRICS_CACHE = 0
+    review = limited(world["review"], cap=1)
+    backlog(review, 3)
+    for _ in range(3):
+        task_claim(stage=review, worker_id="w1")  # one claims, two are throttled
+
+    body = Client().get("/metrics", HTTP_AUTHORIZATION="Bearer t0ken-t0ken-t0ken-t0ken").content.decode()
+
+    assert "# TYPE tasks_throttled_total counter" in body
+    assert 'tasks_throttled_total{stage="review"} 2.0' in body
+    assert 'tasks_throttled_total{stage="ship"} 0.0' in body
+
+
+# -- the monitoring pages ------------------------------------------------------------------------------
+
+
+def test_the_overview_shows_a_full_cap_as_running_and_throttled(world: dict[str, Stage]) -> None:
+    review = limited(world["review"], cap=3)
+    limited(world["ship"], rate="10/second")
+    backlog(review, 5)
+    task_claim(stage=review, worker_id="w1", limit=5)  # three claimed, cut short: throttled
+    client = logged_in(make_user("boss", superuser=True))
+
+    page = client.get("/overview/").content.decode()
+    counts = client.get("/overview/counts.json").json()
+
+    assert "3/3 running · throttled" in page
+    assert 'data-count="flow">3/3 running · throttled<' in page  # the box's line, refreshed live
+    assert counts["stages"]["review"]["text"]["flow"] == "3/3 running · throttled"
+    assert counts["stages"]["review"]["text"]["locked"] == "3/3"
+    assert counts["stages"]["review"]["throttled"] is True
+    assert counts["stages"]["ship"]["text"]["flow"] == "10/s" and counts["stages"]["ship"]["throttled"] is False
+    assert "flow" not in counts["stages"]["audit"]["text"] and counts["stages"]["audit"]["text"]["locked"] == "0"
+
+
+def test_the_overview_says_running_without_throttled_when_nothing_is_held_back(world: dict[str, Stage]) -> None:
+    review = limited(world["review"], cap=3)
+    backlog(review, 2)
+    task_claim(stage=review, worker_id="w1", limit=5)  # two: the backlog, not the cap, ended the claim
+    client = logged_in(make_user("boss", superuser=True))
+
+    counts = client.get("/overview/counts.json").json()["stages"]["review"]
+
+    assert counts["text"]["flow"] == "2/3 running" and counts["throttled"] is False
+
+
+def test_a_full_cap_with_tasks_waiting_is_throttled_even_before_a_claim_is(world: dict[str, Stage]) -> None:
+    review = limited(world["review"], cap=1)
+    backlog(review, 2)
+    task_claim(stage=review, worker_id="w1")  # full, one waits; no claim was throttled yet
+    assert throttled(review) == 0
+    client = logged_in(make_user("boss", superuser=True))
+
+    counts = client.get("/overview/counts.json").json()["stages"]["review"]
+
+    assert counts["text"]["flow"] == "1/1 running · throttled"
+
+
+def test_the_stage_page_shows_the_cap_the_rate_and_the_throttled_claims(world: dict[str, Stage]) -> None:
+    review = limited(world["review"], cap=2, rate="100/minute")
+    backlog(review, 4)
+    task_claim(stage=review, worker_id="w1", limit=4)
+    client = logged_in(make_user("boss", superuser=True))
+
+    page = client.get(f"/stages/{review.slug}/").content.decode()
+    plain = client.get(f"/stages/{world['ship'].slug}/").content.decode()
+
+    assert "2 locked at once" in page and "<code>100/minute</code>" in page
+    assert "2/2 running · 100/min · throttled · 1 claim throttled so far" in page
+    assert "no cap" in plain and 'class="flow-state"' not in plain

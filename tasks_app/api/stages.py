@@ -23,6 +23,7 @@ from tasks_app.serializers import (
     scheduled_at,
 )
 from tasks_app.services.events import actor_for
+from tasks_app.services.flow_limits import retry_after
 from tasks_app.services.stages import stage_delete
 
 
@@ -93,7 +94,11 @@ class StageViewSet(viewsets.ModelViewSet):
     )
     @action(detail=True, methods=["post"], pagination_class=None)
     def claim(self, request: Request, slug: str | None = None) -> Response:
-        """Claim up to `limit` tasks of this stage; each comes with the lock_token that completes it."""
+        """Claim up to `limit` tasks of this stage; each comes with the lock_token that completes it.
+
+        A stage's `max_concurrency` and `rate_limit` hold here as for workers: a claim they cut short
+        returns fewer tasks (maybe none) and a `Retry-After` header (whole seconds) saying when to try again.
+        """
         stage = self.get_object()  # a form stage's group rule: api.permissions
         if stage.kind == Stage.Kind.JOB:
             # A claim would take the task away from the job's next run, which would never see it.
@@ -116,7 +121,11 @@ class StageViewSet(viewsets.ModelViewSet):
             lock_timeout=data.validated_data.get("lock_timeout"),
         )
         attach_source_stages(tasks)
-        return Response(ClaimedTaskSerializer(tasks, many=True).data)
+        response = Response(ClaimedTaskSerializer(tasks, many=True).data)
+        wait = retry_after(stage.pk)  # the cap or the rate limit held this claim back
+        if wait is not None:
+            response["Retry-After"] = str(wait)
+        return response
 
 
 @extend_schema(tags=["transitions"])

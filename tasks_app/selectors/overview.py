@@ -14,6 +14,8 @@ THROUGHPUT_TTL seconds. Each cached figure says when it was computed.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, cast
 
@@ -23,8 +25,9 @@ from django.db.models import Count, Min, Q, QuerySet
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
-from tasks_app.models import CounterCursor, Stage, StageCounter, Task
+from tasks_app.models import CounterCursor, Stage, StageCounter, StageGate, Task
 from tasks_app.services.counters import CURSOR_PK, EXPIRED_FAILED
+from tasks_app.services.flow_limits import stage_rate, window_start
 
 FINISHED_TTL = 60
 THROUGHPUT_TTL = 15
@@ -235,3 +238,51 @@ def throughput() -> tuple[dict[int, int], dict[int, list[int]]]:
 
     Result = tuple[dict[int, int], dict[int, list[int]]]
     return cast(Result, cache.get_or_set("tasks_app:overview:throughput", compute, THROUGHPUT_TTL))
+
+
+# -- flow control (issue 15: Stage.max_concurrency, Stage.rate_limit; services.flow_limits) --------------
+
+# A stage counts as throttled for this long after a claim there was throttled (StageGate.throttled_at),
+# as well as whenever its cap is full (or its window used up) while tasks wait.
+THROTTLED_RECENT = timedelta(seconds=10)
+RATE_UNITS = {1: "s", 60: "min", 3600: "h"}
+
+
+def flow_states(stages: Sequence[Stage], live: Mapping[int, Mapping[str, Any]], now: datetime) -> dict[int, FlowState]:
+    """For each stage with a cap or a rate limit: how full it is and whether claims there are held back.
+
+    One read of the gate rows of those stages (none when no stage has a control); `live` is live_counts().
+    """
+    gated = [s for s in stages if s.max_concurrency is not None or s.rate_limit]
+    if not gated:
+        return {}
+    gates = {g.stage_id: g for g in StageGate.objects.filter(stage_id__in=[s.pk for s in gated])}
+    out = {}
+    for s in gated:
+        counts = live.get(s.pk, {})
+        locked, waiting = counts.get("locked", 0), counts.get("pending", 0) > 0
+        gate = gates.get(s.pk)
+        parts, full = [], False
+        if s.max_concurrency is not None:
+            parts.append(f"{locked:,}/{s.max_concurrency:,} running")
+            full = locked >= s.max_concurrency
+        rate = stage_rate(s)
+        if rate is not None:
+            n, period = rate
+            parts.append(f"{n:,}/{RATE_UNITS[period]}")
+            used = gate.window_count if gate and gate.window_start == window_start(now, period) else 0
+            full = full or used >= n
+        recently = bool(gate and gate.throttled_at and now - gate.throttled_at <= THROTTLED_RECENT)
+        throttled = recently or (full and waiting)
+        if throttled:
+            parts.append("throttled")
+        out[s.pk] = FlowState(locked=locked, cap=s.max_concurrency, throttled=throttled, text=" · ".join(parts))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class FlowState:
+    locked: int
+    cap: int | None
+    throttled: bool
+    text: str  # "3/3 running · 10/s · throttled"

@@ -211,3 +211,9 @@ def throttle_pause(stage_id: int) -> Pause | None:
 def throttled_counts() -> dict[int, int]:
     """Throttled claims per stage (stage id -> count) since its gate row was made: tasks_throttled_total."""
     return dict(StageGate.objects.values_list("stage_id", "throttled"))
+
+
+def retry_after(stage_id: int) -> int | None:
+    """throttle_pause in whole seconds (at least 1), for an HTTP Retry-After header; None when not throttled."""
+    pause = throttle_pause(stage_id)
+    return None if pause is None else max(1, math.ceil(pause.seconds))

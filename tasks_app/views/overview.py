@@ -32,6 +32,7 @@ from tasks_app.selectors.overview import (
     attempt_counters,
     counters_as_of,
     finished_snapshot,
+    flow_states,
     live_snapshot,
     throughput,
 )
@@ -62,6 +63,7 @@ def stage_figures(stages: Sequence[Stage], now: datetime) -> dict[str, Any]:
     finished, estimated, finished_at = finished_snapshot()
     attempts = attempt_counters()
     per_hour, per_minute = throughput()
+    flows = flow_states(stages, live, now)  # capped and rate-limited stages only
     out: dict[int, dict[str, Any]] = {}
     for s in stages:
         counts = {**finished.get(s.pk, {}), **live.get(s.pk, {})}
@@ -79,6 +81,11 @@ def stage_figures(stages: Sequence[Stage], now: datetime) -> dict[str, Any]:
         )
         age = f"oldest pending {human_delta(now - oldest)}" if oldest else "nothing waiting"
         text["waiting"] = f"{age} · {number(per_hour.get(s.pk, 0))}/h"
+        flow = flows.get(s.pk)
+        if flow is not None:
+            text["flow"] = flow.text  # "3/3 running · 10/s · throttled"
+            if flow.cap is not None:
+                text["locked"] = f"{number(n['locked'])}/{number(flow.cap)}"
         out[s.pk] = {
             "counts": n,
             "retrying": retrying,
@@ -87,6 +94,7 @@ def stage_figures(stages: Sequence[Stage], now: datetime) -> dict[str, Any]:
             "cells": [(status, text[status]) for status in STATUSES],
             "spark": sparkline(per_minute.get(s.pk, [0] * 60)),
             "oldest_age": (now - oldest) if oldest else None,
+            "throttled": flow is not None and flow.throttled,
         }
     return {"stages": out, "live_at": live_at, "finished_at": finished_at, "estimated": estimated}
 
@@ -99,6 +107,7 @@ def drawing_items(drawing: graph.Drawing, stages: Mapping[int, Stage], figures: 
         s = stages[pk]
         name_room = graph.BOX_W - 24
         slug_room = INNER_W - (78 if s.is_paused else 0)
+        flow = "flow" in figures[pk].get("text", {})  # its first note line is the live flow-control line
         boxes.append(
             {
                 "rect": rect,
@@ -111,6 +120,7 @@ def drawing_items(drawing: graph.Drawing, stages: Mapping[int, Stage], figures: 
                     (graph.BOX_H - 6 + (i + 1) * graph.NOTE_H, graph.fit(line, INNER_W, SMALL_CHAR))
                     for i, line in enumerate(stage_notes.get(pk, ()))
                 ],
+                "flow": flow,
             }
         )
     return {"view_box": drawing.view_box, "edges": drawing.edges, "boxes": boxes}
@@ -130,6 +140,9 @@ def graph_context(
     lines drawn in its box ("wait p50 12 s · p95 40 s"). The layout keeps them clear of each other.
     """
     nodes = [s.pk for s in stages]
+    # A capped or rate-limited stage's box gets a first line of its own: "3/3 running · throttled".
+    flows = {s.pk: [figures[s.pk]["text"]["flow"]] for s in stages if "flow" in figures[s.pk].get("text", {})}
+    stage_notes = {pk: [*flows.get(pk, []), *(stage_notes or {}).get(pk, ())] for pk in {*flows, *(stage_notes or {})}}
     edges = [graph.EdgeIn(pk=t.pk, source=t.source_id, target=t.target_id, label=t.task_type or "*")
              for t in transitions]  # fmt: skip
     by_pk = {s.pk: s for s in stages}
@@ -211,6 +224,7 @@ def counts_json(request: HttpRequest) -> JsonResponse:
             s.slug: {
                 **figures["stages"][s.pk]["counts"],
                 "retrying": figures["stages"][s.pk]["retrying"],
+                "throttled": figures["stages"][s.pk]["throttled"],
                 "text": figures["stages"][s.pk]["text"],
             }
             for s in stages

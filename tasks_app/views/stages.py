@@ -27,7 +27,7 @@ from django.views.decorators.http import require_POST
 from tasks_app.api.hooks import DEFAULT_TYPE
 from tasks_app.models import Stage
 from tasks_app.selectors.figures import hourly_series, window_named, workflow_figures
-from tasks_app.selectors.overview import attempt_counters, counters_as_of, finished_counts
+from tasks_app.selectors.overview import attempt_counters, counters_as_of, finished_counts, flow_states
 from tasks_app.selectors.stages import (
     RECENT_FAILED,
     RECENT_LIVE,
@@ -37,6 +37,7 @@ from tasks_app.selectors.stages import (
     stage_recent_errors,
 )
 from tasks_app.services.events import actor_for
+from tasks_app.services.flow_limits import throttled_counts
 from tasks_app.services.jobs import job_run_now
 from tasks_app.services.join import stage_groups
 from tasks_app.services.stages import stage_set_paused
@@ -102,6 +103,9 @@ def stage_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "oldest_age": timezone.now() - live["oldest_pending"] if live["oldest_pending"] else None,
         # Waiting-time limit: pending past max_wait (services.waiting), through the stage's live tasks.
         "overdue": stage_overdue(stage).count() if stage.max_wait else None,
+        # Flow control (services.flow_limits): "3/3 running · 10/s · throttled", and the throttled claims.
+        "flow": flow_states([stage], {stage.pk: live}, timezone.now()).get(stage.pk),
+        "throttled_claims": throttled_counts().get(stage.pk, 0),
         "counters": attempt_counters([stage.pk]).get(stage.pk),
         "counters_as_of": counters_as_of(),
         "errors": errors,

@@ -137,6 +137,8 @@
         }
         const retries = el.querySelector(".retries");
         if (retries) retries.classList.toggle("warn", stage.retrying > 0);
+        // A capped or rate-limited stage: its "3/3 running · throttled" line warns while claims are held back.
+        for (const flow of el.querySelectorAll(".flow")) flow.classList.toggle("warn", Boolean(stage.throttled));
       }
     }
     async function poll() {
