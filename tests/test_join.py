@@ -20,11 +20,11 @@ from rest_framework.test import APIClient
 
 from tasks_app.models import Stage, Task, TaskEvent, Transition
 from tasks_app.services import counters as stage_counters
-from tasks_app.services import task_claim, task_complete, task_create, task_send
+from tasks_app.services import task_claim, task_complete, task_create, task_duplicate, task_send
 from tasks_app.services.cancel import task_cancel
 from tasks_app.services.join import TIMEOUT_TYPE, stage_groups, tasks_join_pass, tasks_join_sweep
 from tasks_app.services.workflow import workflow_dump, workflow_problems
-from tasks_app.worker import Worker
+from tasks_app.worker import PermanentFailure, Worker
 from tests.support.pages import STAGE_URL, form_fields
 from tests.support.users import logged_in, make_user
 
@@ -525,3 +525,25 @@ def test_metrics_count_joins_timeouts_and_waiting_groups(
     body = Client().get("/metrics", **auth).content.decode()
     assert 'tasks_join_timeouts_total{stage="gather"} 1.0' in body
     assert 'tasks_join_groups_waiting{stage="gather"} 0.0' in body
+
+
+def fail_on_two(task: Any) -> None:
+    if task.payload["i"] == 2 and not task.payload.get("again"):
+        raise PermanentFailure("branch 2 broke")
+    task.send("part", task.payload)
+
+
+def test_a_failed_branch_duplicated_completes_its_group(db: None) -> None:
+    w = fan_in_workflow(mid="fail_on_two")
+    task_create(stage=w["start"], type="go", payload={"n": 3})
+    drain()
+    failed = Task.objects.get(stage=w["mid"], status=Task.Status.FAILED)
+    [group] = stage_groups(w["gather"])
+    assert group.label() == "2/3 arrived"
+
+    copy = task_duplicate(task_id=failed.pk, actor="user:boss")
+    Task.objects.filter(pk=copy.pk).update(payload={**failed.payload, "again": True})
+    drain()
+
+    [merged] = Task.objects.filter(stage=w["sink"])
+    assert sorted(p["i"] for p in merged.payload["parts"]) == [0, 1, 2]

@@ -97,6 +97,9 @@ def task_duplicate(*, task_id: int, actor: str, now: datetime | None = None) -> 
             available_at=now,
             source_stage_id=original.source_stage_id,
             priority=original.priority,  # a copy keeps its original's priority
+            # A copy stays in its original's fan-out: duplicating a failed branch completes its join group.
+            fanout_id=original.fanout_id,
+            fanout_size=original.fanout_size,
         )
         event_record(
             task_id=copy.pk, kind=TaskEvent.Kind.CREATED, at=now, actor=actor, details={"duplicate_of": task_id}
