@@ -33,11 +33,12 @@ from tasks_app.services import (
 )
 from tasks_app.services.cancel import task_cancel
 from tasks_app.services.complete import Completion
-from tasks_app.services.flow_limits import CAP_PAUSE, throttle_pause, throttled_counts, window_start
+from tasks_app.services.flow_limits import CAP_PAUSE, RUNNING_SQL, throttle_pause, throttled_counts, window_start
 from tasks_app.services.pipeline import tasks_complete_and_claim
 from tasks_app.services.workflow import workflow_dump, workflow_problems
 from tasks_app.worker import Worker
 from tests.support.pages import STAGE_URL, form_fields
+from tests.support.plans import explain
 from tests.support.users import logged_in, make_user
 
 # A fixed instant 10 s into a minute: windows of a second and a minute are easy to step through.
@@ -491,3 +492,36 @@ def test_the_stage_page_shows_the_cap_the_rate_and_the_throttled_claims(world: d
     assert "2 locked at once" in page and "<code>100/minute</code>" in page
     assert "2/2 running · 100/min · throttled · 1 claim throttled so far" in page
     assert "no cap" in plain and 'class="flow-state"' not in plain
+
+
+@pytest.mark.postgres
+def test_the_running_count_reads_the_locked_tasks_not_the_stages_backlog(review: Stage) -> None:
+    table = Task._meta.db_table
+    with connection.cursor() as cur:
+        # 50,000 pending tasks at the stage (its backlog: what task_claim_idx holds for it) and 40 locked.
+        cur.execute(
+            f"""INSERT INTO {table} (stage_id, type, payload, status, created_at, updated_at, available_at, attempts,
+                                   lock_token, locked_by, locked_until, last_error)
+            SELECT %(stage)s, 'order', '{{}}', CASE WHEN i <= 50000 THEN 'pending' ELSE 'locked' END, now(), now(),
+                   now(), 0, CASE WHEN i <= 50000 THEN '' ELSE 't' || i END, '',
+                   CASE WHEN i <= 50000 THEN NULL ELSE now() + interval '1 hour' END, ''
+            FROM generate_series(1, 50040) AS i""",
+            {"stage": review.pk},
+        )
+        cur.execute(f"REINDEX TABLE {table}")  # this data's plan, whatever earlier tests left behind
+        cur.execute(f"ANALYZE {table}")
+    params = {"stage_id": review.pk, "cap": 100}
+
+    nodes = list(plan_nodes(explain(RUNNING_SQL, params)))
+
+    on_task = [n for n in nodes if n.get("Relation Name") == table]
+    assert on_task and all(n.get("Index Name") == "task_locked_idx" for n in on_task), nodes
+    with connection.cursor() as cur:
+        cur.execute(RUNNING_SQL, params)
+        assert cur.fetchone() == (40,)
+
+
+def plan_nodes(plan: dict[str, Any]) -> Any:
+    yield plan
+    for child in plan.get("Plans", []):
+        yield from plan_nodes(child)
