@@ -32,6 +32,7 @@ from tasks_app.services import (
     tasks_expire_locks,
 )
 from tasks_app.services.cancel import task_cancel
+from tasks_app.services.claim import claim_params
 from tasks_app.services.complete import Completion
 from tasks_app.services.flow_limits import CAP_PAUSE, RUNNING_SQL, throttle_pause, throttled_counts, window_start
 from tasks_app.services.pipeline import tasks_complete_and_claim
@@ -40,6 +41,7 @@ from tasks_app.worker import Worker
 from tests.support.pages import STAGE_URL, form_fields
 from tests.support.plans import explain
 from tests.support.users import logged_in, make_user
+from tests.support.world import kinds
 
 # A fixed instant 10 s into a minute: windows of a second and a minute are easy to step through.
 T0 = datetime(2026, 12, 1, 12, 0, 10, tzinfo=UTC)
@@ -112,9 +114,9 @@ def test_a_task_that_ends_frees_its_slot(review: Stage, ending: str) -> None:
     elif ending == "fail":
         task_fail(task_id=held.pk, lock_token=held.lock_token, error="broken")
     elif ending == "expire":
-        # An expired lock still holds its slot (it is locked) until the expiry sweep hands it back.
+        # An expired lock holds its slot (it is locked) until it is taken over or the expiry sweep hands it back.
         later = timezone.now() + timedelta(seconds=60)
-        assert task_claim(stage=review, worker_id="w2", now=later) == []
+        assert locked_at(review) == 1
         assert tasks_expire_locks(now=later) == 1
     else:
         # A cancel of a held task is a request: the slot stays taken until the handler's completion ends it.
@@ -129,13 +131,34 @@ def test_a_task_that_ends_frees_its_slot(review: Stage, ending: str) -> None:
     assert next_one.locked_by == "w2"
 
 
-def test_the_cap_counts_expired_locks_until_they_are_reclaimed_or_swept(review: Stage) -> None:
+def test_a_full_cap_of_expired_locks_is_taken_over_at_once(review: Stage) -> None:
     limited(review, cap=2)
-    backlog(review, 3)
+    first, second, waiting = backlog(review, 3)
     task_claim(stage=review, worker_id="gone", limit=2, lock_timeout=5)
     later = timezone.now() + timedelta(seconds=10)
 
-    assert task_claim(stage=review, worker_id="w2", limit=3, now=later) == []  # two locked (expired): full
+    # Full (two locked), but both locks expired: taking them over adds nothing to the count.
+    claimed = task_claim(stage=review, worker_id="w2", limit=3, now=later, lock_timeout=600)
+
+    assert sorted(t.pk for t in claimed) == [first.pk, second.pk]
+    assert all(t.attempts == 2 and t.reclaimed_from == "gone" for t in claimed)
+    assert Task.objects.get(pk=waiting.pk).status == Task.Status.PENDING
+    assert locked_at(review) == 2
+    assert len({t.lock_token for t in claimed}) == 2
+    assert kinds(first.pk) == ["created", "lock_expired"]
+
+
+def test_the_cap_counts_a_live_lock_and_takes_over_only_expired_ones(review: Stage) -> None:
+    limited(review, cap=2)
+    backlog(review, 4)
+    [live] = task_claim(stage=review, worker_id="alive", lock_timeout=600)
+    [dead] = task_claim(stage=review, worker_id="gone", lock_timeout=5)
+    later = timezone.now() + timedelta(seconds=10)
+
+    claimed = task_claim(stage=review, worker_id="w2", limit=4, now=later, lock_timeout=600)
+
+    assert [t.pk for t in claimed] == [dead.pk]
+    assert Task.objects.get(pk=live.pk).locked_by == "alive"
     assert locked_at(review) == 2
 
 
@@ -510,15 +533,20 @@ def test_the_running_count_reads_the_locked_tasks_not_the_stages_backlog(review:
         )
         cur.execute(f"REINDEX TABLE {table}")  # this data's plan, whatever earlier tests left behind
         cur.execute(f"ANALYZE {table}")
-    params = {"stage_id": review.pk, "cap": 100}
+    now = timezone.now()
+    params = {"stage_id": review.pk, "cap": 100, "now": now}
+    claim = claim_params(stage=review, worker_id="w", limit=10, now=now, until=now + timedelta(minutes=5))
 
-    nodes = list(plan_nodes(explain(RUNNING_SQL, params)))
-
-    on_task = [n for n in nodes if n.get("Relation Name") == table]
-    assert on_task and all(n.get("Index Name") == "task_locked_idx" for n in on_task), nodes
+    # The count, and the claim that takes over expired locks at a full cap: both read the locked tasks.
+    for sql, values in ((RUNNING_SQL, params), (claim_module.PG_RECLAIM_SQL, claim)):
+        nodes = list(plan_nodes(explain(sql, values)))
+        # (The claim's UPDATE finds the picked rows by primary key.)
+        on_task = {n["Index Name"] for n in nodes if n.get("Relation Name") == table and "Index Name" in n}
+        assert "task_locked_idx" in on_task and on_task <= {"task_locked_idx", f"{table}_pkey"}, nodes
+        assert not [n for n in nodes if n.get("Relation Name") == table and n["Node Type"] == "Seq Scan"], nodes
     with connection.cursor() as cur:
         cur.execute(RUNNING_SQL, params)
-        assert cur.fetchone() == (40,)
+        assert cur.fetchone() == (40, 0)
 
 
 def plan_nodes(plan: dict[str, Any]) -> Any:

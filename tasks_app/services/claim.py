@@ -81,6 +81,14 @@ CLAIMABLE_WHERE = """
              AND (CAST(%(max_attempts)s AS integer) IS NULL OR attempts < CAST(%(max_attempts)s AS integer))))
 """
 
+# Expired locks only (a capped stage's claim takes these over even when its cap is full: services.flow_limits):
+# through task_locked_idx (every locked task, a few thousand at most); `stage_id + 0` keeps the planner off
+# task_claim_idx, whose stage range holds the whole backlog.
+RECLAIMABLE_WHERE = """
+    status = 'locked' AND stage_id + 0 = %(stage_id)s AND locked_until < %(now)s
+    AND (CAST(%(max_attempts)s AS integer) IS NULL OR attempts < CAST(%(max_attempts)s AS integer))
+"""
+
 # Highest priority first, then oldest: task_claim_idx's keys after stage_id (stage_id, priority DESC, id).
 # A steady stream of higher-priority tasks starves lower ones (no ageing: README, "Priority").
 CLAIM_ORDER = "priority DESC, id"
@@ -147,6 +155,8 @@ WITH picked AS MATERIALIZED (
 )
 SELECT * FROM claimed ORDER BY {CLAIM_ORDER}
 """
+
+PG_RECLAIM_SQL = PG_CLAIM_SQL.replace(CLAIMABLE_WHERE, RECLAIMABLE_WHERE)
 
 SQLITE_PICK_SQL = f"""
 SELECT id, status, locked_by, locked_at, attempts, reclaimed_from FROM {TASK}
@@ -264,6 +274,10 @@ def _claim(
             params["limit"] = gate.allowed
             claimed = _claim_statement(params, stage=stage, now=now, until=until, rows=rows) if gate.allowed else []
             cut_short = gate.allowed < limit and len(claimed) == gate.allowed
+            reclaim = gate.reclaim_room(len(claimed))
+            if reclaim:  # the cap is full, partly of expired locks: take those over (the count stays)
+                more = {**params, "limit": reclaim, "tokens": new_lock_tokens(reclaim)}
+                claimed += _claim_statement(more, stage=stage, now=now, until=until, rows=rows, reclaim=True)
             gate_leave(gate, claimed=len(claimed), claimable_more=cut_short and _claimable_left(params), now=now)
     elif connection.vendor == "postgresql":
         # One statement, atomic on its own: no BEGIN/COMMIT round trips around it.
@@ -280,12 +294,15 @@ def _claim(
 
 
 def _claim_statement(
-    params: dict[str, Any], *, stage: Stage, now: datetime, until: datetime, rows: bool
+    params: dict[str, Any], *, stage: Stage, now: datetime, until: datetime, rows: bool, reclaim: bool = False
 ) -> list[Task] | list[ClaimedRow]:
-    """The claim itself: PG_CLAIM_SQL (prepared), or SQLite's pick and update (inside the caller's transaction)."""
+    """The claim itself: PG_CLAIM_SQL (prepared), or SQLite's pick and update (inside the caller's transaction).
+
+    `reclaim`: expired locks only (RECLAIMABLE_WHERE), for a capped stage whose cap is full.
+    """
     if connection.vendor != "postgresql":
-        return _claim_sqlite(params, stage=stage, now=now, until=until, rows=rows)
-    cursor = execute_prepared(PG_CLAIM_SQL, params)
+        return _claim_sqlite(params, stage=stage, now=now, until=until, rows=rows, reclaim=reclaim)
+    cursor = execute_prepared(PG_RECLAIM_SQL if reclaim else PG_CLAIM_SQL, params)
     if rows:
         return _pg_rows(cursor, params, stage=stage, until=until)
     return _tasks_from_rows(cursor, params, now=now, until=until)
@@ -362,10 +379,11 @@ def _tasks_from_rows(cursor: Any, params: dict[str, Any], *, now: datetime, unti
 
 
 def _claim_sqlite(
-    params: dict[str, Any], *, stage: Stage, now: datetime, until: datetime, rows: bool
+    params: dict[str, Any], *, stage: Stage, now: datetime, until: datetime, rows: bool, reclaim: bool = False
 ) -> list[Task] | list[ClaimedRow]:
+    where = RECLAIMABLE_WHERE if reclaim else CLAIMABLE_WHERE
     with connection.cursor() as cursor:
-        cursor.execute(SQLITE_PICK_SQL, params)
+        cursor.execute(SQLITE_PICK_SQL.replace(CLAIMABLE_WHERE, where), params)
         picked = cursor.fetchall()
     if not picked:
         return []
@@ -373,7 +391,7 @@ def _claim_sqlite(
     taken_over = [row[0:1] + row[2:] for row in picked if row[1] == Task.Status.LOCKED]
     ids = ",".join(str(int(row[0])) for row in picked)
     tokens = {row[0]: lock_token(params["tokens"], n) for n, row in enumerate(picked)}
-    sql = SQLITE_CLAIM_SQL.format(ids=ids, claimable=CLAIMABLE_WHERE)
+    sql = SQLITE_CLAIM_SQL.format(ids=ids, claimable=where)
     sql_params = {**params, "tokens": json.dumps(tokens)}
     claimed: list[Task] | list[ClaimedRow]
     if rows:

@@ -66,14 +66,15 @@ GATE = connection.ops.quote_name(StageGate._meta.db_table)
 # after completing a task there itself). A rate-limited claim waits for its window to open instead.
 CAP_PAUSE = 0.2
 
-# The stage's locked tasks, at most `cap` of them (the claim needs only to know whether cap is reached).
+# The stage's locked tasks, at most `cap` of them (the claim needs only to know whether cap is reached),
+# and how many of those have an expired lock (a claim may take those over without adding to the count).
 # Through task_locked_idx (status = 'locked', every stage's locked tasks: as many as workers hold, a
 # few thousand at most), not task_claim_idx, whose stage range holds the stage's whole backlog: below
 # the cap a count through it would read every pending task there. `stage_id + 0` keeps the planner off
 # the indexes keyed by stage.
 RUNNING_SQL = f"""
-SELECT count(*) FROM (
-    SELECT 1 FROM {TASK} WHERE status = 'locked' AND stage_id + 0 = %(stage_id)s LIMIT %(cap)s
+SELECT count(*), count(*) FILTER (WHERE locked_until < %(now)s) FROM (
+    SELECT locked_until FROM {TASK} WHERE status = 'locked' AND stage_id + 0 = %(stage_id)s LIMIT %(cap)s
 ) AS running
 """
 
@@ -109,6 +110,19 @@ class Gate:
     window: datetime | None  # the window this claim counts in
     window_count: int  # tasks claimed in it before this claim
     period: int  # the rate limit's period in seconds (0 without one)
+    expired: int = 0  # of the running tasks, those whose lock has expired
+
+    def reclaim_room(self, claimed: int) -> int:
+        """How many expired locks the claim may still take over after its first `claimed` tasks.
+
+        Taking over an expired lock leaves the stage's locked count as it is, so a claim the cap cut
+        short may still take those (up to what it asked and the window allows): a full cap of dead
+        workers' locks doesn't wait for the expiry sweep.
+        """
+        ceiling = min(x for x in (self.asked, self.rate_room) if x is not None)
+        if not self.expired or self.allowed >= ceiling:
+            return 0
+        return max(0, min(ceiling - claimed, self.expired))
 
 
 def gate_enter(stage: Stage, *, limit: int, now: datetime) -> Gate:
@@ -128,14 +142,17 @@ def gate_enter(stage: Stage, *, limit: int, now: datetime) -> Gate:
             window, window_count = stored, row.window_count  # this window, or a later one (a clock behind)
         rate_room = max(0, n - window_count)
     cap_room: int | None = None
+    expired = 0
+    adapt = connection.ops.adapt_datetimefield_value
     if stage.max_concurrency is not None:
         with connection.cursor() as cursor:
             # A new statement, so a new snapshot: every claim that held the gate before has committed.
-            cursor.execute(RUNNING_SQL, {"stage_id": stage.pk, "cap": stage.max_concurrency})
-            (running,) = cursor.fetchone()
+            params = {"stage_id": stage.pk, "cap": stage.max_concurrency, "now": adapt(now)}
+            cursor.execute(RUNNING_SQL, params)
+            running, expired = cursor.fetchone()
         cap_room = max(0, stage.max_concurrency - running)
     allowed = min(x for x in (limit, cap_room, rate_room) if x is not None)
-    return Gate(stage, limit, allowed, cap_room, rate_room, window, window_count, period)
+    return Gate(stage, limit, allowed, cap_room, rate_room, window, window_count, period, expired)
 
 
 def _locked_gate(stage: Stage) -> StageGate:
