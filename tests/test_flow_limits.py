@@ -34,7 +34,9 @@ from tasks_app.services import (
 from tasks_app.services.cancel import task_cancel
 from tasks_app.services.claim import claim_params
 from tasks_app.services.complete import Completion
+from tasks_app.services.errors import TaskStateError
 from tasks_app.services.flow_limits import CAP_PAUSE, RUNNING_SQL, throttle_pause, throttled_counts, window_start
+from tasks_app.services.form_stages import form_task_cancel, form_task_open
 from tasks_app.services.pipeline import tasks_complete_and_claim
 from tasks_app.services.workflow import workflow_dump, workflow_problems
 from tasks_app.worker import Worker
@@ -553,3 +555,22 @@ def plan_nodes(plan: dict[str, Any]) -> Any:
     yield plan
     for child in plan.get("Plans", []):
         yield from plan_nodes(child)
+
+
+# -- people opening form tasks ---------------------------------------------------------------------
+
+
+def test_opening_a_form_task_takes_a_slot_of_the_cap(db: None) -> None:
+    form = Stage.objects.create(slug="approve", name="Approve", kind=Stage.Kind.FORM, max_concurrency=1)
+    first, second = backlog(form, 2)
+    ann, bob = make_user("ann", superuser=True), make_user("bob", superuser=True)
+
+    form_task_open(task=first, user=ann)
+    with pytest.raises(TaskStateError, match=r"Stage 'approve' is at its limit \(1 open at once\)"):
+        form_task_open(task=Task.objects.get(pk=second.pk), user=bob)
+    assert form_task_open(task=Task.objects.get(pk=first.pk), user=ann).locked_by == "user:ann"  # reopening: hers
+    assert task_claim(stage=form, worker_id="api:carl") == []  # nor through the API
+
+    form_task_cancel(task_id=first.pk, user=ann)  # she hands it back: the slot is free
+    assert form_task_open(task=Task.objects.get(pk=second.pk), user=bob).locked_by == "user:bob"
+    assert locked_at(form) == 1

@@ -24,6 +24,7 @@ from tasks_app.services.claim import lock_token, new_lock_tokens
 from tasks_app.services.complete import task_complete
 from tasks_app.services.errors import TaskError, TaskStateError
 from tasks_app.services.events import actor_for, claim_facts, event_record, lock_expired_details, person_named
+from tasks_app.services.flow_limits import gate_enter, gate_leave, gated
 from tasks_app.services.lifecycle import task_unclaim
 
 
@@ -87,6 +88,11 @@ def form_task_open(*, task: Task, user: Any, now: datetime | None = None) -> Tas
             return current
         # Read under the row lock: the expired lock this open takes over, if any (as services.claim).
         taken_over = claim_facts(current) if current.status == Task.Status.LOCKED else None
+        # A capped or rate-limited form stage (services.flow_limits): opening a task is a claim, under the gate.
+        gate = gate_enter(stage, limit=1, now=now) if gated(stage) and current.status != Task.Status.LOCKED else None
+        if gate is not None and not gate.allowed:
+            limit = f"{stage.max_concurrency} open at once" if gate.cap_room == 0 else f"{stage.rate_limit} opened"
+            raise TaskStateError(f"Stage '{stage.slug}' is at its limit ({limit}); try again when a task is done.")
         token = lock_token(new_lock_tokens(1), 0)
         # The expected state is in the WHERE clause: whoever updates first holds it.
         updated = claimable.update(
@@ -111,6 +117,8 @@ def form_task_open(*, task: Task, user: Any, now: datetime | None = None) -> Tas
             if current.status == Task.Status.LOCKED:
                 raise TaskHeldError(current)
             raise TaskStateError(f"Task {task.pk} is {current.status}; it can't be opened.")
+        if gate is not None:
+            gate_leave(gate, claimed=1, claimable_more=False, now=now)
         if taken_over:  # the previous holder's claim ends here, as when a worker's claim takes it over
             event_record(
                 task_id=task.pk,
