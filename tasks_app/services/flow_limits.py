@@ -28,9 +28,19 @@ SQLite. Writers take turns (BEGIN IMMEDIATE: the claim's transaction holds the
 database's write lock from its first statement), so the same steps in the
 claim's transaction are exact without row locks.
 
-Expired locks count as running until they are reclaimed or the expiry sweep
-hands them back: the cap is on `status = 'locked'`, what people and the
-race test see.
+Expired locks count as running until they are taken over or the expiry sweep
+hands them back: the cap is on `status = 'locked'`, what people and the race
+test see. Taking one over leaves that count as it is, so a claim at a full cap
+still takes over expired locks (services.claim, RECLAIMABLE_WHERE): a cap full
+of dead workers' locks doesn't wait for the sweep. A person opening a form
+task goes through the same gate (services.form_stages.form_task_open).
+
+The cost: a stage with a control claims in BEGIN, the gate row's FOR UPDATE,
+the count, the claim statement, (the window's UPDATE when a rate limit is set
+or the claim was throttled), COMMIT; and its claims take turns on the gate, so
+a capped stage's claims don't run in parallel (each holds the gate for a few
+round trips). The pipelined completion + claim (services.pipeline) is not used
+there: the completions commit first, then the gated claim.
 
 The rate limit is a fixed window aligned to the period (each second, minute or
 hour of the claimer's clock, UTC): at most N tasks are claimed per window, so
