@@ -67,10 +67,11 @@ class StageAdminForm(forms.ModelForm):
             "slug", "name", "kind", "handler", "description", "is_paused", "lock_timeout", "max_attempts",
             "max_run_time", "max_wait", "on_timeout", "schemas", "hook_secret", "schedule", "groups",
             "max_concurrency", "rate_limit",
-            "default_priority", "priority_from",
+            "default_priority", "priority_from", "dedupe_on",
         ]  # fmt: skip
         widgets = {"schemas": JSONEditorWidget(), "hook_secret": SecretInput()}
-        field_classes = {"schemas": JSONDocumentField}  # bounded nesting, no RecursionError
+        # bounded nesting, no RecursionError
+        field_classes = {"schemas": JSONDocumentField, "dedupe_on": JSONDocumentField}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -81,6 +82,9 @@ class StageAdminForm(forms.ModelForm):
 
     def clean_schemas(self) -> Any:
         return self.cleaned_data.get("schemas") or {}
+
+    def clean_dedupe_on(self) -> Any:
+        return self.cleaned_data.get("dedupe_on") or []  # blank: no dedupe (the model's validator checks the rest)
 
 
 def _delete_stages(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Stage]) -> Any:
@@ -107,6 +111,7 @@ class StageAdmin(admin.ModelAdmin):
         ("Waiting-time limit", {"fields": ["max_wait", "on_timeout"]}),
         ("Flow control", {"fields": ["max_concurrency", "rate_limit"]}),
         ("Priority", {"fields": ["default_priority", "priority_from"]}),
+        ("Dedupe", {"fields": ["dedupe_on"]}),
         ("Payload schemas", {"fields": ["schemas"]}),
         ("Hook stages", {"fields": ["hook_secret"], "classes": ["collapse"]}),
         ("Job stages", {"fields": ["schedule"]}),
@@ -380,6 +385,11 @@ class TaskAdmin(admin.ModelAdmin):
             )  # fmt: skip
             obj.pk = created.pk
             obj.refresh_from_db()
+            if created.deduplicated:  # dedupe (issue 15): the arrival found the live task with its key
+                self.message_user(
+                    request, f"Nothing created: task {created.pk} is live at {obj.stage.slug} with this payload's "
+                    "dedupe key (the stage's dedupe_on).", messages.WARNING,
+                )  # fmt: skip
         elif "payload" in form.changed_data:
             try:
                 services.task_edit_payload(task_id=obj.pk, payload=obj.payload, actor=actor)

@@ -20,6 +20,7 @@ from django.db.models import CharField, F, Func, Q
 from django.db.models.lookups import Exact
 from django.utils import timezone
 
+from tasks_app.dedupe_keys import KEY_MAX_LENGTH, validate_dedupe_on
 from tasks_app.handler_modules import validate_handler
 from tasks_app.limits import (
     MAX_ATTEMPTS,
@@ -262,6 +263,15 @@ class Stage(models.Model):
         validators=[NO_NUL],
         help_text="A payload field holding the priority of tasks created at this stage (an integer, clamped "
         f"to {MIN_PRIORITY}..{MAX_PRIORITY}); anything else there falls back to the default priority.",
+    )
+    # Dedupe (issue 15; tasks_app.dedupe_keys, services.dedupe): a task arriving here whose key (the values
+    # at these JSON pointers) equals a pending or locked task's is not created: the arrival returns that task.
+    dedupe_on = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_dedupe_on],
+        help_text='JSON pointers into the payload, e.g. ["/order_id"]: a task arriving while a pending or locked '
+        "task here has the same values is not created; the arrival gets that task. Empty: no dedupe.",
     )
     # Join (issue 15; services.join): a join stage holds its arrivals until a group is complete (all the
     # siblings of a fan-out, or join_count arrivals with the same join_key), or join_timeout seconds after
@@ -517,6 +527,12 @@ class Task(models.Model):
         "same stage returns this task instead of creating another.",
     )
 
+    # Dedupe (issue 15): the key of the payload at arrival, under the stage's dedupe_on then ('' : none).
+    # Unique per stage among live tasks (task_dedupe_live); db_default for raw INSERTs.
+    dedupe_key = models.CharField(max_length=KEY_MAX_LENGTH, blank=True, default="", db_default="", editable=False)
+    # Not a column: True on the instance an arrival returns when it found a live task with its dedupe key.
+    deduplicated = False
+
     # Join (issue 15; services.join): the fan-out this task belongs to. A completion (or a send) that creates
     # two or more tasks makes a fan-out: each gets the sender's id (a parentless send: a negative random
     # number) and how many were created; a task created alone inherits its sender's. Not indexed: a join
@@ -610,6 +626,15 @@ class Task(models.Model):
                 condition=~Q(idempotency_key=""),
                 name="task_idempotency_key_per_stage",
             ),
+            # Dedupe (issue 15; services.dedupe): one live task per (stage, key). Tasks without a key have no
+            # entry, so a claim or completion of one writes none here; a deduplicated arrival's INSERT names
+            # this index in ON CONFLICT. Only a retry (or a payload edit) can make a finished task live again
+            # against it: services.operator refuses that with the live task's id.
+            models.UniqueConstraint(
+                fields=["stage", "dedupe_key"],
+                condition=Q(status__in=["pending", "locked"]) & ~Q(dedupe_key=""),
+                name="task_dedupe_live",
+            ),
             models.CheckConstraint(condition=~Q(type=""), name="task_type_not_empty"),
             # The services validate payloads first; this guards raw SQL and bulk loads.
             models.CheckConstraint(condition=Exact(JSONTypeOf("payload"), "object"), name="task_payload_is_object"),
@@ -648,6 +673,7 @@ class TaskEvent(models.Model):
         CANCEL_REQUESTED = "cancel_requested", "Cancel requested"
         CANCELLED = "cancelled", "Cancelled"
         WAIT_EXCEEDED = "wait_exceeded", "Wait exceeded"
+        DEDUPLICATED = "deduplicated", "Deduplicated"
         JOINED = "joined", "Joined"
         JOIN_TIMED_OUT = "join_timed_out", "Join timed out"
 

@@ -14,6 +14,7 @@ from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from tasks_app.dedupe_keys import validate_dedupe_on
 from tasks_app.limits import MAX_DELAY, MAX_LOCK_TIMEOUT, MAX_PRIORITY, MIN_PRIORITY, NUL
 from tasks_app.models import JOIN_FIELDS, NO_NUL, TYPE_MAX_LENGTH, Stage, Task, TaskEvent, Transition, json_kind
 from tasks_app.services import MAX_CLAIM_BATCH, validate_task_input
@@ -50,6 +51,13 @@ class StageSerializer(ModelSerializer):
     groups = SlugRelatedField(
         slug_field="name", many=True, required=False, queryset=Group.objects.all(), help_text="Form stages."
     )
+    # Dedupe (issue 15): a typed list for the schema; validate_dedupe_on's messages for anything else.
+    dedupe_on = serializers.ListField(
+        child=serializers.CharField(allow_blank=True, trim_whitespace=False),
+        required=False,
+        validators=[validate_dedupe_on],
+        help_text=Stage._meta.get_field("dedupe_on").help_text,
+    )
 
     class Meta:
         model = Stage
@@ -57,7 +65,7 @@ class StageSerializer(ModelSerializer):
             "slug", "name", "kind", "handler", "lock_timeout", "max_attempts", "max_run_time", "max_wait", "on_timeout",
             "max_concurrency", "rate_limit",
             "is_paused", "description", "schedule", "schemas", "groups", "created_at", "updated_at",
-            "default_priority", "priority_from",
+            "default_priority", "priority_from", "dedupe_on",
             "join_rule", "join_key", "join_count", "join_timeout", "join_type",
         ]  # fmt: skip
         read_only_fields = ["created_at", "updated_at"]
@@ -98,13 +106,20 @@ class TaskSerializer(ModelSerializer):
     source_stage: serializers.SlugRelatedField[Stage] = serializers.SlugRelatedField(
         slug_field="slug", read_only=True, allow_null=True
     )
+    # Dedupe (issue 15): true in the answer to an arrival (create, bulk, send, complete) that found this
+    # live task holding its dedupe key instead of creating one; false everywhere else.
+    deduplicated = serializers.BooleanField(
+        read_only=True,
+        help_text="True when this answer's request created nothing: a live task at the stage already had "
+        "the payload's dedupe key (the stage's dedupe_on), and this is that task.",
+    )
 
     class Meta:
         model = Task
         fields = [
             "id", "stage", "type", "payload", "status", "attempts", "created_at", "updated_at",
             "available_at", "priority", "locked_by", "locked_at", "locked_until", "completed_at", "last_error",
-            "parent", "source_stage", "idempotency_key", "cancel_requested",
+            "parent", "source_stage", "idempotency_key", "cancel_requested", "dedupe_key", "deduplicated",
             "fanout_id", "fanout_size",
         ]  # fmt: skip
         read_only_fields = fields

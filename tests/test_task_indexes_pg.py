@@ -53,6 +53,10 @@ AUDITED = {
     "task_parent_idx": (["parent_id"], "(parent_id IS NOT NULL)"),
     "task_source_stage_idx": (["source_stage_id"], "(source_stage_id IS NOT NULL)"),
     "task_idempotency_key_per_stage": (["stage_id", "idempotency_key"], "(NOT ((idempotency_key)::text = ''::text))"),
+    # Dedupe (issue 15): one live task per (stage, key); tasks without a key have no entry.
+    "task_dedupe_live": (["stage_id", "dedupe_key"], "(((status)::text = ANY ((ARRAY['pending'::character varying, "
+                                                     "'locked'::character varying])::text[])) AND "
+                                                     "(NOT ((dedupe_key)::text = ''::text)))"),
 }  # fmt: skip
 
 STAGE_IDX = "tasks_app_task_stage_id_a493173f"  # Django's, on the foreign key

@@ -146,7 +146,14 @@ class HookView(APIView):
             ),
         ],
         responses={
-            202: inline_serializer("HookAccepted", {"tasks": serializers.ListField(child=serializers.IntegerField())}),
+            202: inline_serializer(
+                "HookAccepted",
+                {
+                    "tasks": serializers.ListField(child=serializers.IntegerField()),
+                    # Dedupe (issue 15): those of `tasks` that were live already with the payload's dedupe key.
+                    "deduplicated": serializers.ListField(child=serializers.IntegerField()),
+                },
+            ),
             401: OpenApiResponse(description="No secret, a wrong one, a stale timestamp or a replayed signature."),
         },
     )
@@ -179,7 +186,10 @@ class HookView(APIView):
             raise
         except Exception as exc:
             raise translate(exc) from exc
-        return Response({"tasks": [t.pk for t in created]}, status=status.HTTP_202_ACCEPTED)
+        return Response(
+            {"tasks": [t.pk for t in created], "deduplicated": [t.pk for t in created if t.deduplicated]},
+            status=status.HTTP_202_ACCEPTED,
+        )
 
 
 def hook_delay(text: str | None) -> float | None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiExample, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from tasks_app import services
+from tasks_app.api.arrivals import arrival_status, arrivals_data
 from tasks_app.api.errors import Conflict, translate
 from tasks_app.models import Stage, Task, Transition
 from tasks_app.serializers import (
@@ -62,12 +63,21 @@ class StageViewSet(viewsets.ModelViewSet):
         return Response(status=status.HTTP_204_NO_CONTENT)
 
     @extend_schema(
-        summary="Send a task out of a stage", request=SendItemSerializer, responses={201: TaskSerializer(many=True)}
+        summary="Send a task out of a stage",
+        request=SendItemSerializer,
+        responses={
+            201: TaskSerializer(many=True),
+            200: OpenApiResponse(
+                TaskSerializer(many=True),
+                "Nothing created: at every target a live task had the payload's dedupe key (`deduplicated` true).",
+            ),
+        },
     )
     # The answer is the created tasks, a plain list: not paged.
     @action(detail=True, methods=["post"], pagination_class=None)
     def send(self, request: Request, slug: str | None = None) -> Response:
-        """Send a task out of this stage through its transitions."""
+        """Send a task out of this stage through its transitions (one task per target; a target's live task
+        with the payload's dedupe key answers instead, `deduplicated` true)."""
         stage = self.get_object()
         data = SendItemSerializer(data=request.data)
         data.is_valid(raise_exception=True)
@@ -82,8 +92,7 @@ class StageViewSet(viewsets.ModelViewSet):
             )
         except Exception as exc:
             raise translate(exc) from exc
-        tasks = Task.objects.filter(pk__in=[t.pk for t in created]).select_related("stage", "source_stage")
-        return Response(TaskSerializer(tasks.order_by("id"), many=True).data, status=status.HTTP_201_CREATED)
+        return Response(arrivals_data(created), status=arrival_status(created))
 
     @extend_schema(
         summary="Claim tasks of a stage",

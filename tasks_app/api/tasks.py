@@ -26,6 +26,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 
 from tasks_app import services
+from tasks_app.api.arrivals import arrival_status, arrivals_data
 from tasks_app.api.cancel import CancelActions
 from tasks_app.api.errors import translate
 from tasks_app.filters import TaskFilter
@@ -175,10 +176,21 @@ class TaskViewSet(CancelActions, mixins.CreateModelMixin, viewsets.ReadOnlyModel
     @extend_schema(
         summary="Create a task",
         request=TaskCreateSerializer,
-        responses={201: TaskSerializer, 200: OpenApiResponse(TaskSerializer, "A retry: the task the key made.")},
+        responses={
+            201: TaskSerializer,
+            200: OpenApiResponse(
+                TaskSerializer,
+                "Nothing created: a retry (the task the idempotency key made), or a duplicate arrival "
+                "(`deduplicated` true: the live task with the payload's dedupe key).",
+            ),
+        },
     )
     def create(self, request: Request, *args: Any, **kwargs: Any) -> Response:
-        """Create a pending task; with an idempotency_key a retried request returns the first task (200)."""
+        """Create a pending task; with an idempotency_key a retried request returns the first task (200).
+
+        A live task at the stage with the payload's dedupe key (the stage's dedupe_on) is returned instead
+        of a new one: 200, `deduplicated` true.
+        """
         data = TaskCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         v = data.validated_data
@@ -197,18 +209,32 @@ class TaskViewSet(CancelActions, mixins.CreateModelMixin, viewsets.ReadOnlyModel
                     ),
                     True,
                 )  # fmt: skip
+                created = not task.deduplicated  # dedupe: the live task with the payload's key (200)
         except Exception as exc:
             raise translate(exc) from exc
+        deduplicated = task.deduplicated
         task = self.get_queryset().get(pk=task.pk)
+        task.deduplicated = deduplicated
         return Response(TaskSerializer(task).data, status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
     @extend_schema(
-        summary="Create tasks in bulk", request=BulkCreateSerializer, responses={201: TaskSerializer(many=True)}
+        summary="Create tasks in bulk",
+        request=BulkCreateSerializer,
+        responses={
+            201: TaskSerializer(many=True),
+            200: OpenApiResponse(
+                TaskSerializer(many=True), "Nothing created: every item found a live task with its dedupe key."
+            ),
+        },
     )
     # The answers of the actions below are plain lists (or one object), neither paged nor filtered.
     @action(detail=False, methods=["post"], url_path="bulk", url_name="bulk", pagination_class=None, filter_backends=[])
     def bulk_create(self, request: Request) -> Response:
-        """Create up to 1,000 tasks in one transaction: all of them, or none."""
+        """Create up to 1,000 tasks in one transaction: all of them, or none.
+
+        One task per item, in order; an item whose dedupe key a live task holds (or an earlier item's)
+        answers that task with `deduplicated` true.
+        """
         data = BulkCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         now = timezone.now()
@@ -220,7 +246,7 @@ class TaskViewSet(CancelActions, mixins.CreateModelMixin, viewsets.ReadOnlyModel
             created = services.tasks_create_bulk(items=items, actor=actor_for(request.user))
         except Exception as exc:
             raise translate(exc) from exc
-        return self._out([t.pk for t in created], status.HTTP_201_CREATED)
+        return Response(arrivals_data(created), status=arrival_status(created))
 
     @extend_schema(summary="A task's history", responses={200: TaskEventSerializer(many=True)})
     @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
@@ -234,7 +260,10 @@ class TaskViewSet(CancelActions, mixins.CreateModelMixin, viewsets.ReadOnlyModel
     )
     @action(detail=True, methods=["post"], pagination_class=None, filter_backends=[])
     def complete(self, request: Request, pk: str | None = None) -> Response:
-        """Complete a task you claimed, sending its successors; answers with the tasks it created."""
+        """Complete a task you claimed, sending its successors; answers with the tasks it sent.
+
+        A send whose dedupe key a live task holds answers that task, `deduplicated` true.
+        """
         data = CompleteSerializer(data=request.data)
         data.is_valid(raise_exception=True)
         task = self.get_object()
@@ -244,7 +273,7 @@ class TaskViewSet(CancelActions, mixins.CreateModelMixin, viewsets.ReadOnlyModel
             )
         except Exception as exc:
             raise translate(exc) from exc
-        return self._out([t.pk for t in created])
+        return Response(arrivals_data(created))
 
     @extend_schema(summary="Release a claimed task", request=ReleaseSerializer, responses={200: TaskSerializer})
     @action(detail=True, methods=["post"])

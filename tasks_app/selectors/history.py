@@ -50,7 +50,7 @@ def _claim(task_id: int, at: datetime, worker: str, facts: dict[str, Any]) -> Ta
 
 
 # What can happen to a task while it is claimed, so may come between a claim and the event that ends it.
-DURING_A_CLAIM = {TaskEvent.Kind.LOCK_EXTENDED, TaskEvent.Kind.DUPLICATED}
+DURING_A_CLAIM = {TaskEvent.Kind.LOCK_EXTENDED, TaskEvent.Kind.DUPLICATED, TaskEvent.Kind.DEDUPLICATED}
 
 
 def _place(entries: list[TaskEvent], at: datetime) -> int:

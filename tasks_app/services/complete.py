@@ -27,6 +27,7 @@ from django.utils.dateparse import parse_datetime
 
 from tasks_app.limits import clamp_lock_timeout
 from tasks_app.models import Stage, Task, TaskEvent, Transition
+from tasks_app.services.dedupe import deduplicated_events, tasks_insert
 from tasks_app.services.errors import NoRouteError, TaskLockLost
 from tasks_app.services.events import completed_details, details_sql, event_time_sql
 from tasks_app.services.fanout import mark_fanouts
@@ -53,6 +54,9 @@ class BatchResult:
     lost: list[int] = field(default_factory=list)
     cancelled: list[int] = field(default_factory=list)  # a cancel was requested: ended cancelled, sent nothing
     successors: list[Task] = field(default_factory=list)
+    # Each completed task's sends, in order: created tasks, and live ones a send was folded into
+    # (`deduplicated` True, services.dedupe), whose parent_id is their own sender's.
+    sent: dict[int, list[Task]] = field(default_factory=dict)
 
 
 # "Still locked", written so that no index can serve it: `status || ''` is an expression, not the
@@ -224,8 +228,11 @@ def tasks_complete_batch(*, items: Sequence[Completion], now: datetime | None = 
         successors = [child for kids in children.values() for child in kids]
         send_options_apply(children, by_id, routes, {row[0]: row[1] for row in rows}, now)
         mark_fanouts(children)  # join stages: which successors were created together (services.fanout)
-        if successors:
-            Task.objects.bulk_create(successors)
+        arrivals = successors
+        if successors:  # dedupe: a successor whose key a live task holds is that task (services.dedupe)
+            arrived = iter(tasks_insert(successors))
+            children = {task_id: [next(arrived) for _ in kids] for task_id, kids in children.items()}
+            successors = [child for kids in children.values() for child in kids]
         events = []
         for task_id, _stage_id, locked_by, locked_at, attempts, reclaimed_from in rows:
             started = _as_datetime(locked_at)
@@ -238,6 +245,8 @@ def tasks_complete_batch(*, items: Sequence[Completion], now: datetime | None = 
                 duration=(now - started).total_seconds() if started else None,
                 sent=[k.pk for k in kids],
             )
+            if any(k.deduplicated for k in kids):
+                details["deduplicated"] = [k.pk for k in kids if k.deduplicated]
             if task_id in cancelled and by_id[task_id].send:
                 details["dropped"] = [sent[0] for sent in by_id[task_id].send]
             events.append(
@@ -254,14 +263,22 @@ def tasks_complete_batch(*, items: Sequence[Completion], now: datetime | None = 
                     task_id=k.pk, kind=TaskEvent.Kind.CREATED, at=now, actor=locked_by, details={"parent": task_id}
                 )
                 for k in kids
+                if not k.deduplicated
             ]
+        if any(k.deduplicated for k in successors):
+            holder = {row[0]: row[2] for row in rows}
+            events += deduplicated_events(
+                arrivals, successors, actor=[holder[k.parent_id or 0] for k in arrivals], now=now, via="complete",
+                details=[{"parent": k.parent_id} for k in arrivals],
+            )  # fmt: skip
         TaskEvent.objects.bulk_create(events)
-        notify_stages({k.stage_id for k in successors})
+        notify_stages({k.stage_id for k in successors if not k.deduplicated})
     result.completed = [row[0] for row in rows if row[0] not in cancelled]
     result.cancelled = sorted(cancelled)
     done = {row[0] for row in rows}
     result.lost = [item.task_id for item in items if item.task_id not in done]
     result.successors = successors
+    result.sent = children
     return result
 
 
@@ -283,9 +300,7 @@ class ItemOutcome:
 def _outcomes(items: Sequence[Completion], result: BatchResult) -> Iterator[ItemOutcome]:
     done = set(result.completed)
     cancelled = set(result.cancelled)
-    sent: dict[int | None, list[Task]] = {}
-    for child in result.successors:
-        sent.setdefault(child.parent_id, []).append(child)
+    sent = result.sent
     for item in items:
         if item.task_id in done:
             yield ItemOutcome(item.task_id, "completed", sent.get(item.task_id, []))

@@ -166,7 +166,7 @@ def _succeed(run: JobRun, claimed: list[Task], sends: list[Send]) -> None:
             status=JobRun.Status.SUCCEEDED,
             finished_at=timezone.now(),
             tasks_processed=completed,
-            tasks_sent=len(created),
+            tasks_sent=sum(not t.deduplicated for t in created),  # dedupe: a send folded into a live task isn't
         )
         if updated != 1:  # someone else closed the run: keep the tasks for the next one
             raise TaskStateError(f"Job run {run.pk} is no longer running; nothing was recorded.")

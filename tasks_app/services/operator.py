@@ -7,10 +7,11 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from tasks_app.models import Task, TaskEvent
+from tasks_app.services.dedupe import DedupeConflict, key_for, tasks_insert
 from tasks_app.services.errors import TaskStateError
 from tasks_app.services.events import CLAIM_COLUMNS, by_person_details, claim_facts, event_record
 from tasks_app.services.lifecycle import UNLOCKED
@@ -51,13 +52,37 @@ def _transition(
             notify_stages([stage_id])
 
 
+def _dedupe_refusal(task_id: int, action: str) -> DedupeConflict:
+    """Why `action` would make task_id live next to a live task with its dedupe key (task_dedupe_live)."""
+    task = Task.objects.filter(pk=task_id).values("stage_id", "stage__slug", "dedupe_key").first()
+    holder = None
+    if task is not None and task["dedupe_key"]:
+        holder = (
+            Task.objects.filter(stage_id=task["stage_id"], dedupe_key=task["dedupe_key"])
+            .filter(status__in=[S.PENDING, S.LOCKED])
+            .values_list("pk", flat=True)
+            .first()
+        )
+    slug = task["stage__slug"] if task else "?"
+    return DedupeConflict(
+        f"Cannot {action} task {task_id}: task {holder} is live at stage '{slug}' with the same dedupe key "
+        "(the stage's dedupe_on); finish or cancel it first."
+    )
+
+
 def task_retry(*, task_id: int, actor: str, now: datetime | None = None) -> None:
-    """Send a completed or failed task back to pending (attempts kept)."""
+    """Send a completed or failed task back to pending (attempts kept).
+
+    Refused (TaskStateError, nothing changed) while another task at its stage is live with its dedupe key.
+    """
     now = now or timezone.now()
-    _transition(
-        task_id=task_id, action="retry", allowed=[S.COMPLETED, S.FAILED], kind=TaskEvent.Kind.RETRIED,
-        actor=actor, now=now, status=S.PENDING, available_at=now, completed_at=None, **UNLOCKED,
-    )  # fmt: skip
+    try:
+        _transition(
+            task_id=task_id, action="retry", allowed=[S.COMPLETED, S.FAILED], kind=TaskEvent.Kind.RETRIED,
+            actor=actor, now=now, status=S.PENDING, available_at=now, completed_at=None, **UNLOCKED,
+        )  # fmt: skip
+    except IntegrityError as exc:  # task_dedupe_live: the only unique index a status change can break
+        raise _dedupe_refusal(task_id, "retry") from exc
 
 
 def task_force_release(*, task_id: int, actor: str, now: datetime | None = None) -> None:
@@ -80,7 +105,11 @@ def task_mark_completed(*, task_id: int, actor: str, now: datetime | None = None
 
 
 def task_duplicate(*, task_id: int, actor: str, now: datetime | None = None) -> Task:
-    """Create a pending copy of a task at the same stage."""
+    """Create a pending copy of a task at the same stage.
+
+    The copy is an arrival: refused (TaskStateError, nothing changed) when a live task at the stage
+    holds its dedupe key, as the original itself does while it is live.
+    """
     now = now or timezone.now()
     with transaction.atomic():
         # Locked so that a concurrent prune can't delete it under the "duplicated"
@@ -88,7 +117,7 @@ def task_duplicate(*, task_id: int, actor: str, now: datetime | None = None) -> 
         original = Task.objects.select_for_update().filter(pk=task_id).first()
         if original is None:
             raise TaskStateError(f"Task {task_id} does not exist.")
-        copy = Task.objects.create(
+        new = Task(
             stage_id=original.stage_id,
             type=original.type,
             payload=original.payload,
@@ -100,7 +129,14 @@ def task_duplicate(*, task_id: int, actor: str, now: datetime | None = None) -> 
             # A copy stays in its original's fan-out: duplicating a failed branch completes its join group.
             fanout_id=original.fanout_id,
             fanout_size=original.fanout_size,
+            dedupe_key=key_for(original.stage, original.payload),
         )
+        [copy] = tasks_insert([new])
+        if copy.deduplicated:
+            raise DedupeConflict(
+                f"Cannot duplicate task {task_id}: task {copy.pk} is live at stage '{original.stage.slug}' with the "
+                "same dedupe key (the stage's dedupe_on)."
+            )
         event_record(
             task_id=copy.pk, kind=TaskEvent.Kind.CREATED, at=now, actor=actor, details={"duplicate_of": task_id}
         )
@@ -110,7 +146,11 @@ def task_duplicate(*, task_id: int, actor: str, now: datetime | None = None) -> 
 
 
 def task_edit_payload(*, task_id: int, payload: dict[str, Any], actor: str, now: datetime | None = None) -> None:
-    """Replace the payload of a task that no worker holds."""
+    """Replace the payload of a task that no worker holds.
+
+    Its dedupe key follows the new payload (its stage's dedupe_on now); refused (TaskStateError, nothing
+    changed) when that key is held by another live task at the stage and this one is pending.
+    """
     validate_task_input(type="x", payload=payload)
     task = Task.objects.select_related("stage", "source_stage").filter(pk=task_id).first()
     if task is not None:
@@ -120,7 +160,14 @@ def task_edit_payload(*, task_id: int, payload: dict[str, Any], actor: str, now:
     allowed = [S.PENDING, S.FAILED, S.COMPLETED]
     with transaction.atomic():
         before = Task.objects.filter(pk=task_id, status__in=allowed).values_list("payload", flat=True).first()
-        updated = Task.objects.filter(pk=task_id, status__in=allowed).update(payload=payload, updated_at=now)
+        key = key_for(task.stage, payload) if task is not None else ""
+        try:
+            with transaction.atomic():
+                updated = Task.objects.filter(pk=task_id, status__in=allowed).update(
+                    payload=payload, updated_at=now, dedupe_key=key
+                )
+        except IntegrityError as exc:  # task_dedupe_live
+            raise _dedupe_refusal_for_key(task_id, key) from exc
         if updated != 1:
             raise _refuse(task_id, "edit the payload of", allowed)
         event_record(
@@ -130,3 +177,19 @@ def task_edit_payload(*, task_id: int, payload: dict[str, Any], actor: str, now:
             actor=actor,
             details={"before": before, "after": payload},
         )
+
+
+def _dedupe_refusal_for_key(task_id: int, key: str) -> DedupeConflict:
+    task = Task.objects.filter(pk=task_id).values("stage_id", "stage__slug").first()
+    holder = (
+        Task.objects.filter(stage_id=task["stage_id"], dedupe_key=key, status__in=[S.PENDING, S.LOCKED])
+        .exclude(pk=task_id)
+        .values_list("pk", flat=True)
+        .first()
+        if task
+        else None
+    )
+    return DedupeConflict(
+        f"Cannot edit the payload of task {task_id}: task {holder} is live at stage "
+        f"'{task['stage__slug'] if task else '?'}' with the dedupe key the new payload has (the stage's dedupe_on)."
+    )

@@ -25,6 +25,7 @@ from django.utils import timezone
 
 from tasks_app.limits import MAX_DELAY, MAX_PRIORITY, MIN_PRIORITY
 from tasks_app.models import Stage, Task, TaskEvent, Transition, validate_payload, validate_task_type
+from tasks_app.services.dedupe import deduplicated_events, key_for, tasks_insert
 from tasks_app.services.errors import NoRouteError, TaskStateError
 from tasks_app.services.fanout import fanout_total, mark_fanout
 from tasks_app.services.notify import notify_stages
@@ -161,12 +162,16 @@ def task_create(
     now: datetime | None = None,
     priority: int | None = None,
 ) -> Task:
-    """Create one pending task at a stage (priority: given, else the stage's; available_at: given, else now)."""
+    """Create one pending task at a stage (priority: given, else the stage's; available_at: given, else now).
+
+    Dedupe: if a live task at the stage has this payload's dedupe key, that task is returned instead
+    (its `deduplicated` is True) and nothing is created (services.dedupe).
+    """
     validate_task_input(type=type, payload=payload)
     validate_created(stage, type, payload)
     now = now or timezone.now()
     with transaction.atomic():
-        task = Task.objects.create(
+        new = Task(
             stage=stage,
             type=type,
             payload=payload,
@@ -175,7 +180,12 @@ def task_create(
             available_at=run_at(now=now, at=available_at),
             idempotency_key=idempotency_key,
             priority=stage_priority(stage, payload) if priority is None else priority,
+            dedupe_key=key_for(stage, payload),
         )
+        [task] = tasks_insert([new])
+        if task.deduplicated:
+            TaskEvent.objects.bulk_create(deduplicated_events([new], [task], actor=actor, now=now, via="create"))
+            return task
         details = {"idempotency_key": idempotency_key} if idempotency_key else {}
         TaskEvent.objects.create(task=task, kind=TaskEvent.Kind.CREATED, at=now, actor=actor, details=details)
         if task.available_at <= now:
@@ -221,7 +231,7 @@ def task_create_idempotent(
             priority=priority,
             available_at=available_at,
         )
-        return task, True
+        return task, not task.deduplicated
     except IntegrityError:
         # A concurrent request with the same key won the race: answer with its task.
         if (task := existing()) is None:
@@ -240,7 +250,11 @@ class NewTask(NamedTuple):
 
 
 def tasks_create_bulk(*, items: Sequence[NewTask | tuple[Stage, str, dict[str, Any]]], actor: str = "") -> list[Task]:
-    """Create many pending tasks in one transaction: all of them, or none."""
+    """Create many pending tasks in one transaction: all of them, or none.
+
+    One task per item, in order; an item whose dedupe key a live task holds (or an earlier item of the
+    same stage and key) gets that task, with `deduplicated` True (services.dedupe).
+    """
     news = [item if isinstance(item, NewTask) else NewTask(*item) for item in items]
     senders: dict[int, Senders] = {}  # one query per stage, not per task
     for stage, type, payload, _, _ in news:
@@ -258,16 +272,19 @@ def tasks_create_bulk(*, items: Sequence[NewTask | tuple[Stage, str, dict[str, A
             updated_at=now,
             available_at=run_at(now=now, at=n.available_at),
             priority=stage_priority(n.stage, n.payload) if n.priority is None else n.priority,
+            dedupe_key=key_for(n.stage, n.payload),
         )
         for n in news
     ]
     with transaction.atomic():
-        Task.objects.bulk_create(tasks)
+        arrived = tasks_insert(tasks)
+        made = [t for t in arrived if not t.deduplicated]
         TaskEvent.objects.bulk_create(
-            TaskEvent(task=t, kind=TaskEvent.Kind.CREATED, at=now, actor=actor, details={"bulk": True}) for t in tasks
+            [TaskEvent(task=t, kind=TaskEvent.Kind.CREATED, at=now, actor=actor, details={"bulk": True}) for t in made]
+            + deduplicated_events(tasks, arrived, actor=actor, now=now, via="bulk")
         )
-        notify_stages({t.stage_id for t in tasks if t.available_at <= now})
-    return tasks
+        notify_stages({t.stage_id for t in made if t.available_at <= now})
+    return arrived
 
 
 def matching_transitions(*, stage: Stage, type: str) -> list[Transition]:
@@ -294,6 +311,7 @@ def successor_tasks(
     """Unsaved pending tasks, one per transition, as sending `type` creates them.
 
     priority None: each target stage's (stage_priority; the transitions' targets must be loaded).
+    Each carries its target stage's dedupe key of the payload (services.dedupe inserts them).
     """
     return [
         Task(
@@ -306,6 +324,7 @@ def successor_tasks(
             parent_id=parent_id,
             source_stage_id=source_stage_id,
             priority=stage_priority(t.target, payload) if priority is None else priority,
+            dedupe_key=key_for(t.target, payload),
         )
         for t in transitions
     ]
@@ -330,15 +349,17 @@ def _send_one(
         available_at=run_at(now=now, at=send.at, delay=send.delay),
     )
     mark_fanout(tasks, parent=parent, size=fanout_size)  # join stages (services.fanout)
-    Task.objects.bulk_create(tasks)
     details: dict[str, Any] = {"from_stage": stage.slug}
     if parent is not None:
         details["parent"] = parent.pk
+    arrived = tasks_insert(tasks)
+    made = [t for t in arrived if not t.deduplicated]
     TaskEvent.objects.bulk_create(
-        [TaskEvent(task=t, kind=TaskEvent.Kind.CREATED, at=now, actor=actor, details=details) for t in tasks]
+        [TaskEvent(task=t, kind=TaskEvent.Kind.CREATED, at=now, actor=actor, details=details) for t in made]
+        + deduplicated_events(tasks, arrived, actor=actor, now=now, via="send", details=[details] * len(tasks))
     )
-    notify_stages({t.stage_id for t in tasks if t.available_at <= now})
-    return tasks
+    notify_stages({t.stage_id for t in made if t.available_at <= now})
+    return arrived
 
 
 def tasks_send_many(

@@ -33,6 +33,7 @@ from tasks_app.limits import MAX_PRIORITY, MIN_PRIORITY, NUL
 from tasks_app.models import Stage, Task
 from tasks_app.selectors.tasks import errors_text, filtered_tasks, task_search
 from tasks_app.services.cancel import task_cancel as cancel_service
+from tasks_app.services.dedupe import DedupeConflict
 from tasks_app.services.events import actor_for
 from tasks_app.services.routing import priority_problem, schedule_problem
 from tasks_app.values import parse_db_int
@@ -191,7 +192,13 @@ def task_create(request: HttpRequest) -> HttpResponse:
                     stage=stage, type=values["type"], payload=payload, actor=actor_for(request.user),
                     priority=priority, available_at=run_at,
                 )  # fmt: skip
-                messages.success(request, f"Created task {task.pk} at {stage.slug}.")
+                if task.deduplicated:  # dedupe (issue 15): the live task with this payload's key
+                    messages.info(
+                        request, f"Nothing created: task {task.pk} at {stage.slug} is live with this payload's "
+                        "dedupe key (the stage's dedupe_on).",
+                    )  # fmt: skip
+                else:
+                    messages.success(request, f"Created task {task.pk} at {stage.slug}.")
                 return redirect("tasks_app:task-detail", task.pk)
             except ValidationError as exc:
                 error = " ".join(exc.messages)
@@ -327,16 +334,19 @@ def task_bulk(request: HttpRequest) -> HttpResponse:
             messages.warning(request, "A reason is required to cancel tasks. Nothing was changed.")
             return HttpResponseRedirect(list_url)
         extra["reason"] = reason
-    done, refused = 0, 0
+    done, refused, held = 0, 0, 0
     for task_id in choice.ids:
         try:
             service(task_id=task_id, actor=actor_for(request.user), **extra)
             done += 1
-        except services.TaskError:
+        except services.TaskError as exc:
             refused += 1  # not in a state this action applies to (or a worker got there first)
+            held += isinstance(exc, DedupeConflict)  # or a live task holds its dedupe key (issue 15)
     text = f"{verb} {done} task(s)."
     if refused:
         text += f" {refused} skipped: not in a state this action applies to."
+    if held:
+        text += f" ({held} of them because a live task at their stage has the same dedupe key.)"
     if choice.more:
         text += f" Stopped after {BULK_LIMIT}; run it again for the rest."
     messages.success(request, text)

@@ -63,6 +63,12 @@ COUNTERS: Sequence[tuple[str, str, Sequence[str]]] = (
         ["cancelled"],
     ),
     (
+        "tasks_deduplicated",
+        "Arrivals at the stage that created nothing: a pending or locked task there had their dedupe key "
+        "(the stage's dedupe_on), and got a deduplicated event.",
+        ["deduplicated"],
+    ),
+    (
         "tasks_overdue",
         "Tasks that waited at the stage past its max_wait (each once; with an on_timeout type, sent on as it).",
         ["wait_exceeded"],

@@ -40,4 +40,7 @@ class Command(BaseCommand):
             task = task_create(stage=stage, type=options["type"], payload=payload, actor="cli")
         except ValidationError as exc:
             raise CommandError(validation_line(exc)) from None
+        if task.deduplicated:  # dedupe (issue 15): the live task holding this payload's key
+            self.stdout.write(f"task {task.pk} at {stage.slug} is live with this payload's dedupe key: nothing created")
+            return
         self.stdout.write(f"created task {task.pk} ({task.type}) at {stage.slug}")
