@@ -57,9 +57,10 @@ test: lint test-sqlite test-postgres
 bench-pages: $(DEV_STAMP)
 	$(PY) scripts/with_postgres.py --durable -- $(PY) bench/pages.py
 
-# Claim latency and the monitoring pages at 10k, 1M and 10M tasks (docs/scaling.md; ~10 GB, ~30 min).
+# Claim latency (with and without each flow control) and the monitoring pages at 10k, 1M and 10M tasks
+# (docs/scaling.md; ~10 GB, ~40 min). --durable: fsync on, as in production.
 bench-scaling: $(DEV_STAMP)
-	$(PY) scripts/with_postgres.py -- $(PY) bench/claim_scaling.py --pages
+	$(PY) scripts/with_postgres.py --durable -- $(PY) bench/claim_scaling.py --pages --controls
 
 # Every page at desktop (1440x900), phone (390x844) and dark, on the demo with seeded tasks, into
 # docs/screenshots/ (linked from README "Monitoring pages"); the same test runs, without saving, in make test.

@@ -2,7 +2,7 @@
 """Claim cost as the task table grows: 10,000 to 10,000,000 rows (PostgreSQL).
 
     python scripts/with_postgres.py -- python bench/claim_scaling.py
-    python bench/claim_scaling.py --sizes 10000,1000000,10000000 --pages   # DATABASE_URL=postgres://...
+    python bench/claim_scaling.py --sizes 10000,1000000,10000000 --pages --controls   # DATABASE_URL=postgres://...
 
 Creates its own database, loads the demo workflow plus two stages of its own
 (`bench-claim`, where it claims, and `bench-idle`, which never has work), and
@@ -43,6 +43,14 @@ claim and completion statements, as a worker runs them):
   autovacuum ran on the task table meanwhile;
 - the same EXPLAINs again ("after": the claim index now holds the dead
   entries of the claimed and completed tasks, as between two vacuums);
+- with --controls (issue 15), claims of 1 and of 100 at stages with one flow
+  control each (bench-prio: a backlog of mixed priorities; bench-cap: a
+  concurrency cap; bench-rate: a rate limit; the cap and the rate far above
+  what a series claims, so they time what the control costs a claim that goes
+  through) beside the same claims with no control, series alternated in five
+  rounds so the noise falls on all alike, with each median's ratio to the
+  no-control one; and polls of bench-full, capped at one and kept full (a
+  claim the cap turns away);
 - with --pages, the monitoring pages (bench/pages.py's list, and the list
   filtered by a rarer status, by stage alone and by status alone) with
   Django's test client, --page-repeat times each; then the queries of one
@@ -73,6 +81,14 @@ from benchdb import fresh_database  # bench/ is sys.path[0] when a script here r
 BENCH_DB = "workflow_bench_scaling"
 BENCH_STAGE = "bench-claim"
 IDLE_STAGE = "bench-idle"
+# --controls (issue 15): stages that claim with one flow control on each, beside bench-claim (none on).
+# The cap and the rate are set far above what a series claims, so they never throttle: the series time
+# what the control costs a claim that goes through. bench-full is capped at one and kept full: its
+# series times a claim the cap turns away (the poll of a throttled stage).
+CONTROL_STAGES = ("bench-prio", "bench-cap", "bench-rate")
+FULL_STAGE = "bench-full"
+CAP = 10_000
+RATE = "1000000/second"
 WORKER = "bench-scaling"
 SPAN_SECONDS = 30 * 24 * 3600
 FAILED_PERCENT = 3  # of the history
@@ -279,6 +295,19 @@ class Bench:
             stage_ids="ARRAY[" + ", ".join(str(st.pk) for st in stages) + "]::bigint[]",
             events=events,
         )
+        self.controls: dict[str, Any] = {}
+        if args.controls:
+            # Made after the history plan: they get backlogs, no history.
+            self.controls = {
+                slug: Stage.objects.create(slug=slug, name=slug, handler="bench.handlers.noop")
+                for slug in CONTROL_STAGES
+            }
+            Stage.objects.filter(slug="bench-cap").update(max_concurrency=CAP)
+            Stage.objects.filter(slug="bench-rate").update(rate_limit=RATE)
+            self.full = Stage.objects.create(slug=FULL_STAGE, name=FULL_STAGE, handler="bench.handlers.noop")
+            Stage.objects.filter(pk=self.full.pk).update(max_concurrency=1)
+            for stage in [*self.controls.values(), self.full]:
+                stage.refresh_from_db()
         self.pending_sql = PENDING_SQL.format(
             payload=payload_sql("i"), events="" if args.no_events else CREATED_EVENTS_SQL
         )
@@ -303,14 +332,28 @@ class Bench:
             params = {"stage": stage.pk, "type": self.types[stage.pk][0], "timeout": stage.lock_timeout}
             self.execute(self.locked_sql, {**params, "n": IN_FLIGHT_LOCKED})
 
-    def top_up_backlog(self) -> int:
-        """Pending tasks at bench-claim back to --backlog; returns how many it added."""
+    def claim_stages(self) -> list[Any]:
+        """The stages that keep a backlog: bench-claim, and with --controls one per flow control."""
+        return [self.stage, *self.controls.values()]
+
+    def top_up_backlog(self, stage: Any = None) -> int:
+        """Pending tasks at bench-claim (or `stage`) back to --backlog; returns how many it added.
+
+        At bench-prio the backlog's priorities are mixed, -10 to 10 spread over the ids, so a claim
+        takes the highest first from every part of the index (as a queue with priorities does)."""
         from tasks_app.models import Task
 
-        have = Task.objects.filter(stage=self.stage, status=Task.Status.PENDING).count()
+        stage = stage or self.stage
+        have = Task.objects.filter(stage=stage, status=Task.Status.PENDING).count()
         missing = self.args.backlog - have
         if missing > 0:
-            self.execute(self.pending_sql, {"stage": self.stage.pk, "type": "order", "retry": 0, "n": missing})
+            self.execute(self.pending_sql, {"stage": stage.pk, "type": "order", "retry": 0, "n": missing})
+            if stage.slug == "bench-prio":
+                self.execute(
+                    "UPDATE tasks_app_task SET priority = ((id * 7919) %% 21) - 10"
+                    " WHERE stage_id = %s AND status = 'pending' AND priority = 0",
+                    [stage.pk],
+                )
         return max(missing, 0)
 
     def grow(self, size: int) -> dict[str, float]:
@@ -318,7 +361,7 @@ class Bench:
         timings: dict[str, float] = {}
         started = time.perf_counter()
         current = self.count_tasks()
-        add = size - current - max(self.args.backlog - self._pending_at_bench(), 0)
+        add = size - current - sum(max(self.args.backlog - self._pending_at(s), 0) for s in self.claim_stages())
         if add > 0:
             first = self.execute("SELECT coalesce(max(id), 0) + 1 FROM tasks_app_task")[0][0]
             now = time.time() - 60  # the newest history ends a minute ago
@@ -341,7 +384,8 @@ class Bench:
             )
         timings["history"] = time.perf_counter() - started
         t = time.perf_counter()
-        self.top_up_backlog()
+        for stage in self.claim_stages():
+            self.top_up_backlog(stage)
         timings["backlog"] = time.perf_counter() - t
         t = time.perf_counter()
         self.execute("VACUUM ANALYZE tasks_app_task")
@@ -359,9 +403,9 @@ class Bench:
         except DatabaseError:
             pass
 
-    def _pending_at_bench(self) -> int:
+    def _pending_at(self, stage: Any) -> int:
         return self.execute(
-            "SELECT count(*) FROM tasks_app_task WHERE stage_id = %s AND status = 'pending'", [self.stage.pk]
+            "SELECT count(*) FROM tasks_app_task WHERE stage_id = %s AND status = 'pending'", [stage.pk]
         )[0][0]
 
     @staticmethod
@@ -381,20 +425,21 @@ class Bench:
         return dict(zip(keys, rows, strict=True))
 
     # -- measuring -----------------------------------------------------------
-    def claim_series(self, batch: int, samples: int) -> dict[str, list[float]]:
+    def claim_series(self, batch: int, samples: int, stage: Any = None) -> dict[str, list[float]]:
         """Claim `batch` tasks and complete them, `samples` times; the backlog stays between half and full."""
         from tasks_app.services import Completion, task_claim, tasks_complete_batch
 
+        stage = stage or self.stage
         claims: list[float] = []
         completes: list[float] = []
-        self.top_up_backlog()
+        self.top_up_backlog(stage)
         consumed = 0
         for _ in range(samples):
             if consumed + batch > self.args.backlog // 2:
-                self.top_up_backlog()  # new work arrives (not timed)
+                self.top_up_backlog(stage)  # new work arrives (not timed)
                 consumed = 0
             t = time.perf_counter()
-            tasks = task_claim(stage=self.stage, worker_id=WORKER, limit=batch)
+            tasks = task_claim(stage=stage, worker_id=WORKER, limit=batch)
             claims.append(time.perf_counter() - t)
             assert len(tasks) == batch, f"claimed {len(tasks)} of {batch}"
             items = [Completion(task.pk, task.lock_token) for task in tasks]
@@ -408,15 +453,24 @@ class Bench:
     def autovacuums(self) -> int:
         return self.execute("SELECT autovacuum_count FROM pg_stat_user_tables WHERE relname = 'tasks_app_task'")[0][0]
 
-    def idle_series(self, samples: int) -> list[float]:
+    def idle_series(self, samples: int, stage: Any = None) -> list[float]:
         from tasks_app.services import task_claim
 
         out = []
         for _ in range(samples):
             t = time.perf_counter()
-            assert task_claim(stage=self.idle, worker_id=WORKER, limit=100) == []
+            assert task_claim(stage=stage or self.idle, worker_id=WORKER, limit=100) == []
             out.append(time.perf_counter() - t)
         return out
+
+    def fill_full_stage(self) -> None:
+        """bench-full: a backlog, and its one slot taken (a lock that outlives the series)."""
+        from tasks_app.models import Task
+        from tasks_app.services import task_claim
+
+        self.top_up_backlog(self.full)
+        if not Task.objects.filter(stage=self.full, status=Task.Status.LOCKED).exists():
+            assert len(task_claim(stage=self.full, worker_id="bench-holder", limit=1)) == 1
 
     def explain(self, batch: int, *, generic: bool, label: str) -> dict[str, Any]:
         """EXPLAIN (ANALYZE, BUFFERS) of one claim, rolled back; a summary of the plan."""
@@ -586,13 +640,19 @@ def main() -> int:
     parser.add_argument("--page-repeat", type=int, default=7)
     parser.add_argument("--keep", action="store_true", help="keep the database at the end")
     parser.add_argument("--plans-dir", default="", help="write each EXPLAIN's JSON plan into this folder")
+    parser.add_argument(
+        "--controls",
+        action="store_true",
+        help="also claim with each flow control on (mixed priorities, a cap, a rate limit) and at a full capped stage",
+    )
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     if sizes != sorted(sizes):
         parser.error("--sizes must be increasing")
     if args.plans_dir:
         Path(args.plans_dir).mkdir(parents=True, exist_ok=True)
-    if args.backlog < 200 or args.backlog + 1000 > sizes[0]:
+    backlogs = 1 + (len(CONTROL_STAGES) if args.controls else 0)
+    if args.backlog < 200 or args.backlog * backlogs + 1000 > sizes[0]:
         parser.error("--backlog must be at least 200 and leave room for history in the smallest size")
     url = fresh_database(BENCH_DB)
     if url is None:
@@ -681,6 +741,8 @@ def main() -> int:
             print(f"  autovacuums of the task table during the series: {measured['autovacuums']}", flush=True)
             bench.top_up_backlog()
             explain_all(bench, measured, "after")  # dead entries of the series' claims in the claim index
+            if args.controls:
+                control_series(bench, measured, args)
             results.append(measured)
             if args.pages:
                 bench.top_up_backlog()
@@ -748,6 +810,8 @@ def main() -> int:
                     + " | ".join(f"{e['pick']}; {e['hit']} / {e['read']}; {e['exec_ms']:.2f} ms" for e in explains)
                     + " |"
                 )
+        if args.controls:
+            print_controls(results)
         print("Autovacuums of the task table during the series:", end=" ")
         print("; ".join(f"{m['rows']:,}: {m['autovacuums']}" for m in results))
         if pages:
@@ -763,6 +827,46 @@ def main() -> int:
         if not args.keep:
             with psycopg.connect(url, autocommit=True) as conn:
                 conn.execute(f"DROP DATABASE IF EXISTS {BENCH_DB} WITH (FORCE)")
+
+
+def control_series(bench: Bench, measured: dict[str, Any], args: argparse.Namespace) -> None:
+    """Claims of 1 and 100 with no control, then with each control on, alternated series by series, so
+    the machine's noise falls on all of them alike; and polls of a stage the cap keeps full."""
+    stages = {"none": bench.stage, **{slug.removeprefix("bench-"): s for slug, s in bench.controls.items()}}
+    samples = {1: args.samples, 100: args.samples_batch}
+    claims: dict[tuple[str, int], list[float]] = {(name, b): [] for name in stages for b in samples}
+    for stage in stages.values():  # warm up each stage's statements
+        bench.claim_series(1, 5, stage)
+    rounds = 5
+    for _ in range(rounds):
+        for batch, n in samples.items():
+            for name, stage in stages.items():
+                claims[name, batch] += bench.claim_series(batch, max(n // rounds, 1), stage)["claim"]
+    for (name, batch), series in claims.items():
+        measured[f"control-{name}-{batch}"] = quantiles(series)
+        print(f"  control {name:5} claim {batch:>3}: median/p95/p99 {fmt3(measured[f'control-{name}-{batch}'])} ms")
+    bench.fill_full_stage()
+    measured["control-full"] = quantiles(bench.idle_series(args.samples, bench.full))
+    print(f"  poll of a full capped stage (claim of 100, none taken): {fmt3(measured['control-full'])} ms", flush=True)
+
+
+def print_controls(results: list[dict[str, Any]]) -> None:
+    print(
+        "\nClaim with flow controls (issue 15), ms (median / p95 / p99), alternated series in one session;"
+        " the ratio is the median over the no-control claim's:\n"
+    )
+    names = ("none", "prio", "cap", "rate")
+    print("| tasks | batch | no control | mixed priorities | cap on | rate limit on | full capped stage (poll) |")
+    print("|---:|---:|---|---|---|---|---|")
+    for m in results:
+        for batch in (1, 100):
+            base = m[f"control-none-{batch}"][0]
+            cells = []
+            for name in names:
+                q = m[f"control-{name}-{batch}"]
+                cells.append(fmt3(q) + ("" if name == "none" else f" (x{q[0] / base:.2f})"))
+            full = fmt3(m["control-full"]) if batch == 100 else ""
+            print(f"| {m['rows']:,} | {batch} | " + " | ".join(cells) + f" | {full} |")
 
 
 def fmt3(values: tuple[float, float, float]) -> str:

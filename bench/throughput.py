@@ -24,7 +24,8 @@ process start-up is not timed; time runs from that commit to the last
 completion (ours: the last `completed_at`; PgQueuer: the last log row; raw:
 the last worker's return), and each run checks that every job ran exactly
 once. Then a two-stage pipeline (the first handler sends each task to the
-second stage) gives end-to-end tasks/s. A worker's peak memory is its maximum
+second stage) gives end-to-end tasks/s, and the same pipeline with dedupe
+keys on its second stage (issue 15) beside a plain one, run for run. A worker's peak memory is its maximum
 resident set size, read when it exits.
 """
 
@@ -457,6 +458,9 @@ def main() -> int:
     )
     parser.add_argument("--no-pipeline", action="store_true", help="skip the two-stage pipeline runs")
     parser.add_argument(
+        "--no-dedupe", action="store_true", help="skip the pipeline runs with dedupe keys on (issue 15)"
+    )
+    parser.add_argument(
         "--profile",
         action="store_true",
         help="report pg_stat_statements per run (server started with `scripts/with_postgres.py --profile`)",
@@ -502,6 +506,14 @@ def main() -> int:
     first = Stage.objects.create(slug="bench-a", name="first", handler="bench.handlers.forward")
     second = Stage.objects.create(slug="bench-b", name="second", handler="bench.handlers.noop")
     Transition.objects.create(source=first, target=second, task_type="")
+    # The same pipeline with dedupe keys on its second stage (issue 15): every arrival computes its key
+    # from the payload and goes through the unique index on live keys (the keys are all distinct here,
+    # so every task arrives and the drain is checked complete as the others).
+    dedupe_first = Stage.objects.create(slug="bench-da", name="first (dedupe)", handler="bench.handlers.forward")
+    dedupe_second = Stage.objects.create(
+        slug="bench-db", name="second (dedupe)", handler="bench.handlers.noop", dedupe_on=["/n"]
+    )
+    Transition.objects.create(source=dedupe_first, target=dedupe_second, task_type="")
     with connection.cursor() as cur:
         cur.execute("CREATE TABLE bench_raw (LIKE tasks_app_task INCLUDING ALL)")
     connection.close()
@@ -585,6 +597,38 @@ def main() -> int:
                 batch=100,
             )
             print(f"| {workers} | 100 | {rate:,.0f} | {peak} MiB |", flush=True)
+
+    if not args.no_dedupe:
+        print(
+            "\nTwo-stage pipeline, batch 100, without and with dedupe keys on the second stage (Stage.dedupe_on"
+            " ['/n']: distinct keys), runs alternated:\n"
+        )
+        print("| workers | plain tasks/s | dedupe tasks/s | dedupe / plain |")
+        print("|---:|---:|---:|---:|")
+        for workers in workers_list:
+            plain_rate, _ = run_engine(
+                bench_url,
+                first=first.pk,
+                last=second.pk,
+                slugs=["bench-a", "bench-b"],
+                n=n,
+                history=history,
+                workers=workers,
+                batch=100,
+            )
+            dedupe_rate, _ = run_engine(
+                bench_url,
+                first=dedupe_first.pk,
+                last=dedupe_second.pk,
+                slugs=["bench-da", "bench-db"],
+                n=n,
+                history=history,
+                workers=workers,
+                batch=100,
+            )
+            print(
+                f"| {workers} | {plain_rate:,.0f} | {dedupe_rate:,.0f} | {dedupe_rate / plain_rate:.2f}× |", flush=True
+            )
 
     if profiles:
         print_profiles(profiles)

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
@@ -267,18 +268,20 @@ def test_a_capped_claim_locks_the_gate_then_counts_then_claims(review: Stage, mo
     backlog(review, 3)
     task_claim(stage=review, worker_id="w0")  # makes the gate row
     statements: list[str] = []
+    real = psycopg.Cursor.execute
 
-    def record(execute: Any, sql: str, params: Any, many: bool, context: Any) -> Any:
-        statements.append(sql)
-        return execute(sql, params, many, context)
+    def record(self: Any, query: Any, *args: Any, **kwargs: Any) -> Any:
+        statements.append(str(query))  # every statement on the wire: Django's, the prepared and pipelined ones
+        return real(self, query, *args, **kwargs)
 
-    with connection.execute_wrapper(record):
-        claimed = task_claim(stage=review, worker_id="w1", limit=3)
+    monkeypatch.setattr(psycopg.Cursor, "execute", record)
+    claimed = task_claim(stage=review, worker_id="w1", limit=3)
 
     assert len(claimed) == 1
     statements = [s for s in statements if "SAVEPOINT" not in s]  # the test's own transaction
     assert "FOR UPDATE" in statements[0] and "stagegate" in statements[0]
     assert "count(*)" in statements[1] and "status = 'locked'" in statements[1]
+    assert statements[2] == claim_module.PG_CLAIM_SQL
 
 
 # -- the worker ------------------------------------------------------------------------------------

@@ -125,9 +125,14 @@ def start_workers(workers: Workers, slug: str, n: int = 4) -> None:
         )
 
 
+TASKS = 400
+
+
 def test_four_workers_and_an_api_client_never_hold_more_than_the_cap(workers: Workers) -> None:
     stage = make_stage("capped", max_concurrency=CAP)
-    bulk_tasks(stage, 120, seconds=0.03)
+    # Enough work (about 4 s at the cap) that every worker is up before it runs out: the workers start
+    # one after another, and with 120 tasks the first one up could drain nearly all alone.
+    bulk_tasks(stage, TASKS, seconds=0.03)
     api = ApiClaimer(token_client(make_role_user("operator")), stage.slug)
     sampler = Sampler(stage.pk)
     sampler.start()
@@ -150,7 +155,7 @@ def test_four_workers_and_an_api_client_never_hold_more_than_the_cap(workers: Wo
     assert Counter(sampler.samples)[CAP] > 10
     # Both kinds of claimer took part, and each task was completed once.
     actors = Counter(TaskEvent.objects.filter(kind=TaskEvent.Kind.COMPLETED).values_list("actor", flat=True))
-    assert sum(actors.values()) == 120
+    assert sum(actors.values()) == TASKS
     assert api.claimed > 0 and sum(1 for a in actors if a.startswith("capped-")) >= 2, actors
     assert throttled_counts().get(stage.pk, 0) > 0
 

@@ -58,15 +58,19 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
+from django.conf import settings
 from django.db import connection
 from django.db.models import F
 
 from tasks_app.limits import parse_rate_limit
 from tasks_app.models import Stage, StageGate, Task
+from tasks_app.services.pg import execute_prepared
 
 TASK = connection.ops.quote_name(Task._meta.db_table)
 GATE = connection.ops.quote_name(StageGate._meta.db_table)
@@ -87,6 +91,11 @@ SELECT count(*), count(*) FILTER (WHERE locked_until < %(now)s) FROM (
     SELECT locked_until FROM {TASK} WHERE status = 'locked' AND stage_id + 0 = %(stage_id)s LIMIT %(cap)s
 ) AS running
 """
+
+
+# The gate row, locked: on PostgreSQL a prepared statement, as the claim and the count (the ORM's query
+# compiled per claim cost about as much as the claim itself: bench/claim_scaling.py --controls).
+GATE_LOCK_SQL = f"SELECT window_start, window_count FROM {GATE} WHERE stage_id = %(stage_id)s FOR UPDATE"
 
 
 def gated(stage: Stage) -> bool:
@@ -138,7 +147,19 @@ class Gate:
 def gate_enter(stage: Stage, *, limit: int, now: datetime) -> Gate:
     """Lock the stage's gate row and work out how many tasks this claim may take. Inside the claim's transaction."""
     assert connection.in_atomic_block
-    row = _locked_gate(stage)
+    adapt = connection.ops.adapt_datetimefield_value
+    counted: tuple[int, int] | None = None
+    if stage.max_concurrency is not None:
+        params = {"stage_id": stage.pk, "cap": stage.max_concurrency, "now": adapt(now)}
+        if connection.vendor == "postgresql":
+            row, counted = _pg_lock_and_count(stage, params)
+        else:
+            row = _locked_gate(stage)
+            with connection.cursor() as cursor:
+                cursor.execute(RUNNING_SQL, params)
+                counted = cursor.fetchone()
+    else:
+        row = _locked_gate(stage)
     rate = stage_rate(stage)
     rate_room: int | None = None
     window: datetime | None = None
@@ -153,26 +174,63 @@ def gate_enter(stage: Stage, *, limit: int, now: datetime) -> Gate:
         rate_room = max(0, n - window_count)
     cap_room: int | None = None
     expired = 0
-    adapt = connection.ops.adapt_datetimefield_value
     if stage.max_concurrency is not None:
-        with connection.cursor() as cursor:
-            # A new statement, so a new snapshot: every claim that held the gate before has committed.
-            params = {"stage_id": stage.pk, "cap": stage.max_concurrency, "now": adapt(now)}
-            cursor.execute(RUNNING_SQL, params)
-            running, expired = cursor.fetchone()
+        assert counted is not None
+        running, expired = counted
         cap_room = max(0, stage.max_concurrency - running)
     allowed = min(x for x in (limit, cap_room, rate_room) if x is not None)
     return Gate(stage, limit, allowed, cap_room, rate_room, window, window_count, period, expired)
 
 
+_pair: weakref.WeakKeyDictionary[psycopg.Connection[Any], tuple[psycopg.Cursor[Any], psycopg.Cursor[Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _pg_lock_and_count(stage: Stage, params: dict[str, Any]) -> tuple[StageGate, tuple[int, int]]:
+    """PostgreSQL, a capped stage: lock the gate row and count the stage's locked tasks, pipelined.
+
+    Two statements sent together with the transaction's BEGIN (one round trip instead of three); the
+    count is still the second statement, so its snapshot is taken after the first has the gate's lock.
+    """
+    connection.ensure_connection()
+    with connection.wrap_database_errors:  # psycopg errors become django.db errors, as elsewhere
+        conn = connection.connection
+        if conn.prepare_threshold is None:
+            conn.prepare_threshold = 5  # Django turns preparation off; see services.pg
+        cursors = _pair.get(conn)
+        if cursors is None or cursors[0].closed or cursors[1].closed:
+            cursors = _pair[conn] = (psycopg.Cursor(conn), psycopg.Cursor(conn))
+        prepare = bool(settings.TASKS_PG_PREPARE)
+        with conn.pipeline():
+            cursors[0].execute(GATE_LOCK_SQL, {"stage_id": stage.pk}, prepare=prepare)
+            cursors[1].execute(RUNNING_SQL, params, prepare=prepare)
+        row = cursors[0].fetchone()
+        counted = cursors[1].fetchone()
+    assert counted is not None
+    if row is None:  # the stage's first gated claim: make the row, lock it, count again after the lock
+        gate = _locked_gate(stage)
+        again = execute_prepared(RUNNING_SQL, params).fetchone()
+        assert again is not None
+        return gate, (again[0], again[1])
+    return StageGate(stage_id=stage.pk, window_start=row[0], window_count=row[1]), (counted[0], counted[1])
+
+
 def _locked_gate(stage: Stage) -> StageGate:
-    """The stage's gate row, locked FOR UPDATE (PostgreSQL; SQLite's write lock already serialises); made if missing."""
-    gate = StageGate.objects.select_for_update().filter(stage_id=stage.pk).first()
-    if gate is None:
+    """The stage's gate row, locked FOR UPDATE (PostgreSQL; SQLite's write lock already serialises); made if missing.
+
+    Only its window (window_start, window_count) is read."""
+    for _ in range(2):
+        if connection.vendor == "postgresql":
+            row = execute_prepared(GATE_LOCK_SQL, {"stage_id": stage.pk}).fetchone()
+            gate = None if row is None else StageGate(stage_id=stage.pk, window_start=row[0], window_count=row[1])
+        else:
+            gate = StageGate.objects.filter(stage_id=stage.pk).first()
+        if gate is not None:
+            return gate
         # Two first claims at once: one inserts, the other's insert does nothing; both then lock the row.
         StageGate.objects.bulk_create([StageGate(stage_id=stage.pk)], ignore_conflicts=True)
-        gate = StageGate.objects.select_for_update().get(stage_id=stage.pk)
-    return gate
+    raise AssertionError(f"stage {stage.pk}'s gate row is missing after it was made")
 
 
 def gate_leave(gate: Gate, *, claimed: int, claimable_more: bool, now: datetime) -> None:
