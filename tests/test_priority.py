@@ -283,3 +283,18 @@ def test_the_admin_edits_a_stages_priority_and_shows_and_sets_a_tasks(
 def test_a_duplicate_keeps_its_originals_priority(world: dict[str, Stage]) -> None:
     original = task_create(stage=world["ship"], type="order", payload={}, priority=-8)
     assert task_duplicate(task_id=original.pk, actor="test").priority == -8
+
+
+def test_the_task_page_and_the_list_show_a_tasks_priority(world: dict[str, Stage], admin_client: Client) -> None:
+    urgent = task_create(stage=world["review"], type="order", payload={"n": 1}, priority=7)
+    plain = task_create(stage=world["review"], type="order", payload={"n": 2})
+
+    page = admin_client.get(f"/tasks/{urgent.pk}/").content.decode()
+    assert '<dd class="task-priority">7 ' in page
+    assert '<dd class="task-priority">0 ' in admin_client.get(f"/tasks/{plain.pk}/").content.decode()
+
+    listing = admin_client.get("/tasks/").content.decode()
+    row = listing[listing.index(f'<tr id="task-{urgent.pk}">') :]
+    assert ">priority 7</span>" in row[: row.index("</tr>")]
+    row = listing[listing.index(f'<tr id="task-{plain.pk}">') :]
+    assert "priority" not in row[: row.index("</tr>")]  # the default says nothing
