@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from django.apps import AppConfig
+from django.db.backends.signals import connection_created
 from django.db.models.signals import post_migrate
 
 from tasks_app.api.throttles import create_cache_tables
@@ -19,3 +20,7 @@ class TasksAppConfig(AppConfig):
 
         # `migrate` also creates the throttle counters' table: no extra deploy step to forget.
         post_migrate.connect(create_cache_tables, sender=self)
+        # PostgreSQL sessions run the engine's prepared statements with their generic plan (services.pg).
+        from tasks_app.services.pg import session_setup
+
+        connection_created.connect(session_setup, dispatch_uid="tasks_pg_session_setup")

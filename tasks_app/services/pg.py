@@ -17,6 +17,28 @@ import psycopg
 from django.conf import settings
 from django.db import connection
 
+# The engine's prepared statements (the claim, the completion, the gate's) run with their generic plan,
+# planned once per connection. Under PostgreSQL's default (plan_cache_mode = auto) the server plans the
+# first five executions for their values and then keeps planning every execution whenever the generic
+# plan's estimate is not the lower: the claim's has been so since its index leads with priority
+# (bench/claim_scaling.py: 500 of 500 claims custom-planned, 1.2 ms a claim of one against 0.6 ms), and
+# planning a statement over a table with a dozen indexes costs more than running it. Their generic plans
+# are held to the claim index and the primary key by tests/test_priority_plan_pg.py and
+# test_complete_plan_pg.py. Only prepared statements are affected: Django's own queries are bound on
+# the client and planned each time whatever the setting.
+PLAN_CACHE_MODE = "force_generic_plan"
+
+
+def session_setup(sender: Any, connection: Any, **kwargs: Any) -> None:
+    """connection_created: a new PostgreSQL session plans the prepared statements as PLAN_CACHE_MODE says.
+
+    Set when the session starts (autocommit, so no rollback can undo it); not with TASKS_PG_PREPARE off
+    (behind PgBouncer in transaction mode nothing is prepared and session settings don't stay)."""
+    if connection.vendor == "postgresql" and settings.TASKS_PG_PREPARE:
+        with connection.cursor() as cursor:
+            cursor.execute(f"SET plan_cache_mode = {PLAN_CACHE_MODE}")
+
+
 _cursors: weakref.WeakKeyDictionary[psycopg.Connection[Any], psycopg.Cursor[Any]] = weakref.WeakKeyDictionary()
 
 
