@@ -279,9 +279,13 @@ def test_a_capped_claim_locks_the_gate_then_counts_then_claims(review: Stage, mo
 
     assert len(claimed) == 1
     statements = [s for s in statements if "SAVEPOINT" not in s]  # the test's own transaction
+    # One round trip: the gate's lock, then the claim that counts the free slots in its own snapshot.
     assert "FOR UPDATE" in statements[0] and "stagegate" in statements[0]
+    assert statements[1] == claim_module.PG_CAPPED_CLAIM_SQL
     assert "count(*)" in statements[1] and "status = 'locked'" in statements[1]
-    assert statements[2] == claim_module.PG_CLAIM_SQL
+    # Cut short by the cap (1 of 3): the gated path decides the rest: lock, count, nothing more to claim.
+    assert "FOR UPDATE" in statements[2] and "stagegate" in statements[2]
+    assert "count(*)" in statements[3] and claim_module.PG_CLAIM_SQL not in statements[4:]
 
 
 # -- the worker ------------------------------------------------------------------------------------
@@ -577,3 +581,23 @@ def test_opening_a_form_task_takes_a_slot_of_the_cap(db: None) -> None:
     form_task_cancel(task_id=first.pk, user=ann)  # she hands it back: the slot is free
     assert form_task_open(task=Task.objects.get(pk=second.pk), user=bob).locked_by == "user:bob"
     assert locked_at(form) == 1
+
+
+@pytest.mark.postgres
+def test_a_capped_claim_without_its_gate_row_claims_nothing_unguarded(review: Stage) -> None:
+    limited(review, cap=5)
+    backlog(review, 3)
+    task_claim(stage=review, worker_id="w0")  # makes the gate row, and this process remembers it
+    StageGate.objects.filter(stage=review).delete()  # as if it were gone: the fast path's lock finds nothing
+
+    claimed = task_claim(stage=review, worker_id="w1", limit=2)
+
+    # The one-round-trip claim ran without a lock but took nothing; the gated path made the row again and
+    # claimed under it: no task is locked that the caller does not hold.
+    assert len(claimed) == 2
+    held = {t.pk for t in claimed}
+    locked = set(
+        Task.objects.filter(stage=review, status=Task.Status.LOCKED, locked_by="w1").values_list("pk", flat=True)
+    )
+    assert locked == held
+    assert StageGate.objects.filter(stage=review).exists()

@@ -36,7 +36,7 @@ from tasks_app.limits import clamp_lock_timeout
 from tasks_app.models import Stage, Task, TaskEvent
 from tasks_app.services import histograms
 from tasks_app.services.events import details_sql, event_time_sql, lock_expired_details
-from tasks_app.services.flow_limits import gate_enter, gate_leave, gated
+from tasks_app.services.flow_limits import GATE, GATES_SEEN, after_gate_locked, gate_enter, gate_leave, gated
 from tasks_app.services.pg import execute_prepared
 
 MAX_CLAIM_BATCH = 1000
@@ -158,6 +158,19 @@ SELECT * FROM claimed ORDER BY {CLAIM_ORDER}
 
 PG_RECLAIM_SQL = PG_CLAIM_SQL.replace(CLAIMABLE_WHERE, RECLAIMABLE_WHERE)
 
+# A capped stage's claim after its gate is locked (services.flow_limits.after_gate_locked): the claim
+# statement itself takes at most the free slots, counted in its own snapshot (a later statement than the
+# lock, so every claim that held the gate before is counted), through task_locked_idx (RUNNING_SQL).
+# Nothing without the gate row (whose lock is what makes the count exact): the row goes only with its
+# stage, but a claim must never run unguarded.
+CAP_ROOM_SQL = f"""
+SELECT greatest(0, least(%(limit)s, %(cap)s - count(*)))::bigint
+       * (SELECT count(*) FROM {GATE} WHERE stage_id = %(stage_id)s) FROM (
+    SELECT 1 FROM {TASK} WHERE status = 'locked' AND stage_id + 0 = %(stage_id)s LIMIT %(cap)s
+) AS running
+"""
+PG_CAPPED_CLAIM_SQL = PG_CLAIM_SQL.replace("LIMIT %(limit)s", f"LIMIT ({CAP_ROOM_SQL})", 1)
+
 SQLITE_PICK_SQL = f"""
 SELECT id, status, locked_by, locked_at, attempts, reclaimed_from FROM {TASK}
 WHERE {CLAIMABLE_WHERE}
@@ -266,19 +279,26 @@ def _claim(
     until = now + timedelta(seconds=clamp_lock_timeout(lock_timeout or stage.lock_timeout))
     params = claim_params(stage=stage, worker_id=worker_id, limit=limit, now=now, until=until)
     started = time.perf_counter()
-    claimed: list[Any]
+    claimed: list[Any] = []
+    done = False  # the one-round-trip capped claim took all it asked for
+    if gated(stage) and connection.vendor == "postgresql" and not stage.rate_limit and stage.pk in GATES_SEEN:
+        # A cap (no rate limit) at a stage whose gate row exists: lock and claim in one round trip. Cut
+        # short (a full cap, expired locks to take over, or no more work), the gated path below decides
+        # the rest, as a claim of what is left, and counts a throttled claim.
+        cursor = after_gate_locked(stage, PG_CAPPED_CLAIM_SQL, {**params, "cap": stage.max_concurrency})
+        if cursor is not None:
+            claimed = (
+                _pg_rows(cursor, params, stage=stage, until=until)
+                if rows
+                else _tasks_from_rows(cursor, params, now=now, until=until)
+            )
+            done = len(claimed) == limit
+            if not done:
+                limit -= len(claimed)
+                params = {**params, "limit": limit, "tokens": new_lock_tokens(limit)}
     if gated(stage):
-        # A cap or a rate limit: the claim takes the stage's gate row first (services.flow_limits).
-        with transaction.atomic():
-            gate = gate_enter(stage, limit=limit, now=now)
-            params["limit"] = gate.allowed
-            claimed = _claim_statement(params, stage=stage, now=now, until=until, rows=rows) if gate.allowed else []
-            cut_short = gate.allowed < limit and len(claimed) == gate.allowed
-            reclaim = gate.reclaim_room(len(claimed))
-            if reclaim:  # the cap is full, partly of expired locks: take those over (the count stays)
-                more = {**params, "limit": reclaim, "tokens": new_lock_tokens(reclaim)}
-                claimed += _claim_statement(more, stage=stage, now=now, until=until, rows=rows, reclaim=True)
-            gate_leave(gate, claimed=len(claimed), claimable_more=cut_short and _claimable_left(params), now=now)
+        if not done:  # a cap or a rate limit: the claim takes the stage's gate row first (services.flow_limits)
+            claimed += _gated_claim(stage, params, limit=limit, now=now, until=until, rows=rows)
     elif connection.vendor == "postgresql":
         # One statement, atomic on its own: no BEGIN/COMMIT round trips around it.
         claimed = _claim_statement(params, stage=stage, now=now, until=until, rows=rows)
@@ -290,6 +310,26 @@ def _claim(
     if not rows:
         for task in claimed:
             task.stage = stage  # saves a query per task in the worker
+    return claimed
+
+
+def _gated_claim(
+    stage: Stage, params: dict[str, Any], *, limit: int, now: datetime, until: datetime, rows: bool
+) -> list[Any]:
+    """A claim of up to `limit` at a capped or rate-limited stage: in a transaction that locks its gate row,
+    counts, claims what the gate allows, takes over expired locks at a full cap, and records the claim."""
+    with transaction.atomic():
+        gate = gate_enter(stage, limit=limit, now=now)
+        params["limit"] = gate.allowed
+        claimed: list[Any] = []
+        if gate.allowed:
+            claimed += _claim_statement(params, stage=stage, now=now, until=until, rows=rows)
+        cut_short = gate.allowed < limit and len(claimed) == gate.allowed
+        reclaim = gate.reclaim_room(len(claimed))
+        if reclaim:  # the cap is full, partly of expired locks: take those over (the count stays)
+            more = {**params, "limit": reclaim, "tokens": new_lock_tokens(reclaim)}
+            claimed += _claim_statement(more, stage=stage, now=now, until=until, rows=rows, reclaim=True)
+        gate_leave(gate, claimed=len(claimed), claimable_more=cut_short and _claimable_left(params), now=now)
     return claimed
 
 

@@ -208,12 +208,44 @@ def _pg_lock_and_count(stage: Stage, params: dict[str, Any]) -> tuple[StageGate,
         row = cursors[0].fetchone()
         counted = cursors[1].fetchone()
     assert counted is not None
+    if row is not None:
+        GATES_SEEN.add(stage.pk)
     if row is None:  # the stage's first gated claim: make the row, lock it, count again after the lock
         gate = _locked_gate(stage)
         again = execute_prepared(RUNNING_SQL, params).fetchone()
         assert again is not None
         return gate, (again[0], again[1])
     return StageGate(stage_id=stage.pk, window_start=row[0], window_count=row[1]), (counted[0], counted[1])
+
+
+# Stages whose gate row this process has seen (rows go only with their stage): a claim there may take
+# the one-round-trip path (after_gate_locked); a stage's first claim makes the row on the slower path.
+GATES_SEEN: set[int] = set()
+
+
+def after_gate_locked(stage: Stage, sql: str, params: dict[str, Any]) -> psycopg.Cursor[Any] | None:
+    """PostgreSQL: lock the stage's gate row and run `sql` after it, pipelined in one implicit transaction.
+
+    One round trip: the two statements and one Sync, committed at the Sync (outside a Django transaction;
+    inside one they join it). `sql` is a later statement than the lock, so its snapshot sees every claim
+    that held the gate before. Returns the cursor of `sql`, or None if the gate row was missing (`sql`
+    ran unguarded: the caller must not use its rows; it never happens for a stage in GATES_SEEN)."""
+    connection.ensure_connection()
+    with connection.wrap_database_errors:  # psycopg errors become django.db errors, as elsewhere
+        conn = connection.connection
+        if conn.prepare_threshold is None:
+            conn.prepare_threshold = 5  # Django turns preparation off; see services.pg
+        cursors = _pair.get(conn)
+        if cursors is None or cursors[0].closed or cursors[1].closed:
+            cursors = _pair[conn] = (psycopg.Cursor(conn), psycopg.Cursor(conn))
+        prepare = bool(settings.TASKS_PG_PREPARE)
+        with conn.pipeline():
+            cursors[0].execute(GATE_LOCK_SQL, {"stage_id": stage.pk}, prepare=prepare)
+            cursors[1].execute(sql, params, prepare=prepare)
+        if cursors[0].fetchone() is None:
+            GATES_SEEN.discard(stage.pk)
+            return None
+        return cursors[1]
 
 
 def _locked_gate(stage: Stage) -> StageGate:
@@ -227,6 +259,7 @@ def _locked_gate(stage: Stage) -> StageGate:
         else:
             gate = StageGate.objects.filter(stage_id=stage.pk).first()
         if gate is not None:
+            GATES_SEEN.add(stage.pk)
             return gate
         # Two first claims at once: one inserts, the other's insert does nothing; both then lock the row.
         StageGate.objects.bulk_create([StageGate(stage_id=stage.pk)], ignore_conflicts=True)
