@@ -67,11 +67,11 @@ class StageAdminForm(forms.ModelForm):
             "slug", "name", "kind", "handler", "description", "is_paused", "lock_timeout", "max_attempts",
             "max_run_time", "max_wait", "on_timeout", "schemas", "hook_secret", "schedule", "groups",
             "max_concurrency", "rate_limit",
-            "default_priority", "priority_from", "dedupe_on",
+            "default_priority", "priority_from", "dedupe_on", "notify", "notify_digest",
         ]  # fmt: skip
         widgets = {"schemas": JSONEditorWidget(), "hook_secret": SecretInput()}
         # bounded nesting, no RecursionError
-        field_classes = {"schemas": JSONDocumentField, "dedupe_on": JSONDocumentField}
+        field_classes = {"schemas": JSONDocumentField, "dedupe_on": JSONDocumentField, "notify": JSONDocumentField}
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -85,6 +85,9 @@ class StageAdminForm(forms.ModelForm):
 
     def clean_dedupe_on(self) -> Any:
         return self.cleaned_data.get("dedupe_on") or []  # blank: no dedupe (the model's validator checks the rest)
+
+    def clean_notify(self) -> Any:
+        return self.cleaned_data.get("notify") or {}  # blank: nobody is told (the model's validator checks the rest)
 
 
 def _delete_stages(modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Stage]) -> Any:
@@ -115,7 +118,7 @@ class StageAdmin(admin.ModelAdmin):
         ("Payload schemas", {"fields": ["schemas"]}),
         ("Hook stages", {"fields": ["hook_secret"], "classes": ["collapse"]}),
         ("Job stages", {"fields": ["schedule"]}),
-        ("Form stages", {"fields": ["groups"]}),
+        ("Form stages", {"fields": ["groups", "notify", "notify_digest"]}),
         ("Join", {"fields": ["join_rule", "join_key", "join_count", "join_timeout", "join_type"]}),
     ]
     inlines = [OutgoingTransitionInline]

@@ -21,6 +21,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group
 from django.db import transaction
 
 from tasks_app.models import Stage
@@ -93,6 +95,21 @@ SAMPLE_ORDERS: list[dict[str, Any]] = [
 ]
 
 
+# The reviewers group's member with an address, so that the review stage's notification (notify: groups)
+# has someone to mail: `make run` prints it (the console email backend). No password: nobody logs in as it.
+DEMO_REVIEWER = ("demo-reviewer", "reviewer@example.com")
+
+
+def demo_reviewer() -> None:
+    """Create the demo's reviewer (no usable password) in the reviewers group, unless it exists."""
+    username, email = DEMO_REVIEWER
+    user, created = get_user_model().objects.get_or_create(username=username, defaults={"email": email})
+    if created:
+        user.set_unusable_password()
+        user.save(update_fields=["password"])
+        user.groups.add(Group.objects.get_or_create(name="reviewers")[0])
+
+
 class DemoUnavailable(Exception):
     """The demo cannot be loaded here: its handlers may not run."""
 
@@ -108,6 +125,7 @@ def load_demo(*, with_orders: bool = True) -> dict[str, Stage]:
         # Its stages would be saved, and then every task and run of them would fail.
         raise DemoUnavailable(f"the demo's handlers ({__name__}) are not in TASKS_HANDLER_MODULES; add them")
     workflow_load(WORKFLOW)
+    demo_reviewer()
     by_slug = Stage.objects.in_bulk([s["slug"] for s in STAGES], field_name="slug")
     stages = {s["slug"]: by_slug[s["slug"]] for s in STAGES}
     if with_orders and not stages["check-stock"].tasks.exists():

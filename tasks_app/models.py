@@ -34,6 +34,7 @@ from tasks_app.limits import (
     json_has_nul,
     parse_rate_limit,
 )
+from tasks_app.notify_rules import MAX_NOTIFY_DIGEST, validate_notify
 from tasks_app.schema_rules import schema_map_problems
 
 TYPE_MAX_LENGTH = 100
@@ -315,6 +316,23 @@ class Stage(models.Model):
         validators=[validate_task_type],
         help_text="Join stages: the type of the merged task. Blank: the type of the group's first arrival.",
     )
+    # Notify on arrival (issue 16; tasks_app.notify_rules, services.notifications): who is told when a task
+    # arrives at this form stage. Written to the outbox with the task; the workers' upkeep delivers.
+    notify = models.JSONField(
+        default=dict,
+        blank=True,
+        db_default={},
+        validators=[validate_notify],
+        help_text='Form stages: who is told when a task arrives, e.g. {"groups": true, "emails_from": '
+        '"/requester_email", "webhook": "https://..."}. Empty: nobody.',
+    )
+    notify_digest = models.PositiveIntegerField(
+        default=0,
+        db_default=0,
+        validators=[MaxValueValidator(MAX_NOTIFY_DIGEST)],
+        help_text=f"Form stages: minutes (0 to {MAX_NOTIFY_DIGEST}) between two mails to one person about this "
+        "stage; arrivals in between are listed in one digest. 0: mail at each upkeep pass.",
+    )
     is_paused = models.BooleanField(default=False, help_text="A paused stage hands out no tasks.")
     hook_secret = models.CharField(
         max_length=128,
@@ -377,6 +395,10 @@ class Stage(models.Model):
                 name="stage_join_timeout_range",
             ),
             models.CheckConstraint(
+                condition=Q(notify_digest__gte=0, notify_digest__lte=MAX_NOTIFY_DIGEST),
+                name="stage_notify_digest_range",
+            ),
+            models.CheckConstraint(
                 condition=Q(max_concurrency__isnull=True)
                 | Q(max_concurrency__gte=1, max_concurrency__lte=MAX_STAGE_CONCURRENCY),
                 name="stage_max_concurrency_range",
@@ -398,6 +420,8 @@ class Stage(models.Model):
             raise ValidationError({"schedule": "Only job stages have a schedule."})
         if self.on_timeout and self.max_wait is None:
             raise ValidationError({"on_timeout": "An on_timeout type needs a max_wait to time out after."})
+        if self.notify and self.kind != self.Kind.FORM:
+            raise ValidationError({"notify": "Only form stages notify: people work their tasks."})
         self._clean_join()
 
     def _clean_join(self) -> None:
@@ -676,6 +700,8 @@ class TaskEvent(models.Model):
         DEDUPLICATED = "deduplicated", "Deduplicated"
         JOINED = "joined", "Joined"
         JOIN_TIMED_OUT = "join_timed_out", "Join timed out"
+        NOTIFIED = "notified", "Notified"
+        NOTIFY_FAILED = "notify_failed", "Notification failed"
 
     # The (task, id) index below serves lookups by task, so the FK needs no index
     # of its own. No database-level FK either: events are only ever written by
@@ -877,3 +903,48 @@ class TransitionHour(models.Model):
 
     def __str__(self) -> str:
         return f"{self.transition_id} @ {self.hour:%Y-%m-%d %H:00}: {self.taken}"
+
+
+class Notification(models.Model):
+    """The notification outbox (issue 16; services.notifications): one row per task and recipient.
+
+    Written in the transaction that creates the task at a notifying form stage
+    (services.dedupe.tasks_insert), so a rolled-back arrival leaves none and a
+    committed one can't lose its rows; delivered by the workers' upkeep, one
+    worker at a time, and kept pending (retried with backoff) until delivered.
+    """
+
+    class Channel(models.TextChoices):
+        EMAIL = "email", "Email"
+        WEBHOOK = "webhook", "Webhook"
+
+    class Status(models.TextChoices):
+        PENDING = "pending", "Pending"
+        SENT = "sent", "Sent"
+        FAILED = "failed", "Failed"  # gave up after services.notifications.MAX_ATTEMPTS
+
+    # No database FK (as TaskEvent): retention deletes tasks with raw SQL; the drain drops rows whose task is gone.
+    task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="notifications", db_constraint=False)
+    stage = models.ForeignKey(Stage, on_delete=models.CASCADE, related_name="notifications", db_index=False)
+    channel = models.CharField(max_length=10, choices=Channel.choices)
+    recipient = models.CharField(max_length=2000, help_text="An email address, or the webhook's URL.")
+    status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    due_at = models.DateTimeField(help_text="When the next attempt may be made (digest window, retry backoff).")
+    created_at = models.DateTimeField(default=timezone.now)
+    sent_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True, default="")
+
+    class Meta:
+        ordering = ["id"]
+        indexes = [
+            # The drain's scan: pending rows that are due.
+            models.Index(fields=["due_at"], condition=Q(status="pending"), name="notification_due_idx"),
+            # The digest window: when this recipient last got a mail about this stage.
+            models.Index(
+                fields=["recipient", "stage", "sent_at"], condition=Q(status="sent"), name="notification_sent_idx"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.channel} to {self.recipient} about task {self.task_id} ({self.status})"

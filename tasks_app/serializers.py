@@ -65,7 +65,7 @@ class StageSerializer(ModelSerializer):
             "slug", "name", "kind", "handler", "lock_timeout", "max_attempts", "max_run_time", "max_wait", "on_timeout",
             "max_concurrency", "rate_limit",
             "is_paused", "description", "schedule", "schemas", "groups", "created_at", "updated_at",
-            "default_priority", "priority_from", "dedupe_on",
+            "default_priority", "priority_from", "dedupe_on", "notify", "notify_digest",
             "join_rule", "join_key", "join_count", "join_timeout", "join_type",
         ]  # fmt: skip
         read_only_fields = ["created_at", "updated_at"]
@@ -85,6 +85,7 @@ class StageSerializer(ModelSerializer):
         current = {"kind": self.instance.kind, "schedule": self.instance.schedule}
         # Join stages (Stage._clean_join) relate the kind, the handler and the join fields.
         current |= {f: getattr(self.instance, f) for f in ("handler", *JOIN_FIELDS)}
+        current["notify"] = self.instance.notify  # only form stages notify (Stage.clean)
         return {**current, "max_wait": self.instance.max_wait, "on_timeout": self.instance.on_timeout}
 
 

@@ -107,6 +107,8 @@ BOUNDS: dict[str, Bounds] = {
     # One prune a second at most: each one takes an advisory lock and scans for old tasks.
     "TASKS_PRUNE_INTERVAL": floats(1.0),
     "TASKS_METRICS_CACHE": floats(),  # 0 = compute every scrape
+    "EMAIL_PORT": ints(1, 65535),
+    "EMAIL_TIMEOUT": POSITIVE,  # seconds a drain waits on the mail server (0 would wait forever)
 }
 
 

@@ -378,6 +378,23 @@ TASKS_METRICS_ALLOW = env_list("TASKS_METRICS_ALLOW", item=_network_problem)
 # history into the counters); 0 computes every scrape.
 TASKS_METRICS_CACHE = env_float("TASKS_METRICS_CACHE", 15.0)
 
+# Notify on arrival (issue 16; services.notifications): mail through Django's email framework. The console
+# backend (the default) prints each mail in the worker's output; in production set EMAIL_BACKEND to
+# django.core.mail.backends.smtp.EmailBackend with EMAIL_HOST etc., or to an API provider's backend
+# (django-anymail, installed separately). Links in mails start with TASKS_BASE_URL.
+EMAIL_BACKEND = env_str("EMAIL_BACKEND", "django.core.mail.backends.console.EmailBackend")
+EMAIL_HOST = env_str("EMAIL_HOST", "localhost")
+EMAIL_PORT = env_int("EMAIL_PORT", 25)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", False)
+EMAIL_USE_SSL = env_bool("EMAIL_USE_SSL", False)
+EMAIL_TIMEOUT = env_float("EMAIL_TIMEOUT", 10.0)  # a drain never hangs on a mail server
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "tasks@localhost")
+TASKS_BASE_URL = env_str("TASKS_BASE_URL", "http://localhost:8000")
+# Signs outbound webhooks (X-Tasks-Signature, services.webhooks); unset, a stage's webhook is not called.
+TASKS_WEBHOOK_SECRET = env_str("TASKS_WEBHOOK_SECRET", "")
+
 # REST API (Django REST framework).
 REST_FRAMEWORK = {
     # Token first: an unauthenticated request then gets 401 with WWW-Authenticate: Token.

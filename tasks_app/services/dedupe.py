@@ -21,6 +21,8 @@ Duplicates inside one batch (two sends of one completion, two bulk items)
 collapse to the first before the INSERT. Each deduplicated arrival writes a
 `deduplicated` event on the live task it was folded into (who, how, the
 type); the caller writes `created` only for the rows actually inserted.
+The tasks actually inserted get their notification outbox rows here too
+(services.notifications), in the same transaction.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from django.db.models.expressions import DatabaseDefault
 from tasks_app.dedupe_keys import dedupe_key
 from tasks_app.models import Stage, Task, TaskEvent
 from tasks_app.services.errors import TaskStateError
+from tasks_app.services.notifications import outbox_write
 
 TASK = connection.ops.quote_name(Task._meta.db_table)
 # task_dedupe_live's predicate, as Django writes it in the index: ON CONFLICT must name it to infer the index.
@@ -113,6 +116,7 @@ def tasks_insert(tasks: Sequence[Task]) -> list[Task]:
     assert connection.in_atomic_block, "arrivals are inserted with the change that makes them"
     if not any(t.dedupe_key for t in tasks):
         Task.objects.bulk_create(tasks)
+        outbox_write(tasks)  # notify on arrival (issue 16): the outbox rows go in with the tasks
         return list(tasks)
     firsts: dict[tuple[int, str], int] = {}  # (stage, key) -> index of its first arrival in this batch
     heads: list[int] = []  # indexes of the rows to insert: no key, or the first of their key
@@ -154,6 +158,7 @@ def tasks_insert(tasks: Sequence[Task]) -> list[Task]:
             got = copy.copy(result[firsts[(task.stage_id, task.dedupe_key)]])
             got.deduplicated = True
             out.append(got)
+    outbox_write([t for t in out if not t.deduplicated])  # only the tasks created: a duplicate tells nobody
     return out
 
 

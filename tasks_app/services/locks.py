@@ -19,6 +19,8 @@ class LockKey(enum.IntEnum):
     SWEEP = 0x7A5C_0001
     # Retention batches (retention.tasks_prune): two prunes never delete at the same time.
     PRUNE = 0x7A5C_0002
+    # The notification outbox's drain (notifications.notifications_drain): one worker delivers at a time.
+    NOTIFY = 0x7A5C_0003
 
 
 def advisory_xact_lock(key: LockKey, *, wait: bool = False) -> bool:

@@ -315,7 +315,7 @@ def successor_tasks(
     """
     return [
         Task(
-            stage_id=t.target_id,
+            stage=t.target,  # loaded (key_for reads it): the notification outbox reads its notify without a query
             type=type,
             payload=payload,
             created_at=now,

@@ -10,7 +10,7 @@ shows its fields in the order of a schema's properties.
      "stages": [{"slug", "name", "kind", "handler", "description", "lock_timeout",
                  "max_attempts", "max_run_time", "max_concurrency", "rate_limit", "max_wait",
                  "on_timeout", "default_priority",
-                 "priority_from", "dedupe_on", "is_paused", "schedule",
+                 "priority_from", "dedupe_on", "notify", "notify_digest", "is_paused", "schedule",
                  "join_rule", "join_key", "join_count", "join_timeout", "join_type",
                  "groups": [group names], "schemas": {type or "*": JSON Schema}}],
      "transitions": [{"source", "target", "type"}]}   # type "" routes every type
@@ -84,6 +84,8 @@ STAGE_FIELDS = (
     "default_priority",
     "priority_from",
     "dedupe_on",
+    "notify",
+    "notify_digest",
     "is_paused",
     "schedule",
     "join_rule",
@@ -129,6 +131,8 @@ FIELD_TYPES: dict[str, tuple[str, Callable[[object], bool]]] = {
     "default_priority": ("a whole number", _is_int),
     "priority_from": ("a payload field name (a string)", _is_str),
     "dedupe_on": ('an array of JSON pointers (strings like "/order_id")', _is_names),
+    "notify": ('an object like {"groups": true} (form stages)', lambda v: isinstance(v, dict)),
+    "notify_digest": ("a whole number of minutes", _is_int),
     "is_paused": ("true or false", lambda v: isinstance(v, bool)),
     "schedule": ("a string", _is_str),
     "join_rule": ('"siblings", "count" or "" (join stages)', _is_str),
@@ -304,7 +308,8 @@ def _stage_field_problems(entry: dict[str, Any]) -> list[str]:
             if kept:
                 errors[name] = ValidationError(kept).messages
     # Stage.clean relates kind and schedule, and on_timeout and max_wait: only meaningful when all are.
-    if not {"kind", "schedule", "max_wait", "on_timeout", "handler", *JOIN_FIELDS} & (unusable | errors.keys()):
+    related = {"kind", "schedule", "max_wait", "on_timeout", "handler", "notify", *JOIN_FIELDS}
+    if not related & (unusable | errors.keys()):
         try:
             stage.clean()
         except ValidationError as exc:

@@ -84,6 +84,17 @@ COUNTERS: Sequence[tuple[str, str, Sequence[str]]] = (
         ["join_timed_out"],
     ),
     (
+        "tasks_notified",
+        "Notifications delivered about the stage's arrivals (mail or webhook; one per task a message listed, "
+        "per recipient).",
+        ["notified"],
+    ),
+    (
+        "tasks_notify_failed",
+        "Notification attempts that failed (retried with backoff; per task the message listed, per recipient).",
+        ["notify_failed"],
+    ),
+    (
         "tasks_released",
         "Locked tasks handed back to pending (handler error, worker shutdown, or force-released by a person).",
         ["released", "force_released"],

@@ -43,6 +43,7 @@ from tasks_app.services.complete import tasks_extend_locks_reporting
 from tasks_app.services.counters import counters_fold_in_turn
 from tasks_app.services.flow_limits import throttle_pause
 from tasks_app.services.join import JoinPass, tasks_join_sweep
+from tasks_app.services.notifications import Drain, notifications_drain
 from tasks_app.services.pipeline import tasks_complete_and_claim
 from tasks_app.services.retention import PERIODIC_PAUSE, PruneResult, tasks_prune_periodic
 from tasks_app.services.waiting import WaitSweep, tasks_wait_sweep
@@ -81,6 +82,10 @@ WAIT_PAUSE = 0.5
 # notified of an arrival there, and after JOIN_PAUSE while ready groups are left over.
 JOIN_INTERVAL = 1.0
 JOIN_PAUSE = 0.1
+# The notification outbox (services.notifications): drained this often (one worker at a time), sooner while
+# a backlog lasts. Mail and webhooks go out here, never in a claim or a completion.
+NOTIFY_INTERVAL = 5.0
+NOTIFY_PAUSE = 0.5
 
 
 def default_worker_id() -> str:
@@ -124,6 +129,7 @@ class Cadences:
     fold: Cadence  # the counters' fold (FOLD_INTERVAL; sooner while a backlog lasts)
     waits: Cadence  # overdue tasks (TASKS_EXPIRE_INTERVAL; sooner while a backlog lasts)
     joins: Cadence  # join stages' passes (JOIN_INTERVAL; at once on an arrival's notification)
+    outbox: Cadence  # the notification outbox's drain (NOTIFY_INTERVAL; sooner while a backlog lasts)
     registry: Cadence  # the registry heartbeat (TASKS_WORKER_HEARTBEAT)
     progress: Cadence | None  # the progress line; None when off
 
@@ -138,6 +144,7 @@ class Cadences:
             fold=Cadence(FOLD_INTERVAL, jitter=FOLD_JITTER),
             waits=Cadence(float(settings.TASKS_EXPIRE_INTERVAL)),
             joins=Cadence(JOIN_INTERVAL),
+            outbox=Cadence(NOTIFY_INTERVAL),
             registry=Cadence(float(settings.TASKS_WORKER_HEARTBEAT)),
             progress=Cadence(progress_interval, next_at=now + progress_interval) if progress_interval > 0 else None,
         )
@@ -237,6 +244,7 @@ class Worker:
             (self.cadences.fold, self.fold_counters),
             (self.cadences.waits, self.sweep_waits),
             (self.cadences.joins, self.join_groups),
+            (self.cadences.outbox, self.send_notifications),
             (self.cadences.registry, self.report_in),
         ]
         if self.cadences.progress is not None:
@@ -652,6 +660,19 @@ class Worker:
         if swept.flagged:
             logger.info("%d task(s) overdue, %d sent on as their stage's on_timeout", swept.flagged, swept.timed_out)
         return swept
+
+    def send_notifications(self) -> Drain | None:
+        """Deliver the notification outbox: mails and webhooks about arrivals at form stages (one worker at a time)."""
+        drained = notifications_drain()
+        if drained is None:
+            return None
+        if drained.backlog:
+            self.cadences.outbox.done(time.monotonic(), after=NOTIFY_PAUSE)
+        if drained.sent or drained.failed:
+            logger.info(
+                "sent %d notification(s) about %d arrival(s); %d failed", drained.sent, drained.rows, drained.failed
+            )
+        return drained
 
     def join_groups(self) -> JoinPass | None:
         """Join stages: merge the complete groups and send the timed-out ones on (services.join)."""
