@@ -10,8 +10,10 @@ import hmac
 import io
 import json
 import socket
+import ssl
 import threading
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -589,3 +591,59 @@ def test_metrics_count_notifications_sent_and_failed(
 
     assert 'tasks_notified_total{stage="approve"} 2.0' in text
     assert 'tasks_notify_failed_total{stage="approve"} 0.0' in text
+
+
+TLS = Path(__file__).resolve().parent / "support" / "tls"  # a self-signed certificate for localhost (100 years)
+
+
+class _Receiver(BaseHTTPRequestHandler):
+    got: list[tuple[str, dict[str, str], bytes]] = []
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Receiver.got.append((self.path, dict(self.headers), body))
+        if self.path == "/moved":
+            self.send_response(302)
+            self.send_header("Location", "https://127.0.0.1/elsewhere")
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_webhook_is_posted_signed_over_verified_tls_and_a_redirect_is_not_followed(
+    world: dict[str, Stage], settings: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    server = HTTPServer(("127.0.0.1", 0), _Receiver)
+    served = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    served.load_cert_chain(TLS / "localhost.crt", TLS / "localhost.key")
+    server.socket = served.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    _Receiver.got = []
+    port = server.server_address[1]
+    settings.TASKS_WEBHOOK_SECRET = "s3cret"
+    # The receiver is on loopback, which the address check refuses (tested above): here it lets it through,
+    # and the client trusts the test certificate. The connection, TLS host check and HTTP are real.
+    monkeypatch.setattr(webhooks, "public_address", lambda host, port: "127.0.0.1")
+    monkeypatch.setattr(webhooks, "tls_context", lambda: ssl.create_default_context(cafile=str(TLS / "localhost.crt")))
+    task = arrive(world)
+    [item] = notifications._items([Task.objects.select_related("stage", "source_stage").get(pk=task.pk)])
+    try:
+        webhooks.webhook_post(f"https://localhost:{port}/hook?team=a", world["approve"], [item], now=1700000000)
+        with pytest.raises(RuntimeError, match="HTTP 302"):
+            webhooks.webhook_post(f"https://localhost:{port}/moved", world["approve"], [item])
+        with pytest.raises(ssl.SSLCertVerificationError):  # the certificate is for localhost, not this name
+            webhooks.webhook_post(f"https://hooks.example.com:{port}/hook", world["approve"], [item])
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    [(path, headers, body), (moved, _, _)] = _Receiver.got  # the redirect's target was never asked
+    assert (path, moved) == ("/hook?team=a", "/moved")
+    assert headers["X-Tasks-Timestamp"] == "1700000000" and headers["Content-Type"] == "application/json"
+    assert headers["X-Tasks-Signature"] == webhooks.webhook_signature("s3cret", 1700000000, body)
+    assert json.loads(body)["tasks"][0]["url"].endswith(f"/work/{task.pk}/")
