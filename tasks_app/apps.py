@@ -20,7 +20,8 @@ class TasksAppConfig(AppConfig):
 
         # `migrate` also creates the throttle counters' table: no extra deploy step to forget.
         post_migrate.connect(create_cache_tables, sender=self)
-        # PostgreSQL sessions run the engine's prepared statements with their generic plan (services.pg).
+        # PostgreSQL sessions run the engine's prepared statements with their generic plan (services.pg;
+        # imported here: tasks_app.services' package imports the models, which need the registry loaded).
         from tasks_app.services.pg import session_setup
 
         connection_created.connect(session_setup, dispatch_uid="tasks_pg_session_setup")

@@ -37,6 +37,10 @@ LAZY_IMPORTS = {
         "Django imports apps.py while it loads the app registry; the checks import the models, which need it "
         "loaded, and ready() is where Django wants checks registered"
     ),
+    ("tasks_app/apps.py", "ready", "tasks_app.services.pg"): (
+        "the connection_created receiver (plan_cache_mode for the prepared statements); importing "
+        "tasks_app.services loads its package, which imports the models, before the registry is ready"
+    ),
 }
 
 # What user code receives and how it is resolved and called: defined in services/handlers.py only.

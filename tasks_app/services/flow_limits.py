@@ -24,6 +24,17 @@ drift (the alternative, a running count kept in the gate row, would need every
 one of those paths to decrement it, exactly once). A stage with neither control
 never touches the gate: its claim stays the one prepared statement.
 
+The common case in one round trip: at a stage with a cap and no rate limit
+whose gate row this process has seen (GATES_SEEN), the claim sends the gate's
+lock and services.claim.PG_CAPPED_CLAIM_SQL pipelined, with one Sync: one
+implicit transaction, committed at the Sync. The claim statement is the later
+one, so the count inside it (its LIMIT) is taken in a snapshot after the lock,
+exactly as step (2). Only a claim that comes back short (a full cap, expired
+locks to take over, or no more work) goes on to the transaction above for the
+rest, which counts a throttled claim. A capped claim of one costs 1.1-1.2
+times an uncapped one this way, against 1.4-1.75 times with the steps above
+(bench/claim_scaling.py --controls; docs/scaling.md, section 6).
+
 SQLite. Writers take turns (BEGIN IMMEDIATE: the claim's transaction holds the
 database's write lock from its first statement), so the same steps in the
 claim's transaction are exact without row locks.
