@@ -21,6 +21,7 @@ from tasks_app.models import Stage, Task, TaskEvent, Transition
 from tasks_app.services import task_create
 from tasks_app.services.join import tasks_join_pass
 from tests.support.processes import finish, start_worker, wait_for
+from tests.support.threads import run_at_once
 
 pytestmark = [pytest.mark.postgres, pytest.mark.django_db(transaction=True)]
 
@@ -119,26 +120,14 @@ def test_two_passes_at_once_join_each_group_once(db: None) -> None:
     for g in range(60):
         for _ in range(3):
             task_create(stage=gather, type="t", payload={"g": g})
-    start = threading.Barrier(2)
-    errors: list[BaseException] = []
 
     def passes() -> None:
-        try:
-            start.wait()
-            for _ in range(200):  # small passes, over and over, until one finds nothing left
-                result = tasks_join_pass(gather, max_groups=4)
-                if result is not None and not result.joined and not result.backlog:
-                    break
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-            errors.append(exc)
-        finally:
-            connection.close()
+        for _ in range(200):  # small passes, over and over, until one finds nothing left
+            result = tasks_join_pass(gather, max_groups=4)
+            if result is not None and not result.joined and not result.backlog:
+                break
 
-    threads = [threading.Thread(target=passes) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    errors = run_at_once(passes)
     close_old_connections()
 
     assert not errors

@@ -36,6 +36,7 @@ from tasks_app.services.workflow import workflow_dump, workflow_problems
 from tasks_app.templatetags.task_extras import status_text
 from tasks_app.worker import Worker
 from tests.support.pages import LIST_URL, STAGE_URL, form_fields
+from tests.support.threads import run_at_once
 from tests.support.users import logged_in, make_user
 from tests.support.world import make_world
 
@@ -355,28 +356,16 @@ def test_two_upkeeps_at_once_act_once_on_each_task(db: None) -> None:
     review = limit(world["review"], 60, on_timeout="declined")
     quiet = limit(world["ship"], 60)
     tasks = [arrived(review, 120, n=n) for n in range(40)] + [arrived(quiet, 120, n=n) for n in range(40)]
-    start = threading.Barrier(2)
-    errors: list[BaseException] = []
 
     def upkeep() -> None:
-        try:
-            start.wait()
-            # Batches of 5: both threads sweep over and over, at the same time, until one pass of this
-            # thread finds nothing left (None: the other one held the sweep lock).
-            for _ in range(500):
-                swept = tasks_wait_sweep(batch_size=5)
-                if swept is not None and not swept.flagged:
-                    break
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-            errors.append(exc)
-        finally:
-            connection.close()
+        # Batches of 5: both threads sweep over and over, at the same time, until one pass of this
+        # thread finds nothing left (None: the other one held the sweep lock).
+        for _ in range(500):
+            swept = tasks_wait_sweep(batch_size=5)
+            if swept is not None and not swept.flagged:
+                break
 
-    threads = [threading.Thread(target=upkeep) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    errors = run_at_once(upkeep)
     close_old_connections()
 
     assert not errors

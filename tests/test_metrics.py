@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 from django.core.cache import cache
-from django.db import connection
 from django.test import Client
 from django.utils import timezone
 from prometheus_client.parser import text_string_to_metric_families
@@ -36,6 +35,7 @@ from tasks_app.services import (
 )
 from tasks_app.worker import Worker
 from tests.support.processes import ROOT, subprocess_env
+from tests.support.threads import run_at_once
 from tests.support.users import make_user
 from tests.support.world import make_tasks_in_every_state
 
@@ -305,25 +305,13 @@ def test_concurrent_folds_count_each_event_once() -> None:
     stage = Stage.objects.create(slug="bulk", name="Bulk", handler="tests.handlers.noop")
     total = 3000
     tasks_create_bulk(items=[(stage, "t", {"n": i}) for i in range(total)])
-    start = threading.Barrier(4)
     folded: list[int] = []
-    errors: list[BaseException] = []
 
     def fold() -> None:
-        try:
-            start.wait()
-            while n := stage_counters.counters_fold(max_rows=500):
-                folded.append(n)
-        except BaseException as exc:  # noqa: B036 - reported by the test thread
-            errors.append(exc)
-        finally:
-            connection.close()
+        while n := stage_counters.counters_fold(max_rows=500):
+            folded.append(n)
 
-    threads = [threading.Thread(target=fold) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    errors = run_at_once(fold, threads=4)
     assert not errors, errors
     # Four folders raced over the same events: the cursor lock makes each count them once.
     assert sum(folded) == total

@@ -22,7 +22,7 @@ from django.contrib.auth.models import Group
 from django.core import mail
 from django.core.exceptions import ValidationError
 from django.core.management import call_command
-from django.db import close_old_connections, connection, transaction
+from django.db import close_old_connections, transaction
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -43,6 +43,7 @@ from tasks_app.services.notifications import notifications_drain
 from tasks_app.services.workflow import workflow_dump, workflow_load, workflow_problems
 from tasks_app.worker import Worker
 from tests.support.pages import STAGE_URL, form_fields
+from tests.support.threads import run_at_once
 from tests.support.users import logged_in, make_user
 from tests.support.world import make_world
 
@@ -353,27 +354,15 @@ def test_two_drains_at_once_send_each_notification_once(db: None) -> None:
     tasks = tasks_create_bulk(
         items=[(approve, "approval", {"title": "t", "to": f"p{n}@example.com"}) for n in range(40)]
     )
-    start = threading.Barrier(2)
-    errors: list[BaseException] = []
 
     def upkeep() -> None:
-        try:
-            start.wait()
-            # Small bites, over and over, at the same time, until nothing is left to send.
-            for _ in range(2000):
-                notifications_drain(groups_limit=3)
-                if not Notification.objects.filter(status=Notification.Status.PENDING).exists():
-                    break
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-            errors.append(exc)
-        finally:
-            connection.close()
+        # Small bites, over and over, at the same time, until nothing is left to send.
+        for _ in range(2000):
+            notifications_drain(groups_limit=3)
+            if not Notification.objects.filter(status=Notification.Status.PENDING).exists():
+                break
 
-    threads = [threading.Thread(target=upkeep) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    errors = run_at_once(upkeep)
     close_old_connections()
 
     assert not errors

@@ -7,11 +7,9 @@ a form stage's open and submit), folded with services.counters.counters_fold.
 
 from __future__ import annotations
 
-import threading
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from django.db import connection
 from django.utils import timezone
 
 from tasks_app.models import Stage, StageHour, Task, Transition, TransitionHour
@@ -30,6 +28,7 @@ from tasks_app.services.counters import counters_fold
 from tasks_app.services.form_stages import form_task_cancel, form_task_open, form_task_submit
 from tasks_app.services.lifecycle import task_unclaim, tasks_expire_locks
 from tasks_app.services.rollups import BUCKETS, N_BUCKETS, RETENTION, bucket_of, hour_of, percentile
+from tests.support.threads import run_at_once
 from tests.support.users import make_user
 
 # Past the PostgreSQL fold's settling margin (services.counters.SETTLE_SECONDS), so every event is folded.
@@ -215,24 +214,12 @@ def test_two_folds_at_once_roll_each_event_up_once() -> None:
     claims = task_claim(stage=stage, worker_id="w1", limit=total)
     for task in claims:
         task_complete(task_id=task.pk, lock_token=task.lock_token)
-    start = threading.Barrier(2)
-    errors: list[BaseException] = []
 
     def folder() -> None:
-        try:
-            start.wait()
-            while counters_fold(now=timezone.now() + LATER, max_rows=150):
-                pass
-        except BaseException as exc:  # noqa: B036 - reported by the test thread
-            errors.append(exc)
-        finally:
-            connection.close()
+        while counters_fold(now=timezone.now() + LATER, max_rows=150):
+            pass
 
-    threads = [threading.Thread(target=folder) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
+    errors = run_at_once(folder)
     assert not errors, errors
     # Two connections folded the same 1,800 events in steps of 150: the cursor lock lets each event in once.
     rows = StageHour.objects.filter(stage=stage)

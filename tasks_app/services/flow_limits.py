@@ -69,19 +69,17 @@ from __future__ import annotations
 
 import math
 import threading
-import weakref
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import psycopg
-from django.conf import settings
 from django.db import connection
 from django.db.models import F
 
 from tasks_app.limits import parse_rate_limit
 from tasks_app.models import Stage, StageGate, Task
-from tasks_app.services.pg import execute_prepared
+from tasks_app.services.pg import execute_pipelined, execute_prepared
 
 TASK = connection.ops.quote_name(Task._meta.db_table)
 GATE = connection.ops.quote_name(StageGate._meta.db_table)
@@ -193,31 +191,15 @@ def gate_enter(stage: Stage, *, limit: int, now: datetime) -> Gate:
     return Gate(stage, limit, allowed, cap_room, rate_room, window, window_count, period, expired)
 
 
-_pair: weakref.WeakKeyDictionary[psycopg.Connection[Any], tuple[psycopg.Cursor[Any], psycopg.Cursor[Any]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def _pg_lock_and_count(stage: Stage, params: dict[str, Any]) -> tuple[StageGate, tuple[int, int]]:
     """PostgreSQL, a capped stage: lock the gate row and count the stage's locked tasks, pipelined.
 
     Two statements sent together with the transaction's BEGIN (one round trip instead of three); the
     count is still the second statement, so its snapshot is taken after the first has the gate's lock.
     """
-    connection.ensure_connection()
-    with connection.wrap_database_errors:  # psycopg errors become django.db errors, as elsewhere
-        conn = connection.connection
-        if conn.prepare_threshold is None:
-            conn.prepare_threshold = 5  # Django turns preparation off; see services.pg
-        cursors = _pair.get(conn)
-        if cursors is None or cursors[0].closed or cursors[1].closed:
-            cursors = _pair[conn] = (psycopg.Cursor(conn), psycopg.Cursor(conn))
-        prepare = bool(settings.TASKS_PG_PREPARE)
-        with conn.pipeline():
-            cursors[0].execute(GATE_LOCK_SQL, {"stage_id": stage.pk}, prepare=prepare)
-            cursors[1].execute(RUNNING_SQL, params, prepare=prepare)
-        row = cursors[0].fetchone()
-        counted = cursors[1].fetchone()
+    locked, counting = execute_pipelined((GATE_LOCK_SQL, {"stage_id": stage.pk}), (RUNNING_SQL, params))
+    row = locked.fetchone()
+    counted = counting.fetchone()
     assert counted is not None
     if row is not None:
         GATES_SEEN.add(stage.pk)
@@ -241,22 +223,11 @@ def after_gate_locked(stage: Stage, sql: str, params: dict[str, Any]) -> psycopg
     inside one they join it). `sql` is a later statement than the lock, so its snapshot sees every claim
     that held the gate before. Returns the cursor of `sql`, or None if the gate row was missing (`sql`
     ran unguarded: the caller must not use its rows; it never happens for a stage in GATES_SEEN)."""
-    connection.ensure_connection()
-    with connection.wrap_database_errors:  # psycopg errors become django.db errors, as elsewhere
-        conn = connection.connection
-        if conn.prepare_threshold is None:
-            conn.prepare_threshold = 5  # Django turns preparation off; see services.pg
-        cursors = _pair.get(conn)
-        if cursors is None or cursors[0].closed or cursors[1].closed:
-            cursors = _pair[conn] = (psycopg.Cursor(conn), psycopg.Cursor(conn))
-        prepare = bool(settings.TASKS_PG_PREPARE)
-        with conn.pipeline():
-            cursors[0].execute(GATE_LOCK_SQL, {"stage_id": stage.pk}, prepare=prepare)
-            cursors[1].execute(sql, params, prepare=prepare)
-        if cursors[0].fetchone() is None:
-            GATES_SEEN.discard(stage.pk)
-            return None
-        return cursors[1]
+    locked, cursor = execute_pipelined((GATE_LOCK_SQL, {"stage_id": stage.pk}), (sql, params))
+    if locked.fetchone() is None:
+        GATES_SEEN.discard(stage.pk)
+        return None
+    return cursor
 
 
 def _locked_gate(stage: Stage) -> StageGate:

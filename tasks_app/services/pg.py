@@ -40,18 +40,28 @@ def session_setup(sender: Any, connection: Any, **kwargs: Any) -> None:
 
 
 _cursors: weakref.WeakKeyDictionary[psycopg.Connection[Any], psycopg.Cursor[Any]] = weakref.WeakKeyDictionary()
+# Two more per connection for execute_pipelined (in pipeline mode a cursor keeps only its last statement's rows).
+_pairs: weakref.WeakKeyDictionary[psycopg.Connection[Any], tuple[psycopg.Cursor[Any], psycopg.Cursor[Any]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _preparing_connection() -> psycopg.Connection[Any]:
+    """Django's psycopg connection, able to prepare (call inside connection.wrap_database_errors)."""
+    conn = connection.connection
+    if conn.prepare_threshold is None:
+        # Django turns psycopg's statement preparation off (its cursors bind
+        # on the client, which can't prepare); with it off, prepare=True is
+        # silently ignored. Turning it back on affects only cursors like these.
+        conn.prepare_threshold = 5
+    return conn
 
 
 def execute_prepared(sql: str, params: Mapping[str, Any]) -> psycopg.Cursor[Any]:
     """Run `sql` as a prepared statement on Django's connection; returns the cursor to fetch from."""
     connection.ensure_connection()
     with connection.wrap_database_errors:  # psycopg errors become django.db errors, as elsewhere
-        conn = connection.connection
-        if conn.prepare_threshold is None:
-            # Django turns psycopg's statement preparation off (its cursors bind
-            # on the client, which can't prepare); with it off, prepare=True is
-            # silently ignored. Turning it back on affects only cursors like this one.
-            conn.prepare_threshold = 5
+        conn = _preparing_connection()
         cursor = _cursors.get(conn)
         if cursor is None or cursor.closed:
             # One server-binding cursor per connection, reused: creating one per statement shows in profiles.
@@ -59,3 +69,26 @@ def execute_prepared(sql: str, params: Mapping[str, Any]) -> psycopg.Cursor[Any]
         # PgBouncer in transaction mode (before 1.21) can't keep prepared statements.
         cursor.execute(sql, params, prepare=bool(settings.TASKS_PG_PREPARE))
         return cursor
+
+
+def execute_pipelined(
+    first: tuple[str, Mapping[str, Any]], second: tuple[str, Mapping[str, Any]]
+) -> tuple[psycopg.Cursor[Any], psycopg.Cursor[Any]]:
+    """Send two prepared statements, then one Sync: one round trip; returns their cursors to fetch from.
+
+    No BEGIN/COMMIT: outside a transaction the extended protocol runs everything up to the Sync (sent
+    when the pipeline block ends) as one implicit transaction, committed at the Sync; inside a Django
+    atomic block the two join the open transaction. The second is a later statement than the first, so
+    under READ COMMITTED its snapshot is taken after the first has run (and holds its row locks).
+    """
+    connection.ensure_connection()
+    with connection.wrap_database_errors:  # psycopg errors become django.db errors, as elsewhere
+        conn = _preparing_connection()
+        cursors = _pairs.get(conn)
+        if cursors is None or cursors[0].closed or cursors[1].closed:
+            cursors = _pairs[conn] = (psycopg.Cursor(conn), psycopg.Cursor(conn))
+        prepare = bool(settings.TASKS_PG_PREPARE)
+        with conn.pipeline():
+            cursors[0].execute(first[0], first[1], prepare=prepare)
+            cursors[1].execute(second[0], second[1], prepare=prepare)
+        return cursors

@@ -22,13 +22,11 @@ task_claim_rows, with the same results.
 from __future__ import annotations
 
 import time
-import weakref
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
 import psycopg
-from django.conf import settings
 from django.db import connection
 from django.utils import timezone
 
@@ -51,12 +49,7 @@ from tasks_app.services.complete import (
     tasks_complete_each,
 )
 from tasks_app.services.flow_limits import gated
-
-# Two server-binding cursors per connection (one per statement: in pipeline mode a cursor
-# keeps only its last statement's rows), reused as services.pg reuses its one.
-_cursors: weakref.WeakKeyDictionary[psycopg.Connection[Any], tuple[psycopg.Cursor[Any], psycopg.Cursor[Any]]] = (
-    weakref.WeakKeyDictionary()
-)
+from tasks_app.services.pg import execute_pipelined
 
 
 def one_statement(items: Sequence[Completion]) -> bool:
@@ -139,23 +132,6 @@ def _separately(
 
 
 def _pipelined(complete: dict[str, Any], claim: dict[str, Any]) -> tuple[psycopg.Cursor[Any], psycopg.Cursor[Any]]:
-    """Send PG_COMPLETE_SQL and PG_CLAIM_SQL, then one Sync: one round trip, one implicit transaction.
-
-    Inside a Django atomic block (tests) the two statements simply join the
-    open transaction. Prepared like services.pg's statements (TASKS_PG_PREPARE).
-    """
-    connection.ensure_connection()
-    with connection.wrap_database_errors:  # psycopg errors become django.db errors, as elsewhere
-        conn = connection.connection
-        if conn.prepare_threshold is None:
-            conn.prepare_threshold = 5  # Django turns preparation off; see services.pg
-        cursors = _cursors.get(conn)
-        if cursors is None or cursors[0].closed or cursors[1].closed:
-            cursors = _cursors[conn] = (psycopg.Cursor(conn), psycopg.Cursor(conn))
-        prepare = bool(settings.TASKS_PG_PREPARE)
-        # No BEGIN/COMMIT: without one, the extended protocol runs everything up to the
-        # Sync (sent when the pipeline block ends) as one transaction, committed at the Sync.
-        with conn.pipeline():
-            cursors[0].execute(PG_COMPLETE_SQL, complete, prepare=prepare)
-            cursors[1].execute(PG_CLAIM_SQL, claim, prepare=prepare)
-        return cursors
+    """Send PG_COMPLETE_SQL and PG_CLAIM_SQL, then one Sync: one round trip, one implicit transaction
+    (services.pg.execute_pipelined; inside a Django atomic block, as in tests, they join it)."""
+    return execute_pipelined((PG_COMPLETE_SQL, complete), (PG_CLAIM_SQL, claim))
