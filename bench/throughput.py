@@ -581,21 +581,19 @@ def main() -> int:
             )
             print(f"| {workers} | {pgq:,.0f} |", flush=True)
 
+    def pipeline(source: Stage, target: Stage, workers: int) -> tuple[float, int]:
+        """A two-stage pipeline's end-to-end rate at batch 100 (tasks committed at source, done at target)."""
+        slugs = [source.slug, target.slug]
+        return run_engine(
+            bench_url, first=source.pk, last=target.pk, slugs=slugs, n=n, history=history, workers=workers, batch=100
+        )
+
     if not args.no_pipeline:
         print("\nTwo-stage pipeline (first handler sends each task to the second stage), end to end:\n")
         print("| workers | batch | tasks/s (end to end) | worker peak RSS |")
         print("|---:|---:|---:|---:|")
         for workers in workers_list:
-            rate, peak = run_engine(
-                bench_url,
-                first=first.pk,
-                last=second.pk,
-                slugs=["bench-a", "bench-b"],
-                n=n,
-                history=history,
-                workers=workers,
-                batch=100,
-            )
+            rate, peak = pipeline(first, second, workers)
             print(f"| {workers} | 100 | {rate:,.0f} | {peak} MiB |", flush=True)
 
     if not args.no_dedupe:
@@ -606,26 +604,8 @@ def main() -> int:
         print("| workers | plain tasks/s | dedupe tasks/s | dedupe / plain |")
         print("|---:|---:|---:|---:|")
         for workers in workers_list:
-            plain_rate, _ = run_engine(
-                bench_url,
-                first=first.pk,
-                last=second.pk,
-                slugs=["bench-a", "bench-b"],
-                n=n,
-                history=history,
-                workers=workers,
-                batch=100,
-            )
-            dedupe_rate, _ = run_engine(
-                bench_url,
-                first=dedupe_first.pk,
-                last=dedupe_second.pk,
-                slugs=["bench-da", "bench-db"],
-                n=n,
-                history=history,
-                workers=workers,
-                batch=100,
-            )
+            plain_rate, _ = pipeline(first, second, workers)
+            dedupe_rate, _ = pipeline(dedupe_first, dedupe_second, workers)
             print(
                 f"| {workers} | {plain_rate:,.0f} | {dedupe_rate:,.0f} | {dedupe_rate / plain_rate:.2f}× |", flush=True
             )
