@@ -56,6 +56,7 @@ from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
+from tasks_app.dedupe_keys import MISSING, resolve
 from tasks_app.models import JOIN_COUNT, JOIN_SIBLINGS, JOIN_TIMEOUT_TYPE, Stage, Task, TaskEvent
 from tasks_app.services.errors import NoRouteError
 from tasks_app.services.routing import Send, tasks_send_many
@@ -109,23 +110,11 @@ class Group:
 
 
 def pointer_value(document: Any, pointer: str) -> Any:
-    """The value at an RFC 6901 pointer; None when it points at nothing."""
+    """The value at an RFC 6901 pointer (dedupe_keys.resolve); None when it points at nothing."""
     if not pointer:
         return None  # a blank join_key: every arrival has the same (null) key
-    value = document
-    for raw in pointer[1:].split("/"):
-        token = raw.replace("~1", "/").replace("~0", "~")
-        if isinstance(value, dict):
-            if token not in value:
-                return None
-            value = value[token]
-        elif isinstance(value, list):
-            if not token.isdigit() or (token != "0" and token.startswith("0")) or int(token) >= len(value):
-                return None
-            value = value[int(token)]
-        else:
-            return None
-    return value
+    value = resolve(document, pointer)
+    return None if value is MISSING else value
 
 
 def _canonical(value: Any) -> str:
