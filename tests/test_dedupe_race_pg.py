@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +32,10 @@ django.setup()
 from tasks_app.models import Stage
 from tasks_app.services import task_create
 stage = Stage.objects.get(slug="dd")
-start, rounds, who, same = float(sys.argv[1]), int(sys.argv[2]), sys.argv[3], sys.argv[4] == "same"
+rounds, who, same = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "same"
+if not same:  # started and connected: say so, then wait for the common start time
+    print("ready", flush=True)
+    start = float(sys.stdin.readline())
 out = []
 for r in range(rounds):
     if not same:
@@ -44,14 +48,14 @@ print(json.dumps(out))
 """
 
 COMPLETER = """
-import sys, time
+import os, sys
 import django
 django.setup()
 from tasks_app.models import Stage
 from tasks_app.services import task_claim, task_complete
 stage = Stage.objects.get(slug="dd")
-done, until = 0, time.time() + float(sys.argv[1])
-while time.time() < until:
+done, stop = 0, sys.argv[1]
+while not os.path.exists(stop):  # until the senders are done
     for task in task_claim(stage=stage, worker_id="completer", limit=5):
         task_complete(task_id=task.pk, lock_token=task.lock_token)
         done += 1
@@ -64,6 +68,7 @@ def start(code: str, *args: str) -> subprocess.Popen[str]:
         [sys.executable, "-c", code, *args],
         cwd=ROOT,
         env=subprocess_env(),
+        stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -72,6 +77,7 @@ def start(code: str, *args: str) -> subprocess.Popen[str]:
 
 def finish(proc: subprocess.Popen[str]) -> Any:
     out, err = proc.communicate(timeout=180)
+    out = out.removeprefix("ready\n")
     assert proc.returncode == 0, err[-3000:]
     return json.loads(out)
 
@@ -79,8 +85,14 @@ def finish(proc: subprocess.Popen[str]) -> Any:
 def test_simultaneous_arrivals_of_one_key_make_one_task_and_every_caller_gets_its_id(db: None) -> None:
     stage = Stage.objects.create(slug="dd", name="Dd", handler="tests.handlers.noop", dedupe_on=["/k"])
     rounds, senders = 12, 4
-    at = time.time() + 8  # every process started and connected before the first round
-    procs = [start(SENDER, str(at), str(rounds), f"p{i}", "timed") for i in range(senders)]
+    procs = [start(SENDER, str(rounds), f"p{i}", "timed") for i in range(senders)]
+    for proc in procs:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline() == "ready\n", proc.communicate(timeout=60)[1][-3000:]
+    at = time.time() + 0.3  # every process is connected: round r starts at `at + 0.3 r` in all of them
+    for proc in procs:
+        proc.stdin.write(f"{at}\n")
+        proc.stdin.flush()
     answers = [row for proc in procs for row in finish(proc)]
     assert len(answers) == rounds * senders
     for r in range(rounds):
@@ -93,12 +105,16 @@ def test_simultaneous_arrivals_of_one_key_make_one_task_and_every_caller_gets_it
         assert events == senders - 1
 
 
-def test_arrivals_racing_the_completion_of_the_live_task_are_each_created_or_deduplicated_once(db: None) -> None:
+def test_arrivals_racing_the_completion_of_the_live_task_are_each_created_or_deduplicated_once(
+    db: None, tmp_path: Path
+) -> None:
     stage = Stage.objects.create(slug="dd", name="Dd", handler="tests.handlers.noop", dedupe_on=["/k"])
     per_sender, senders = 150, 3
-    completer = start(COMPLETER, "12")
-    procs = [start(SENDER, "0", str(per_sender), f"p{i}", "same") for i in range(senders)]
+    stop = tmp_path / "senders-done"
+    completer = start(COMPLETER, str(stop))
+    procs = [start(SENDER, str(per_sender), f"p{i}", "same") for i in range(senders)]
     answers = [row for proc in procs for row in finish(proc)]
+    stop.touch()
     out, err = completer.communicate(timeout=180)
     assert completer.returncode == 0, err[-3000:]
     assert len(answers) == per_sender * senders
