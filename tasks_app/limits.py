@@ -94,6 +94,9 @@ MAX_PRIORITY = 1000
 MAX_DELAY = 365 * 24 * 3600
 # Stage.max_wait, in seconds (the waiting-time limit, services.waiting): a year.
 MAX_WAIT = 365 * 24 * 3600
+# Reminders (issue 16): no sooner than a minute apart, at most this many per task.
+MIN_REMIND_AFTER = 60
+MAX_REMINDERS = 10
 # Stage.max_concurrency (services.flow_limits): locked tasks at a stage across every worker and API client.
 MAX_STAGE_CONCURRENCY = 10_000
 # Stage.rate_limit, "N/second", "N/minute" or "N/hour": claimed tasks per fixed window of that length.

@@ -26,10 +26,12 @@ from tasks_app.limits import (
     MAX_ATTEMPTS,
     MAX_LOCK_TIMEOUT,
     MAX_PRIORITY,
+    MAX_REMINDERS,
     MAX_RUN_TIME,
     MAX_STAGE_CONCURRENCY,
     MAX_WAIT,
     MIN_PRIORITY,
+    MIN_REMIND_AFTER,
     json_depth_exceeds,
     json_has_nul,
     parse_rate_limit,
@@ -169,6 +171,11 @@ class JSONTypeOf(Func):
 
     def as_postgresql(self, compiler: Any, connection: Any, **extra: Any) -> Any:
         return super().as_sql(compiler, connection, function="JSONB_TYPEOF", **extra)
+
+
+# Stage fields only form stages may set (issue 16; Stage._clean_people). remind_max and assignee_only have
+# defaults every stage carries, unused elsewhere.
+PEOPLE_FIELDS = ("remind_after", "due_after", "on_overdue", "assignee_from")
 
 
 class Stage(models.Model):
@@ -333,6 +340,53 @@ class Stage(models.Model):
         help_text=f"Form stages: minutes (0 to {MAX_NOTIFY_DIGEST}) between two mails to one person about this "
         "stage; arrivals in between are listed in one digest. 0: mail at each upkeep pass.",
     )
+    # Remind and escalate (issue 16; services.reminders, services.waiting): form stages only.
+    remind_after = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(MIN_REMIND_AFTER), MaxValueValidator(MAX_WAIT)],
+        help_text=f"Form stages: seconds ({MIN_REMIND_AFTER} to {MAX_WAIT}) after which, and again after each such "
+        "period, the people told of an arrival are reminded while the task still waits (pending). Blank: no "
+        "reminders.",
+    )
+    remind_max = models.PositiveIntegerField(
+        default=3,
+        db_default=3,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_REMINDERS)],
+        help_text=f"Form stages: most reminders per task (1 to {MAX_REMINDERS}).",
+    )
+    due_after = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_WAIT)],
+        help_text=f"Form stages: seconds (1 to {MAX_WAIT}) from a task's arrival until it is due; past it, while "
+        "not completed (pending, or open in someone's hands), it is overdue. Blank: no due time.",
+    )
+    on_overdue = models.CharField(
+        max_length=TYPE_MAX_LENGTH,
+        blank=True,
+        default="",
+        db_default="",
+        validators=[validate_task_type],
+        help_text="Form stages: a task type: an overdue task is completed (reason 'overdue') and this type is sent "
+        "on through the stage's transitions (escalation). Blank: overdue tasks stay.",
+    )
+    # Assign (issue 16; services.assign): a task's assignee is read from this payload field on arrival.
+    assignee_from = models.CharField(
+        max_length=200,
+        blank=True,
+        default="",
+        db_default="",
+        validators=[validate_json_pointer],
+        help_text="Form stages: a JSON pointer into the payload, e.g. /approver, holding the username or email "
+        "address of the user a task arriving here is assigned to. Blank: tasks arrive unassigned.",
+    )
+    assignee_only = models.BooleanField(
+        default=True,
+        db_default=True,
+        help_text="Form stages: a task assigned to someone can be opened by others only once it is overdue, or by "
+        "users with the change-task permission. Off: anyone who may work on the stage may open it.",
+    )
     is_paused = models.BooleanField(default=False, help_text="A paused stage hands out no tasks.")
     hook_secret = models.CharField(
         max_length=128,
@@ -399,6 +453,18 @@ class Stage(models.Model):
                 name="stage_notify_digest_range",
             ),
             models.CheckConstraint(
+                condition=Q(remind_after__isnull=True)
+                | Q(remind_after__gte=MIN_REMIND_AFTER, remind_after__lte=MAX_WAIT),
+                name="stage_remind_after_range",
+            ),
+            models.CheckConstraint(
+                condition=Q(remind_max__gte=1, remind_max__lte=MAX_REMINDERS), name="stage_remind_max_range"
+            ),
+            models.CheckConstraint(
+                condition=Q(due_after__isnull=True) | Q(due_after__gte=1, due_after__lte=MAX_WAIT),
+                name="stage_due_after_range",
+            ),
+            models.CheckConstraint(
                 condition=Q(max_concurrency__isnull=True)
                 | Q(max_concurrency__gte=1, max_concurrency__lte=MAX_STAGE_CONCURRENCY),
                 name="stage_max_concurrency_range",
@@ -422,7 +488,17 @@ class Stage(models.Model):
             raise ValidationError({"on_timeout": "An on_timeout type needs a max_wait to time out after."})
         if self.notify and self.kind != self.Kind.FORM:
             raise ValidationError({"notify": "Only form stages notify: people work their tasks."})
+        self._clean_people()
         self._clean_join()
+
+    def _clean_people(self) -> None:
+        """Reminders, due times and assignees (issue 16) are for form stages, whose tasks people work."""
+        if self.kind != self.Kind.FORM:
+            given = [f for f in PEOPLE_FIELDS if getattr(self, f) not in ("", None)]
+            if given:
+                raise ValidationError({f: "Only form stages have this: people work their tasks." for f in given})
+        if self.on_overdue and self.due_after is None:
+            raise ValidationError({"on_overdue": "An on_overdue type needs a due_after to be overdue after."})
 
     def _clean_join(self) -> None:
         """A join stage's rule and its fields; other kinds have none of them."""
@@ -557,6 +633,20 @@ class Task(models.Model):
     # Not a column: True on the instance an arrival returns when it found a live task with its dedupe key.
     deduplicated = False
 
+    # Assign (issue 16; services.assign): the person this task is for, if any (set from the stage's
+    # assignee_from on arrival, on the task page, over the API). Partial index: task_assignee_idx.
+    assignee = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="assigned_tasks",
+        db_index=False,
+    )
+    # Reminders queued for this task so far (issue 16; services.reminders): the next is due at
+    # created_at + (reminders + 1) * stage.remind_after, and none past stage.remind_max.
+    reminders = models.PositiveIntegerField(default=0, db_default=0, editable=False)
+
     # Join (issue 15; services.join): the fan-out this task belongs to. A completion (or a send) that creates
     # two or more tasks makes a fan-out: each gets the sender's id (a parentless send: a negative random
     # number) and how many were created; a task created alone inherits its sender's. Not indexed: a join
@@ -639,6 +729,9 @@ class Task(models.Model):
             models.Index(
                 fields=["source_stage"], condition=Q(source_stage__isnull=False), name="task_source_stage_idx"
             ),
+            # A user's assigned tasks (My work's "Assigned to me", the list's and API's assignee filter) and
+            # deleting a user (SET_NULL). Unassigned tasks (nearly all) have no entry.
+            models.Index(fields=["assignee"], condition=Q(assignee__isnull=False), name="task_assignee_idx"),
         ]
         constraints = [
             models.CheckConstraint(
@@ -702,6 +795,9 @@ class TaskEvent(models.Model):
         JOIN_TIMED_OUT = "join_timed_out", "Join timed out"
         NOTIFIED = "notified", "Notified"
         NOTIFY_FAILED = "notify_failed", "Notification failed"
+        REMINDED = "reminded", "Reminder queued"
+        OVERDUE = "overdue", "Overdue"
+        ASSIGNED = "assigned", "Assigned"
 
     # The (task, id) index below serves lookups by task, so the FK needs no index
     # of its own. No database-level FK either: events are only ever written by
@@ -918,6 +1014,10 @@ class Notification(models.Model):
         EMAIL = "email", "Email"
         WEBHOOK = "webhook", "Webhook"
 
+    class Kind(models.TextChoices):
+        ARRIVAL = "arrival", "Arrival"
+        REMINDER = "reminder", "Reminder"
+
     class Status(models.TextChoices):
         PENDING = "pending", "Pending"
         SENT = "sent", "Sent"
@@ -927,6 +1027,7 @@ class Notification(models.Model):
     task = models.ForeignKey(Task, on_delete=models.CASCADE, related_name="notifications", db_constraint=False)
     stage = models.ForeignKey(Stage, on_delete=models.CASCADE, related_name="notifications", db_index=False)
     channel = models.CharField(max_length=10, choices=Channel.choices)
+    kind = models.CharField(max_length=10, choices=Kind.choices, default=Kind.ARRIVAL, db_default=Kind.ARRIVAL)
     recipient = models.CharField(max_length=2000, help_text="An email address, or the webhook's URL.")
     status = models.CharField(max_length=10, choices=Status.choices, default=Status.PENDING)
     attempts = models.PositiveIntegerField(default=0)
@@ -948,3 +1049,23 @@ class Notification(models.Model):
 
     def __str__(self) -> str:
         return f"{self.channel} to {self.recipient} about task {self.task_id} ({self.status})"
+
+
+class DecisionLinkUse(models.Model):
+    """A one-click decision link that has been used (issue 16; services.decision_links): links are single-use.
+
+    The link itself is signed and expiring (django.core.signing) and stored
+    nowhere; its nonce is inserted here in the transaction that acts on it, so a
+    second use hits the unique constraint and is refused.
+    """
+
+    nonce = models.CharField(max_length=64, unique=True)
+    task_id = models.BigIntegerField()
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, db_index=False)
+    used_at = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return f"link {self.nonce[:8]} for task {self.task_id}"

@@ -58,6 +58,8 @@ AUDITED = {
     "task_dedupe_live": (["stage_id", "dedupe_key"], "(((status)::text = ANY ((ARRAY['pending'::character varying, "
                                                      "'locked'::character varying])::text[])) AND "
                                                      "(NOT ((dedupe_key)::text = ''::text)))"),
+    # Assign (issue 16): a user's assigned tasks; unassigned tasks have no entry.
+    "task_assignee_idx": (["assignee_id"], "(assignee_id IS NOT NULL)"),
 }  # fmt: skip
 
 STAGE_IDX = "tasks_app_task_stage_id_a493173f"  # Django's, on the foreign key
