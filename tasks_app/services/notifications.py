@@ -115,6 +115,34 @@ def group_addresses(stage: Stage) -> list[str]:
     return found[:MAX_GROUP_RECIPIENTS]
 
 
+def task_recipients(stage: Stage, task: Task, members: list[str]) -> list[tuple[str, str]]:
+    """Who is told about `task` at `stage`: (channel, recipient) pairs, for its arrival and its reminders.
+
+    The one resolution both the arrival (outbox_write) and the reminders (services.reminders) use: `members`
+    is group_addresses(stage) when the stage notifies its groups (read once per stage by the caller), else [].
+    """
+    addresses = list(members)
+    found, skipped = payload_addresses(stage.notify, task.payload)
+    if skipped:
+        logger.warning(
+            "task %s: %d value(s) at %s are not email addresses; not notified",
+            task.pk,
+            skipped,
+            stage.notify.get("emails_from"),
+            extra={"task_id": task.pk, "stage": stage.slug},
+        )
+    addresses += [a for a in found if a not in addresses]
+    out = [(str(Notification.Channel.EMAIL), a) for a in addresses]
+    if stage.notify.get("webhook"):
+        out.append((str(Notification.Channel.WEBHOOK), stage.notify["webhook"]))
+    return out
+
+
+def stage_members(stage: Stage) -> list[str]:
+    """The group addresses a stage's notifications go to ([] when it does not notify its groups)."""
+    return group_addresses(stage) if stage.notify.get("groups") else []
+
+
 def outbox_write(tasks: Sequence[Task]) -> int:
     """Outbox rows for `tasks` (just inserted, in the caller's transaction) at notifying form stages."""
     if not tasks:
@@ -123,35 +151,17 @@ def outbox_write(tasks: Sequence[Task]) -> int:
     stages = _notifying_stages(tasks)
     if not stages:
         return 0
-    members = {pk: group_addresses(s) if s.notify.get("groups") else [] for pk, s in stages.items()}
+    members = {pk: stage_members(s) for pk, s in stages.items()}
     rows: list[Notification] = []
     for task in tasks:
         stage = stages.get(task.stage_id)
         if stage is None:
             continue
-        addresses = list(members[stage.pk])
-        found, skipped = payload_addresses(stage.notify, task.payload)
-        if skipped:
-            logger.warning(
-                "task %s: %d value(s) at %s are not email addresses; not notified",
-                task.pk,
-                skipped,
-                stage.notify.get("emails_from"),
-                extra={"task_id": task.pk, "stage": stage.slug},
-            )
-        addresses += [a for a in found if a not in addresses]
         now = task.created_at
         rows += [
-            Notification(task_id=task.pk, stage_id=stage.pk, channel="email", recipient=a, due_at=now, created_at=now)
-            for a in addresses
+            Notification(task_id=task.pk, stage_id=stage.pk, channel=channel, recipient=to, due_at=now, created_at=now)
+            for channel, to in task_recipients(stage, task, members[stage.pk])
         ]
-        if stage.notify.get("webhook"):
-            url = stage.notify["webhook"]
-            rows.append(
-                Notification(
-                    task_id=task.pk, stage_id=stage.pk, channel="webhook", recipient=url, due_at=now, created_at=now
-                )
-            )
     Notification.objects.bulk_create(rows, batch_size=1000)
     return len(rows)
 
