@@ -35,6 +35,7 @@ ENGINE_NUMBERS = [
     "TASKS_JOB_MAX_TASKS",
     "TASKS_PRUNE_INTERVAL",
     "TASKS_METRICS_CACHE",
+    "TASKS_DECISION_LINK_MAX_AGE",
 ]
 # The ids are older than the table (SILENCED_SYSTEM_CHECKS may name them): E001 a
 # number below its bounds or no number at all, E005 one above its ceiling (where

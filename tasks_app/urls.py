@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from tasks_app.views import actions, lookup, overview, pages, stages, work
+from tasks_app.views import actions, decision_links, lookup, overview, pages, stages, work
 
 app_name = "tasks_app"
 
@@ -31,4 +31,5 @@ urlpatterns = [
     path("work/<int:task_id>/open/", work.work_open, name="work-open"),
     path("work/<int:task_id>/submit/", work.work_submit, name="work-submit"),
     path("work/<int:task_id>/cancel/", work.work_cancel, name="work-cancel"),
+    path("work/decide/<str:token>/", decision_links.decide, name="decision-link"),
 ]

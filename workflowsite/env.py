@@ -109,6 +109,8 @@ BOUNDS: dict[str, Bounds] = {
     "TASKS_METRICS_CACHE": floats(),  # 0 = compute every scrape
     "EMAIL_PORT": ints(1, 65535),
     "EMAIL_TIMEOUT": POSITIVE,  # seconds a drain waits on the mail server (0 would wait forever)
+    # A decision link's lifetime: at least a minute (a mail takes time to arrive), at most 90 days.
+    "TASKS_DECISION_LINK_MAX_AGE": ints(60, 90 * 24 * 3600),
 }
 
 

@@ -394,6 +394,8 @@ DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "tasks@localhost")
 TASKS_BASE_URL = env_str("TASKS_BASE_URL", "http://localhost:8000")
 # Signs outbound webhooks (X-Tasks-Signature, services.webhooks); unset, a stage's webhook is not called.
 TASKS_WEBHOOK_SECRET = env_str("TASKS_WEBHOOK_SECRET", "")
+# One-click decision links in mails (services.decision_tokens): seconds a link stays usable (default 7 days).
+TASKS_DECISION_LINK_MAX_AGE = env_int("TASKS_DECISION_LINK_MAX_AGE", 7 * 24 * 3600)
 
 # REST API (Django REST framework).
 REST_FRAMEWORK = {

@@ -53,6 +53,7 @@ from django.utils import timezone
 from tasks_app.models import Notification, Stage, Task, TaskEvent
 from tasks_app.notify_rules import Item, payload_addresses
 from tasks_app.schema_rules import schema_for
+from tasks_app.services.decision_tokens import user_for_address, with_links
 from tasks_app.services.locks import LockKey, advisory_xact_lock
 from tasks_app.services.webhooks import webhook_post
 
@@ -237,6 +238,8 @@ def _deliver_group(channel: str, recipient: str, stage_id: int, now: datetime, r
     if not live:
         return
     listed = _items([tasks[r.task_id] for r in live])
+    if channel == Notification.Channel.EMAIL:  # read here: no query in the try below
+        listed = _with_decision_links(recipient, listed, tasks)
     attempt = max(r.attempts for r in live) + 1
     try:
         # No query in here: a database error caught below would leave PostgreSQL's transaction aborted.
@@ -407,3 +410,17 @@ def send_digest_mail(recipient: str, stage: Stage, items: list[Item]) -> None:
         message = EmailMultiAlternatives(subject=_subject(stage, items), body=text, to=[recipient], connection=mail)
         message.attach_alternative(html, "text/html")
         message.send()
+
+
+def _with_decision_links(recipient: str, items: list[Item], tasks: dict[int, Task]) -> list[Item]:
+    """The listed tasks with their one-click decision links (services.decision_tokens) when the recipient is
+    the one active user with that address; an address no user (or several) has gets none, as does a webhook."""
+    user = user_for_address(recipient)
+    if user is None:
+        return items
+    cache: dict[tuple[int, str], list[str]] = {}
+    linked: list[Item] = []
+    for item in items[:LISTED]:
+        task = tasks[item.id]
+        linked.append(with_links(item, task, user, _outgoing(task.stage, task.type, cache)))
+    return linked + items[LISTED:]
