@@ -29,6 +29,8 @@ from tasks_app.jsonpreview import PAGE_CHARS, editable_json, json_head, json_pre
 from tasks_app.models import JobRun, Stage, Task, TaskEvent, Transition, WorkerProcess, validate_payload
 from tasks_app.paginators import EstimatedCountPaginator
 from tasks_app.selectors.stages import stage_delete_counts
+from tasks_app.services.assign import task_assign as assign_service
+from tasks_app.services.assign import user_for
 from tasks_app.services.cancel import task_cancel
 from tasks_app.services.events import actor_for
 from tasks_app.services.schemas import validate_arrival
@@ -68,6 +70,7 @@ class StageAdminForm(forms.ModelForm):
             "max_run_time", "max_wait", "on_timeout", "schemas", "hook_secret", "schedule", "groups",
             "max_concurrency", "rate_limit",
             "default_priority", "priority_from", "dedupe_on", "notify", "notify_digest",
+            "assignee_from", "assignee_only",
         ]  # fmt: skip
         widgets = {"schemas": JSONEditorWidget(), "hook_secret": SecretInput()}
         # bounded nesting, no RecursionError
@@ -118,7 +121,7 @@ class StageAdmin(admin.ModelAdmin):
         ("Payload schemas", {"fields": ["schemas"]}),
         ("Hook stages", {"fields": ["hook_secret"], "classes": ["collapse"]}),
         ("Job stages", {"fields": ["schedule"]}),
-        ("Form stages", {"fields": ["groups", "notify", "notify_digest"]}),
+        ("Form stages", {"fields": ["groups", "notify", "notify_digest", "assignee_from", "assignee_only"]}),
         ("Join", {"fields": ["join_rule", "join_key", "join_count", "join_timeout", "join_type"]}),
     ]
     inlines = [OutgoingTransitionInline]
@@ -257,7 +260,7 @@ def _cancel_in_admin(*, task_id: int, actor: str) -> None:
 class TaskAdminForm(forms.ModelForm):
     class Meta:
         model = Task
-        fields = ["stage", "type", "payload", "available_at", "priority"]
+        fields = ["stage", "type", "payload", "available_at", "priority", "assignee"]
         widgets = {"payload": JSONEditorWidget()}
         field_classes = {"payload": JSONDocumentField}  # bounded nesting, no RecursionError
 
@@ -295,7 +298,30 @@ class TaskAdminForm(forms.ModelForm):
                 validate_arrival(stage=stage, source_stage=source, type=type, payload=payload)
             except ValidationError as exc:
                 self.add_error("payload", exc.message_dict.get("payload", exc.messages))
+        assignee = data.get("assignee")
+        if stage is not None and assignee is not None and "assignee" in self.changed_data:
+            try:  # assign (issue 16): an active user who may work on the stage (services.assign)
+                user_for(stage, assignee.get_username())
+            except ValidationError as exc:
+                self.add_error("assignee", exc.message_dict.get("assignee", exc.messages))
         return data
+
+
+class AssignedFilter(admin.SimpleListFilter):
+    """Assign (issue 16): tasks with an assignee or without (the user is in the search box: its username)."""
+
+    title = "assignee"
+    parameter_name = "assigned"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list[tuple[str, str]]:
+        return [("yes", "Assigned"), ("no", "Unassigned")]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        if self.value() == "yes":
+            return queryset.filter(assignee__isnull=False)
+        if self.value() == "no":
+            return queryset.filter(assignee__isnull=True)
+        return queryset
 
 
 class TaskTypeFilter(admin.SimpleListFilter):
@@ -321,10 +347,10 @@ class TaskAdmin(admin.ModelAdmin):
     list_display = ["id", "type", "stage", "status_badge", "attempts", "source_stage", "created", "payload_preview"]
     # "created" as a list filter (Today, Past 7 days, ...: no query), not date_hierarchy, whose year and
     # month links are a SELECT DISTINCT date_trunc(...) over every task of the period on each view.
-    list_filter = ["status", "stage", TaskTypeFilter, "created_at"]
+    list_filter = ["status", "stage", TaskTypeFilter, AssignedFilter, "created_at"]
     search_fields = ["=id", "type"]
     list_select_related = ["stage", "source_stage"]
-    raw_id_fields = ["parent"]
+    raw_id_fields = ["parent", "assignee"]
     readonly_fields = [
         "status", "attempts", "lock_token", "locked_by", "locked_at", "locked_until",
         "completed_at", "last_error", "created_at", "updated_at", "parent", "source_stage",
@@ -359,6 +385,8 @@ class TaskAdmin(admin.ModelAdmin):
             # The stage and type of an existing task change only by sending it on;
             # scheduling belongs to the lifecycle (retries and backoff).
             fields += ["stage", "type", "available_at", "priority", "payload_view"]
+            if obj.status not in (Task.Status.PENDING, Task.Status.LOCKED):
+                fields.append("assignee")  # a finished task keeps who it was for (services.assign)
             # A worker holds a locked task: its handler is reading this payload right now.
             # A payload too large for a textarea is shown (bounded) but not edited in a page.
             if obj.status == Task.Status.LOCKED or not self._payload_fits(obj):
@@ -387,13 +415,21 @@ class TaskAdmin(admin.ModelAdmin):
                 priority=form.cleaned_data.get("priority"),
             )  # fmt: skip
             obj.pk = created.pk
+            if form.cleaned_data.get("assignee") is not None and not created.deduplicated:
+                assign_service(task_id=created.pk, assignee=form.cleaned_data["assignee"], actor=actor)
             obj.refresh_from_db()
             if created.deduplicated:  # dedupe (issue 15): the arrival found the live task with its key
                 self.message_user(
                     request, f"Nothing created: task {created.pk} is live at {obj.stage.slug} with this payload's "
                     "dedupe key (the stage's dedupe_on).", messages.WARNING,
                 )  # fmt: skip
-        elif "payload" in form.changed_data:
+            return
+        if "assignee" in form.changed_data:
+            try:
+                assign_service(task_id=obj.pk, assignee=form.cleaned_data.get("assignee"), actor=actor)
+            except (services.TaskError, ValidationError) as exc:  # finished meanwhile, or the user changed
+                self.message_user(request, " ".join(getattr(exc, "messages", [str(exc)])), messages.ERROR)
+        if "payload" in form.changed_data:
             try:
                 services.task_edit_payload(task_id=obj.pk, payload=obj.payload, actor=actor)
             except services.TaskError as exc:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from django import forms
+from django.contrib.auth import get_user_model
 from django.db.models import Q, QuerySet
 from django.utils import timezone
 from django_filters import rest_framework as filters
@@ -127,6 +128,22 @@ class TaskFilter(filters.FilterSet):
         choices=[("true", "Yes"), ("false", "No")], method="filter_scheduled", label="Scheduled for later"
     )
 
+    # Assign (issue 16): a username, or "none" for the unassigned tasks, or "any" for the assigned ones.
+    # A username goes through the users' unique index to an id, so the list reads task_assignee_idx.
+    assignee = filters.CharFilter(method="filter_assignee", max_length=150, label="Assignee (username, none, any)")
+
+    def filter_assignee(self, queryset: QuerySet[Task], name: str, value: str) -> QuerySet[Task]:
+        if not value:
+            return queryset
+        if value == "none":
+            return queryset.filter(assignee__isnull=True)
+        if value == "any":
+            return queryset.filter(assignee__isnull=False)
+        if "\x00" in value:  # no username holds one (and PostgreSQL can't be asked about it)
+            return queryset.none()
+        user_id = get_user_model().objects.filter(username=value).values_list("pk", flat=True).first()
+        return queryset.filter(assignee_id=user_id) if user_id is not None else queryset.none()
+
     def filter_scheduled(self, queryset: QuerySet[Task], name: str, value: str) -> QuerySet[Task]:
         if not value:
             return queryset
@@ -148,4 +165,5 @@ class TaskFilter(filters.FilterSet):
             "error",
             "attempts_min",
             "scheduled",
+            "assignee",
         ]

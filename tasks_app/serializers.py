@@ -66,6 +66,7 @@ class StageSerializer(ModelSerializer):
             "max_concurrency", "rate_limit",
             "is_paused", "description", "schedule", "schemas", "groups", "created_at", "updated_at",
             "default_priority", "priority_from", "dedupe_on", "notify", "notify_digest",
+            "assignee_from", "assignee_only",
             "join_rule", "join_key", "join_count", "join_timeout", "join_type",
         ]  # fmt: skip
         read_only_fields = ["created_at", "updated_at"]
@@ -86,6 +87,7 @@ class StageSerializer(ModelSerializer):
         # Join stages (Stage._clean_join) relate the kind, the handler and the join fields.
         current |= {f: getattr(self.instance, f) for f in ("handler", *JOIN_FIELDS)}
         current["notify"] = self.instance.notify  # only form stages notify (Stage.clean)
+        current["assignee_from"] = self.instance.assignee_from  # form stages only (Stage._clean_people)
         return {**current, "max_wait": self.instance.max_wait, "on_timeout": self.instance.on_timeout}
 
 
@@ -107,6 +109,13 @@ class TaskSerializer(ModelSerializer):
     source_stage: serializers.SlugRelatedField[Stage] = serializers.SlugRelatedField(
         slug_field="slug", read_only=True, allow_null=True
     )
+    # Assign (issue 16): the assignee's username; set with POST /api/tasks/{id}/assign/ (api.assign).
+    assignee: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="username",
+        read_only=True,
+        allow_null=True,
+        help_text="The username of the user this task is assigned to (null: nobody).",
+    )
     # Dedupe (issue 15): true in the answer to an arrival (create, bulk, send, complete) that found this
     # live task holding its dedupe key instead of creating one; false everywhere else.
     deduplicated = serializers.BooleanField(
@@ -121,7 +130,7 @@ class TaskSerializer(ModelSerializer):
             "id", "stage", "type", "payload", "status", "attempts", "created_at", "updated_at",
             "available_at", "priority", "locked_by", "locked_at", "locked_until", "completed_at", "last_error",
             "parent", "source_stage", "idempotency_key", "cancel_requested", "dedupe_key", "deduplicated",
-            "fanout_id", "fanout_size",
+            "fanout_id", "fanout_size", "assignee",
         ]  # fmt: skip
         read_only_fields = fields
 
@@ -225,6 +234,13 @@ class TaskCreateSerializer(ScheduleSerializer):
     type = TypeField()
     payload = PayloadField(default=dict)
     idempotency_key = serializers.CharField(max_length=200, required=False, allow_blank=False)
+    assignee = serializers.CharField(
+        max_length=254,
+        required=False,
+        allow_null=True,
+        help_text="Single creates: the username of an active user who may work on the (form) stage. Null or "
+        "left out: the stage's assignee_from decides.",
+    )
 
 
 class BulkCreateSerializer(serializers.Serializer):
@@ -234,6 +250,8 @@ class BulkCreateSerializer(serializers.Serializer):
     def validate_tasks(self, value: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if any("idempotency_key" in item for item in value):
             raise serializers.ValidationError("idempotency_key is only accepted by single creates.")
+        if any(item.get("assignee") for item in value):
+            raise serializers.ValidationError("assignee is only accepted by single creates.")
         return value
 
 

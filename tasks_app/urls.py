@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.urls import path
 
-from tasks_app.views import actions, decision_links, lookup, overview, pages, stages, work
+from tasks_app.views import actions, assign, decision_links, lookup, overview, pages, stages, work
 
 app_name = "tasks_app"
 
@@ -20,6 +20,7 @@ urlpatterns = [
     path("tasks/<int:task_id>/edit/", actions.task_edit_payload, name="task-edit"),
     path("tasks/<int:task_id>/duplicate/", actions.task_duplicate, name="task-duplicate"),
     path("tasks/<int:task_id>/cancel/", actions.task_cancel, name="task-cancel"),  # before task-action
+    path("tasks/<int:task_id>/assign/", assign.task_assign_view, name="task-assign"),  # before task-action
     path("tasks/<int:task_id>/<str:action>/", actions.task_action, name="task-action"),
     path("workers/", pages.workers, name="workers"),
     path("stages/<slug:slug>/", stages.stage_detail, name="stage-detail"),

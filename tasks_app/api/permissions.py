@@ -24,6 +24,7 @@ ACTION_PERMS: dict[str, list[str]] = {
     "bulk_complete": ["tasks_app.change_task"],
     "retry": ["tasks_app.change_task"],
     "cancel": ["tasks_app.change_task"],
+    "assign": ["tasks_app.change_task"],  # issue 16 (api.assign)
     "bulk_cancel": ["tasks_app.change_task"],
     "bulk_create": ["tasks_app.add_task"],
     "events": ["tasks_app.view_task"],

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django.db import transaction
 from django.db.models import DateTimeField, IntegerField, QuerySet
 from django.utils import timezone
 from django_filters.rest_framework import DjangoFilterBackend
@@ -27,6 +28,7 @@ from rest_framework.response import Response
 
 from tasks_app import services
 from tasks_app.api.arrivals import arrival_status, arrivals_data
+from tasks_app.api.assign import AssignActions
 from tasks_app.api.cancel import CancelActions
 from tasks_app.api.errors import translate
 from tasks_app.filters import TaskFilter
@@ -42,6 +44,7 @@ from tasks_app.serializers import (
     TaskSerializer,
     scheduled_at,
 )
+from tasks_app.services.assign import task_assign, user_for
 from tasks_app.services.complete import task_extend_lock_reporting
 from tasks_app.services.events import actor_for
 from tasks_app.services.form_stages import form_tasks_refusal
@@ -157,7 +160,7 @@ BULK_COMPLETE_RESULT = inline_serializer(
     ),
     retrieve=extend_schema(summary="Get a task"),
 )
-class TaskViewSet(CancelActions, mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
+class TaskViewSet(AssignActions, CancelActions, mixins.CreateModelMixin, viewsets.ReadOnlyModelViewSet):
     serializer_class = TaskSerializer
     filter_backends = [DjangoFilterBackend, OrderingFilter]
     filterset_class = TaskFilter
@@ -166,7 +169,7 @@ class TaskViewSet(CancelActions, mixins.CreateModelMixin, viewsets.ReadOnlyModel
     pagination_class = TaskCursorPagination
 
     def get_queryset(self) -> QuerySet[Task]:
-        return Task.objects.select_related("stage", "source_stage")
+        return Task.objects.select_related("stage", "source_stage", "assignee")
 
     def _out(self, task_ids: list[int], code: int = status.HTTP_200_OK) -> Response:
         tasks = self.get_queryset().filter(pk__in=task_ids).order_by("id")
@@ -195,21 +198,26 @@ class TaskViewSet(CancelActions, mixins.CreateModelMixin, viewsets.ReadOnlyModel
         data.is_valid(raise_exception=True)
         v = data.validated_data
         try:
-            if v.get("idempotency_key"):
-                task, created = services.task_create_idempotent(
-                    stage=v["stage"], type=v["type"], payload=v["payload"],
-                    idempotency_key=v["idempotency_key"], actor=actor_for(request.user),
-                    priority=v.get("priority"), available_at=scheduled_at(v),
-                )  # fmt: skip
-            else:
-                task, created = (
-                    services.task_create(
-                        stage=v["stage"], type=v["type"], payload=v["payload"], actor=actor_for(request.user),
+            # Assign (issue 16): a given assignee is checked first and set in the creating transaction.
+            assignee = user_for(v["stage"], v["assignee"]) if v.get("assignee") else None
+            with transaction.atomic():
+                if v.get("idempotency_key"):
+                    task, created = services.task_create_idempotent(
+                        stage=v["stage"], type=v["type"], payload=v["payload"],
+                        idempotency_key=v["idempotency_key"], actor=actor_for(request.user),
                         priority=v.get("priority"), available_at=scheduled_at(v),
-                    ),
-                    True,
-                )  # fmt: skip
-                created = not task.deduplicated  # dedupe: the live task with the payload's key (200)
+                    )  # fmt: skip
+                else:
+                    task, created = (
+                        services.task_create(
+                            stage=v["stage"], type=v["type"], payload=v["payload"], actor=actor_for(request.user),
+                            priority=v.get("priority"), available_at=scheduled_at(v),
+                        ),
+                        True,
+                    )  # fmt: skip
+                    created = not task.deduplicated  # dedupe: the live task with the payload's key (200)
+                if assignee is not None and created:
+                    task_assign(task_id=task.pk, assignee=assignee, actor=actor_for(request.user))
         except Exception as exc:
             raise translate(exc) from exc
         deduplicated = task.deduplicated

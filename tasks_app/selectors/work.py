@@ -59,9 +59,19 @@ def mine(queue: QuerySet[Task], who: str) -> list[Task]:
     return list(queue.filter(status=Task.Status.LOCKED, locked_by=who).order_by(*WORK_ORDER)[:MINE_LIMIT])
 
 
-def waiting(queue: QuerySet[Task], who: str) -> QuerySet[Task]:
-    """The rest of the queue: pending, or open by someone else."""
-    return queue.exclude(status=Task.Status.LOCKED, locked_by=who)
+def waiting(queue: QuerySet[Task], who: str, user_id: int | None = None) -> QuerySet[Task]:
+    """The rest of the queue: pending, or open by someone else (and not assigned to `user_id`)."""
+    rest = queue.exclude(status=Task.Status.LOCKED, locked_by=who)
+    return rest.exclude(assignee_id=user_id) if user_id is not None else rest
+
+
+def assigned_to(queue: QuerySet[Task], who: str, user_id: int | None) -> list[Task]:
+    """Assign (issue 16): the tasks of the queue assigned to `user_id` that they don't have open, in WORK_ORDER
+    (My work's "Assigned to me", above the rest; read through task_assignee_idx)."""
+    if user_id is None:
+        return []
+    mine_open = Q(status=Task.Status.LOCKED, locked_by=who)
+    return list(queue.filter(assignee_id=user_id).exclude(mine_open).order_by(*WORK_ORDER)[:MINE_LIMIT])
 
 
 # -- keyset pages ---------------------------------------------------------------------------

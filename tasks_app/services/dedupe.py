@@ -22,7 +22,8 @@ collapse to the first before the INSERT. Each deduplicated arrival writes a
 `deduplicated` event on the live task it was folded into (who, how, the
 type); the caller writes `created` only for the rows actually inserted.
 The tasks actually inserted get their notification outbox rows here too
-(services.notifications), in the same transaction.
+(services.notifications), in the same transaction, and their assignee from
+the stage's assignee_from with its `assigned` event (services.assign).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from django.db.models.expressions import DatabaseDefault
 
 from tasks_app.dedupe_keys import dedupe_key
 from tasks_app.models import Stage, Task, TaskEvent
+from tasks_app.services.assign import arrival_assign, arrival_events
 from tasks_app.services.errors import TaskStateError
 from tasks_app.services.notifications import outbox_write
 
@@ -114,8 +116,10 @@ def tasks_insert(tasks: Sequence[Task]) -> list[Task]:
     for the first kind and deduplicated_events for the second, in that order.
     """
     assert connection.in_atomic_block, "arrivals are inserted with the change that makes them"
+    arrival_assign(tasks)  # assign (issue 16): the stage's assignee_from, so the rows go in assigned
     if not any(t.dedupe_key for t in tasks):
         Task.objects.bulk_create(tasks)
+        arrival_events(tasks)
         outbox_write(tasks)  # notify on arrival (issue 16): the outbox rows go in with the tasks
         return list(tasks)
     firsts: dict[tuple[int, str], int] = {}  # (stage, key) -> index of its first arrival in this batch
@@ -158,6 +162,7 @@ def tasks_insert(tasks: Sequence[Task]) -> list[Task]:
             got = copy.copy(result[firsts[(task.stage_id, task.dedupe_key)]])
             got.deduplicated = True
             out.append(got)
+    arrival_events(out)
     outbox_write([t for t in out if not t.deduplicated])  # only the tasks created: a duplicate tells nobody
     return out
 

@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from tasks_app.limits import clamp_lock_timeout
 from tasks_app.models import Stage, Task, TaskEvent
+from tasks_app.services.assign import open_refusal
 from tasks_app.services.claim import lock_token, new_lock_tokens
 from tasks_app.services.complete import task_complete
 from tasks_app.services.errors import TaskError, TaskStateError
@@ -86,6 +87,10 @@ def form_task_open(*, task: Task, user: Any, now: datetime | None = None) -> Tas
                 )
                 current.refresh_from_db()
             return current
+        # Assign (issue 16): a task assigned to someone else waits for them, unless it is overdue (services.assign).
+        current.stage = stage
+        if refusal := open_refusal(current, user, now):
+            raise TaskStateError(refusal)
         # Read under the row lock: the expired lock this open takes over, if any (as services.claim).
         taken_over = claim_facts(current) if current.status == Task.Status.LOCKED else None
         # A capped or rate-limited form stage (services.flow_limits): opening a task is a claim, under the gate.

@@ -121,8 +121,11 @@ def task_recipients(stage: Stage, task: Task, members: list[str]) -> list[tuple[
 
     The one resolution both the arrival (outbox_write) and the reminders (services.reminders) use: `members`
     is group_addresses(stage) when the stage notifies its groups (read once per stage by the caller), else [].
+    Assign (issue 16): a task's active assignee with an email address is told instead of the groups (the
+    payload's addresses and the webhook still are); select_related("assignee") saves a query per task.
     """
-    addresses = list(members)
+    assignee = task.assignee if task.assignee_id is not None else None
+    addresses = [assignee.email] if assignee is not None and assignee.is_active and assignee.email else list(members)
     found, skipped = payload_addresses(stage.notify, task.payload)
     if skipped:
         logger.warning(

@@ -10,7 +10,8 @@ shows its fields in the order of a schema's properties.
      "stages": [{"slug", "name", "kind", "handler", "description", "lock_timeout",
                  "max_attempts", "max_run_time", "max_concurrency", "rate_limit", "max_wait",
                  "on_timeout", "default_priority",
-                 "priority_from", "dedupe_on", "notify", "notify_digest", "is_paused", "schedule",
+                 "priority_from", "dedupe_on", "notify", "notify_digest", "assignee_from", "assignee_only",
+                 "is_paused", "schedule",
                  "join_rule", "join_key", "join_count", "join_timeout", "join_type",
                  "groups": [group names], "schemas": {type or "*": JSON Schema}}],
      "transitions": [{"source", "target", "type"}]}   # type "" routes every type
@@ -86,6 +87,8 @@ STAGE_FIELDS = (
     "dedupe_on",
     "notify",
     "notify_digest",
+    "assignee_from",
+    "assignee_only",
     "is_paused",
     "schedule",
     "join_rule",
@@ -133,6 +136,8 @@ FIELD_TYPES: dict[str, tuple[str, Callable[[object], bool]]] = {
     "dedupe_on": ('an array of JSON pointers (strings like "/order_id")', _is_names),
     "notify": ('an object like {"groups": true} (form stages)', lambda v: isinstance(v, dict)),
     "notify_digest": ("a whole number of minutes", _is_int),
+    "assignee_from": ('a JSON pointer (a string like "/approver", form stages)', _is_str),
+    "assignee_only": ("true or false", lambda v: isinstance(v, bool)),
     "is_paused": ("true or false", lambda v: isinstance(v, bool)),
     "schedule": ("a string", _is_str),
     "join_rule": ('"siblings", "count" or "" (join stages)', _is_str),
@@ -309,6 +314,7 @@ def _stage_field_problems(entry: dict[str, Any]) -> list[str]:
                 errors[name] = ValidationError(kept).messages
     # Stage.clean relates kind and schedule, and on_timeout and max_wait: only meaningful when all are.
     related = {"kind", "schedule", "max_wait", "on_timeout", "handler", "notify", *JOIN_FIELDS}
+    related |= {"assignee_from"}  # Stage._clean_people: form stages only (assign, issue 16)
     if not related & (unusable | errors.keys()):
         try:
             stage.clean()

@@ -6,6 +6,7 @@ from typing import Any
 
 from django.contrib.auth.decorators import login_required, permission_required
 from django.core.exceptions import PermissionDenied
+from django.db.models import prefetch_related_objects
 from django.http import HttpRequest, HttpResponse, HttpResponseBadRequest
 from django.shortcuts import get_object_or_404, render
 from django.utils import timezone
@@ -15,6 +16,7 @@ from tasks_app.models import Stage, Task
 from tasks_app.selectors.history import task_timeline
 from tasks_app.selectors.tasks import SORTS, Page, decode_cursor, errors_text, keyset_page, task_search
 from tasks_app.selectors.workers import recent_workers
+from tasks_app.services.assign import assign_choices
 from tasks_app.services.form_stages import may_work_on
 from tasks_app.services.join import task_group
 
@@ -34,6 +36,7 @@ def _list_context(request: HttpRequest) -> dict[str, Any]:
     except ValueError as exc:
         errors["cursor"] = [str(exc)]
     page = Page([], None, None) if errors else keyset_page(search.qs, sort, cursor, search.statuses)
+    prefetch_related_objects(page.tasks, "assignee")  # the rows' assignee chips: one query for the page
     return {
         "filter": search.filter,
         "errors": errors,
@@ -71,7 +74,9 @@ def task_rows(request: HttpRequest) -> HttpResponse:
 @login_required
 @permission_required("tasks_app.view_task", raise_exception=True)
 def task_detail(request: HttpRequest, task_id: int) -> HttpResponse:
-    task = get_object_or_404(Task.objects.select_related("stage", "source_stage", "parent__stage"), pk=task_id)
+    task = get_object_or_404(
+        Task.objects.select_related("stage", "source_stage", "parent__stage", "assignee"), pk=task_id
+    )
     timeline = task_timeline(task, limit=HISTORY_LIMIT)
     ctx = {
         "task": task,
@@ -87,6 +92,8 @@ def task_detail(request: HttpRequest, task_id: int) -> HttpResponse:
         and may_work_on(request.user, task.stage),
         # An arrival waiting at a join stage: its group, "3/5 arrived" (services.join).
         "join_group": task_group(task),
+        # Assign (issue 16): the Assignee form's choices, for task editors on a live form task.
+        "assignees": assign_choices(request.user, task),
     }
     return render(request, "tasks_app/task_detail.html", ctx)
 

@@ -19,8 +19,18 @@ from django.views.decorators.http import require_POST
 
 from tasks_app.forms.schema import button_label, form_fields, schema_form
 from tasks_app.models import Task
-from tasks_app.selectors.work import WorkPage, mine, payload_schema, search_problem, waiting, work_page, work_queue
+from tasks_app.selectors.work import (
+    WorkPage,
+    assigned_to,
+    mine,
+    payload_schema,
+    search_problem,
+    waiting,
+    work_page,
+    work_queue,
+)
 from tasks_app.services import TaskError
+from tasks_app.services.assign import assignment_refusals
 from tasks_app.services.events import actor_for, person_named
 from tasks_app.services.form_stages import (
     TaskHeldError,
@@ -44,21 +54,26 @@ def my_work(request: HttpRequest) -> HttpResponse:
     if problem := search_problem(q):
         errors.append(problem)
     who = actor_for(request.user)
-    page, open_tasks = WorkPage([], None, None), []
+    page, open_tasks, assigned = WorkPage([], None, None), [], []
     if not errors:
         queue = work_queue(stages, q)
         try:
             page = work_page(
-                waiting(queue, who), after=request.GET.get("after", ""), before=request.GET.get("before", "")
+                waiting(queue, who, request.user.pk),
+                after=request.GET.get("after", ""),
+                before=request.GET.get("before", ""),
             )
         except ValueError as exc:
             errors.append(str(exc))
         open_tasks = mine(queue, who)
+        assigned = assigned_to(queue, who, request.user.pk)  # assign (issue 16): shown first
+        assignment_refusals(page.tasks, request.user)
     ctx = {
         "stages": stages,
         "q": q,
         "errors": errors,
         "mine": _with_schemas(open_tasks),
+        "assigned": _with_schemas(assigned),
         "waiting": _with_schemas(page.tasks),
         "page": page,
         "paged": bool(request.GET.get("after") or request.GET.get("before")),
