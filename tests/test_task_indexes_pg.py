@@ -18,6 +18,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
+from django.contrib.auth import get_user_model
 from django.db import connection
 from django.db.models import Count, F
 from django.db.models.functions import Coalesce
@@ -123,6 +124,16 @@ def seed() -> tuple[list[Stage], Stage, int]:
     return busy, rare, N - 100
 
 
+def assigned_few() -> Any:
+    """A user with a few live tasks assigned (My work's "Assigned to me": a handful among the table)."""
+    user = get_user_model().objects.create_user("assignee")
+    live = Task.objects.filter(status=Task.Status.PENDING).order_by("-id").values_list("id", flat=True)[:8]
+    Task.objects.filter(pk__in=list(live)).update(assignee=user)
+    with connection.cursor() as cur:
+        cur.execute(f"ANALYZE {TASK}")
+    return user
+
+
 def indexes_in(sql: str, params: Any) -> set[str]:
     with connection.cursor() as cur:
         cur.execute(f"EXPLAIN (FORMAT JSON) {sql}", params)
@@ -156,6 +167,7 @@ def live_page(query: str) -> tuple[str, Any]:
 
 def test_each_audited_query_uses_its_index() -> None:
     busy, rare, parent = seed()
+    assignee = assigned_few()
     now = timezone.now()
     cutoff = connection.ops.adapt_datetimefield_value(now - timedelta(days=7))
     expired = Task.objects.lock_expired(now).order_by("id").values_list("id", "stage__max_attempts")[:1000]
@@ -176,6 +188,12 @@ def test_each_audited_query_uses_its_index() -> None:
         "list: sorted by created": ("task_created_idx", list_page("sort=-created_at")),
         "list: sent by a small stage": ("task_source_stage_idx", list_page(f"source_stage={rare.slug}")),
         "list: a task's children": ("task_parent_idx", list_page(f"parent={parent}")),
+        # Assign (issue 16): the list's and the API's ?assignee=<username>, and deleting a user (SET_NULL).
+        "list: assigned to a user": ("task_assignee_idx", list_page(f"assignee={assignee.username}")),
+        "FK: deleting a user": (
+            "task_assignee_idx",
+            (f"UPDATE {TASK} SET assignee_id = NULL WHERE assignee_id IN (%s)", (assignee.pk,)),
+        ),
         "overview throughput": ("task_completed_at_idx", throughput.query.sql_with_params()),
         # services.retention._select_batch, both statuses
         "retention: completed batch": (
