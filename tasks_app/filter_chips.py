@@ -27,6 +27,7 @@ LABELS: dict[str, str] = {
     "q": "Text",
     "error": "Last error contains",
     "attempts_min": "Attempts at least",
+    "assignee": "Assignee",  # issue 16: a username, none or any
     "parent": "Parent",
     "id": "Ids",
 }

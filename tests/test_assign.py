@@ -7,23 +7,35 @@ suite's world (tests.support.world). approve reads its assignee at /approver.
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group
 from django.core.exceptions import ValidationError
-from django.db import transaction
+from django.db import close_old_connections, transaction
 from django.urls import reverse
 from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
 
 from tasks_app.models import Notification, Stage, Task, TaskEvent, Transition
-from tasks_app.services import TaskStateError, task_create, task_send, tasks_create_bulk
+from tasks_app.services import (
+    TaskStateError,
+    task_claim,
+    task_complete,
+    task_create,
+    task_duplicate,
+    task_send,
+    tasks_create_bulk,
+)
 from tasks_app.services.assign import assignment_open_to_all, open_refusal, task_assign
+from tasks_app.services.cancel import task_cancel
 from tasks_app.services.form_stages import form_task_open
 from tasks_app.services.workflow import workflow_dump, workflow_load, workflow_problems
 from tests.support.pages import STAGE_URL, TASK_URL, form_fields, page, shown_messages
+from tests.support.threads import run_at_once
 from tests.support.users import logged_in, make_user, token_client
 from tests.support.world import make_world
 
@@ -127,11 +139,22 @@ def test_every_arrival_path_assigns_and_a_rolled_back_arrival_leaves_nothing() -
     created = task_create(stage=approve, type="approval", payload={"approver": "ann"})
     bulk = tasks_create_bulk(items=[(approve, "approval", {"approver": "bob"}), (approve, "x", {"approver": "ann"})])
     sent = arrive(world, approver="bob")
-    assert [Task.objects.get(pk=t.pk).assignee for t in [created, *bulk, sent]] == [
+    # A completion's successors (a worker's, one transaction), and an operator's duplicate (read again).
+    task_create(stage=world["intake"], type="approval", payload={})
+    [claim] = task_claim(stage=world["intake"], worker_id="w1")
+    successors = task_complete(task_id=claim.pk, lock_token=claim.lock_token, send=[("approval", {"approver": "ann"})])
+    [succeeded] = [t for t in successors if t.stage_id == approve.pk]
+    copy = task_duplicate(task_id=sent.pk, actor="user:boss")
+    assert [Task.objects.get(pk=t.pk).assignee for t in [created, *bulk, sent, succeeded, copy]] == [
         world["ann"],
         world["bob"],
         world["ann"],
         world["bob"],
+        world["ann"],
+        world["bob"],
+    ]
+    assert assigned_events(succeeded) == [
+        {"assignee": "ann", "previous": None, "from": "/approver", "actor": "arrival"}
     ]
     before = TaskEvent.objects.filter(kind=ASSIGNED).count()
     with pytest.raises(RuntimeError), transaction.atomic():
@@ -210,6 +233,16 @@ def test_an_assigned_task_opens_for_its_assignee_and_task_editors_only() -> None
     assert Task.objects.get(pk=task.pk).status == Task.Status.PENDING
     opened = form_task_open(task=task, user=world["ann"])
     assert opened.locked_by == "user:ann"
+
+
+def test_a_task_assigned_to_a_deactivated_user_opens_for_anyone_of_the_stage() -> None:
+    world = people_world()
+    task = arrive(world, approver="ann")
+    world["ann"].is_active = False
+    world["ann"].save()
+    task = Task.objects.select_related("stage", "assignee").get(pk=task.pk)
+    assert open_refusal(task, world["bob"], timezone.now()) is None
+    assert form_task_open(task=task, user=world["bob"]).locked_by == "user:bob"
 
 
 def test_an_overdue_assigned_task_opens_for_anyone_of_the_stage() -> None:
@@ -299,9 +332,11 @@ def test_the_task_list_and_the_api_filter_by_assignee() -> None:
         got = boss.get("/api/tasks/", {"stage": "approve", "assignee": value})
         assert [r["id"] for r in got.json()["results"]] == ids, value
 
-    page = logged_in(world["boss"]).get(reverse("tasks_app:task-list"), {"assignee": "ann"})
-    text = page.content.decode()
-    assert page.status_code == 200 and text.count("assigned to ann") == 2 and "assigned to bob" not in text
+    listed = logged_in(world["boss"]).get(reverse("tasks_app:task-list"), {"assignee": "ann"})
+    text = listed.content.decode()
+    assert listed.status_code == 200 and text.count("assigned to ann") == 2 and "assigned to bob" not in text
+    assert page(listed).submitted("filters")["assignee"] == ["ann"]  # the filter form keeps it
+    assert "Remove filter Assignee: ann" in page(listed).text  # its chip
     assert boss.get("/api/tasks/", {"assignee": "a\x00b"}).status_code == 400
 
 
@@ -482,3 +517,45 @@ def test_the_admin_stage_form_sets_and_refuses_the_stage_fields() -> None:
     assert saved.status_code == 302
     approve = Stage.objects.get(pk=world["approve"].pk)
     assert (approve.assignee_from, approve.assignee_only) == ("/who", False)
+
+
+# -- races (PostgreSQL: real row locks, one connection per thread) -------------------------------
+
+
+def racer(task_id: int, roles: list[tuple[str, Any]]) -> Callable[[], None]:
+    """Work for run_at_once: each thread takes the next role (assign a user, or cancel the task)."""
+    left, take = iter(roles), threading.Lock()
+
+    def work() -> None:
+        with take:
+            role, user = next(left)
+        try:
+            if role == "assign":
+                task_assign(task_id=task_id, assignee=user, actor="user:boss")
+            else:
+                task_cancel(task_id=task_id, actor="user:boss", reason="race")
+        except TaskStateError:
+            pass  # refused: finished, or assigned by the other meanwhile
+
+    return work
+
+
+@pytest.mark.postgres
+@pytest.mark.django_db(transaction=True)
+def test_racing_assignments_and_a_cancel_keep_the_history_a_chain() -> None:
+    world = people_world()
+    for _ in range(8):
+        task = arrive(world)
+        roles = [("assign", world["ann"]), ("assign", world["bob"]), ("cancel", None)]
+        work = racer(task.pk, roles)
+        assert run_at_once(work, threads=3) == []
+        close_old_connections()
+        events = list(task.events.exclude(kind="created").order_by("id").values_list("kind", "details"))
+        assert events[-1][0] == "cancelled"  # nothing is assigned once the task is finished
+        chain = [details for kind, details in events if kind == ASSIGNED]
+        previous = None
+        for details in chain:  # each assignment saw the one before it: none was lost
+            assert details["previous"] == previous
+            previous = details["assignee"]
+        final = Task.objects.select_related("assignee").get(pk=task.pk)
+        assert (final.assignee.username if final.assignee else None) == previous

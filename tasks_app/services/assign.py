@@ -24,7 +24,7 @@ usernames or null; the event's actor is who did it):
 Opening an assigned task (services.form_stages.form_task_open): at a stage
 with `assignee_only` (the default), a task assigned to someone else can be
 opened only once it is overdue (the stage's due_after past its arrival), or by
-a user with the change-task permission: `open_refusal`.
+a user with the change-task permission: `open_refusal` (an assignee deactivated since holds nothing back).
 """
 
 from __future__ import annotations
@@ -81,6 +81,8 @@ def open_refusal(task: Task, user: Any, now: datetime) -> str | None:
     """Why `user` may not open `task` because it is assigned to someone else (None: they may)."""
     if assignment_open_to_all(task, now) or task.assignee_id == user.pk or user.has_perm(CHANGE_TASK):
         return None
+    if task.assignee is not None and not task.assignee.is_active:
+        return None  # a deactivated assignee (someone who left) holds nothing back
     name = assignee_name(task)
     due = overdue_at(task)
     if due is not None:
