@@ -71,6 +71,7 @@ class StageAdminForm(forms.ModelForm):
             "max_concurrency", "rate_limit",
             "default_priority", "priority_from", "dedupe_on", "notify", "notify_digest",
             "assignee_from", "assignee_only",
+            "remind_after", "remind_max", "due_after", "on_overdue",
         ]  # fmt: skip
         widgets = {"schemas": JSONEditorWidget(), "hook_secret": SecretInput()}
         # bounded nesting, no RecursionError
@@ -122,6 +123,8 @@ class StageAdmin(admin.ModelAdmin):
         ("Hook stages", {"fields": ["hook_secret"], "classes": ["collapse"]}),
         ("Job stages", {"fields": ["schedule"]}),
         ("Form stages", {"fields": ["groups", "notify", "notify_digest", "assignee_from", "assignee_only"]}),
+        # Issue 16: reminders and due times (services.reminders, services.due); form stages only.
+        ("People", {"fields": ["remind_after", "remind_max", "due_after", "on_overdue"]}),
         ("Join", {"fields": ["join_rule", "join_key", "join_count", "join_timeout", "join_type"]}),
     ]
     inlines = [OutgoingTransitionInline]

@@ -67,6 +67,7 @@ class StageSerializer(ModelSerializer):
             "is_paused", "description", "schedule", "schemas", "groups", "created_at", "updated_at",
             "default_priority", "priority_from", "dedupe_on", "notify", "notify_digest",
             "assignee_from", "assignee_only",
+            "remind_after", "remind_max", "due_after", "on_overdue",
             "join_rule", "join_key", "join_count", "join_timeout", "join_type",
         ]  # fmt: skip
         read_only_fields = ["created_at", "updated_at"]
@@ -88,6 +89,8 @@ class StageSerializer(ModelSerializer):
         current |= {f: getattr(self.instance, f) for f in ("handler", *JOIN_FIELDS)}
         current["notify"] = self.instance.notify  # only form stages notify (Stage.clean)
         current["assignee_from"] = self.instance.assignee_from  # form stages only (Stage._clean_people)
+        # Form stages only, and on_overdue needs a due_after (Stage._clean_people).
+        current |= {f: getattr(self.instance, f) for f in ("remind_after", "due_after", "on_overdue")}
         return {**current, "max_wait": self.instance.max_wait, "on_timeout": self.instance.on_timeout}
 
 

@@ -126,12 +126,14 @@ def test_every_upkeep_chore_has_its_own_cadence_from_its_setting(settings: Any) 
         (c.fold, w.fold_counters),
         (c.waits, w.sweep_waits),
         (c.joins, w.join_groups),
+        (c.people, w.remind_and_escalate),
         (c.outbox, w.send_notifications),
         (c.registry, w.report_in),
         (c.progress, w.print_progress),
     ]
     assert (c.expiry.interval, c.prune.interval, c.registry.interval) == (7.0, 900.0, 2.0)
     assert c.waits.interval == 7.0  # the waiting-time limit's sweep runs as often as the expiry sweep
+    assert c.people.interval == 7.0  # form tasks' due times and reminders: as often as the expiry sweep
     assert c.joins.interval == loop.JOIN_INTERVAL  # join stages' passes: a constant, no setting
     assert c.outbox.interval == loop.NOTIFY_INTERVAL  # the notification outbox's drain: a constant
     assert (c.fold.interval, c.fold.jitter) == (loop.FOLD_INTERVAL, loop.FOLD_JITTER)  # a constant, no setting
@@ -152,6 +154,7 @@ def test_a_worker_without_a_progress_interval_has_no_progress_chore() -> None:
         w.fold_counters,
         w.sweep_waits,
         w.join_groups,
+        w.remind_and_escalate,
         w.send_notifications,
         w.report_in,
     ]

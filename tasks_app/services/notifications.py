@@ -190,26 +190,34 @@ def notifications_drain(*, now: datetime | None = None, groups_limit: int = GROU
     result = Drain()
     due = (
         Notification.objects.filter(status=Notification.Status.PENDING, due_at__lte=now)
-        .values_list("channel", "recipient", "stage_id")
-        .order_by("channel", "recipient", "stage_id")
+        .values_list("channel", "recipient", "stage_id", "kind")
+        .order_by("channel", "recipient", "stage_id", "kind")
         .distinct()
     )
     keys = list(due[: groups_limit + 1])
     result.backlog = len(keys) > groups_limit
-    for channel, recipient, stage_id in keys[:groups_limit]:
+    for channel, recipient, stage_id, kind in keys[:groups_limit]:
         with transaction.atomic():
             if not advisory_xact_lock(LockKey.NOTIFY):
                 return None if not (result.sent or result.failed or result.deferred) else result
-            _deliver_group(channel, recipient, stage_id, now, result)
+            _deliver_group(channel, recipient, stage_id, now, result, kind=kind)
     if not result.backlog:
         _forget_settled(now)
     return result
 
 
-def _deliver_group(channel: str, recipient: str, stage_id: int, now: datetime, result: Drain) -> None:
+def _deliver_group(
+    channel: str, recipient: str, stage_id: int, now: datetime, result: Drain, *, kind: str = Notification.Kind.ARRIVAL
+) -> None:
+    # Reminders (issue 16, services.reminders) are grouped apart from arrivals: their own message and window.
     rows = list(
         Notification.objects.filter(
-            status=Notification.Status.PENDING, due_at__lte=now, channel=channel, recipient=recipient, stage_id=stage_id
+            status=Notification.Status.PENDING,
+            due_at__lte=now,
+            channel=channel,
+            recipient=recipient,
+            stage_id=stage_id,
+            kind=kind,
         )
         .order_by("id")
         .select_for_update(skip_locked=True)[:ROWS_PER_MESSAGE]
@@ -220,7 +228,7 @@ def _deliver_group(channel: str, recipient: str, stage_id: int, now: datetime, r
     ids = [r.pk for r in rows]
     if stage.notify_digest:
         last = Notification.objects.filter(
-            status=Notification.Status.SENT, channel=channel, recipient=recipient, stage_id=stage_id
+            status=Notification.Status.SENT, channel=channel, recipient=recipient, stage_id=stage_id, kind=kind
         ).aggregate(last=Max("sent_at"))["last"]
         window_end = last + timedelta(minutes=stage.notify_digest) if last else None
         if window_end and window_end > now:
@@ -231,13 +239,20 @@ def _deliver_group(channel: str, recipient: str, stage_id: int, now: datetime, r
         t.pk: t for t in Task.objects.filter(pk__in={r.task_id for r in rows}).select_related("stage", "source_stage")
     }
     # A task deleted (retention) or finished since it arrived needs nobody: its rows go, unsent.
-    live = [
-        r for r in rows if r.task_id in tasks and tasks[r.task_id].status in (Task.Status.PENDING, Task.Status.LOCKED)
-    ]
+    # A reminder is for a task still waiting: one taken since (opened, completed, cancelled) reminds nobody.
+    wanted = (Task.Status.PENDING,) if kind == Notification.Kind.REMINDER else (Task.Status.PENDING, Task.Status.LOCKED)
+    live = [r for r in rows if r.task_id in tasks and tasks[r.task_id].status in wanted]
     kept = {r.pk for r in live}
     gone = [r.pk for r in rows if r.pk not in kept]
     if gone:
         Notification.objects.filter(pk__in=gone).delete()
+        if kind == Notification.Kind.REMINDER:
+            logger.info(
+                "dropped %d reminder(s) to %s at %s: their tasks were taken",
+                len(gone),
+                recipient if channel == Notification.Channel.EMAIL else "a webhook",
+                stage.slug,
+            )
     if not live:
         return
     listed = _items([tasks[r.task_id] for r in live])
@@ -247,7 +262,10 @@ def _deliver_group(channel: str, recipient: str, stage_id: int, now: datetime, r
     try:
         # No query in here: a database error caught below would leave PostgreSQL's transaction aborted.
         if channel == Notification.Channel.EMAIL:
-            send_digest_mail(recipient, stage, listed)
+            if kind == Notification.Kind.REMINDER:
+                send_digest_mail(recipient, stage, listed, reminder=True)
+            else:
+                send_digest_mail(recipient, stage, listed)
         else:
             webhook_post(recipient, stage, listed)
     except Exception as exc:  # any backend's error: retried later, and said in the history
@@ -275,7 +293,7 @@ def _deliver_group(channel: str, recipient: str, stage_id: int, now: datetime, r
     Notification.objects.filter(pk__in=[r.pk for r in live]).update(
         attempts=attempt, status=Notification.Status.SENT, sent_at=now, last_error=""
     )
-    _events(live, TaskEvent.Kind.NOTIFIED, now, channel, recipient, attempt, {"digest": len(live)})
+    _events(live, TaskEvent.Kind.NOTIFIED, now, channel, recipient, attempt, {"digest": len(live), "kind": kind})
     result.sent += 1
     result.rows += len(live)
 
@@ -388,19 +406,25 @@ def _items(tasks: list[Task]) -> list[Item]:
     ]
 
 
-def _subject(stage: Stage, items: list[Item]) -> str:
+def _subject(stage: Stage, items: list[Item], *, reminder: bool = False) -> str:
+    still = "still " if reminder else ""
     if len(items) == 1:
         item = items[0]
         title = f": {item.fields[0][1]}" if item.fields else ""
-        text = f"Task #{item.id} waits for you at {stage.name}{title}"
+        text = f"Task #{item.id} {still}waits for you at {stage.name}{title}"
     else:
-        text = f"{len(items)} tasks wait for you at {stage.name}"
+        text = f"{len(items)} tasks {still}wait for you at {stage.name}"
+    text = f"Reminder: {text}" if reminder else text
     return " ".join(text.split())[:200]  # one line: no header injection
 
 
-def send_digest_mail(recipient: str, stage: Stage, items: list[Item]) -> None:
-    """One mail (plain text and HTML) to `recipient` listing `items` (at most LISTED, the rest counted)."""
+def send_digest_mail(recipient: str, stage: Stage, items: list[Item], *, reminder: bool = False) -> None:
+    """One mail (plain text and HTML) to `recipient` listing `items` (at most LISTED, the rest counted).
+
+    reminder: the tasks still wait (services.reminders): the subject and the first line say so.
+    """
     context = {
+        "reminder": reminder,
         "stage": stage,
         "items": items[:LISTED],
         "more": max(0, len(items) - LISTED),
@@ -410,7 +434,8 @@ def send_digest_mail(recipient: str, stage: Stage, items: list[Item]) -> None:
     text = render_to_string("tasks_app/email/arrival.txt", context)
     html = render_to_string("tasks_app/email/arrival.html", context)
     with get_connection(fail_silently=False) as mail:
-        message = EmailMultiAlternatives(subject=_subject(stage, items), body=text, to=[recipient], connection=mail)
+        subject = _subject(stage, items, reminder=reminder)
+        message = EmailMultiAlternatives(subject=subject, body=text, to=[recipient], connection=mail)
         message.attach_alternative(html, "text/html")
         message.send()
 

@@ -75,8 +75,9 @@ def stage_overdue(stage: Stage, *, now: datetime | None = None) -> QuerySet[Task
     return Task.objects.filter(stage=stage).filter(overdue_q(max_wait=stage.max_wait, now=now or timezone.now()))
 
 
-def _not_flagged() -> RawSQL:
-    """No `wait_exceeded` event yet: probed per candidate through taskevent_task_idx (task_id, id).
+def not_flagged(kind: str = TaskEvent.Kind.WAIT_EXCEEDED) -> RawSQL:
+    """No `kind` event yet (`wait_exceeded` here; services.due: `overdue`): probed per candidate through
+    taskevent_task_idx (task_id, id).
 
     OFFSET 0 keeps it a correlated subplan: as a plain NOT EXISTS PostgreSQL turns
     it into an anti-join, and with no wait_exceeded event in its statistics it
@@ -85,7 +86,7 @@ def _not_flagged() -> RawSQL:
     """
     task, event = Task._meta.db_table, TaskEvent._meta.db_table
     sql = f"NOT EXISTS (SELECT 1 FROM {event} e WHERE e.task_id = {task}.id AND e.kind = %s LIMIT 1 OFFSET 0)"
-    return RawSQL(sql, [TaskEvent.Kind.WAIT_EXCEEDED.value], output_field=BooleanField())
+    return RawSQL(sql, [str(kind)], output_field=BooleanField())
 
 
 def wait_candidates(stage: Stage, *, now: datetime, limit: int) -> QuerySet[Task]:
@@ -99,7 +100,7 @@ def wait_candidates(stage: Stage, *, now: datetime, limit: int) -> QuerySet[Task
     assert stage.max_wait is not None
     return (
         stage_overdue(stage, now=now)
-        .filter(_not_flagged())
+        .filter(not_flagged())
         .order_by("-priority", "id")
         .select_for_update(skip_locked=True, of=("self",))
         .only("id", "stage_id", "type", "payload", "priority", "created_at", "available_at", "status")[:limit]
@@ -142,43 +143,45 @@ def _act(stage: Stage, task: Task, now: datetime) -> int:
     details: dict[str, Any] = {"waited": waited, "max_wait": stage.max_wait, "on_timeout": stage.on_timeout or None}
     sent: list[int] | None = None
     if stage.on_timeout:
-        sent, error = _send_on(stage, task, now)
+        sent, error = send_on(stage, task, now, task_type=stage.on_timeout, actor=WAIT_ACTOR)
         if error:
             details["error"] = error
     event_record(task_id=task.pk, kind=TaskEvent.Kind.WAIT_EXCEEDED, at=now, actor=WAIT_ACTOR, details=details)
     if sent is None:
         return 0
-    # The row is locked (wait_candidates) and was pending: the WHERE restates it anyway.
-    updated = Task.objects.filter(pk=task.pk, status=Task.Status.PENDING).update(
-        status=Task.Status.COMPLETED, completed_at=now, updated_at=now
-    )
-    if updated != 1:  # can't happen under the row lock; if it did, the batch's transaction rolls back
-        raise TaskStateError(f"Task {task.pk} is no longer pending; its wait limit was not applied.")
     reason = f"waited {waited:g} s at '{stage.slug}', over its max_wait of {stage.max_wait} s"
-    event_record(
-        task_id=task.pk,
-        kind=TaskEvent.Kind.COMPLETED,
-        at=now,
-        actor=WAIT_ACTOR,
-        details={"reason": reason, "on_timeout": stage.on_timeout, "sent": sent},
+    complete_sent_on(
+        task, now, actor=WAIT_ACTOR, details={"reason": reason, "on_timeout": stage.on_timeout, "sent": sent}
     )
     return 1
 
 
-def _send_on(stage: Stage, task: Task, now: datetime) -> tuple[list[int] | None, str]:
-    """Send `task`'s payload on as the stage's on_timeout type; (ids sent, '') or (None, why it was refused)."""
+def complete_sent_on(task: Task, now: datetime, *, actor: str, details: dict[str, Any]) -> None:
+    """Complete `task` (row locked by the caller, pending) after send_on sent it on; its `completed` event.
+
+    The row is locked (the sweep's SELECT ... FOR UPDATE) and was pending: the WHERE restates it anyway, so a
+    task that somehow left pending is never completed twice (the caller's transaction rolls back instead).
+    """
+    updated = Task.objects.filter(pk=task.pk, status=Task.Status.PENDING).update(
+        status=Task.Status.COMPLETED, completed_at=now, updated_at=now
+    )
+    if updated != 1:  # can't happen under the row lock; if it did, the batch's transaction rolls back
+        raise TaskStateError(f"Task {task.pk} is no longer pending; it was not sent on by the {actor}.")
+    event_record(task_id=task.pk, kind=TaskEvent.Kind.COMPLETED, at=now, actor=actor, details=details)
+
+
+def send_on(stage: Stage, task: Task, now: datetime, *, task_type: str, actor: str) -> tuple[list[int] | None, str]:
+    """Send `task`'s payload on as `task_type` (on_timeout, on_overdue); (ids sent, '') or (None, why refused)."""
     try:
         with transaction.atomic():  # a savepoint: a refused send leaves the batch's other tasks alone
-            created = tasks_send_many(
-                stage=stage, sends=[(stage.on_timeout, task.payload)], parent=task, actor=WAIT_ACTOR, now=now
-            )
+            created = tasks_send_many(stage=stage, sends=[(task_type, task.payload)], parent=task, actor=actor, now=now)
     except (NoRouteError, ValidationError) as exc:
         why = "; ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
         logger.warning(
             "task %s: overdue at %s, but sending it on as %r was refused: %s",
             task.pk,
             stage.slug,
-            stage.on_timeout,
+            task_type,
             why,
             extra={"task_id": task.pk, "stage": stage.slug},
         )

@@ -11,7 +11,7 @@ shows its fields in the order of a schema's properties.
                  "max_attempts", "max_run_time", "max_concurrency", "rate_limit", "max_wait",
                  "on_timeout", "default_priority",
                  "priority_from", "dedupe_on", "notify", "notify_digest", "assignee_from", "assignee_only",
-                 "is_paused", "schedule",
+                 "remind_after", "remind_max", "due_after", "on_overdue", "is_paused", "schedule",
                  "join_rule", "join_key", "join_count", "join_timeout", "join_type",
                  "groups": [group names], "schemas": {type or "*": JSON Schema}}],
      "transitions": [{"source", "target", "type"}]}   # type "" routes every type
@@ -89,6 +89,10 @@ STAGE_FIELDS = (
     "notify_digest",
     "assignee_from",
     "assignee_only",
+    "remind_after",
+    "remind_max",
+    "due_after",
+    "on_overdue",
     "is_paused",
     "schedule",
     "join_rule",
@@ -138,6 +142,10 @@ FIELD_TYPES: dict[str, tuple[str, Callable[[object], bool]]] = {
     "notify_digest": ("a whole number of minutes", _is_int),
     "assignee_from": ('a JSON pointer (a string like "/approver", form stages)', _is_str),
     "assignee_only": ("true or false", lambda v: isinstance(v, bool)),
+    "remind_after": ("a whole number of seconds or null (form stages)", lambda v: v is None or _is_int(v)),
+    "remind_max": ("a whole number", _is_int),
+    "due_after": ("a whole number of seconds or null (form stages)", lambda v: v is None or _is_int(v)),
+    "on_overdue": ("a task type (a string)", _is_str),
     "is_paused": ("true or false", lambda v: isinstance(v, bool)),
     "schedule": ("a string", _is_str),
     "join_rule": ('"siblings", "count" or "" (join stages)', _is_str),
@@ -315,6 +323,7 @@ def _stage_field_problems(entry: dict[str, Any]) -> list[str]:
     # Stage.clean relates kind and schedule, and on_timeout and max_wait: only meaningful when all are.
     related = {"kind", "schedule", "max_wait", "on_timeout", "handler", "notify", *JOIN_FIELDS}
     related |= {"assignee_from"}  # Stage._clean_people: form stages only (assign, issue 16)
+    related |= {"remind_after", "due_after", "on_overdue"}  # Stage._clean_people: form stages only
     if not related & (unusable | errors.keys()):
         try:
             stage.clean()
@@ -459,18 +468,20 @@ def workflow_problems(data: Any) -> list[str]:
 
 
 def _timeout_route_problems(stages: list[Any], transitions: list[Any]) -> list[str]:
-    """A stage's on_timeout type must pass one of its transitions in the file (else no overdue task could go on)."""
+    """A stage's on_timeout and on_overdue types must pass one of its transitions in the file (else no overdue
+    task could go on)."""
     routes = [_route(e) for e in transitions if isinstance(e, dict) and _is_str(e.get("source")) and "target" in e]
     problems = []
     for i, entry in enumerate(stages):
-        if not isinstance(entry, dict) or not _is_str(entry.get("slug")) or not _is_str(entry.get("on_timeout")):
-            continue
-        slug, type = entry["slug"], entry["on_timeout"]
-        if type and not any(source == slug and t in ("", type) for source, _, t in routes):
-            problems.append(
-                f"stages[{i}] (slug '{slug}'): on_timeout '{type}' has no route: no transition out of '{slug}' "
-                "passes that type"
-            )
+        for name in ("on_timeout", "on_overdue"):
+            if not isinstance(entry, dict) or not _is_str(entry.get("slug")) or not _is_str(entry.get(name)):
+                continue
+            slug, type = entry["slug"], entry[name]
+            if type and not any(source == slug and t in ("", type) for source, _, t in routes):
+                problems.append(
+                    f"stages[{i}] (slug '{slug}'): {name} '{type}' has no route: no transition out of '{slug}' "
+                    "passes that type"
+                )
     return problems
 
 

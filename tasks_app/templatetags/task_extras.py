@@ -14,6 +14,7 @@ from django.utils.safestring import SafeString, mark_safe
 
 from tasks_app.jsonpreview import CELL_CHARS, PAGE_CHARS, ROW_CHARS, editable_json, json_head, json_preview, json_size
 from tasks_app.models import Stage, Task
+from tasks_app.services.due import due_overdue_by
 from tasks_app.services.waiting import overdue_by
 
 register = template.Library()
@@ -95,6 +96,16 @@ def status_badge(task: Task) -> SafeString:
         task.get_status_display(),
         status_text(task, timezone.now()),
     )
+
+
+@register.simple_tag
+def overdue_badge(task: Task) -> SafeString:
+    """The "Overdue" badge of a task past its stage's due time (services.due: pending or open in someone's hands)."""
+    late = due_overdue_by(task, timezone.now())
+    if late is None:
+        return mark_safe("")
+    title = f"Past its due time ({human_delta(timedelta(seconds=task.stage.due_after or 0))} after arrival) by "
+    return format_html('<span class="badge badge-overdue" title="{}">Overdue</span>', title + human_delta(late))
 
 
 @register.filter

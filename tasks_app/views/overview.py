@@ -37,6 +37,8 @@ from tasks_app.selectors.overview import (
     throughput,
 )
 from tasks_app.selectors.workers import live_workers
+from tasks_app.services.due import COUNT_CAP as OVERDUE_CAP
+from tasks_app.services.due import overdue_counts
 from tasks_app.templatetags.task_extras import human_delta
 
 POLL_SECONDS = 5
@@ -64,6 +66,7 @@ def stage_figures(stages: Sequence[Stage], now: datetime) -> dict[str, Any]:
     attempts = attempt_counters()
     per_hour, per_minute = throughput()
     flows = flow_states(stages, live, now)  # capped and rate-limited stages only
+    overdue = overdue_counts(stages, now=now)  # stages with a due_after or a max_wait only (services.due)
     out: dict[int, dict[str, Any]] = {}
     for s in stages:
         counts = {**finished.get(s.pk, {}), **live.get(s.pk, {})}
@@ -86,6 +89,8 @@ def stage_figures(stages: Sequence[Stage], now: datetime) -> dict[str, Any]:
             text["flow"] = flow.text  # "3/3 running · 10/s · throttled"
             if flow.cap is not None:
                 text["locked"] = f"{number(n['locked'])}/{number(flow.cap)}"
+        if s.pk in overdue:
+            text["overdue"] = f"{number(overdue[s.pk])}{'+' if overdue[s.pk] >= OVERDUE_CAP else ''} overdue"
         out[s.pk] = {
             "counts": n,
             "retrying": retrying,
@@ -95,6 +100,7 @@ def stage_figures(stages: Sequence[Stage], now: datetime) -> dict[str, Any]:
             "spark": sparkline(per_minute.get(s.pk, [0] * 60)),
             "oldest_age": (now - oldest) if oldest else None,
             "throttled": flow is not None and flow.throttled,
+            "overdue": overdue.get(s.pk),  # None: the stage has no due time or waiting-time limit
         }
     return {"stages": out, "live_at": live_at, "finished_at": finished_at, "estimated": estimated}
 
@@ -225,6 +231,7 @@ def counts_json(request: HttpRequest) -> JsonResponse:
                 **figures["stages"][s.pk]["counts"],
                 "retrying": figures["stages"][s.pk]["retrying"],
                 "throttled": figures["stages"][s.pk]["throttled"],
+                "overdue": figures["stages"][s.pk]["overdue"],
                 "text": figures["stages"][s.pk]["text"],
             }
             for s in stages

@@ -26,6 +26,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.cache import cache
+from django.db.models import Q
 from django.http import HttpRequest, HttpResponse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
@@ -37,6 +38,8 @@ from tasks_app.models import Stage, TaskEvent
 from tasks_app.selectors.overview import live_counts
 from tasks_app.selectors.workers import live_workers
 from tasks_app.services.counters import EXPIRED_FAILED, claim_counts, counter_values, counters_fold
+from tasks_app.services.due import COUNT_CAP as OVERDUE_CAP
+from tasks_app.services.due import overdue_counts
 from tasks_app.services.flow_limits import throttled_counts
 from tasks_app.services.histograms import BUCKETS, worker_histograms
 from tasks_app.services.join import stage_groups
@@ -174,7 +177,23 @@ class TasksCollector:
             locked.add_metric([slug], counts.get("locked", 0))
             age.add_metric([slug], max((now - oldest).total_seconds(), 0.0) if oldest else 0.0)
         yield from (pending, locked, age)
+        yield self._overdue(slugs)
         yield self._join_groups()
+
+    def _overdue(self, slugs: dict[int, str]) -> Metric:
+        # Issue 16 (services.due.overdue_counts): live tasks overdue now by either rule; tasks_overdue_total
+        # counts the max_wait rule's flags over time, this gauge what is overdue at this moment.
+        ruled = Stage.objects.filter(Q(due_after__isnull=False) | Q(max_wait__isnull=False))
+        counts = overdue_counts(ruled)
+        gauge = GaugeMetricFamily(
+            "tasks_overdue_now",
+            "Tasks overdue at the stage now: not completed past its due_after (pending or open), or pending past "
+            f"its max_wait; a task overdue by both counted once, at most {OVERDUE_CAP} per stage.",
+            labels=["stage"],
+        )
+        for stage_id, slug in sorted(slugs.items(), key=lambda item: item[1]):
+            gauge.add_metric([slug], counts.get(stage_id, 0))
+        return gauge
 
     def _join_groups(self) -> Metric:
         # Each join stage's waiting groups (services.join: a bounded read of its waiting arrivals).

@@ -36,6 +36,7 @@ from tasks_app.selectors.stages import (
     stage_live_counts,
     stage_recent_errors,
 )
+from tasks_app.services.due import stage_due_overdue
 from tasks_app.services.events import actor_for
 from tasks_app.services.flow_limits import throttled_counts
 from tasks_app.services.jobs import job_run_now
@@ -103,6 +104,8 @@ def stage_detail(request: HttpRequest, slug: str) -> HttpResponse:
         "oldest_age": timezone.now() - live["oldest_pending"] if live["oldest_pending"] else None,
         # Waiting-time limit: pending past max_wait (services.waiting), through the stage's live tasks.
         "overdue": stage_overdue(stage).count() if stage.max_wait else None,
+        # Due time (issue 16): not completed past due_after (services.due), pending or open.
+        "due_overdue": stage_due_overdue(stage).count() if stage.due_after else None,
         # Flow control (services.flow_limits): "3/3 running · 10/s · throttled", and the throttled claims.
         "flow": flow_states([stage], {stage.pk: live}, timezone.now()).get(stage.pk),
         "throttled_claims": throttled_counts().get(stage.pk, 0),

@@ -31,6 +31,7 @@ from tasks_app.selectors.work import (
 )
 from tasks_app.services import TaskError
 from tasks_app.services.assign import assignment_refusals
+from tasks_app.services.due import overdue_counts
 from tasks_app.services.events import actor_for, person_named
 from tasks_app.services.form_stages import (
     TaskHeldError,
@@ -77,6 +78,8 @@ def my_work(request: HttpRequest) -> HttpResponse:
         "waiting": _with_schemas(page.tasks),
         "page": page,
         "paged": bool(request.GET.get("after") or request.GET.get("before")),
+        # Past max_wait or due_after (services.due), at the person's stages, whatever the search.
+        "overdue_count": sum(overdue_counts(stages).values()),
     }
     return render(request, "tasks_app/work_list.html", ctx, status=400 if errors else 200)
 

@@ -41,10 +41,12 @@ from tasks_app.models import Stage, Task, Transition
 from tasks_app.services.claim import ClaimedRow, task_claim_rows
 from tasks_app.services.complete import tasks_extend_locks_reporting
 from tasks_app.services.counters import counters_fold_in_turn
+from tasks_app.services.due import DueSweep, tasks_due_sweep
 from tasks_app.services.flow_limits import throttle_pause
 from tasks_app.services.join import JoinPass, tasks_join_sweep
 from tasks_app.services.notifications import Drain, notifications_drain
 from tasks_app.services.pipeline import tasks_complete_and_claim
+from tasks_app.services.reminders import RemindPass, tasks_remind
 from tasks_app.services.retention import PERIODIC_PAUSE, PruneResult, tasks_prune_periodic
 from tasks_app.services.waiting import WaitSweep, tasks_wait_sweep
 from tasks_app.worker.handlers import Handler, HandlerImportError, HandlerTask, Outcome, resolve_handler
@@ -86,6 +88,9 @@ JOIN_PAUSE = 0.1
 # a backlog lasts. Mail and webhooks go out here, never in a claim or a completion.
 NOTIFY_INTERVAL = 5.0
 NOTIFY_PAUSE = 0.5
+# Form tasks' due times and reminders (services.due, services.reminders): as often as the expiry sweep,
+# sooner while a backlog lasts; their reminders go out at the outbox's next drain.
+PEOPLE_PAUSE = 0.5
 
 
 def default_worker_id() -> str:
@@ -129,6 +134,7 @@ class Cadences:
     fold: Cadence  # the counters' fold (FOLD_INTERVAL; sooner while a backlog lasts)
     waits: Cadence  # overdue tasks (TASKS_EXPIRE_INTERVAL; sooner while a backlog lasts)
     joins: Cadence  # join stages' passes (JOIN_INTERVAL; at once on an arrival's notification)
+    people: Cadence  # form tasks' due times and reminders (TASKS_EXPIRE_INTERVAL; sooner while a backlog lasts)
     outbox: Cadence  # the notification outbox's drain (NOTIFY_INTERVAL; sooner while a backlog lasts)
     registry: Cadence  # the registry heartbeat (TASKS_WORKER_HEARTBEAT)
     progress: Cadence | None  # the progress line; None when off
@@ -144,6 +150,7 @@ class Cadences:
             fold=Cadence(FOLD_INTERVAL, jitter=FOLD_JITTER),
             waits=Cadence(float(settings.TASKS_EXPIRE_INTERVAL)),
             joins=Cadence(JOIN_INTERVAL),
+            people=Cadence(float(settings.TASKS_EXPIRE_INTERVAL)),
             outbox=Cadence(NOTIFY_INTERVAL),
             registry=Cadence(float(settings.TASKS_WORKER_HEARTBEAT)),
             progress=Cadence(progress_interval, next_at=now + progress_interval) if progress_interval > 0 else None,
@@ -244,6 +251,7 @@ class Worker:
             (self.cadences.fold, self.fold_counters),
             (self.cadences.waits, self.sweep_waits),
             (self.cadences.joins, self.join_groups),
+            (self.cadences.people, self.remind_and_escalate),
             (self.cadences.outbox, self.send_notifications),
             (self.cadences.registry, self.report_in),
         ]
@@ -660,6 +668,18 @@ class Worker:
         if swept.flagged:
             logger.info("%d task(s) overdue, %d sent on as their stage's on_timeout", swept.flagged, swept.timed_out)
         return swept
+
+    def remind_and_escalate(self) -> tuple[DueSweep | None, RemindPass | None]:
+        """Form tasks: flag the overdue, escalate them as on_overdue, queue reminders (one worker at a time)."""
+        swept = tasks_due_sweep()
+        reminded = tasks_remind()
+        if (swept is not None and swept.backlog) or (reminded is not None and reminded.backlog):
+            self.cadences.people.done(time.monotonic(), after=PEOPLE_PAUSE)
+        if swept is not None and swept.flagged:
+            logger.info("%d form task(s) overdue, %d escalated (on_overdue)", swept.flagged, swept.escalated)
+        if reminded is not None and reminded.reminded:
+            logger.info("queued reminders for %d form task(s)", reminded.reminded)
+        return swept, reminded
 
     def send_notifications(self) -> Drain | None:
         """Deliver the notification outbox: mails and webhooks about arrivals at form stages (one worker at a time)."""
