@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group
+from django.core import mail
 from django.core.exceptions import ValidationError
 from django.db import close_old_connections, transaction
 from django.urls import reverse
@@ -33,6 +34,7 @@ from tasks_app.services import (
 from tasks_app.services.assign import assignment_open_to_all, open_refusal, task_assign
 from tasks_app.services.cancel import task_cancel
 from tasks_app.services.form_stages import form_task_open
+from tasks_app.services.notifications import notifications_drain
 from tasks_app.services.workflow import workflow_dump, workflow_load, workflow_problems
 from tests.support.pages import STAGE_URL, TASK_URL, form_fields, page, shown_messages
 from tests.support.threads import run_at_once
@@ -213,6 +215,9 @@ def test_assigning_by_hand_queues_a_mail_to_the_new_assignee() -> None:
     assert list(Notification.objects.values_list("task_id", "channel", "recipient", "kind")) == [
         (task.pk, "email", "ann@example.com", "arrival")
     ]
+    notifications_drain()  # the workers' upkeep delivers it
+    assert [m.to for m in mail.outbox] == [["ann@example.com"]]
+    assert f"Task #{task.pk} waits for you at Approve" in mail.outbox[0].subject
 
 
 # -- who may open --------------------------------------------------------------------------------
@@ -263,6 +268,8 @@ def test_without_assignee_only_anyone_of_the_stage_opens_an_assigned_task() -> N
     world = people_world(assignee_only=False)
     task = arrive(world, approver="ann")
     assert assignment_open_to_all(task, timezone.now())
+    bob = page(logged_in(world["bob"]).get(reverse("tasks_app:my-work")))
+    assert "assigned to ann" in bob.text and f"/work/{task.pk}/open/" in bob.post_actions()
     assert form_task_open(task=task, user=world["bob"]).locked_by == "user:bob"
 
 
@@ -517,6 +524,12 @@ def test_the_admin_stage_form_sets_and_refuses_the_stage_fields() -> None:
     assert saved.status_code == 302
     approve = Stage.objects.get(pk=world["approve"].pk)
     assert (approve.assignee_from, approve.assignee_only) == ("/who", False)
+
+    ship = f"{STAGE_URL}{world['ship'].pk}/change/"  # a script stage: nobody to assign
+    data = form_fields(client, ship, form_id="stage_form")
+    refused = client.post(ship, {**data, "assignee_from": "/who", "_save": "Save"})
+    assert refused.status_code == 200 and "Only form stages have this" in refused.content.decode()
+    assert Stage.objects.get(pk=world["ship"].pk).assignee_from == ""
 
 
 # -- races (PostgreSQL: real row locks, one connection per thread) -------------------------------
