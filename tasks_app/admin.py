@@ -122,9 +122,13 @@ class StageAdmin(admin.ModelAdmin):
         ("Payload schemas", {"fields": ["schemas"]}),
         ("Hook stages", {"fields": ["hook_secret"], "classes": ["collapse"]}),
         ("Job stages", {"fields": ["schedule"]}),
-        ("Form stages", {"fields": ["groups", "notify", "notify_digest", "assignee_from", "assignee_only"]}),
+        ("Form stages", {"fields": ["groups", "notify", "notify_digest"]}),
         # Issue 16: reminders and due times (services.reminders, services.due); form stages only.
-        ("People", {"fields": ["remind_after", "remind_max", "due_after", "on_overdue"]}),
+        # Assign (issue 16, services.assign): who a task arriving here is for, and who else may open it.
+        (
+            "People",
+            {"fields": ["remind_after", "remind_max", "due_after", "on_overdue", "assignee_from", "assignee_only"]},
+        ),
         ("Join", {"fields": ["join_rule", "join_key", "join_count", "join_timeout", "join_type"]}),
     ]
     inlines = [OutgoingTransitionInline]
