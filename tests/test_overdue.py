@@ -5,17 +5,12 @@ intake --order--> review (form: alice, bob, vera) --approved--> invoice; --decli
 
 from __future__ import annotations
 
-import io
-import json
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-from django.core.exceptions import ValidationError
-from django.core.management import call_command
 from django.core.management.base import CommandError
-from django.db import close_old_connections
 from django.test import Client
 from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
@@ -33,11 +28,20 @@ from tasks_app.services.due import (
     tasks_due_sweep,
 )
 from tasks_app.services.form_stages import form_task_cancel, form_task_open, form_task_submit
-from tasks_app.services.workflow import workflow_dump, workflow_problems
+from tasks_app.services.workflow import workflow_dump
 from tasks_app.worker import Worker
-from tests.support.due import arrived, kinds, people
+from tests.support.due import (
+    api_refuses,
+    arrived,
+    dumped_with,
+    kinds,
+    load_file,
+    model_errors,
+    one_problem,
+    people,
+    round_trip,
+)
 from tests.support.pages import STAGE_URL, form_fields
-from tests.support.threads import run_at_once
 from tests.support.users import logged_in, make_user
 from tests.support.work import FormWorld, form_world
 
@@ -262,42 +266,27 @@ def test_counts_take_both_rules_once_per_task(fw: FormWorld) -> None:
     ],
 )
 def test_the_model_refuses_bad_due_fields(fw: FormWorld, fields: dict[str, Any], field: str, message: str) -> None:
-    for name, value in fields.items():
-        setattr(fw.review, name, value)
-
-    with pytest.raises(ValidationError) as caught:
-        fw.review.full_clean()
-
-    assert field in caught.value.message_dict and message in " ".join(caught.value.message_dict[field])
+    assert message in " ".join(model_errors(fw.review, **fields)[field])
 
 
-def test_only_form_stages_have_a_due_time(fw: FormWorld) -> None:
-    fw.intake.due_after = 60
-    with pytest.raises(ValidationError) as caught:
-        fw.intake.full_clean()
-    assert "Only form stages" in caught.value.message_dict["due_after"][0]
+@pytest.mark.parametrize(("field", "value"), [("due_after", 60), ("on_overdue", "escalated"), ("remind_after", 600)])
+def test_only_form_stages_have_a_due_time_or_reminders(fw: FormWorld, field: str, value: Any) -> None:
+    assert "Only form stages" in model_errors(fw.intake, **{field: value})[field][0]
 
 
 def test_the_api_shows_sets_and_refuses_the_due_fields(fw: FormWorld, admin: APIClient) -> None:
-    url = "/api/stages/review/"
-    for body, field in [
-        ({"due_after": 0}, "due_after"),
-        ({"due_after": MAX_WAIT + 1}, "due_after"),
-        ({"on_overdue": "declined"}, "on_overdue"),
-    ]:
-        refused = admin.patch(url, body, format="json")
-        assert refused.status_code == 400 and field in refused.json(), body
-    script = admin.patch("/api/stages/intake/", {"due_after": 60}, format="json")
-    assert script.status_code == 400 and "due_after" in script.json()
+    assert api_refuses(admin, "review", {"due_after": 0}, "due_after")
+    assert api_refuses(admin, "review", {"due_after": MAX_WAIT + 1}, "due_after")
+    assert api_refuses(admin, "review", {"on_overdue": "declined"}, "on_overdue")
+    assert api_refuses(admin, "intake", {"due_after": 60}, "due_after")  # a script stage
     assert Stage.objects.get(slug="review").due_after is None
 
-    saved = admin.patch(url, {"due_after": 86400, "on_overdue": "declined"}, format="json")
+    saved = admin.patch("/api/stages/review/", {"due_after": 86400, "on_overdue": "declined"}, format="json")
 
     assert saved.status_code == 200
     assert (saved.json()["due_after"], saved.json()["on_overdue"]) == (86400, "declined")
-    assert admin.get(url).json()["due_after"] == 86400
-    cleared = admin.patch(url, {"due_after": None}, format="json")  # on_overdue needs it
-    assert cleared.status_code == 400 and "on_overdue" in cleared.json()
+    assert admin.get("/api/stages/review/").json()["due_after"] == 86400
+    assert api_refuses(admin, "review", {"due_after": None}, "on_overdue")  # on_overdue needs it
 
 
 def test_the_openapi_schema_documents_the_four_fields_with_their_bounds() -> None:
@@ -316,18 +305,12 @@ def test_the_openapi_schema_documents_the_four_fields_with_their_bounds() -> Non
 
 def test_the_workflow_file_round_trips_the_due_time(fw: FormWorld, tmp_path: Path) -> None:
     people(fw.review, due_after=DAY, on_overdue="escalated")
-    dumped = workflow_dump()
-    entry = next(s for s in dumped["stages"] if s["slug"] == "review")
+    entry = next(s for s in workflow_dump()["stages"] if s["slug"] == "review")
     assert (entry["due_after"], entry["on_overdue"]) == (DAY, "escalated")
 
-    entry["due_after"], entry["on_overdue"] = 600, "approved"
-    path = tmp_path / "wf.json"
-    path.write_text(json.dumps(dumped))
-    call_command("load_workflow", str(path), stdout=io.StringIO(), stderr=io.StringIO())
+    review = round_trip("review", tmp_path, due_after=600, on_overdue="approved")
 
-    review = Stage.objects.get(slug="review")
     assert (review.due_after, review.on_overdue) == (600, "approved")
-    assert workflow_dump() == dumped
 
 
 @pytest.mark.parametrize(
@@ -343,26 +326,14 @@ def test_the_workflow_file_round_trips_the_due_time(fw: FormWorld, tmp_path: Pat
     ],
 )
 def test_bad_due_fields_in_a_workflow_file_are_one_line_each(db: None, fields: dict[str, Any], message: str) -> None:
-    data = {
-        "version": 1,
-        "stages": [{"slug": "review", "name": "Review", "kind": "form", **fields}],
-        "transitions": [{"source": "review", "target": "review", "type": "declined"}],
-    }
+    stage = {"slug": "review", "name": "Review", "kind": "form", **fields}
 
-    problems = workflow_problems(data)
-
-    assert len(problems) == 1 and problems[0].startswith("stages[0] (slug 'review'): ") and message in problems[0]
-    assert "\n" not in problems[0]
+    assert message in one_problem(stage, [{"source": "review", "target": "review", "type": "declined"}])
 
 
 def test_load_workflow_refuses_a_bad_due_time_and_changes_nothing(fw: FormWorld, tmp_path: Path) -> None:
-    dumped = workflow_dump()
-    next(s for s in dumped["stages"] if s["slug"] == "review")["due_after"] = -5
-    path = tmp_path / "wf.json"
-    path.write_text(json.dumps(dumped))
-
     with pytest.raises(CommandError):
-        call_command("load_workflow", str(path), stdout=io.StringIO(), stderr=io.StringIO())
+        load_file(dumped_with("review", due_after=-5), tmp_path)
 
     assert Stage.objects.get(slug="review").due_after is None
 
@@ -445,28 +416,3 @@ def test_metrics_have_an_overdue_gauge_per_stage(fw: FormWorld, settings: Any) -
     assert "# TYPE tasks_overdue_now gauge" in body
     assert 'tasks_overdue_now{stage="review"} 2.0' in body
     assert 'tasks_overdue_now{stage="intake"} 0.0' in body
-
-
-# -- PostgreSQL: two sweeps at once --------------------------------------------------------------
-
-
-@pytest.mark.postgres
-@pytest.mark.django_db(transaction=True)
-def test_two_sweeps_at_once_escalate_each_task_once(db: None) -> None:
-    world = with_manager(form_world())
-    review = people(world.review, due_after=60, on_overdue="escalated")
-    tasks = [arrived(review, 120, order_id=n) for n in range(40)]
-
-    def upkeep() -> None:
-        for _ in range(500):
-            swept = tasks_due_sweep(batch_size=5)
-            if swept is not None and not swept.flagged:
-                break
-
-    errors = run_at_once(upkeep)
-    close_old_connections()
-
-    assert not errors
-    for task in tasks:
-        assert kinds(task) == ["created", OVERDUE, "completed"]
-    assert Task.objects.filter(stage__slug="manager").count() == 40

@@ -5,17 +5,13 @@ intake --order--> review (form: alice, bob, vera; notify: groups) --approved--> 
 
 from __future__ import annotations
 
-import io
-import json
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 from django.core import mail
-from django.core.exceptions import ValidationError
-from django.core.management import call_command
-from django.db import close_old_connections
+from django.core.management.base import CommandError
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -26,11 +22,20 @@ from tasks_app.services.cancel import task_cancel
 from tasks_app.services.form_stages import form_task_open, form_task_submit
 from tasks_app.services.notifications import notifications_drain
 from tasks_app.services.reminders import REMIND_ACTOR, tasks_remind
-from tasks_app.services.workflow import workflow_dump, workflow_problems
+from tasks_app.services.workflow import workflow_dump
 from tasks_app.worker import Worker
-from tests.support.due import arrived, kinds, people
+from tests.support.due import (
+    api_refuses,
+    arrived,
+    dumped_with,
+    kinds,
+    load_file,
+    model_errors,
+    one_problem,
+    people,
+    round_trip,
+)
 from tests.support.pages import STAGE_URL, form_fields
-from tests.support.threads import run_at_once
 from tests.support.users import logged_in, make_user
 from tests.support.work import FormWorld, form_world
 
@@ -231,36 +236,17 @@ def test_the_digest_groups_reminders_apart_from_arrivals(fw: FormWorld, t0: date
     ],
 )
 def test_the_model_refuses_bad_reminder_fields(fw: FormWorld, fields: dict[str, Any], field: str, message: str) -> None:
-    for name, value in fields.items():
-        setattr(fw.review, name, value)
-
-    with pytest.raises(ValidationError) as caught:
-        fw.review.full_clean()
-
-    assert message in " ".join(caught.value.message_dict[field])
-
-
-def test_only_form_stages_remind(fw: FormWorld) -> None:
-    fw.intake.remind_after = 600
-    with pytest.raises(ValidationError) as caught:
-        fw.intake.full_clean()
-    assert "Only form stages" in caught.value.message_dict["remind_after"][0]
+    assert message in " ".join(model_errors(fw.review, **fields)[field])
 
 
 def test_the_api_shows_sets_and_refuses_the_reminder_fields(fw: FormWorld, admin: APIClient) -> None:
-    url = "/api/stages/review/"
-    for body, field in [
-        ({"remind_after": 59}, "remind_after"),
-        ({"remind_after": MAX_WAIT + 1}, "remind_after"),
-        ({"remind_max": 0}, "remind_max"),
-        ({"remind_max": 11}, "remind_max"),
-    ]:
-        refused = admin.patch(url, body, format="json")
-        assert refused.status_code == 400 and field in refused.json(), body
-    script = admin.patch("/api/stages/intake/", {"remind_after": 600}, format="json")
-    assert script.status_code == 400 and "remind_after" in script.json()
+    assert api_refuses(admin, "review", {"remind_after": 59}, "remind_after")
+    assert api_refuses(admin, "review", {"remind_after": MAX_WAIT + 1}, "remind_after")
+    assert api_refuses(admin, "review", {"remind_max": 0}, "remind_max")
+    assert api_refuses(admin, "review", {"remind_max": 11}, "remind_max")
+    assert api_refuses(admin, "intake", {"remind_after": 600}, "remind_after")  # a script stage
 
-    saved = admin.patch(url, {"remind_after": 4 * HOUR, "remind_max": 10}, format="json")
+    saved = admin.patch("/api/stages/review/", {"remind_after": 4 * HOUR, "remind_max": 10}, format="json")
 
     assert saved.status_code == 200
     assert (saved.json()["remind_after"], saved.json()["remind_max"]) == (4 * HOUR, 10)
@@ -269,18 +255,12 @@ def test_the_api_shows_sets_and_refuses_the_reminder_fields(fw: FormWorld, admin
 
 
 def test_the_workflow_file_round_trips_the_reminders(fw: FormWorld, tmp_path: Path) -> None:
-    dumped = workflow_dump()
-    entry = next(s for s in dumped["stages"] if s["slug"] == "review")
+    entry = next(s for s in workflow_dump()["stages"] if s["slug"] == "review")
     assert (entry["remind_after"], entry["remind_max"]) == (HOUR, 2)
 
-    entry["remind_after"], entry["remind_max"] = 600, 5
-    path = tmp_path / "wf.json"
-    path.write_text(json.dumps(dumped))
-    call_command("load_workflow", str(path), stdout=io.StringIO(), stderr=io.StringIO())
+    review = round_trip("review", tmp_path, remind_after=600, remind_max=5)
 
-    review = Stage.objects.get(slug="review")
     assert (review.remind_after, review.remind_max) == (600, 5)
-    assert workflow_dump() == dumped
 
 
 @pytest.mark.parametrize(
@@ -298,12 +278,15 @@ def test_the_workflow_file_round_trips_the_reminders(fw: FormWorld, tmp_path: Pa
 def test_bad_reminder_fields_in_a_workflow_file_are_one_line_each(
     db: None, fields: dict[str, Any], message: str
 ) -> None:
-    data = {"version": 1, "stages": [{"slug": "review", "name": "Review", "kind": "form", **fields}], "transitions": []}
+    assert message in one_problem({"slug": "review", "name": "Review", "kind": "form", **fields}, [])
 
-    problems = workflow_problems(data)
 
-    assert len(problems) == 1 and problems[0].startswith("stages[0] (slug 'review'): ") and message in problems[0]
-    assert "\n" not in problems[0]
+def test_load_workflow_refuses_bad_reminders_and_changes_nothing(fw: FormWorld, tmp_path: Path) -> None:
+    with pytest.raises(CommandError):
+        load_file(dumped_with("review", remind_after=600, remind_max=0), tmp_path)
+
+    review = Stage.objects.get(slug="review")
+    assert (review.remind_after, review.remind_max) == (HOUR, 2)
 
 
 def test_the_admin_sets_the_reminders_in_its_people_fieldset_and_refuses_bad_values(fw: FormWorld) -> None:
@@ -327,31 +310,6 @@ def test_the_stage_page_shows_the_reminders(fw: FormWorld) -> None:
     page = logged_in(make_user("boss", superuser=True)).get("/stages/review/").content.decode()
 
     assert "every 3600 s while a task waits (pending), at most 2, to the people told of its arrival" in page
-
-
-# -- PostgreSQL: two passes at once ----------------------------------------------------------------
-
-
-@pytest.mark.postgres
-@pytest.mark.django_db(transaction=True)
-def test_two_passes_at_once_queue_each_reminder_once(db: None) -> None:
-    world = form_world()
-    review = people(world.review, notify={"groups": True}, remind_after=60, remind_max=3)
-    tasks = [arrived(review, 400, order_id=n) for n in range(40)]
-
-    def upkeep() -> None:
-        for _ in range(300):
-            reminded = tasks_remind(batch_size=7)
-            if reminded is not None and not reminded.reminded:
-                break
-
-    errors = run_at_once(upkeep)
-    close_old_connections()
-
-    assert not errors
-    for task in tasks:
-        assert Task.objects.get(pk=task.pk).reminders == 3 and kinds(task).count(REMINDED) == 3
-    assert Notification.objects.filter(kind=Notification.Kind.REMINDER).count() == 40 * 3 * 3
 
 
 def test_the_demos_review_stage_has_a_due_time_and_reminders(db: None) -> None:

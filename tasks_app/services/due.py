@@ -41,15 +41,20 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.db import transaction
 from django.db.models import BooleanField, Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
 from tasks_app.models import Stage, Task, TaskEvent
 from tasks_app.services.events import event_record
-from tasks_app.services.locks import LockKey, advisory_xact_lock
-from tasks_app.services.waiting import complete_sent_on, not_flagged, overdue_q, send_on
+from tasks_app.services.waiting import (
+    claim_order_locked,
+    complete_sent_on,
+    not_flagged,
+    overdue_q,
+    send_on,
+    sweep_stages,
+)
 
 # The actor of the sweep's events, as "wait limit" for the waiting-time limit.
 DUE_ACTOR = "due time"
@@ -128,13 +133,8 @@ def due_candidates(stage: Stage, *, now: datetime, limit: int) -> QuerySet[Task]
     todo = Q(not_flagged(TaskEvent.Kind.OVERDUE))
     if stage.on_overdue:
         todo |= Q(_handed_back_since_flagged())
-    return (
-        stage_due_overdue(stage, now=now)
-        .filter(todo)
-        .order_by("-priority", "id")
-        .select_for_update(skip_locked=True, of=("self",))
-        .only("id", "stage_id", "type", "payload", "priority", "created_at", "status", "locked_by")[:limit]
-    )
+    fields = ("id", "stage_id", "type", "payload", "priority", "created_at", "status", "locked_by")
+    return claim_order_locked(stage_due_overdue(stage, now=now).filter(todo), fields, limit=limit)
 
 
 @dataclass
@@ -154,15 +154,18 @@ def tasks_due_sweep(*, now: datetime | None = None, batch_size: int = BATCH_SIZE
     """
     now = now or timezone.now()
     result = DueSweep()
+
+    def batch(stage: Stage) -> int:
+        tasks = list(due_candidates(stage, now=now, limit=batch_size))
+        for task in tasks:
+            _act(stage, task, now, result)
+        return len(tasks)
+
     stages = Stage.objects.filter(due_after__isnull=False, kind=Stage.Kind.FORM, is_paused=False).order_by("id")
-    for stage in stages:
-        with transaction.atomic():
-            if not advisory_xact_lock(LockKey.SWEEP):
-                return None  # another worker is sweeping (the batches this call committed stay done)
-            tasks = list(due_candidates(stage, now=now, limit=batch_size))
-            for task in tasks:
-                _act(stage, task, now, result)
-            result.backlog = result.backlog or len(tasks) >= batch_size
+    backlog = sweep_stages(stages, batch, batch_size=batch_size)
+    if backlog is None:
+        return None
+    result.backlog = backlog
     return result
 
 

@@ -33,14 +33,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db import transaction
 from django.db.models import QuerySet
 from django.utils import timezone
 
 from tasks_app.models import Notification, Stage, Task, TaskEvent
 from tasks_app.services.events import event_record
-from tasks_app.services.locks import LockKey, advisory_xact_lock
 from tasks_app.services.notifications import stage_members, task_recipients
+from tasks_app.services.waiting import sweep_stages
 
 REMIND_ACTOR = "reminders"  # the actor of the `reminded` events
 BATCH_SIZE = 500  # tasks reminded per stage per pass (one transaction)
@@ -76,27 +75,29 @@ def tasks_remind(*, now: datetime | None = None, batch_size: int = BATCH_SIZE) -
     """Queue the due reminders, a batch per notifying form stage with a remind_after; None if another sweeps."""
     now = now or timezone.now()
     result = RemindPass()
+
+    def batch(stage: Stage) -> int:
+        room = batch_size
+        members: list[str] | None = None
+        # The most reminded first: a task queued for here (k -> k + 1) is not met again at k + 1 in this pass.
+        for queued in reversed(range(stage.remind_max)):
+            tasks = list(reminder_candidates(stage, queued=queued, now=now, limit=room))
+            if tasks and members is None:
+                members = stage_members(stage)  # read once per stage and pass
+            for task in tasks:
+                result.rows += _remind(stage, task, queued, members or [], now)
+            result.reminded += len(tasks)
+            room -= len(tasks)
+            if room <= 0:
+                break
+        return batch_size - room
+
     stages = Stage.objects.filter(remind_after__isnull=False, kind=Stage.Kind.FORM, is_paused=False).order_by("id")
-    for stage in stages:
-        if not stage.notify:
-            continue  # nobody to remind
-        with transaction.atomic():
-            if not advisory_xact_lock(LockKey.SWEEP):
-                return None  # another worker is sweeping (the batches this call committed stay done)
-            room = batch_size
-            members: list[str] | None = None
-            # The most reminded first: a task queued for here (k -> k + 1) is not met again at k + 1 in this pass.
-            for queued in reversed(range(stage.remind_max)):
-                tasks = list(reminder_candidates(stage, queued=queued, now=now, limit=room))
-                if tasks and members is None:
-                    members = stage_members(stage)  # read once per stage and pass
-                for task in tasks:
-                    result.rows += _remind(stage, task, queued, members or [], now)
-                result.reminded += len(tasks)
-                room -= len(tasks)
-                if room <= 0:
-                    result.backlog = True
-                    break
+    # A stage without notify has nobody to remind: not swept.
+    backlog = sweep_stages([s for s in stages if s.notify], batch, batch_size=batch_size)
+    if backlog is None:
+        return None
+    result.backlog = backlog
     return result
 
 

@@ -30,6 +30,7 @@ tasks still show as overdue.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -98,13 +99,14 @@ def wait_candidates(stage: Stage, *, now: datetime, limit: int) -> QuerySet[Task
     stage's tasks) serves that order; the EXPLAIN test holds it to that index.
     """
     assert stage.max_wait is not None
-    return (
-        stage_overdue(stage, now=now)
-        .filter(not_flagged())
-        .order_by("-priority", "id")
-        .select_for_update(skip_locked=True, of=("self",))
-        .only("id", "stage_id", "type", "payload", "priority", "created_at", "available_at", "status")[:limit]
-    )
+    fields = ("id", "stage_id", "type", "payload", "priority", "created_at", "available_at", "status")
+    return claim_order_locked(stage_overdue(stage, now=now).filter(not_flagged()), fields, limit=limit)
+
+
+def claim_order_locked(tasks: QuerySet[Task], fields: tuple[str, ...], *, limit: int) -> QuerySet[Task]:
+    """Up to `limit` of `tasks` in the claim's order (priority DESC, id), locked for a sweep, rows others hold
+    skipped (FOR UPDATE SKIP LOCKED), with only `fields` read (services.due's sweep too)."""
+    return tasks.order_by("-priority", "id").select_for_update(skip_locked=True, of=("self",)).only(*fields)[:limit]
 
 
 @dataclass
@@ -123,17 +125,36 @@ def tasks_wait_sweep(*, now: datetime | None = None, batch_size: int = BATCH_SIZ
     """
     now = now or timezone.now()
     result = WaitSweep()
+
+    def batch(stage: Stage) -> int:
+        tasks = list(wait_candidates(stage, now=now, limit=batch_size))
+        for task in tasks:
+            result.timed_out += _act(stage, task, now)
+        result.flagged += len(tasks)
+        return len(tasks)
+
     stages = Stage.objects.filter(max_wait__isnull=False, is_paused=False).order_by("id")
+    backlog = sweep_stages(stages, batch, batch_size=batch_size)
+    if backlog is None:
+        return None
+    result.backlog = backlog
+    return result
+
+
+def sweep_stages(stages: Iterable[Stage], batch: Callable[[Stage], int], *, batch_size: int) -> bool | None:
+    """Run `batch(stage)` (how many tasks it took) for each stage, each in its own transaction under the sweep's
+    advisory lock (one worker at a time; services.due and services.reminders sweep so too).
+
+    True if some batch was full (sweep again soon), False if not; None as soon as another worker holds the
+    lock (the batches this call committed stay done).
+    """
+    backlog = False
     for stage in stages:
         with transaction.atomic():
             if not advisory_xact_lock(LockKey.SWEEP):
-                return None  # another worker is sweeping (the batches this call committed stay done)
-            tasks = list(wait_candidates(stage, now=now, limit=batch_size))
-            for task in tasks:
-                result.timed_out += _act(stage, task, now)
-            result.flagged += len(tasks)
-            result.backlog = result.backlog or len(tasks) >= batch_size
-    return result
+                return None
+            backlog = batch(stage) >= batch_size or backlog
+    return backlog
 
 
 def _act(stage: Stage, task: Task, now: datetime) -> int:
