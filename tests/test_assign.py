@@ -35,6 +35,7 @@ from tasks_app.services.assign import assignment_open_to_all, open_refusal, task
 from tasks_app.services.cancel import task_cancel
 from tasks_app.services.form_stages import form_task_open
 from tasks_app.services.notifications import notifications_drain
+from tasks_app.services.reminders import tasks_remind
 from tasks_app.services.workflow import workflow_dump, workflow_load, workflow_problems
 from tests.support.pages import STAGE_URL, TASK_URL, form_fields, page, shown_messages
 from tests.support.threads import run_at_once
@@ -572,3 +573,15 @@ def test_racing_assignments_and_a_cancel_keep_the_history_a_chain() -> None:
             previous = details["assignee"]
         final = Task.objects.select_related("assignee").get(pk=task.pk)
         assert (final.assignee.username if final.assignee else None) == previous
+
+
+def test_a_reminder_of_an_assigned_task_goes_to_the_assignee() -> None:
+    world = people_world(notify={"groups": True}, remind_after=3600)
+    task = arrive(world, approver="bob")
+    Notification.objects.all().delete()  # the arrival's mail: not what this test is about
+
+    tasks_remind(now=task.created_at + timedelta(seconds=3601))
+
+    assert list(Notification.objects.values_list("task_id", "recipient", "kind")) == [
+        (task.pk, "bob@example.com", "reminder")
+    ]
