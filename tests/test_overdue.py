@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from django.core.management.base import CommandError
+from django.db import connection, transaction
 from django.test import Client
 from django.utils import timezone
 from drf_spectacular.generators import SchemaGenerator
@@ -20,7 +21,9 @@ from tasks_app.limits import MAX_WAIT
 from tasks_app.models import Stage, Task, TaskEvent, Transition
 from tasks_app.services import tasks_expire_locks
 from tasks_app.services.due import (
+    COUNT_CAP,
     DUE_ACTOR,
+    due_candidates,
     due_overdue_by,
     due_q,
     overdue_counts,
@@ -42,6 +45,7 @@ from tests.support.due import (
     round_trip,
 )
 from tests.support.pages import STAGE_URL, form_fields
+from tests.support.plans import explain
 from tests.support.users import logged_in, make_user
 from tests.support.work import FormWorld, form_world
 
@@ -416,3 +420,58 @@ def test_metrics_have_an_overdue_gauge_per_stage(fw: FormWorld, settings: Any) -
     assert "# TYPE tasks_overdue_now gauge" in body
     assert 'tasks_overdue_now{stage="review"} 2.0' in body
     assert 'tasks_overdue_now{stage="intake"} 0.0' in body
+
+
+# -- PostgreSQL: the plan ------------------------------------------------------------------------
+
+
+def nodes_of(plan: dict[str, Any]) -> list[dict[str, Any]]:
+    return [plan, *(n for child in plan.get("Plans", []) for n in nodes_of(child))]
+
+
+@pytest.mark.postgres
+def test_the_sweep_and_the_count_read_the_claim_index_not_the_table(fw: FormWorld) -> None:
+    review = people(fw.review, due_after=60, on_overdue="escalated")
+    table, events = Task._meta.db_table, TaskEvent._meta.db_table
+    with connection.cursor() as cur:
+        # 50,000 finished tasks at the stage and 500 live ones (a fifth open), half of them overdue.
+        cur.execute(
+            f"""INSERT INTO {table} (stage_id, type, payload, status, created_at, updated_at, available_at, attempts,
+                                   lock_token, locked_by, locked_until, completed_at, last_error)
+            SELECT %(stage)s, 'order', '{{}}', s.status, now() - interval '1 second' * (50500 - i) / 2, now(),
+                   now() - interval '1 day', 1, CASE WHEN s.status = 'locked' THEN 't' || i ELSE '' END,
+                   CASE WHEN s.status = 'locked' THEN 'user:alice' ELSE '' END,
+                   CASE WHEN s.status = 'locked' THEN now() + interval '1 hour' END,
+                   CASE WHEN s.status = 'completed' THEN now() END, ''
+            FROM generate_series(1, 50500) AS i, LATERAL (SELECT CASE WHEN i <= 50000 THEN 'completed'
+                 WHEN i %% 5 = 0 THEN 'locked' ELSE 'pending' END AS status) AS s""",
+            {"stage": review.pk},
+        )
+        # Their history, as a long-lived installation has it: created and completed, some released.
+        cur.execute(
+            f"""INSERT INTO {events} (task_id, kind, at, actor, details)
+            SELECT t.id, k.kind, now(), 'w1', '{{}}' FROM {table} t,
+                   (VALUES ('created'), ('completed'), ('released')) AS k(kind)"""
+        )
+        cur.execute(f"REINDEX TABLE {table}")  # this data's plan, whatever earlier tests left in the indexes
+        cur.execute(f"ANALYZE {table}")
+        cur.execute(f"ANALYZE {events}")
+    sweep = due_candidates(review, now=timezone.now(), limit=200)
+    count = Task.objects.filter(stage=review).filter(due_q(due_after=60, now=timezone.now())).order_by()
+    count = count.values("id")[:COUNT_CAP]  # as overdue_counts counts
+
+    # The task table is read through a partial index of live tasks only (never the 50,000 finished ones): the
+    # sweep through task_claim_idx, in its order (no sort); the count through either live index, as the
+    # planner likes (with one stage they hold the same rows). The history is probed through (task, id).
+    for qs, indexes in ((sweep, {"task_claim_idx"}), (count, {"task_claim_idx", "task_live_updated_idx"})):
+        nodes = nodes_of(explain(*qs.query.sql_with_params()))
+        on_task = [n for n in nodes if n.get("Relation Name") == table]
+        assert on_task and all(n.get("Index Name") in indexes for n in on_task), nodes
+        on_events = [n for n in nodes if n.get("Relation Name") == events]
+        assert all(n.get("Index Name") == "taskevent_task_idx" for n in on_events), nodes
+        assert not [n for n in nodes if "Sort" in n["Node Type"]], nodes
+    with transaction.atomic():
+        assert len(list(sweep)) == 200
+    now = timezone.now()
+    live = Task.objects.select_related("stage").filter(stage=review, status__in=["pending", "locked"])
+    assert overdue_counts([review], now=now) == {review.pk: sum(1 for t in live if due_overdue_by(t, now))}

@@ -113,6 +113,15 @@ def test_a_reminder_goes_to_the_people_told_of_the_arrival(fw: FormWorld, t0: da
     assert reminder_rows(task) == arrival
 
 
+def test_a_reminder_of_an_assigned_task_goes_to_its_assignee_as_its_arrival_did(fw: FormWorld, t0: datetime) -> None:
+    task = arrived(fw.review, 0, now=t0)
+    Task.objects.filter(pk=task.pk).update(assignee=fw.bob)  # services.assign's effect, stored
+
+    tasks_remind(now=t0 + timedelta(seconds=HOUR + 1))
+
+    assert reminder_rows(task) == [("email", "bob@example.com")]  # not the whole group
+
+
 def test_reminders_stop_when_the_task_is_taken(fw: FormWorld, t0: datetime) -> None:
     waiting = arrived(fw.review, 0, now=t0, order_id=1)
     opened = arrived(fw.review, 0, now=t0, order_id=2)
