@@ -31,6 +31,7 @@ from tasks_app.services.due import (
     tasks_due_sweep,
 )
 from tasks_app.services.form_stages import form_task_cancel, form_task_open, form_task_submit
+from tasks_app.services.reminders import reminder_candidates
 from tasks_app.services.workflow import workflow_dump
 from tasks_app.worker import Worker
 from tests.support.due import (
@@ -460,10 +461,13 @@ def test_the_sweep_and_the_count_read_the_claim_index_not_the_table(fw: FormWorl
     count = Task.objects.filter(stage=review).filter(due_q(due_after=60, now=timezone.now())).order_by()
     count = count.values("id")[:COUNT_CAP]  # as overdue_counts counts
 
-    # The task table is read through a partial index of live tasks only (never the 50,000 finished ones): the
-    # sweep through task_claim_idx, in its order (no sort); the count through either live index, as the
-    # planner likes (with one stage they hold the same rows). The history is probed through (task, id).
-    for qs, indexes in ((sweep, {"task_claim_idx"}), (count, {"task_claim_idx", "task_live_updated_idx"})):
+    # The task table is read through a partial index of live tasks only (never the 50,000 finished ones):
+    # the sweeps (due times, reminders) through task_claim_idx, in its order (no sort); the count through
+    # either live index, as the planner likes (with one stage they hold the same rows). The history is
+    # probed through (task, id).
+    remind = reminder_candidates(people(review, remind_after=60), queued=0, now=timezone.now(), limit=500)
+    live_parts = {"task_claim_idx", "task_live_updated_idx"}
+    for qs, indexes in ((sweep, {"task_claim_idx"}), (remind, {"task_claim_idx"}), (count, live_parts)):
         nodes = nodes_of(explain(*qs.query.sql_with_params()))
         on_task = [n for n in nodes if n.get("Relation Name") == table]
         assert on_task and all(n.get("Index Name") in indexes for n in on_task), nodes

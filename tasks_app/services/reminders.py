@@ -39,27 +39,28 @@ from django.utils import timezone
 from tasks_app.models import Notification, Stage, Task, TaskEvent
 from tasks_app.services.events import event_record
 from tasks_app.services.notifications import stage_members, task_recipients
-from tasks_app.services.waiting import sweep_stages
+from tasks_app.services.waiting import claim_order_locked, sweep_stages
 
 REMIND_ACTOR = "reminders"  # the actor of the `reminded` events
 BATCH_SIZE = 500  # tasks reminded per stage per pass (one transaction)
 
 
 def reminder_candidates(stage: Stage, *, queued: int, now: datetime, limit: int) -> QuerySet[Task]:
-    """Pending tasks of `stage` with `queued` reminders so far whose next one is due; locked, oldest first."""
+    """Pending tasks of `stage` with `queued` reminders so far whose next one is due, locked for the pass.
+
+    In the claim's order (priority DESC, id), which task_claim_idx serves: the scan of the stage's live
+    tasks stops at `limit` with no sort, the most urgent first.
+    """
     assert stage.remind_after is not None
-    return (
-        Task.objects.filter(
-            stage=stage,
-            status=Task.Status.PENDING,
-            reminders=queued,
-            available_at__lte=now,
-            created_at__lt=now - timedelta(seconds=(queued + 1) * stage.remind_after),
-        )
-        .order_by("id")
-        .select_for_update(skip_locked=True, of=("self",))
-        .only("id", "stage_id", "payload", "created_at", "status", "reminders", "assignee")[:limit]
+    due = Task.objects.filter(
+        stage=stage,
+        status=Task.Status.PENDING,
+        reminders=queued,
+        available_at__lte=now,
+        created_at__lt=now - timedelta(seconds=(queued + 1) * stage.remind_after),
     )
+    fields = ("id", "stage_id", "payload", "created_at", "status", "reminders", "assignee", "priority")
+    return claim_order_locked(due, fields, limit=limit)
 
 
 @dataclass
