@@ -5,6 +5,7 @@ intake --order--> review (form: alice, bob, vera; notify: groups) --approved--> 
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,8 @@ from rest_framework.test import APIClient
 from tasks_app.demo import load_demo
 from tasks_app.limits import MAX_WAIT
 from tasks_app.models import Notification, Stage, Task, TaskEvent
+from tasks_app.notify_rules import Item
+from tasks_app.services import notifications, webhooks
 from tasks_app.services.cancel import task_cancel
 from tasks_app.services.form_stages import form_task_open, form_task_submit
 from tasks_app.services.notifications import notifications_drain
@@ -190,6 +193,27 @@ def test_the_mail_says_it_is_a_reminder_in_its_subject_and_body(fw: FormWorld, t
     assert all("Reminder" not in m.subject and "Reminder" not in m.body for m in arrivals)
     notified = task.events.filter(kind=TaskEvent.Kind.NOTIFIED).order_by("id")
     assert [e.details["kind"] for e in notified] == ["arrival"] * 3 + ["reminder"] * 3
+
+
+def test_a_webhook_is_told_it_is_a_reminder(fw: FormWorld, t0: datetime, monkeypatch: pytest.MonkeyPatch) -> None:
+    url = "https://hooks.example.com/review"
+    people(fw.review, notify={"webhook": url})
+    posted: list[tuple[str, list[int], dict[str, Any]]] = []
+    monkeypatch.setattr(
+        notifications, "webhook_post", lambda to, stage, items, **kw: posted.append((to, [i.id for i in items], kw))
+    )
+    task = arrived(fw.review, 0, now=t0)
+    notifications_drain(now=t0)
+    later = t0 + timedelta(seconds=HOUR + 1)
+    tasks_remind(now=later)
+
+    notifications_drain(now=later)
+
+    assert posted == [(url, [task.pk], {}), (url, [task.pk], {"reminder": True})]
+    item = Item(id=task.pk, type="order", stage="Review", url="https://x.example/work/1/", fields=[])
+    body = json.loads(webhooks.webhook_body(fw.review, [item], reminder=True))
+    assert body["kind"] == "reminder" and body["text"].startswith("Reminder: A task still waits at Review:")
+    assert json.loads(webhooks.webhook_body(fw.review, [item]))["kind"] == "arrival"
 
 
 def test_the_drain_drops_the_reminders_of_a_task_taken_since_they_were_queued(

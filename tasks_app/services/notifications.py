@@ -261,13 +261,11 @@ def _deliver_group(
     attempt = max(r.attempts for r in live) + 1
     try:
         # No query in here: a database error caught below would leave PostgreSQL's transaction aborted.
+        said = {"reminder": True} if kind == Notification.Kind.REMINDER else {}  # the message says it reminds
         if channel == Notification.Channel.EMAIL:
-            if kind == Notification.Kind.REMINDER:
-                send_digest_mail(recipient, stage, listed, reminder=True)
-            else:
-                send_digest_mail(recipient, stage, listed)
+            send_digest_mail(recipient, stage, listed, **said)
         else:
-            webhook_post(recipient, stage, listed)
+            webhook_post(recipient, stage, listed, **said)
     except Exception as exc:  # any backend's error: retried later, and said in the history
         error = f"{type(exc).__name__}: {exc}"[:500]
         gave_up = attempt >= MAX_ATTEMPTS

@@ -48,13 +48,16 @@ class WebhookRefused(Exception):
     """The webhook's URL may not be called (not https, or a host that is not public)."""
 
 
-def webhook_body(stage: Stage, items: list[Item]) -> bytes:
+def webhook_body(stage: Stage, items: list[Item], *, reminder: bool = False) -> bytes:
     lines = [f"{len(items)} task(s) wait at {stage.name}:" if len(items) != 1 else f"A task waits at {stage.name}:"]
+    if reminder:  # services.reminders: the tasks still wait, nobody has taken them
+        lines[0] = "Reminder: " + lines[0].replace(" wait", " still wait")
     lines += [f"<{item.url}|Task #{item.id}> ({item.type})" for item in items[:50]]
     if len(items) > 50:
         lines.append(f"...and {len(items) - 50} more.")
     tasks = [{"id": i.id, "type": i.type, "stage": i.stage, "url": i.url, "fields": dict(i.fields)} for i in items[:50]]
-    return json.dumps({"text": "\n".join(lines), "tasks": tasks, "count": len(items)}).encode()
+    kind = "reminder" if reminder else "arrival"
+    return json.dumps({"text": "\n".join(lines), "tasks": tasks, "count": len(items), "kind": kind}).encode()
 
 
 def webhook_signature(secret: str, timestamp: int, body: bytes) -> str:
@@ -95,7 +98,9 @@ def tls_context() -> ssl.SSLContext:
     return ssl.create_default_context()
 
 
-def webhook_post(url: str, stage: Stage, items: list[Item], *, now: float | None = None) -> None:
+def webhook_post(
+    url: str, stage: Stage, items: list[Item], *, now: float | None = None, reminder: bool = False
+) -> None:
     """POST the notification to `url`; raises on anything but a 2xx answer (the drain retries)."""
     secret: str = settings.TASKS_WEBHOOK_SECRET
     if not secret:
@@ -105,7 +110,7 @@ def webhook_post(url: str, stage: Stage, items: list[Item], *, now: float | None
         raise WebhookRefused("a webhook URL must be https://host/...")
     port = parts.port or 443
     address = public_address(parts.hostname, port)
-    body = webhook_body(stage, items)
+    body = webhook_body(stage, items, reminder=reminder)
     timestamp = int(now if now is not None else time.time())
     headers: dict[str, Any] = {
         "Content-Type": "application/json",
