@@ -392,6 +392,18 @@ def test_my_work_shows_an_overdue_badge_on_overdue_tasks_and_their_count(fw: For
     assert ">Overdue</span>" in task_page and ">Overdue</span>" not in fresh_page
 
 
+def test_my_works_assigned_to_me_section_marks_an_overdue_task(fw: FormWorld) -> None:
+    review = people(fw.review, due_after=3600)
+    late, young = arrived(review, 7200), arrived(review, 60)
+    Task.objects.filter(pk__in=[late.pk, young.pk]).update(assignee=fw.alice)
+
+    page = logged_in(fw.alice).get("/work/").content.decode()
+
+    assigned = page[page.index('id="assigned"') : page.index('id="mine"')]
+    assert f'id="assigned-{late.pk}"' in assigned and f'id="assigned-{young.pk}"' in assigned
+    assert assigned.count(">Overdue</span>") == 1
+
+
 def test_the_overview_and_its_live_counts_show_the_overdue_count(fw: FormWorld) -> None:
     review = people(fw.review, due_after=3600)
     arrived(review, 7200)
@@ -457,25 +469,39 @@ def test_the_sweep_and_the_count_read_the_claim_index_not_the_table(fw: FormWorl
         cur.execute(f"REINDEX TABLE {table}")  # this data's plan, whatever earlier tests left in the indexes
         cur.execute(f"ANALYZE {table}")
         cur.execute(f"ANALYZE {events}")
-    sweep = due_candidates(review, now=timezone.now(), limit=200)
-    count = Task.objects.filter(stage=review).filter(due_q(due_after=60, now=timezone.now())).order_by()
-    count = count.values("id")[:COUNT_CAP]  # as overdue_counts counts
+    try:
+        sweep = due_candidates(review, now=timezone.now(), limit=200)
+        count = Task.objects.filter(stage=review).filter(due_q(due_after=60, now=timezone.now())).order_by()
+        count = count.values("id")[:COUNT_CAP]  # as overdue_counts counts
 
-    # The task table is read through a partial index of live tasks only (never the 50,000 finished ones):
-    # the sweeps (due times, reminders) through task_claim_idx, in its order (no sort); the count through
-    # either live index, as the planner likes (with one stage they hold the same rows). The history is
-    # probed through (task, id).
-    remind = reminder_candidates(people(review, remind_after=60), queued=0, now=timezone.now(), limit=500)
-    live_parts = {"task_claim_idx", "task_live_updated_idx"}
-    for qs, indexes in ((sweep, {"task_claim_idx"}), (remind, {"task_claim_idx"}), (count, live_parts)):
-        nodes = nodes_of(explain(*qs.query.sql_with_params()))
-        on_task = [n for n in nodes if n.get("Relation Name") == table]
-        assert on_task and all(n.get("Index Name") in indexes for n in on_task), nodes
-        on_events = [n for n in nodes if n.get("Relation Name") == events]
-        assert all(n.get("Index Name") == "taskevent_task_idx" for n in on_events), nodes
-        assert not [n for n in nodes if "Sort" in n["Node Type"]], nodes
-    with transaction.atomic():
-        assert len(list(sweep)) == 200
-    now = timezone.now()
-    live = Task.objects.select_related("stage").filter(stage=review, status__in=["pending", "locked"])
-    assert overdue_counts([review], now=now) == {review.pk: sum(1 for t in live if due_overdue_by(t, now))}
+        # The task table is read through a partial index of live tasks only (never the 50,000 finished ones):
+        # the sweeps (due times, reminders) through task_claim_idx, in its order (no sort); the count through
+        # either live index, as the planner likes (with one stage they hold the same rows). The history is
+        # probed through (task, id).
+        remind = reminder_candidates(people(review, remind_after=60), queued=0, now=timezone.now(), limit=500)
+        live_parts = {"task_claim_idx", "task_live_updated_idx"}
+        for qs, indexes in ((sweep, {"task_claim_idx"}), (remind, {"task_claim_idx"}), (count, live_parts)):
+            nodes = nodes_of(explain(*qs.query.sql_with_params()))
+            on_task = [n for n in nodes if n.get("Relation Name") == table]
+            assert on_task and all(n.get("Index Name") in indexes for n in on_task), nodes
+            on_events = [n for n in nodes if n.get("Relation Name") == events]
+            assert all(n.get("Index Name") == "taskevent_task_idx" for n in on_events), nodes
+            assert not [n for n in nodes if "Sort" in n["Node Type"]], nodes
+        with transaction.atomic():
+            assert len(list(sweep)) == 200
+        now = timezone.now()
+        live = Task.objects.select_related("stage").filter(stage=review, status__in=["pending", "locked"])
+        assert overdue_counts([review], now=now) == {review.pk: sum(1 for t in live if due_overdue_by(t, now))}
+    finally:
+        forget(review)
+
+
+def forget(stage: Stage) -> None:
+    """Delete the plan test's rows and ANALYZE again: ANALYZE's statistics (pg_class.reltuples) are not rolled
+    back with the test, and later tests' estimated counts (the admin's paginator) would see 50,000 tasks."""
+    table, events = Task._meta.db_table, TaskEvent._meta.db_table
+    with connection.cursor() as cur:
+        cur.execute(f"DELETE FROM {events} WHERE task_id IN (SELECT id FROM {table} WHERE stage_id = %s)", [stage.pk])
+        cur.execute(f"DELETE FROM {table} WHERE stage_id = %s", [stage.pk])
+        cur.execute(f"ANALYZE {table}")
+        cur.execute(f"ANALYZE {events}")
