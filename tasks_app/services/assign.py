@@ -45,7 +45,7 @@ from django.utils import timezone
 from tasks_app.dedupe_keys import MISSING, resolve
 from tasks_app.models import Notification, Stage, Task, TaskEvent
 from tasks_app.services.errors import TaskStateError
-from tasks_app.services.events import event_record
+from tasks_app.services.events import actor_for, event_record
 
 LIVE = (Task.Status.PENDING, Task.Status.LOCKED)
 ARRIVAL_ACTOR = "arrival"  # the actor of an arrival's `assigned` event
@@ -189,7 +189,7 @@ def task_assign(*, task_id: int, assignee: Any | None, actor: str, now: datetime
                 "previous": previous.get_username() if previous is not None else None,
             },
         )
-        if assignee is not None and assignee.email and actor != f"user:{assignee.get_username()}":
+        if assignee is not None and assignee.email and actor != actor_for(assignee):
             # Told as of an arrival: the outbox row is drained by the workers' upkeep (services.notifications).
             Notification.objects.create(
                 task_id=task_id, stage_id=task.stage_id, channel=Notification.Channel.EMAIL,
