@@ -28,15 +28,14 @@ from django.utils import timezone
 
 from tasks_app.forms.schema import form_fields, schema_form
 from tasks_app.models import Stage, Task, TaskEvent, Transition
+from tasks_app.selectors.work import form_stages_for, may_work_on
 from tasks_app.services import TaskError, task_create
 from tasks_app.services.errors import TaskStateError
 from tasks_app.services.form_stages import (
     TaskHeldError,
-    form_stages_for,
     form_task_cancel,
     form_task_open,
     form_task_submit,
-    may_work_on,
     outgoing_types,
 )
 from tasks_app.templatetags.people import local_text

@@ -153,3 +153,24 @@ def payload_schema(task: Task, outgoing: list[str]) -> dict[str, Any]:
             for name, spec in props.items():
                 properties.setdefault(name, spec)
     return {"properties": properties}
+
+
+def form_stages_for(user: Any) -> QuerySet[Stage]:
+    """The form stages `user` may work on: by group; a stage without groups is open to task editors.
+
+    Here, below the services, so that every service that needs the rule (form_stages, assign, decision
+    links) reads this one spelling of it.
+    """
+    stages = Stage.objects.filter(kind=Stage.Kind.FORM)
+    if not user.is_authenticated:
+        return stages.none()
+    if user.is_superuser:
+        return stages
+    rule = Q(groups__in=user.groups.all())
+    if user.has_perm("tasks_app.change_task"):
+        rule |= Q(groups__isnull=True)
+    return stages.filter(rule).distinct()
+
+
+def may_work_on(user: Any, stage: Stage) -> bool:
+    return form_stages_for(user).filter(pk=stage.pk).exists()

@@ -44,6 +44,7 @@ from django.utils import timezone
 
 from tasks_app.dedupe_keys import MISSING, resolve
 from tasks_app.models import Notification, Stage, Task, TaskEvent
+from tasks_app.selectors.work import may_work_on
 from tasks_app.services.errors import TaskStateError
 from tasks_app.services.events import actor_for, event_record
 
@@ -132,15 +133,6 @@ def assign_choices(user: Any, task: Task) -> list[Any] | None:
     return list(eligible_users(task.stage))
 
 
-def _may_work_on(user: Any, stage: Stage) -> bool:
-    """form_stages.may_work_on for one user (not imported: form_stages -> complete -> dedupe -> here)."""
-    if user.is_superuser:
-        return True
-    if stage.groups.exists():
-        return bool(user.groups.filter(form_stages=stage).exists())
-    return bool(user.has_perm(CHANGE_TASK))
-
-
 def user_for(stage: Stage, username: str) -> Any:
     """The active user `username` who may work on `stage`; a ValidationError on `assignee` otherwise."""
     user = get_user_model().objects.filter(username=username[:MAX_VALUE]).first()
@@ -150,7 +142,7 @@ def user_for(stage: Stage, username: str) -> Any:
         raise ValidationError({"assignee": [f"User '{user.get_username()}' is inactive."]})
     if stage.kind != Stage.Kind.FORM:
         raise ValidationError({"assignee": [f"Stage '{stage.slug}' is not a form stage: nobody works its tasks."]})
-    if not _may_work_on(user, stage):
+    if not may_work_on(user, stage):
         raise ValidationError({"assignee": [f"User '{user.get_username()}' may not work on stage '{stage.slug}'."]})
     return user
 
@@ -256,7 +248,7 @@ def _resolved(
         return None, f"{len(active)} active users have this email address"
     user = active[0]
     if (user.pk, stage.pk) not in allowed:
-        allowed[(user.pk, stage.pk)] = _may_work_on(user, stage)
+        allowed[(user.pk, stage.pk)] = may_work_on(user, stage)
     if not allowed[(user.pk, stage.pk)]:
         return None, f"the user may not work on stage '{stage.slug}'"
     return user, ""

@@ -15,11 +15,12 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.db import transaction
-from django.db.models import F, Q, QuerySet
+from django.db.models import F
 from django.utils import timezone
 
 from tasks_app.limits import clamp_lock_timeout
 from tasks_app.models import Stage, Task, TaskEvent
+from tasks_app.selectors.work import may_work_on
 from tasks_app.services.assign import open_refusal
 from tasks_app.services.claim import lock_token, new_lock_tokens
 from tasks_app.services.complete import task_complete
@@ -37,23 +38,6 @@ class TaskHeldError(TaskError):
         self.locked_until = task.locked_until
         until = f" until {timezone.localtime(task.locked_until):%H:%M}" if task.locked_until else ""
         super().__init__(f"Task {task.pk} is being worked on by {self.holder}{until}.")
-
-
-def form_stages_for(user: Any) -> QuerySet[Stage]:
-    """The form stages `user` may work on: by group; a stage without groups is open to task editors."""
-    stages = Stage.objects.filter(kind=Stage.Kind.FORM)
-    if not user.is_authenticated:
-        return stages.none()
-    if user.is_superuser:
-        return stages
-    rule = Q(groups__in=user.groups.all())
-    if user.has_perm("tasks_app.change_task"):
-        rule |= Q(groups__isnull=True)
-    return stages.filter(rule).distinct()
-
-
-def may_work_on(user: Any, stage: Stage) -> bool:
-    return form_stages_for(user).filter(pk=stage.pk).exists()
 
 
 def form_task_open(*, task: Task, user: Any, now: datetime | None = None) -> Task:

@@ -15,9 +15,9 @@ from tasks_app.jsonpreview import json_raw
 from tasks_app.models import Stage, Task
 from tasks_app.selectors.history import task_timeline
 from tasks_app.selectors.tasks import SORTS, Page, decode_cursor, errors_text, keyset_page, task_search
+from tasks_app.selectors.work import may_work_on
 from tasks_app.selectors.workers import recent_workers
 from tasks_app.services.assign import assign_choices
-from tasks_app.services.form_stages import may_work_on
 from tasks_app.services.join import task_group
 
 HISTORY_LIMIT = 50  # events shown on a task's page (a task retried forever has an endless history)

@@ -22,6 +22,8 @@ from tasks_app.models import Task
 from tasks_app.selectors.work import (
     WorkPage,
     assigned_to,
+    form_stages_for,
+    may_work_on,
     mine,
     payload_schema,
     search_problem,
@@ -35,11 +37,9 @@ from tasks_app.services.due import overdue_counts
 from tasks_app.services.events import actor_for, person_named
 from tasks_app.services.form_stages import (
     TaskHeldError,
-    form_stages_for,
     form_task_cancel,
     form_task_open,
     form_task_submit,
-    may_work_on,
     outgoing_types,
 )
 from tasks_app.services.schemas import schema_for
