@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import Error, register
+from django.core.checks import CheckMessage, Error, register
 from django.core.checks import Warning as CheckWarning
 from django.db import DEFAULT_DB_ALIAS, DatabaseError, connection
 
-from tasks_app.handler_modules import handler_path_problem
+from tasks_app.handler_modules import SCRIPT_SETTING, handler_path_problem, script_dir_problem
 from tasks_app.models import Stage
 from workflowsite.env import BOUNDS
 
@@ -105,3 +106,22 @@ def check_stage_handlers(
                 )
             )
     return warnings
+
+
+@register()
+def check_script_dirs(app_configs: Any, **kwargs: Any) -> list[CheckMessage]:
+    """TASKS_SCRIPT_DIRS held to settings.py's rule wherever the value came from, and each one a directory."""
+    messages: list[CheckMessage] = []
+    for entry in getattr(settings, SCRIPT_SETTING, ()):
+        real = (Path(settings.BASE_DIR) / str(entry)).resolve()
+        problem = script_dir_problem(real)
+        if problem is not None:
+            messages.append(Error(f"{SCRIPT_SETTING}: {entry!r} {problem}", id="tasks_app.E006"))
+        elif not real.is_dir():
+            messages.append(
+                CheckWarning(
+                    f"{SCRIPT_SETTING}: {entry!r} is not a directory ({real}); no script file in it can run.",
+                    id="tasks_app.W002",
+                )
+            )
+    return messages

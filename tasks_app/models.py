@@ -21,7 +21,7 @@ from django.db.models.lookups import Exact
 from django.utils import timezone
 
 from tasks_app.dedupe_keys import KEY_MAX_LENGTH, validate_dedupe_on
-from tasks_app.handler_modules import validate_handler
+from tasks_app.handler_modules import is_script, validate_handler
 from tasks_app.limits import (
     MAX_ATTEMPTS,
     MAX_LOCK_TIMEOUT,
@@ -490,6 +490,10 @@ class Stage(models.Model):
             raise ValidationError({"notify": "Only form stages notify: people work their tasks."})
         self._clean_people()
         self._clean_join()
+        if self.kind not in (self.Kind.SCRIPT, self.Kind.JOB) and is_script(self.handler):
+            raise ValidationError(
+                {"handler": "Only script and job stages run a script file (a handler ending in .py)."}
+            )
 
     def _clean_people(self) -> None:
         """Reminders, due times and assignees (issue 16) are for form stages, whose tasks people work."""

@@ -13,6 +13,8 @@ module asks for, whatever happens to be loaded already in this process.
 - `import_string` (importing code by its dotted name) appears in one module,
   tasks_app.handler_modules, under the TASKS_HANDLER_MODULES allow-list; and
   the objects user code receives are defined only in services/handlers.py.
+- A script file (a handler ending in .py) is compiled in tasks_app.handler_modules
+  only, under the TASKS_SCRIPT_DIRS allow-list, and run in services/scripts.py only.
 """
 
 from __future__ import annotations
@@ -304,3 +306,17 @@ def test_the_contract_objects_are_the_same_wherever_they_are_imported_from() -> 
     assert worker.HandlerTask is worker_handlers.HandlerTask is contract.HandlerTask
     assert jobs.JobContext is contract.JobContext
     assert handler_modules.load_handler.__module__ == "tasks_app.handler_modules"
+
+
+def bare_names(name: str) -> set[str]:
+    """The plain names module `name` reads or binds (not attributes: `re.compile` is not `compile`)."""
+    return {node.id for node in ast.walk(tree(name)) if isinstance(node, ast.Name)}
+
+
+def test_script_files_become_code_in_one_module_and_run_in_one() -> None:
+    """A script file (a handler ending in .py) is compiled only under the TASKS_SCRIPT_DIRS check, run in one place."""
+    assert [rel(name) for name in modules() if "compile" in bare_names(name)] == ["tasks_app/handler_modules.py"]
+    runners = [rel(name) for name in modules() if bare_names(name) & {"exec", "eval"}]
+    assert runners == ["tasks_app/services/scripts.py"]
+    loaders = sorted(rel(name) for name in modules() if "load_script" in names_used(name))
+    assert loaders == ["tasks_app/handler_modules.py", CONTRACT_MODULE, "tasks_app/services/scripts.py"]

@@ -309,6 +309,27 @@ def _handler_module_problem(module: str) -> str | None:
 _HANDLER_MODULES_DEFAULT = "tasks_app.demo" if DEBUG else ""
 TASKS_HANDLER_MODULES = env_list("TASKS_HANDLER_MODULES", _HANDLER_MODULES_DEFAULT, item=_handler_module_problem)
 
+# Script files a stage's handler may name ("scripts/orders.py": a handler ending in
+# ".py" is a file the worker runs top to bottom, README "Coming from Abstra"): the
+# comma-separated directories they must lie in, relative to BASE_DIR or absolute.
+# A file counts only if its real path (symlinks resolved) is inside one of them.
+# Default: the Abstra examples with DEBUG on, none with DEBUG off. Refused: the
+# filesystem root, BASE_DIR itself or a directory above it (all of the engine's own
+# code would become runnable), and the test suite with DEBUG off.
+
+
+def _script_dir_problem(entry: str) -> str | None:
+    real = (BASE_DIR / entry).resolve()  # an absolute entry stays itself
+    if real == Path(real.anchor) or real == BASE_DIR or real in BASE_DIR.parents:
+        return "is the filesystem root, the project directory or above it; name a directory of scripts"
+    if not DEBUG and (real == BASE_DIR / "tests" or BASE_DIR / "tests" in real.parents):
+        return "is the test suite, refused with DEBUG off"
+    return None
+
+
+_SCRIPT_DIRS_DEFAULT = "examples/abstra" if DEBUG else ""
+TASKS_SCRIPT_DIRS = env_list("TASKS_SCRIPT_DIRS", _SCRIPT_DIRS_DEFAULT, item=_script_dir_problem)
+
 # Engine knobs. Their bounds are in workflowsite.env.BOUNDS, which tasks_app.checks
 # also holds values set in Python to.
 # Default lock timeout of a stage, in seconds.

@@ -46,6 +46,7 @@ class Completion:
     task_id: int
     lock_token: str
     send: Sequence[SendLike] = ()  # (type, payload) pairs or routing.Sends (priority, run-at)
+    details: dict[str, Any] | None = None  # more for the completed event (a script's output), never its own keys
 
 
 @dataclass
@@ -180,7 +181,8 @@ def tasks_complete_batch(*, items: Sequence[Completion], now: datetime | None = 
     now = now or timezone.now()
     by_id = {item.task_id: item for item in items}
     adapt = connection.ops.adapt_datetimefield_value
-    if connection.vendor == "postgresql" and not any(item.send for item in items) and len(by_id) == len(items):
+    plain = not any(item.send or item.details for item in items)
+    if connection.vendor == "postgresql" and plain and len(by_id) == len(items):
         # The common case, nothing to send (and each task once): one statement, atomic on its own.
         prepared = execute_prepared(PG_COMPLETE_SQL, pg_complete_params(items, now))
         ended = prepared.fetchall()
@@ -245,6 +247,7 @@ def tasks_complete_batch(*, items: Sequence[Completion], now: datetime | None = 
                 duration=(now - started).total_seconds() if started else None,
                 sent=[k.pk for k in kids],
             )
+            details = {**(by_id[task_id].details or {}), **details}
             if any(k.deduplicated for k in kids):
                 details["deduplicated"] = [k.pk for k in kids if k.deduplicated]
             if task_id in cancelled and by_id[task_id].send:

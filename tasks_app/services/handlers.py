@@ -22,6 +22,10 @@ Handlers and job handlers send successors with `send(type, payload, delay=
 integer -1000..1000, by default the sending task's (a job's sends: the
 target stage's). Raising PermanentFailure fails a script task without retries.
 
+A handler ending in ".py" names a script file instead (TASKS_SCRIPT_DIRS,
+tasks_app.handler_modules): an Abstra-style stage, run top to bottom with the
+task API of tasks_app.abstra (services.scripts), for script and job stages.
+
 User code may raise anything, SystemExit and KeyboardInterrupt included:
 `call_handler` turns what is not an Exception into HandlerAborted, so the
 caller records it like any other error and its thread lives on.
@@ -36,7 +40,7 @@ from datetime import datetime
 from typing import Any
 
 from tasks_app.handler_modules import ERROR_CODE as HANDLER_ERROR_CODE
-from tasks_app.handler_modules import SETTING, HandlerPathError, load_handler, module_allowed
+from tasks_app.handler_modules import SETTING, HandlerPathError, is_script, load_handler, load_script, module_allowed
 from tasks_app.models import Stage, Transition
 from tasks_app.services.errors import NoRouteError
 from tasks_app.services.routing import (
@@ -47,6 +51,7 @@ from tasks_app.services.routing import (
     validate_task_input,
 )
 from tasks_app.services.schemas import validate_sent
+from tasks_app.services.scripts import ScriptHandler
 
 __all__ = [
     "HANDLER_ERROR_CODE",
@@ -67,6 +72,8 @@ __all__ = [
 ]
 
 Handler = Callable[..., Any]
+# The stages a script file (a handler ending in .py: services.scripts) may be the handler of.
+SCRIPT_KINDS = (Stage.Kind.SCRIPT, Stage.Kind.JOB)
 
 
 class PermanentFailure(Exception):
@@ -93,10 +100,18 @@ def resolve_handler(stage: Stage, cache: dict[str, Handler] | None = None) -> Ha
     path = stage.handler.strip()
     if not path:
         raise HandlerImportError(f"Stage '{stage.slug}' has no handler configured.")
+    if is_script(path) and stage.kind not in SCRIPT_KINDS:
+        raise HandlerImportError(f"Handler '{path}' of stage '{stage.slug}': a {stage.kind} stage runs no script file.")
     if cache is not None and path in cache:
         return cache[path]
     try:
-        handler = load_handler(path)
+        if is_script(path):
+            # A script file (TASKS_SCRIPT_DIRS), run top to bottom per call (services.scripts), which checks
+            # the path again each time: a cached handler stops running once the file is no longer allowed.
+            load_script(path)
+            handler: Handler = ScriptHandler(path, HandlerImportError)
+        else:
+            handler = load_handler(path)
     except HandlerPathError as exc:
         raise HandlerImportError(f"Handler '{path}' of stage '{stage.slug}' {exc.reason}.") from exc
     if cache is not None:
@@ -113,7 +128,8 @@ def stage_handler_problems(kind: str, handler: str) -> list[str]:
     if kind == Stage.Kind.FORM:
         return [f"handler: form stages are worked by people and run no handler; leave it empty (got '{path}')"]
     try:
-        load_handler(path)
+        # A script file on a hook stage: Stage.clean says so (the loader reports its errors too).
+        load_script(path) if is_script(path) else load_handler(path)
     except HandlerPathError as exc:
         return [f"handler {exc}"]
     return []
@@ -149,6 +165,8 @@ class HandlerTask:
     # Set by the worker when a heartbeat reports that someone asked to cancel this task: a long handler
     # may look and return early. Whatever it does, the task then ends cancelled and its sends are dropped.
     cancel_requested: bool = False
+    # A script file's print output (services.scripts), for the history; None for a callable handler.
+    output: str | None = field(default=None, repr=False)
 
     def send(
         self,
@@ -224,6 +242,10 @@ class JobContext:
     _stage: Stage = field(repr=False)
     _routes: list[Transition] = field(default_factory=list, repr=False)
     sent: list[Send] = field(default_factory=list, repr=False)
+    # A script file's run (services.scripts): the ids it completed (the others go back to pending; None, a
+    # callable handler: all complete) and its print output.
+    completed: set[int] | None = field(default=None, repr=False)
+    output: str | None = field(default=None, repr=False)
 
     def send(
         self,

@@ -12,6 +12,11 @@ A run claims the tasks waiting at the job stage (only job runs take them:
 workers serve script stages only) and gives them to the handler as one batch.
 Then, in one transaction, it completes them, sends what the handler sent and
 marks the run succeeded. If the handler fails, the tasks go back to pending.
+
+A script file's run (services.scripts, an Abstra job) completes only the tasks
+the script completed (task.complete(), `with task:`); the others go back to
+pending at once, their attempt not counted, in the same transaction. Its print
+output goes into the completed events (or the failed run's error).
 """
 
 from __future__ import annotations
@@ -35,8 +40,8 @@ from tasks_app.services.claim import MAX_CLAIM_BATCH, task_claim
 from tasks_app.services.complete import Completion, tasks_complete_batch
 from tasks_app.services.errors import TaskLockLost, TaskStateError
 from tasks_app.services.handlers import JobContext, JobTask, call_handler, resolve_handler
-from tasks_app.services.lifecycle import task_release
-from tasks_app.services.routing import Send, tasks_send_many
+from tasks_app.services.lifecycle import task_release, task_unclaim
+from tasks_app.services.routing import tasks_send_many
 
 logger = logging.getLogger("tasks_app.jobs")
 
@@ -148,14 +153,29 @@ def _context(run: JobRun, claimed: list[Task]) -> JobContext:
     )
 
 
-def _succeed(run: JobRun, claimed: list[Task], sends: list[Send]) -> None:
-    """Complete the claimed tasks, send the job's tasks and mark the run succeeded: all, or nothing."""
+def _succeed(run: JobRun, claimed: list[Task], context: JobContext) -> None:
+    """Complete the claimed tasks, send the job's tasks and mark the run succeeded: all, or nothing.
+
+    A script's run (context.completed set) completes the tasks it completed and hands the others back.
+    """
     stage = run.stage
+    sends = context.sent
+    details = {"output": context.output} if context.output else None
     with transaction.atomic():
+        if context.completed is not None:
+            kept = [t for t in claimed if t.pk not in context.completed]
+            claimed = [t for t in claimed if t.pk in context.completed]
+            for task in kept:
+                try:
+                    task_unclaim(
+                        task_id=task.pk, lock_token=task.lock_token, reason="the job's script did not complete it"
+                    )
+                except TaskLockLost:
+                    pass  # its lock expired and the sweep already put it back
         completed = 0
         for start in range(0, len(claimed), MAX_CLAIM_BATCH):
             chunk = claimed[start : start + MAX_CLAIM_BATCH]
-            result = tasks_complete_batch(items=[Completion(t.pk, t.lock_token) for t in chunk])
+            result = tasks_complete_batch(items=[Completion(t.pk, t.lock_token, details=details) for t in chunk])
             completed += len(result.completed)
             for task_id in result.lost:
                 # Its lock expired during a long run and the expiry sweep put it back:
@@ -172,10 +192,11 @@ def _succeed(run: JobRun, claimed: list[Task], sends: list[Send]) -> None:
             raise TaskStateError(f"Job run {run.pk} is no longer running; nothing was recorded.")
 
 
-def _fail(run: JobRun, claimed: list[Task], exc: BaseException) -> None:
-    """Give the claimed tasks back and mark the run failed with the error and traceback."""
+def _fail(run: JobRun, claimed: list[Task], exc: BaseException, output: str | None = None) -> None:
+    """Give the claimed tasks back and mark the run failed with the error and traceback (and a script's output)."""
     error = f"{type(exc).__name__}: {exc}"
     tb = "".join(traceback.format_exception(exc))
+    details = {"output": output} if output else None
     logger.error("job %s @ %s failed: %s", run.stage.slug, run.due_at, error)
     with transaction.atomic():
         for task in claimed:
@@ -185,11 +206,14 @@ def _fail(run: JobRun, claimed: list[Task], exc: BaseException) -> None:
             # cron schedule already spaces the retries; a backoff would only make
             # the next run skip the task.
             try:
-                task_release(task_id=task.pk, lock_token=task.lock_token, error=error, traceback=tb, retry_in=0)
+                task_release(
+                    task_id=task.pk, lock_token=task.lock_token, error=error, traceback=tb, retry_in=0, details=details
+                )
             except TaskLockLost:
                 pass  # its lock expired and the sweep already put it back
+        printed = f"\n\nOutput:\n{output}" if output else ""
         JobRun.objects.filter(pk=run.pk, status=JobRun.Status.RUNNING).update(
-            status=JobRun.Status.FAILED, finished_at=timezone.now(), error=f"{error}\n\n{tb}"
+            status=JobRun.Status.FAILED, finished_at=timezone.now(), error=f"{error}\n\n{tb}{printed}"
         )
 
 
@@ -204,15 +228,16 @@ def job_run_execute(*, run: JobRun, worker_id: str) -> JobRun:
        Failed (handler error, bad send, lost route): release the tasks, mark the run failed.
     """
     claimed: list[Task] = []
+    context: JobContext | None = None
     try:
         handler = cast(JobHandler, resolve_handler(run.stage))
         claimed = _claim_waiting(run.stage, worker_id)
         context = _context(run, claimed)
         call_handler(handler, context)  # SystemExit and the like come out as HandlerAborted
-        _succeed(run, claimed, context.sent)
+        _succeed(run, claimed, context)
     except Exception as exc:  # the handler's, or a send refused at commit (route or schema changed)
         try:
-            _fail(run, claimed, exc)
+            _fail(run, claimed, exc, context.output if context is not None else None)
         except Exception:
             # Database trouble: the run stays "running" and the task locks expire.
             logger.exception("job %s @ %s: could not record the failure", run.stage.slug, run.due_at)

@@ -80,8 +80,12 @@ def task_release(
     traceback: str = "",
     retry_in: float | None = None,
     now: datetime | None = None,
+    details: dict[str, Any] | None = None,
 ) -> Task:
-    """Give a locked task back after a failed attempt: pending after a backoff, or failed at max attempts."""
+    """Give a locked task back after a failed attempt: pending after a backoff, or failed at max attempts.
+
+    `details`: more for the event (a script's output), never its own keys.
+    """
     now = now or timezone.now()
     with transaction.atomic():
         # Lock the row first, then decide from what we read under the lock.
@@ -90,7 +94,7 @@ def task_release(
             raise lock_lost(task_id)
         max_attempts = task.stage.max_attempts
         facts = claim_facts(task)
-        details: dict[str, Any]
+        extra = details or {}
         if task.cancel_requested:
             # Someone asked to cancel it (services.cancel): no retry; it ends cancelled, with the error.
             _locked(task_id, lock_token).update(
@@ -116,6 +120,7 @@ def task_release(
             kind = TaskEvent.Kind.RELEASED
             if delay == 0:
                 notify_stages([task.stage_id])
+        details = {**extra, **details}
         event_record(task_id=task_id, kind=kind, at=now, actor=task.locked_by, details=details)
     task.refresh_from_db()
     return task
@@ -175,8 +180,16 @@ def tasks_unclaim_orphans(*, worker_id: str, keep: Sequence[int], now: datetime 
     return len(rows)
 
 
-def task_fail(*, task_id: int, lock_token: str, error: str, traceback: str = "", now: datetime | None = None) -> None:
-    """Fail a locked task at once, without retries (a fault retrying cannot fix)."""
+def task_fail(
+    *,
+    task_id: int,
+    lock_token: str,
+    error: str,
+    traceback: str = "",
+    now: datetime | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Fail a locked task at once, without retries (a fault retrying cannot fix); `details` as task_release's."""
     now = now or timezone.now()
     with transaction.atomic():
         row = _locked(task_id, lock_token).values(*CLAIM_COLUMNS).first()
@@ -190,7 +203,7 @@ def task_fail(*, task_id: int, lock_token: str, error: str, traceback: str = "",
             kind=TaskEvent.Kind.FAILED,
             at=now,
             actor=row["locked_by"],
-            details=failed_details(**claim_facts(row), error=error, traceback=traceback),
+            details={**(details or {}), **failed_details(**claim_facts(row), error=error, traceback=traceback)},
         )
 
 

@@ -57,7 +57,8 @@ def one_statement(items: Sequence[Completion]) -> bool:
 
     The same test tasks_complete_batch makes before taking its one-statement path.
     """
-    return bool(items) and not any(item.send for item in items) and len({i.task_id for i in items}) == len(items)
+    plain = not any(item.send or item.details for item in items)  # details: only the batch path writes them
+    return bool(items) and plain and len({i.task_id for i in items}) == len(items)
 
 
 def tasks_complete_and_claim(

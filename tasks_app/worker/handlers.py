@@ -47,6 +47,11 @@ class Outcome:
     sent: list[Send] = field(default_factory=list)
     error: str = ""
     traceback: str = ""
+    output: str | None = None  # a script file's print output (services.scripts), for the history
+
+    def details(self) -> dict[str, str] | None:
+        """What the outcome adds to its history event: the script's output, if it printed anything."""
+        return {"output": self.output} if self.output else None
 
     @classmethod
     def from_exception(cls, exc: BaseException, *, permanent: bool) -> Outcome:
@@ -74,9 +79,11 @@ def run_handler(handler: Handler, view: HandlerTask, *, tidy: Callable[[], None]
     try:
         call_handler(handler, view)
     except Exception as exc:
-        return Outcome.from_exception(exc, permanent=isinstance(exc, PERMANENT))
+        failed = Outcome.from_exception(exc, permanent=isinstance(exc, PERMANENT))
+        failed.output = view.output
+        return failed
     finally:
         # A handler that used the database in this thread must not leave a
         # broken or stale connection for the next one.
         tidy()
-    return Outcome("ok", sent=view.sent)
+    return Outcome("ok", sent=view.sent, output=view.output)

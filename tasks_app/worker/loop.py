@@ -467,7 +467,11 @@ class Worker:
                 del self.throttled[h.task.stage_id]  # a task of ours there ends: a slot of its cap frees up
         try:
             ok = [h for h in done if h.outcome is not None and h.outcome.kind == "ok"]
-            items = [services.Completion(h.task.pk, h.task.lock_token, h.outcome.sent) for h in ok if h.outcome]
+            items = [
+                services.Completion(h.task.pk, h.task.lock_token, h.outcome.sent, details=h.outcome.details())
+                for h in ok
+                if h.outcome
+            ]
             by_id = {h.task.pk: h for h in ok}
 
             def written(result: services.ItemOutcome) -> None:
@@ -492,7 +496,9 @@ class Worker:
     def _completed(self, result: services.ItemOutcome, h: Held) -> None:
         if result.status == "refused":
             assert result.error is not None
+            printed = h.outcome.output if h.outcome is not None else None
             h.outcome = Outcome.from_exception(result.error, permanent=True)  # written as a failure next
+            h.outcome.output = printed
             return
         if result.status == "completed":
             self.stats.done += 1
@@ -523,13 +529,21 @@ class Worker:
             if outcome.kind == "fail":
                 logger.error("task %s failed permanently: %s", task.pk, outcome.error, extra=context)
                 services.task_fail(
-                    task_id=task.pk, lock_token=task.lock_token, error=outcome.error, traceback=outcome.traceback
+                    task_id=task.pk,
+                    lock_token=task.lock_token,
+                    error=outcome.error,
+                    traceback=outcome.traceback,
+                    details=outcome.details(),
                 )
                 self.stats.failed += 1
             else:
                 logger.warning("task %s: handler raised %s; released for retry", task.pk, outcome.error, extra=context)
                 released = services.task_release(
-                    task_id=task.pk, lock_token=task.lock_token, error=outcome.error, traceback=outcome.traceback
+                    task_id=task.pk,
+                    lock_token=task.lock_token,
+                    error=outcome.error,
+                    traceback=outcome.traceback,
+                    details=outcome.details(),
                 )
                 if released.status == Task.Status.FAILED:
                     self.stats.failed += 1
