@@ -196,7 +196,9 @@ class Stage(models.Model):
         validators=[validate_handler],
         help_text="Dotted path of a Python callable: handler(task) for script stages, handler(context) for "
         "job stages, transform(body, query) for hook stages. Only callables defined in the modules that "
-        "TASKS_HANDLER_MODULES lists are allowed.",
+        "TASKS_HANDLER_MODULES lists are allowed. Script and job stages may instead name a script file "
+        "(a path ending in .py, run top to bottom with tasks_app.abstra's task API) inside a directory "
+        "TASKS_SCRIPT_DIRS lists.",
     )
     # Bounds: tasks_app.limits (and the check constraints below, for raw SQL).
     lock_timeout = models.PositiveIntegerField(
