@@ -245,6 +245,24 @@ def test_a_burst_becomes_one_digest_per_person_per_window(world: dict[str, Stage
     assert all(kinds(t) == ["created", NOTIFIED, NOTIFIED] for t in later)
 
 
+def test_a_burst_of_5000_arrivals_is_one_mail_per_person(world: dict[str, Stage]) -> None:
+    """The issue's figure: 5,000 arrivals between two passes become one digest per person, not 5,000 mails."""
+    approve = world["approve"]
+    items = [(approve, "approval", {"title": f"laptop {n}"}) for n in range(5000)]
+    for start in range(0, len(items), 1000):
+        tasks_create_bulk(items=items[start : start + 1000])
+    assert Notification.objects.filter(status="pending").count() == 10_000  # 2 reviewers x 5,000
+
+    drained = notifications_drain()
+
+    assert drained is not None
+    assert sorted(m.to[0] for m in mail.outbox) == ["ann@example.com", "bob@example.com"]
+    assert {m.subject for m in mail.outbox} == {"5000 tasks wait for you at Approve"}
+    assert all("...and 4950 more." in m.body for m in mail.outbox)  # LISTED (50) listed, the rest counted
+    assert not Notification.objects.exclude(status="sent").exists()
+    assert TaskEvent.objects.filter(kind=NOTIFIED).count() == 10_000  # each task's history has both mails
+
+
 def test_a_failing_mail_server_is_retried_with_backoff_and_each_attempt_is_in_the_history(
     world: dict[str, Stage], settings: Any
 ) -> None:
