@@ -117,7 +117,7 @@ def test_the_sample_script_runs_unchanged_as_a_script_stage_in_a_worker_process(
     [child] = Task.objects.filter(parent=ready)
     assert (child.stage, child.type, child.payload, child.source_stage) == (books, "invoiced", INVOICED_1, invoice)
     completed = _last(ready, TaskEvent.Kind.COMPLETED)
-    assert completed["output"] == "invoicing order 1\n" and completed["sent"] == [child.pk]
+    assert completed["output"] == "run for order 1\ninvoicing order 1\n" and completed["sent"] == [child.pk]
 
     # No quantity: the `with task:` body raised, the script caught it and went on: the task is released
     # (the failure policy: pending again after a backoff), nothing sent, the output and traceback kept.
@@ -125,7 +125,7 @@ def test_the_sample_script_runs_unchanged_as_a_script_stage_in_a_worker_process(
     assert empty.status == S.PENDING and empty.attempts == 1
     assert "order 2 has no quantity" in empty.last_error
     released = _last(empty, TaskEvent.Kind.RELEASED)
-    assert released["output"] == "skipped: order 2 has no quantity\n"
+    assert released["output"] == "run for order 2\nskipped: order 2 has no quantity\n"
     assert "TriggerReleased" in released["error"] and "ValueError: order 2 has no quantity" in released["traceback"]
     assert 'invoice.py", line' in released["traceback"]  # the script's own file and line
     assert not Task.objects.filter(parent=empty).exists()
@@ -133,7 +133,7 @@ def test_the_sample_script_runs_unchanged_as_a_script_stage_in_a_worker_process(
     # On hold: get_tasks(where=...) did not serve it; the run ended cleanly, which completes a trigger task.
     held.refresh_from_db()
     assert held.status == S.COMPLETED and not Task.objects.filter(parent=held).exists()
-    assert "output" not in _last(held, TaskEvent.Kind.COMPLETED)  # it printed nothing
+    assert _last(held, TaskEvent.Kind.COMPLETED)["output"] == "run for order 3\n"  # get_trigger_task() is it
 
 
 def test_the_same_script_runs_as_a_job_stage(db: None, settings: Any) -> None:
@@ -151,7 +151,8 @@ def test_the_same_script_runs_as_a_job_stage(db: None, settings: Any) -> None:
     assert ready.status == S.COMPLETED
     [child] = Task.objects.filter(source_stage=invoice)
     assert (child.stage, child.type, child.payload) == (books, "invoiced", INVOICED_1)
-    output = "invoicing order 1\nskipped: order 2 has no quantity\n"  # the whole run's print output
+    # The whole run's print output; get_trigger_task() raised (no trigger task in a job), as in Abstra.
+    output = "run by the schedule\ninvoicing order 1\nskipped: order 2 has no quantity\n"
     assert _last(ready, TaskEvent.Kind.COMPLETED)["output"] == output
     # Not completed (its body raised; the other not served by where=): back to pending, the attempt not counted.
     for task in (empty, held):
