@@ -18,7 +18,7 @@ from django.db import connection
 from django.db.models import Count
 from django.utils import timezone
 
-from tasks_app.models import Stage, Task, TaskEvent
+from tasks_app.models import Stage, Task, TaskEvent, WorkerProcess
 from tasks_app.services import TaskLockLost, task_claim, task_complete, task_create
 from tasks_app.services.claim import PG_CLAIM_SQL, claim_params
 from tests.support.processes import finish, start_worker, wait_for
@@ -52,12 +52,21 @@ def bulk_tasks(stage: Stage, count: int) -> list[int]:
 
 def test_four_workers_complete_every_task_exactly_once(workers: Workers) -> None:
     stage = make_stage("drain")
-    ids = bulk_tasks(stage, 2000)
     worker_ids = [f"drainer-{n}" for n in range(4)]
-    # Start all four before waiting on any, so that they really compete.
+    # All four up and polling before the tasks exist, so that they really compete (started with the tasks
+    # there, with --once, the first process up could drain all 2,000 before the others had booted).
     for wid in worker_ids:
-        workers.append(start_worker("--stage", "drain", "--once", "--batch-size", "10", "--worker-id", wid))
-    outputs = [finish(p, timeout=120) for p in workers]
+        workers.append(
+            start_worker("--stage", "drain", "--batch-size", "10", "--poll-interval", "0.1", "--worker-id", wid)
+        )
+    assert wait_for(lambda: WorkerProcess.objects.filter(worker_id__in=worker_ids).count() == 4, timeout=60)
+    ids = bulk_tasks(stage, 2000)
+    assert wait_for(
+        lambda: not Task.objects.filter(stage=stage).exclude(status=Task.Status.COMPLETED).exists(), timeout=120
+    )
+    for p in workers:
+        p.send_signal(signal.SIGTERM)
+    outputs = [finish(p, timeout=60) for p in workers]
     for p, out in zip(workers, outputs, strict=True):
         assert p.returncode == 0, out
 
