@@ -7,7 +7,7 @@ lifecycle and the reasons behind each conditional UPDATE.
 from __future__ import annotations
 
 import secrets
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from croniter import croniter
@@ -773,6 +773,12 @@ class Task(models.Model):
 
     def __str__(self) -> str:
         return f"Task {self.pk} ({self.type}) at {self.stage.slug}"  # the admin's breadcrumbs: the slug, not its id
+
+    def due_at(self) -> datetime | None:
+        """When this task becomes overdue, if not finished by then: its stage's due_after after its arrival
+        (issue 16; services.due holds the rule, services.assign the open rule); None without a due time."""
+        due_after = self.stage.due_after
+        return self.created_at + timedelta(seconds=due_after) if due_after else None
 
     def is_lock_expired(self, now: datetime | None = None) -> bool:
         now = now or timezone.now()

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -62,19 +62,13 @@ _email = EmailValidator()
 # -- the open rule ----------------------------------------------------------------------------
 
 
-def overdue_at(task: Task) -> datetime | None:
-    """When the task becomes overdue (its stage's due_after after its arrival); None: the stage has no due time."""
-    due_after = task.stage.due_after
-    return task.created_at + timedelta(seconds=due_after) if due_after else None
-
-
 def assignment_open_to_all(task: Task, now: datetime) -> bool:
     """True when anyone who may work on the task's stage may open it: it is unassigned, its stage lets
     others open assigned tasks (assignee_only off), or it is overdue (not finished, past created_at +
     due_after)."""
     if task.assignee_id is None or not task.stage.assignee_only:
         return True
-    due = overdue_at(task)
+    due = task.due_at()
     return due is not None and task.status in LIVE and due < now
 
 
@@ -85,7 +79,7 @@ def open_refusal(task: Task, user: Any, now: datetime) -> str | None:
     if task.assignee is not None and not task.assignee.is_active:
         return None  # a deactivated assignee (someone who left) holds nothing back
     name = assignee_name(task)
-    due = overdue_at(task)
+    due = task.due_at()
     if due is not None:
         return f"Task {task.pk} is assigned to {name} until it is overdue at {timezone.localtime(due):%H:%M}."
     return f"Task {task.pk} is assigned to {name}; only they or a user who may change tasks can open it."

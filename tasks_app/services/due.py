@@ -74,10 +74,10 @@ def due_q(*, due_after: int, now: datetime) -> Q:
 
 def due_overdue_by(task: Task, now: datetime) -> timedelta | None:
     """How long past its due time `task` is at `now`, if it is overdue (its stage's due_after); else None."""
-    limit = task.stage.due_after
-    if limit is None or task.status not in LIVE:
+    due = task.due_at()
+    if due is None or task.status not in LIVE:
         return None
-    late = now - task.created_at - timedelta(seconds=limit)
+    late = now - due
     return late if late > timedelta(0) else None
 
 
