@@ -9,7 +9,7 @@ RUNTIME_STAMP := $(VENV)/.runtime-installed
 DEV_STAMP := $(VENV)/.dev-installed
 BENCH_STAMP := $(VENV)/.bench-installed
 
-.PHONY: run test venv dev-venv lint test-sqlite test-postgres bench bench-http bench-pages bench-scaling screenshots clean
+.PHONY: run test venv dev-venv lint test-sqlite test-postgres bench bench-http bench-pages bench-scaling bench-revisions screenshots clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -66,6 +66,11 @@ bench-pages: $(DEV_STAMP)
 # (docs/scaling.md; ~10 GB, ~40 min). --durable: fsync on, as in production.
 bench-scaling: $(DEV_STAMP)
 	$(PY) scripts/with_postgres.py --durable -- $(PY) bench/claim_scaling.py --pages --controls
+
+# The claim with no flow control, this tree against the revision before issue 15 (BASE=...), alternated
+# on one durable server at 10k and 1M tasks (docs/scaling.md section 6; ~15 min).
+bench-revisions: $(DEV_STAMP)
+	$(PY) scripts/with_postgres.py --durable -- $(PY) bench/claim_revisions.py $(if $(BASE),--base $(BASE))
 
 # Every page at desktop (1440x900), phone (390x844) and dark, on the demo with seeded tasks, into
 # docs/screenshots/ (linked from README "Monitoring pages"); the same test runs, without saving, in make test.
