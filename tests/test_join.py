@@ -20,8 +20,9 @@ from rest_framework.test import APIClient
 
 from tasks_app.models import Stage, Task, TaskEvent, Transition
 from tasks_app.services import counters as stage_counters
-from tasks_app.services import task_claim, task_complete, task_create, task_duplicate, task_send
+from tasks_app.services import task_claim, task_complete, task_create, task_duplicate, task_send, tasks_send_many
 from tasks_app.services.cancel import task_cancel
+from tasks_app.services.jobs import job_run_now
 from tasks_app.services.join import TIMEOUT_TYPE, stage_groups, tasks_join_pass, tasks_join_sweep
 from tasks_app.services.workflow import workflow_dump, workflow_problems
 from tasks_app.worker import PermanentFailure, Worker
@@ -51,6 +52,12 @@ def fan_out_or_drop(task: Any) -> None:
 def step_or_end(task: Any) -> None:
     if task.payload["i"] != task.payload.get("drop"):
         task.send("part", task.payload)
+
+
+def two_sends(job: Any) -> None:
+    """A job that calls send() twice: one run, so one fan-out of 2."""
+    job.send("a", {"x": 1})
+    job.send("b", {"x": 2})
 
 
 # -- the workflow --------------------------------------------------------------------------------------
@@ -183,6 +190,36 @@ def test_a_parentless_send_to_several_stages_is_a_fan_out(db: None) -> None:
     assert merged.type == "both" and len(merged.payload["parts"]) == 2 and merged.payload["key"] == sent[0].fanout_id
 
 
+def test_a_job_run_that_sends_several_tasks_is_one_fan_out(db: None) -> None:
+    # One tasks_send_many call with no sending task, two sends: one fan-out id for both (not one per send).
+    hub = stage("hub", Stage.Kind.HOOK)
+    job = stage("nightly", Stage.Kind.JOB, handler="tests.test_join.two_sends", schedule="0 2 * * *")
+    gather = stage("gather", Stage.Kind.JOIN, join_rule="siblings", join_type="both")
+    sink = stage("sink", Stage.Kind.FORM)
+    route(hub, gather)
+    route(job, gather)
+    route(gather, sink)
+
+    made = tasks_send_many(stage=hub, sends=[("a", {"x": 1}), ("b", {"x": 2})])
+
+    assert len({t.fanout_id for t in made}) == 1 and made[0].fanout_id < 0
+    assert [t.fanout_size for t in made] == [2, 2]
+    [group] = stage_groups(gather)
+    assert group.label() == "2/2 arrived"
+    assert tasks_join_pass(gather).joined == 1
+
+    # A real job run whose handler calls send() twice: the same, through the scheduler's entry point.
+    run = job_run_now(stage=job, worker_id="s")
+    assert run is not None and run.tasks_sent == 2
+    arrived = list(Task.objects.filter(stage=gather, status=Task.Status.PENDING))
+    assert len(arrived) == 2 and len({t.fanout_id for t in arrived}) == 1
+    assert {t.fanout_id for t in arrived} != {made[0].fanout_id}  # each call its own fan-out
+    assert tasks_join_pass(gather).joined == 1
+    merged = list(Task.objects.filter(stage=sink).order_by("id"))
+    assert [m.payload["parts"] for m in merged] == [[{"x": 1}, {"x": 2}]] * 2
+    assert merged[1].payload["key"] == arrived[0].fanout_id
+
+
 def test_nested_fan_outs_join_inner_first_then_outer(db: None) -> None:
     # outer (fans out 2) -> inner (each fans out 3) -> join1 -> join2 -> sink
     outer = stage("outer", handler="tests.test_join.fan_out")
@@ -228,6 +265,53 @@ def test_a_branch_that_ends_keeps_the_group_waiting_until_its_timeout(db: None) 
     assert not Task.objects.filter(stage=w["gather"], status=Task.Status.PENDING).exists()
     [event] = TaskEvent.objects.filter(kind=TaskEvent.Kind.JOIN_TIMED_OUT)
     assert "3/4 arrived" in event.details["reason"]
+
+
+def test_a_timeout_goes_over_its_own_typed_transition_and_a_merge_over_the_other(db: None) -> None:
+    gather = stage("gather", Stage.Kind.JOIN, join_rule="siblings", join_timeout=60, join_type="merged")
+    escalate, sink = stage("escalate", Stage.Kind.FORM), stage("sink", Stage.Kind.FORM)
+    hub = stage("hub", Stage.Kind.HOOK)
+    route(hub, gather)
+    route(gather, escalate, TIMEOUT_TYPE)
+    route(gather, sink, "merged")
+    # Each call sends two tasks with no sending task: a fan-out of 2.
+    whole = tasks_send_many(stage=hub, sends=[("part", {"n": 1}), ("part", {"n": 1})])
+    short = tasks_send_many(stage=hub, sends=[("part", {"n": 2}), ("part", {"n": 2})])
+    task_cancel(task_id=short[1].pk, reason="branch gone", actor="user:x")  # its group stays 1/2
+
+    assert (tasks_join_pass(gather).joined, Task.objects.filter(stage=escalate).count()) == (1, 0)
+    result = tasks_join_pass(gather, now=timezone.now() + timedelta(seconds=61))
+
+    assert (result.joined, result.timed_out) == (0, 1)
+    [merged] = Task.objects.filter(stage=sink)
+    [timed_out] = Task.objects.filter(stage=escalate)
+    assert merged.type == "merged" and merged.payload["key"] == whole[0].fanout_id
+    assert timed_out.type == TIMEOUT_TYPE and timed_out.payload == {
+        "parts": [{"n": 2}],
+        "key": short[0].fanout_id,
+        "expected": 2,
+    }
+    assert Task.objects.get(pk=short[0].pk).status == Task.Status.COMPLETED
+
+
+def test_a_count_group_still_short_at_its_timeout_is_sent_on_with_what_arrived(db: None) -> None:
+    gather = stage("gather", Stage.Kind.JOIN, join_rule="count", join_key="/order", join_count=3, join_timeout=30)
+    route(gather, stage("sink", Stage.Kind.FORM))
+    first = task_create(stage=gather, type="line", payload={"order": 5, "n": 0})
+    task_create(stage=gather, type="line", payload={"order": 6, "n": 1})
+    task_create(stage=gather, type="line", payload={"order": 5, "n": 2})
+
+    assert tasks_join_pass(gather, now=timezone.now() + timedelta(seconds=29)).timed_out == 0
+    result = tasks_join_pass(gather, now=timezone.now() + timedelta(seconds=31))
+
+    assert (result.joined, result.timed_out) == (0, 2)  # both keys' groups, each short of 3
+    sent = {t.payload["key"]: t for t in Task.objects.filter(stage__slug="sink")}
+    assert sorted(sent) == [5, 6] and {t.type for t in sent.values()} == {TIMEOUT_TYPE}
+    assert sent[5].payload == {"parts": [{"order": 5, "n": 0}, {"order": 5, "n": 2}], "key": 5, "expected": 3}
+    assert sent[5].parent_id == first.pk
+    assert not Task.objects.filter(stage=gather, status=Task.Status.PENDING).exists()
+    [event] = TaskEvent.objects.filter(task_id=first.pk, kind=TaskEvent.Kind.JOIN_TIMED_OUT)
+    assert "2/3 arrived" in event.details["reason"]
 
 
 def test_without_a_timeout_a_short_group_waits_for_ever(db: None) -> None:

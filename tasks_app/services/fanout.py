@@ -63,14 +63,24 @@ def parentless_fanout_id() -> int:
     return -1 - secrets.randbelow(2**62)
 
 
-def mark_fanout(tasks: Sequence[Task], *, parent: Task | None, size: int | None = None) -> None:
-    """Set the fan-out fields on unsaved tasks one sender creates (`size`: all it creates, default len(tasks))."""
+def mark_fanout(
+    tasks: Sequence[Task], *, parent: Task | None, size: int | None = None, fanout_id: int | None = None
+) -> None:
+    """Set the fan-out fields on unsaved tasks one sender creates (`size`: all it creates, default len(tasks)).
+
+    A sender with no sending task whose tasks are made in several calls (one per send) gives the one
+    `fanout_id` it drew for all of them; without it each call draws its own.
+    """
     size = len(tasks) if size is None else size
     if not tasks:
         return
+    fanout_size: int | None
     if size >= 2:
-        fanout_id: int | None = parent.pk if parent is not None else parentless_fanout_id()
-        fanout_size: int | None = size
+        if parent is not None:
+            fanout_id = parent.pk
+        elif fanout_id is None:
+            fanout_id = parentless_fanout_id()
+        fanout_size = size
     elif parent is not None and join_stages_exist():
         fanout_id, fanout_size = parent.fanout_id, parent.fanout_size
     else:

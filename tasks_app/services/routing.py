@@ -27,7 +27,7 @@ from tasks_app.limits import MAX_DELAY, MAX_PRIORITY, MIN_PRIORITY
 from tasks_app.models import Stage, Task, TaskEvent, Transition, validate_payload, validate_task_type
 from tasks_app.services.dedupe import deduplicated_events, key_for, tasks_insert
 from tasks_app.services.errors import NoRouteError, TaskStateError
-from tasks_app.services.fanout import fanout_total, mark_fanout
+from tasks_app.services.fanout import fanout_total, mark_fanout, parentless_fanout_id
 from tasks_app.services.notify import notify_stages
 from tasks_app.services.schemas import Senders, senders_into, validate_created, validate_sent
 
@@ -331,7 +331,14 @@ def successor_tasks(
 
 
 def _send_one(
-    *, stage: Stage, send: Send, parent: Task | None, actor: str, now: datetime, fanout_size: int | None = None
+    *,
+    stage: Stage,
+    send: Send,
+    parent: Task | None,
+    actor: str,
+    now: datetime,
+    fanout_size: int | None = None,
+    fanout_id: int | None = None,
 ) -> list[Task]:
     assert connection.in_atomic_block
     type, payload = send
@@ -348,7 +355,7 @@ def _send_one(
         priority=priority,
         available_at=run_at(now=now, at=send.at, delay=send.delay),
     )
-    mark_fanout(tasks, parent=parent, size=fanout_size)  # join stages (services.fanout)
+    mark_fanout(tasks, parent=parent, size=fanout_size, fanout_id=fanout_id)  # join stages (services.fanout)
     details: dict[str, Any] = {"from_stage": stage.slug}
     if parent is not None:
         details["parent"] = parent.pk
@@ -378,10 +385,15 @@ def tasks_send_many(
     now = now or timezone.now()
     created: list[Task] = []
     with transaction.atomic():
-        # One call's sends are one fan-out (services.fanout): its size is all the tasks they create.
+        # One call's sends are one fan-out (services.fanout): its size is all the tasks they create, and
+        # with no sending task its id is drawn once here, not once per send, or a job that sends twice
+        # would make two fan-outs of 2 that never join.
         size = fanout_total(stage, [type for type, _ in checked]) if len(checked) > 1 else None
+        fanout_id = parentless_fanout_id() if parent is None and size is not None and size >= 2 else None
         for send in checked:
-            created += _send_one(stage=stage, send=send, parent=parent, actor=actor, now=now, fanout_size=size)
+            created += _send_one(
+                stage=stage, send=send, parent=parent, actor=actor, now=now, fanout_size=size, fanout_id=fanout_id
+            )
     return created
 
 
