@@ -28,11 +28,14 @@ LABELS: dict[str, str] = {
     "error": "Last error contains",
     "attempts_min": "Attempts at least",
     "assignee": "Assignee",  # issue 16: a username, none or any
+    "scheduled": "Scheduled for later",  # issue 15's run-at: true or false
     "parent": "Parent",
     "id": "Ids",
 }
 STAGE_PARAMS = ("stage", "source_stage")
 DATE_PARAMS = ("created_after", "created_before")
+# The filters that are a yes/no choice, and how their chips read it (the list's select says the same words).
+YES_NO = {"scheduled": {"true": "Yes", "false": "No"}}
 NOT_FILTERS = ("cursor",)  # a page of the list, not a filter: dropped when the filters change
 
 
@@ -59,6 +62,8 @@ def value_text(param: str, value: str, stage_names: dict[str, str], cleaned: dic
         return stage_names.get(value, value)
     if param == "status":
         return str(Task.Status(value).label) if value in Task.Status.values else value
+    if param in YES_NO:
+        return YES_NO[param].get(value, value)
     if param in DATE_PARAMS and isinstance(cleaned.get(param), datetime):
         return local_text(cleaned[param])
     return value

@@ -18,8 +18,10 @@ from django.core.management.base import CommandError
 from django.db import close_old_connections, connection, transaction
 from django.test import Client
 from django.utils import timezone
+from drf_spectacular.generators import SchemaGenerator
 from rest_framework.test import APIClient
 
+from tasks_app.limits import MAX_WAIT
 from tasks_app.models import Stage, Task, TaskEvent
 from tasks_app.services import counters as stage_counters
 from tasks_app.services import task_claim, task_create, task_release
@@ -460,3 +462,17 @@ def test_a_sweep_while_another_worker_sweeps_leaves_everything_to_it(db: None) -
     assert kinds(task) == ["created"]
     assert tasks_wait_sweep() is not None  # its turn once the other one is done
     assert kinds(task) == ["created", WAIT, "completed"]
+
+
+def test_the_openapi_schema_documents_max_wait_and_on_timeout_with_their_bounds() -> None:
+    document = SchemaGenerator().get_schema(request=None, public=True)
+    for name in ("Stage", "PatchedStage"):  # PUT/POST and PATCH
+        props = document["components"]["schemas"][name]["properties"]
+        max_wait = props["max_wait"]
+        assert (max_wait["type"], max_wait["minimum"], max_wait["maximum"], max_wait["nullable"]) == (
+            "integer",
+            1,
+            MAX_WAIT,
+            True,
+        )
+        assert (props["on_timeout"]["type"], props["on_timeout"]["maxLength"]) == ("string", 100)

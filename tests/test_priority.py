@@ -15,6 +15,7 @@ import pytest
 from django.core.management import call_command
 from django.test import Client
 from django.utils import timezone
+from drf_spectacular.generators import SchemaGenerator
 from rest_framework.test import APIClient
 
 from tasks_app.limits import MAX_PRIORITY, MIN_PRIORITY
@@ -298,3 +299,17 @@ def test_the_task_page_and_the_list_show_a_tasks_priority(world: dict[str, Stage
     assert ">priority 7</span>" in row[: row.index("</tr>")]
     row = listing[listing.index(f'<tr id="task-{plain.pk}">') :]
     assert "priority" not in row[: row.index("</tr>")]  # the default says nothing
+
+
+def test_the_openapi_schema_documents_priority_with_its_bounds() -> None:
+    document = SchemaGenerator().get_schema(request=None, public=True)
+    schemas = document["components"]["schemas"]
+    for name in ("TaskCreate", "SendItem"):  # create, bulk create; stage send, complete's and bulk complete's sends
+        priority = schemas[name]["properties"]["priority"]
+        assert (priority["type"], priority["minimum"], priority["maximum"]) == ("integer", MIN_PRIORITY, MAX_PRIORITY)
+        assert "priority" not in schemas[name].get("required", [])
+    assert schemas["BulkCompleteItem"]["properties"]["send"]["items"] == {"$ref": "#/components/schemas/SendItem"}
+    assert schemas["Task"]["properties"]["priority"]["readOnly"] is True
+    stage = schemas["Stage"]["properties"]
+    assert (stage["default_priority"]["minimum"], stage["default_priority"]["maximum"]) == (MIN_PRIORITY, MAX_PRIORITY)
+    assert stage["priority_from"]["type"] == "string"

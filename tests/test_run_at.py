@@ -8,13 +8,17 @@ Runs on SQLite and, under scripts/with_postgres.py, on PostgreSQL.
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
+from html import unescape
 from typing import Any
 
 import pytest
 from django.core.cache import cache
+from django.http import QueryDict
 from django.test import Client
 from django.utils import timezone
+from drf_spectacular.generators import SchemaGenerator
 from rest_framework.test import APIClient
 
 from examples.http_worker import Task as RemoteTask
@@ -27,7 +31,7 @@ from tasks_app.services.routing import Send
 from tasks_app.templatetags.task_extras import status_text
 from tasks_app.worker import Worker
 from tests.support.api import at, list_ids, post
-from tests.support.pages import LIST_URL, page
+from tests.support.pages import LIST_URL, Page, page
 from tests.support.world import nothing_written
 
 SLACK = timedelta(seconds=30)  # between a request's "now" and the test's
@@ -303,6 +307,38 @@ def test_the_list_and_the_api_filter_scheduled_tasks(
     assert viewer.get("/api/tasks/", {"scheduled": "maybe"}).status_code == 400
 
 
+def test_the_lists_filter_form_has_the_scheduled_choice_its_chip_and_the_bulk_sentence(
+    world: dict[str, Stage], admin_client: Client
+) -> None:
+    later = task_create(stage=world["ship"], type="order", payload={}, available_at=timezone.now() + timedelta(hours=2))
+    task_create(stage=world["ship"], type="order", payload={})
+
+    blank = admin_client.get(LIST_URL).content.decode()
+    assert Page(blank).submitted("filters")["scheduled"] == [""]  # Any: no filter, no chip
+    assert '<option value="">Any</option>' in blank and "Scheduled for later: " not in blank
+
+    html = admin_client.get(LIST_URL, {"scheduled": "true", "stage": "ship"}).content.decode()
+    form = Page(html).submitted("filters")
+    assert form["scheduled"] == ["true"] and form["stage"] == ["ship"]  # the form keeps the choice
+    assert '<option value="true" selected>Yes</option>' in html
+    chips = chip_links(html)
+    assert QueryDict(chips["Remove filter Scheduled for later: Yes ×"]).dict() == {"stage": "ship"}
+    assert list(page(admin_client.get(LIST_URL, form)).rows) == [later.pk]  # a submit of the form filters the same
+    assert "Remove filter Scheduled for later: No ×" in chip_links(
+        admin_client.get(LIST_URL, {"scheduled": "false"}).content.decode()
+    )
+
+    asked = page(admin_client.post("/tasks/bulk/", {"action": "cancel", "scope": "all", "query": "scheduled=true"}))
+    assert "1 task (scheduled for later: Yes)" in asked.text  # the bulk confirmation names the filter
+
+
+def chip_links(html: str) -> dict[str, str]:
+    """The active-filter chips: their text -> the query string of their link (none: {})."""
+    box = re.search(r'<ul class="active-filters".*?</ul>', html, re.DOTALL)
+    links = re.findall(r'<a class="chip" href="\?([^"]*)">(.*?)</a>', box.group(0), re.DOTALL) if box else []
+    return {" ".join(unescape(re.sub(r"<[^>]+>", "", text)).split()): unescape(href) for href, text in links}
+
+
 def test_the_http_workers_send_carries_the_options_the_api_takes(world: dict[str, Stage], operator: APIClient) -> None:
     # examples/http_worker.py: a remote handler's send(..., delay=, at=, priority=) becomes the complete's items.
     parent = task_create(stage=world["review"], type="order", payload={}, priority=2)
@@ -336,3 +372,29 @@ def test_a_jobs_sends_take_the_target_stages_priority_or_their_own_and_a_delay(w
     later = Task.objects.filter(stage=world["ship"]).exclude(pk=plain.pk).get()
     assert later.priority == 3
     assert before + timedelta(minutes=10) <= later.available_at < before + timedelta(minutes=10) + SLACK
+
+
+# -- the OpenAPI schema ----------------------------------------------------------------------------
+
+
+def test_the_openapi_schema_documents_run_at_and_delay_on_every_entry_path() -> None:
+    document = SchemaGenerator().get_schema(request=None, public=True)
+    schemas = document["components"]["schemas"]
+    for name in ("TaskCreate", "SendItem"):  # create and bulk create; stage send, complete's sends, bulk complete's
+        props = schemas[name]["properties"]
+        assert (props["available_at"]["type"], props["available_at"]["format"]) == ("string", "date-time"), name
+        assert (props["delay"]["type"], props["delay"]["minimum"], props["delay"]["maximum"]) == (
+            "number",
+            0,
+            MAX_DELAY,
+        ), name
+        assert {"available_at", "delay"}.isdisjoint(schemas[name].get("required", [])), name
+    assert schemas["BulkCompleteItem"]["properties"]["send"]["items"] == {"$ref": "#/components/schemas/SendItem"}
+    assert schemas["BulkCreate"]["properties"]["tasks"]["items"] == {"$ref": "#/components/schemas/TaskCreate"}
+    assert schemas["Task"]["properties"]["available_at"]["readOnly"] is True
+
+    [hook] = [p for p in document["paths"]["/hooks/{slug}/"]["post"]["parameters"] if p["name"] == "delay"]
+    assert (hook["in"], hook["schema"]["type"]) == ("query", "number")
+    assert f"0 to {MAX_DELAY}" in hook["description"]
+    [scheduled] = [p for p in document["paths"]["/api/tasks/"]["get"]["parameters"] if p["name"] == "scheduled"]
+    assert (scheduled["in"], sorted(scheduled["schema"]["enum"])) == ("query", ["false", "true"])
