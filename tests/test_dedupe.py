@@ -438,6 +438,35 @@ def test_api_stage_send_and_complete_say_which_were_deduplicated(keyed: dict[str
     assert done.json()[0]["id"] == waiting.pk
 
 
+def test_api_bulk_complete_says_which_sent_tasks_were_deduplicated(keyed: dict[str, Stage], admin: APIClient) -> None:
+    waiting = arrive(keyed["ship"], 6)
+    for n in (1, 2):
+        arrive(keyed["review"], n)
+    a, b = post(admin, "/api/stages/review/claim/", {"limit": 2}).json()
+    body = {
+        "tasks": [
+            {"id": a["id"], "lock_token": a["lock_token"], "send": [{"type": "approved", "payload": {"order_id": 6}}]},
+            {"id": b["id"], "lock_token": b["lock_token"], "send": [{"type": "approved", "payload": {"order_id": 7}}]},
+        ]
+    }
+
+    response = post(admin, "/api/tasks/bulk-complete/", body)
+
+    assert response.status_code == 200, response.content
+    first, second = response.json()["results"]
+    # approved goes to ship (dedupes on /order_id: 6 is live) and audit (no key): one live, one new each
+    at_ship = Task.objects.get(stage=keyed["ship"], payload__order_id=7)
+    at_audit = dict(Task.objects.filter(stage=keyed["audit"]).values_list("payload__order_id", "id"))
+    assert first == {
+        "id": a["id"],
+        "status": "completed",
+        "sent": [waiting.pk, at_audit[6]],
+        "deduplicated": [waiting.pk],
+    }
+    assert second == {"id": b["id"], "status": "completed", "sent": [at_ship.pk, at_audit[7]], "deduplicated": []}
+    assert Task.objects.filter(stage=keyed["ship"], payload__order_id=6).count() == 1
+
+
 def test_api_stage_fields_take_dedupe_on_and_refuse_bad_values(world: dict[str, Stage], admin: APIClient) -> None:
     ok = admin.patch("/api/stages/ship/", {"dedupe_on": ["/order_id", "/sku"]}, format="json")
     assert ok.status_code == 200 and ok.json()["dedupe_on"] == ["/order_id", "/sku"]

@@ -60,13 +60,18 @@ def refusal_text(exc: Exception) -> str:
 
 
 def bulk_result(outcome: services.ItemOutcome) -> dict[str, Any]:
-    """One item of bulk-complete's answer: completed (with the tasks it sent), lock_lost, or error."""
+    """One item of bulk-complete's answer: completed (with the tasks it sent), lock_lost, or error.
+
+    `deduplicated` (with `sent`): the sent ids that are a live task holding the send's dedupe key, not a
+    new task (issue 15: the API says so, as the single complete's `deduplicated` flags do).
+    """
     if outcome.status == "refused":
         assert outcome.error is not None
         return {"id": outcome.task_id, "status": "error", "error": refusal_text(outcome.error)}
     result: dict[str, Any] = {"id": outcome.task_id, "status": outcome.status}
     if outcome.successors:
         result["sent"] = [child.pk for child in outcome.successors]
+        result["deduplicated"] = [child.pk for child in outcome.successors if child.deduplicated]
     return result
 
 
@@ -132,7 +137,15 @@ BULK_COMPLETE_RESULT = inline_serializer(
             {
                 "id": serializers.IntegerField(),
                 "status": serializers.ChoiceField(choices=["completed", "cancelled", "lock_lost", "error"]),
-                "sent": serializers.ListField(child=serializers.IntegerField(), required=False),
+                "sent": serializers.ListField(
+                    child=serializers.IntegerField(), required=False, help_text="The tasks the completion sent."
+                ),
+                "deduplicated": serializers.ListField(
+                    child=serializers.IntegerField(),
+                    required=False,
+                    help_text="With `sent`: those of them that are a live task holding the send's dedupe key "
+                    "(nothing was created for them).",
+                ),
                 "error": serializers.CharField(required=False),
             },
             many=True,
@@ -331,7 +344,9 @@ class TaskViewSet(AssignActions, CancelActions, mixins.CreateModelMixin, viewset
 
     @extend_schema(summary="Complete claimed tasks in bulk", request=BulkCompleteSerializer,
                    description="One result per item. An item whose send nothing routes or whose payload breaks "
-                   "a schema answers `error` and stays locked; the other items complete.",
+                   "a schema answers `error` and stays locked; the other items complete. A completed item "
+                   "lists the tasks it sent (`sent`) and, of those, the live tasks a send's dedupe key found "
+                   "(`deduplicated`).",
                    responses={200: BULK_COMPLETE_RESULT})  # fmt: skip
     @action(detail=False, methods=["post"], url_path="bulk-complete", url_name="bulk-complete")
     def bulk_complete(self, request: Request) -> Response:
