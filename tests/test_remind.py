@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 from django.core import mail
 from django.core.management.base import CommandError
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.test import APIClient
 
@@ -123,6 +125,22 @@ def test_a_reminder_of_an_assigned_task_goes_to_its_assignee_as_its_arrival_did(
     tasks_remind(now=t0 + timedelta(seconds=HOUR + 1))
 
     assert reminder_rows(task) == [("email", "bob@example.com")]  # not the whole group
+
+
+def test_the_assignees_of_a_batch_are_read_in_one_query(fw: FormWorld, t0: datetime) -> None:
+    tasks = [arrived(fw.review, 0, now=t0, order_id=n) for n in range(6)]
+    Task.objects.filter(pk__in=[t.pk for t in tasks[:3]]).update(assignee=fw.bob)
+    Task.objects.filter(pk__in=[t.pk for t in tasks[3:]]).update(assignee=fw.alice)
+    user_table = connection.ops.quote_name(fw.bob._meta.db_table)
+
+    with CaptureQueriesContext(connection) as queries:
+        swept = tasks_remind(now=t0 + timedelta(seconds=HOUR + 1))
+
+    assert swept is not None and swept.reminded == 6
+    user_reads = [q["sql"] for q in queries if f"FROM {user_table}" in q["sql"]]
+    # one read of the assignees; the stage's members are read through their groups, apart
+    assert len([sql for sql in user_reads if "groups" not in sql]) == 1, user_reads
+    assert {r for t in tasks for r in reminder_rows(t)} == {("email", "bob@example.com"), ("email", fw.alice.email)}
 
 
 def test_reminders_stop_when_the_task_is_taken(fw: FormWorld, t0: datetime) -> None:

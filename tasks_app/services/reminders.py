@@ -33,7 +33,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db.models import QuerySet
+from django.db.models import QuerySet, prefetch_related_objects
 from django.utils import timezone
 
 from tasks_app.models import Notification, Stage, Task, TaskEvent
@@ -85,6 +85,8 @@ def tasks_remind(*, now: datetime | None = None, batch_size: int = BATCH_SIZE) -
             tasks = list(reminder_candidates(stage, queued=queued, now=now, limit=room))
             if tasks and members is None:
                 members = stage_members(stage)  # read once per stage and pass
+            # task_recipients reads task.assignee: one query for the batch, not one per assigned task.
+            prefetch_related_objects(tasks, "assignee")
             for task in tasks:
                 result.rows += _remind(stage, task, queued, members or [], now)
             result.reminded += len(tasks)
