@@ -11,7 +11,8 @@ Against `make run`, in a second terminal:
 The protocol is five calls (README, "REST API"):
 
     POST /api/stages/<slug>/claim/    {"limit": N, "lock_timeout": S?}      -> tasks, each with its lock_token
-    POST /api/tasks/<id>/heartbeat/   {"lock_token": T, "lock_timeout": S?} -> the lock lasts S more seconds
+    POST /api/tasks/<id>/heartbeat/   {"lock_token": T, "lock_timeout": S?} -> the lock lasts S more seconds,
+                                      and "cancel_requested": whether someone asked to cancel the task
     POST /api/tasks/<id>/complete/    {"lock_token": T, "send": [{"type": ..., "payload": {...}}]}
     POST /api/tasks/bulk-complete/    {"tasks": [{"id": ..., "lock_token": T, "send": [...]}, ...]}
     POST /api/tasks/<id>/release/     {"lock_token": T, "error": "...", "retry_in": S?}
@@ -24,9 +25,16 @@ server for longer than a lock lasts, the locks expire and another worker
 runs the tasks again, so handlers must be idempotent. A lock token is what
 makes a completion count: a stale one answers 409 and changes nothing.
 
+Cancel: when a heartbeat answers "cancel_requested": true, the task's
+`cancel_requested` turns true (a long handler may look and return early),
+and a task of the batch whose handler has not started yet is not run. Either
+way the task is completed as usual, and the server ends it `cancelled`,
+dropping what it sent (bulk-complete says "status": "cancelled").
+
 Handlers have the in-process worker's signature, handler(task) with
-task.id, task.type, task.payload, task.stage, task.attempts and
-task.send(type, payload), so one function can run in either worker.
+task.id, task.type, task.payload, task.stage, task.attempts,
+task.cancel_requested and task.send(type, payload), so one function can run
+in either worker.
 
 Configuration: flags, or the environment (flags win):
     HTTP_WORKER_URL (default http://127.0.0.1:8000), HTTP_WORKER_TOKEN (required),
@@ -78,6 +86,9 @@ class Task:
     attempts: int
     lock_token: str = field(repr=False)
     sent: list[Json] = field(default_factory=list, repr=False)
+    # Set by the heartbeat thread when the server reports that someone asked to cancel the task: a long
+    # handler may look and return early. Whatever it does, the completion ends the task cancelled.
+    cancel_requested: bool = False
 
     def send(
         self,
@@ -268,6 +279,9 @@ class Heartbeat(threading.Thread):
             self.done(task)
         elif status != 200 and still_ours:
             log.warning("heartbeat of task %s: HTTP %s %s", task.id, status, _detail(data))
+        elif status == 200 and isinstance(data, dict) and data.get("cancel_requested") and not task.cancel_requested:
+            log.info("task %s: cancel requested; it ends cancelled when completed", task.id)
+            task.cancel_requested = True  # the handler may look (a plain bool: one writer, this thread)
 
 
 def lock_seconds(claimed: Json) -> float:
@@ -303,7 +317,7 @@ class Worker:
         self.config = config
         self.api = api
         self.stop = threading.Event()
-        self.counts = {"completed": 0, "released": 0, "lost": 0, "unsettled": 0}
+        self.counts = {"completed": 0, "released": 0, "lost": 0, "unsettled": 0, "cancelled": 0}
         self.handled = 0
 
     # 1. the loop
@@ -375,6 +389,11 @@ class Worker:
                 self.release(task, "not run: the worker was stopped before its handler started", retry_in=0)
                 continue
             self.handled += 1
+            if task.cancel_requested:
+                # A heartbeat said someone asked to cancel it: don't start its work. Completed with
+                # nothing sent, it ends cancelled (as it would whatever the handler did).
+                succeeded.append(task)
+                continue
             try:
                 self.config.handler(task)
             except Abort:
@@ -389,11 +408,9 @@ class Worker:
 
     # 4. completing and releasing
     def complete(self, tasks: list[Task], beat: Heartbeat) -> None:
-        """One call for the batch (bulk-complete) or, for a single task, the plain complete."""
+        """One bulk-complete call for the batch, a single task too: its answer says completed or cancelled."""
         try:
-            if len(tasks) == 1:
-                self.complete_one(tasks[0], beat)
-            elif tasks:
+            if tasks:
                 self.complete_bulk(tasks, beat)
         except OSError as exc:  # no answer, even after retries: as for a 5xx
             self._unsettled(tasks, 0, str(exc))
@@ -418,6 +435,10 @@ class Worker:
             task = by_id[result["id"]]
             if result["status"] == "completed":
                 self.counts["completed"] += 1
+            elif result["status"] == "cancelled":
+                # Someone asked to cancel it while we held it: it ended cancelled and what it sent was dropped.
+                self.counts["cancelled"] += 1
+                log.info("task %s: cancelled (a cancel was requested); its sends were dropped", task.id)
             elif result["status"] == "lock_lost":
                 self._lost(task, "its lock expired and another worker claimed it")
             else:  # "error": a send nothing routes; the task is still ours, so give it back with why
@@ -429,7 +450,10 @@ class Worker:
             f"/api/tasks/{task.id}/complete/", {"lock_token": task.lock_token, "send": task.sent}
         )
         if status == 200:
-            self.counts["completed"] += 1
+            # The answer is the tasks it sent: none when the completion ended a cancel-requested task
+            # cancelled (its sends dropped); bulk-complete, which says so, is the usual path.
+            cancelled = task.cancel_requested or (bool(task.sent) and data == [])
+            self.counts["cancelled" if cancelled else "completed"] += 1
         elif status == 409:
             self._lost(task, _detail(data))
         elif status >= 500:
@@ -575,7 +599,8 @@ def main(argv: list[str] | None = None) -> int:
         status = 130
     c = worker.counts
     print(f"http_worker {socket.gethostname()}:{os.getpid()}: {c['completed']} completed, "
-          f"{c['released']} released, {c['lost']} lost, {c['unsettled']} unsettled", flush=True)  # fmt: skip
+          f"{c['released']} released, {c['lost']} lost, {c['unsettled']} unsettled, "
+          f"{c['cancelled']} cancelled", flush=True)  # fmt: skip
     return status
 
 

@@ -122,3 +122,17 @@ def send_with_options(task: Any) -> None:
 def job_send_later(job: Any) -> None:
     """A job's send with options: one "digest" task, held back ten minutes, at priority 3."""
     job.send("digest", {"count": len(job.tasks)}, delay=600, priority=3)
+
+
+def forward_until_cancelled(task: Any) -> None:
+    """Work up to payload["seconds"] in small steps, stopping early once task.cancel_requested turns true.
+
+    Leaves <dir>/<id>.saw-cancel or <dir>/<id>.ran-out, then `forward`s either way (a cancelled task's
+    send must be dropped). examples/http_worker.py's task sets the flag from its heartbeats.
+    """
+    started = time.monotonic()
+    while time.monotonic() - started < float(task.payload["seconds"]) and not task.cancel_requested:
+        time.sleep(0.05)
+    seen = "saw-cancel" if task.cancel_requested else "ran-out"
+    (Path(task.payload["dir"]) / f"{task.id}.{seen}").write_text(f"{time.monotonic() - started:.2f}")
+    forward(task)

@@ -9,6 +9,7 @@ BEGIN IMMEDIATE (WAL lets readers through); on PostgreSQL by SKIP LOCKED.
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import subprocess
@@ -79,10 +80,22 @@ def start_client(base: str, token: str, *args: str) -> subprocess.Popen[str]:
 
 
 def summary(output: str) -> dict[str, int]:
-    """The client's closing line: `http_worker host:pid: 3 completed, 1 released, 0 lost, 0 unsettled`."""
-    found = re.search(r"(\d+) completed, (\d+) released, (\d+) lost, (\d+) unsettled", output)
+    """The client's closing line: `http_worker host:pid: 3 completed, 1 released, 0 lost, 0 unsettled, 0 cancelled`."""
+    found = re.search(r"(\d+) completed, (\d+) released, (\d+) lost, (\d+) unsettled, (\d+) cancelled", output)
     assert found, output
-    return dict(zip(["completed", "released", "lost", "unsettled"], map(int, found.groups()), strict=True))
+    keys = ["completed", "released", "lost", "unsettled", "cancelled"]
+    return dict(zip(keys, map(int, found.groups()), strict=True))
+
+
+def api_post(base: str, token: str, path: str, body: dict[str, object]) -> object:
+    """POST JSON to the server as the token's user, as an operator's script would; the decoded answer (200 only)."""
+    request = urllib.request.Request(
+        base + path, data=json.dumps(body).encode(), method="POST",
+        headers={"Authorization": f"Token {token}", "Content-Type": "application/json"},
+    )  # fmt: skip
+    with urllib.request.urlopen(request, timeout=30) as response:
+        assert response.status == 200
+        return json.loads(response.read())
 
 
 def pipeline(source: str, handler: str) -> tuple[Stage, Stage]:
@@ -145,7 +158,7 @@ def test_http_clients_and_run_worker_drain_one_stage_together_each_task_once(
     assert set(by_actor) == {"in-process", API_ACTOR}, by_actor
     client_counts = [summary(out) for out in outputs[1:]]
     assert sum(c["completed"] for c in client_counts) == by_actor[API_ACTOR]
-    assert all(c["released"] == c["lost"] == c["unsettled"] == 0 for c in client_counts)
+    assert all(c["released"] == c["lost"] == c["unsettled"] == c["cancelled"] == 0 for c in client_counts)
 
 
 @pytest.mark.django_db(transaction=True)
@@ -159,7 +172,7 @@ def test_a_handler_error_releases_the_task_with_the_error_in_its_history(server:
                           "--handler", "tests.handlers:forward_unless_fail")  # fmt: skip
     out = client.communicate(timeout=120)[0]
     assert client.returncode == 0, out
-    assert summary(out) == {"completed": 9, "released": 3, "lost": 0, "unsettled": 0}
+    assert summary(out) == {"completed": 9, "released": 3, "lost": 0, "unsettled": 0, "cancelled": 0}
 
     # The others of the same batch completed (one bulk call) and sent their successors.
     assert set(Task.objects.filter(stage=sink).values_list("parent_id", flat=True)) == ids - failing
@@ -197,7 +210,7 @@ def test_a_refused_send_releases_only_its_task(server: str, token: str, payload:
                           "--handler", "tests.handlers:forward_or_misroute")  # fmt: skip
     out = client.communicate(timeout=120)[0]
     assert client.returncode == 0, out
-    assert summary(out) == {"completed": 3, "released": 1, "lost": 0, "unsettled": 0}
+    assert summary(out) == {"completed": 3, "released": 1, "lost": 0, "unsettled": 0, "cancelled": 0}
     assert set(Task.objects.filter(stage=sink).values_list("parent_id", flat=True)) == ids - {bad}
     task = Task.objects.get(pk=bad)
     assert task.status == Task.Status.PENDING and refusal in task.last_error
@@ -222,7 +235,7 @@ def test_heartbeats_keep_a_slow_task_from_being_claimed_again(server: str, token
     poller.send_signal(signal.SIGTERM)
     poller.communicate(timeout=60)
     assert client.returncode == 0, out
-    assert summary(out) == {"completed": 1, "released": 0, "lost": 0, "unsettled": 0}
+    assert summary(out) == {"completed": 1, "released": 0, "lost": 0, "unsettled": 0, "cancelled": 0}
 
     task = Task.objects.get(pk=task_id)
     assert task.status == Task.Status.COMPLETED and task.attempts == 1
@@ -231,6 +244,49 @@ def test_heartbeats_keep_a_slow_task_from_being_claimed_again(server: str, token
     assert [k for k, _ in kinds].count("lock_extended") >= 1
     assert kinds[-1] == ("completed", API_ACTOR)
     assert Task.objects.filter(stage=sink, parent_id=task_id).count() == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_cancel_request_stops_the_running_handler_skips_the_unstarted_one_and_drops_their_sends(
+    server: str, token: str, workers: Procs, tmp_path: Path
+) -> None:
+    # A 3-second lock: the client beats every second, and each beat answers cancel_requested.
+    stage, sink = pipeline("cancellable", "tests.handlers.noop")
+    Stage.objects.filter(pk=stage.pk).update(lock_timeout=3)
+    ids = make_tasks(stage, [{"n": n, "seconds": 60, "dir": str(tmp_path)} for n in range(2)])
+    running, waiting = sorted(ids)  # one batch, run in claim order (equal priority: by id)
+    client = start_client(server, token, "--stage", "cancellable", "--once", "--limit", "2",
+                          "--handler", "tests.handlers:forward_until_cancelled")  # fmt: skip
+    workers.append(client)
+    assert wait_for(lambda: Task.objects.filter(pk__in=ids, locked_by=API_ACTOR).count() == 2, timeout=60)
+    assert wait_for(lambda: Task.objects.filter(pk=running, events__kind="lock_extended").exists(), timeout=30)
+
+    # Cancel the task not started yet, and wait for a heartbeat after the request: the client knows then.
+    answer = api_post(server, token, f"/api/tasks/{waiting}/cancel/", {"reason": "not needed"})
+    assert answer == {"id": waiting, "outcome": "requested", "cascaded": []}
+    asked = TaskEvent.objects.get(task_id=waiting, kind="cancel_requested").pk
+    assert wait_for(
+        lambda: TaskEvent.objects.filter(task_id=waiting, kind="lock_extended", pk__gt=asked).exists(), timeout=30
+    )
+    # Then the running one: its handler sees task.cancel_requested at the next beat and returns early.
+    answer = api_post(server, token, f"/api/tasks/{running}/cancel/", {"reason": "not needed"})
+    assert answer == {"id": running, "outcome": "requested", "cascaded": []}
+
+    out = client.communicate(timeout=60)[0]
+    assert client.returncode == 0, out
+    assert summary(out) == {"completed": 0, "released": 0, "lost": 0, "unsettled": 0, "cancelled": 2}
+    assert (tmp_path / f"{running}.saw-cancel").exists() and not (tmp_path / f"{running}.ran-out").exists()
+    assert not (tmp_path / f"{waiting}.saw-cancel").exists() and not (tmp_path / f"{waiting}.ran-out").exists()
+    # Both ended cancelled by the client's completion, and the running one's send was dropped.
+    assert set(Task.objects.filter(pk__in=ids).values_list("status", flat=True)) == {Task.Status.CANCELLED}
+    assert not Task.objects.filter(stage=sink).exists()
+    for task_id in ids:
+        kinds = list(TaskEvent.objects.filter(task_id=task_id).order_by("id").values_list("kind", "actor"))
+        # Requested by the token's user over the API, ended by the client's completion (its claim's actor).
+        assert ("cancel_requested", f"user:{API_USER}") in kinds and kinds[-1] == ("cancelled", API_ACTOR), kinds
+        assert "completed" not in [k for k, _ in kinds]
+    dropped = TaskEvent.objects.get(task_id=running, kind="cancelled").details["dropped"]
+    assert dropped == ["next"]
 
 
 @pytest.mark.django_db(transaction=True)
@@ -246,7 +302,7 @@ def test_sigterm_finishes_the_task_in_hand_and_gives_the_rest_back(
     client.send_signal(signal.SIGTERM)
     out = client.communicate(timeout=60)[0]
     assert client.returncode == 0, out
-    assert summary(out) == {"completed": 1, "released": 2, "lost": 0, "unsettled": 0}
+    assert summary(out) == {"completed": 1, "released": 2, "lost": 0, "unsettled": 0, "cancelled": 0}
 
     [started] = [int(p.stem) for p in tmp_path.glob("*.started")]  # the others never ran
     assert Task.objects.get(pk=started).status == Task.Status.COMPLETED
@@ -264,7 +320,7 @@ def test_max_tasks_claims_no_more_than_it_will_handle(server: str, token: str) -
                           "--handler", "tests.handlers:forward")  # fmt: skip
     out = client.communicate(timeout=60)[0]
     assert client.returncode == 0, out
-    assert summary(out) == {"completed": 3, "released": 0, "lost": 0, "unsettled": 0}
+    assert summary(out) == {"completed": 3, "released": 0, "lost": 0, "unsettled": 0, "cancelled": 0}
     # The other two were never claimed (the claim asked for 3, not 10), so nobody waits for their locks.
     assert Task.objects.filter(pk__in=ids).exclude(locked_at=None).count() == 3
     assert Task.objects.filter(stage=stage, status=Task.Status.PENDING, attempts=0).count() == 2
