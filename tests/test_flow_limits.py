@@ -12,6 +12,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -22,7 +23,7 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from tasks_app.models import Stage, StageGate, Task
+from tasks_app.models import DecisionLinkUse, JobRun, Stage, StageGate, Task, Transition
 from tasks_app.services import claim as claim_module
 from tasks_app.services import (
     task_claim,
@@ -35,15 +36,19 @@ from tasks_app.services import (
 from tasks_app.services.cancel import task_cancel
 from tasks_app.services.claim import claim_params
 from tasks_app.services.complete import Completion
+from tasks_app.services.decision_links import LinkRefused, decision_link_use
+from tasks_app.services.decision_tokens import link_url
 from tasks_app.services.errors import TaskStateError
 from tasks_app.services.flow_limits import CAP_PAUSE, RUNNING_SQL, throttle_pause, throttled_counts, window_start
 from tasks_app.services.form_stages import form_task_cancel, form_task_open
+from tasks_app.services.jobs import job_run_now
 from tasks_app.services.pipeline import tasks_complete_and_claim
 from tasks_app.services.workflow import workflow_dump, workflow_problems
 from tasks_app.worker import Worker
 from tests.support.pages import STAGE_URL, form_fields
 from tests.support.plans import explain
 from tests.support.users import logged_in, make_user
+from tests.support.work import form_world, sent_order
 from tests.support.world import kinds
 
 # A fixed instant 10 s into a minute: windows of a second and a minute are easy to step through.
@@ -166,16 +171,22 @@ def test_the_cap_counts_a_live_lock_and_takes_over_only_expired_ones(review: Sta
 
 
 def test_completing_and_claiming_together_frees_the_slot_first(review: Stage) -> None:
-    limited(review, cap=1)
-    backlog(review, 2)
-    [held] = task_claim(stage=review, worker_id="w1")
+    # On PostgreSQL a plain completion and a claim usually go out pipelined in one statement pair that
+    # ignores the gate (services.pipeline); a capped stage must not take it: 2 held of a cap of 2 and 5
+    # waiting, one completed, so exactly one slot is free however many the worker asks for.
+    limited(review, cap=2)
+    backlog(review, 7)
+    done, still_held = task_claim(stage=review, worker_id="w1", limit=2)
 
     outcomes, claimed = tasks_complete_and_claim(
-        items=[Completion(held.pk, held.lock_token, [])], stage=review, worker_id="w1", limit=5
+        items=[Completion(done.pk, done.lock_token, [])], stage=review, worker_id="w1", limit=5
     )
 
     assert [o.status for o in outcomes] == ["completed"]
-    assert len(claimed) == 1 and locked_at(review) == 1
+    assert len(claimed) == 1 and locked_at(review) == 2
+    assert Task.objects.get(pk=still_held.pk).status == Task.Status.LOCKED
+    assert Task.objects.filter(stage=review, status=Task.Status.PENDING).count() == 4
+    assert throttled(review) == 1  # cut from 5 to 1 while tasks waited
 
 
 # -- the rate limit --------------------------------------------------------------------------------
@@ -286,6 +297,27 @@ def test_a_capped_claim_locks_the_gate_then_counts_then_claims(review: Stage, mo
     # Cut short by the cap (1 of 3): the gated path decides the rest: lock, count, nothing more to claim.
     assert "FOR UPDATE" in statements[2] and "stagegate" in statements[2]
     assert "count(*)" in statements[3] and claim_module.PG_CLAIM_SQL not in statements[4:]
+
+
+# -- job stages -------------------------------------------------------------------------------------
+
+
+def test_a_job_run_at_a_capped_stage_takes_only_the_free_slots(world: dict[str, Stage]) -> None:
+    job = Stage.objects.create(
+        slug="nightly", name="Nightly", kind=Stage.Kind.JOB, schedule="0 3 * * *", handler="tests.handlers.digest",
+        max_concurrency=3,
+    )  # fmt: skip
+    Transition.objects.create(source=job, target=world["ship"], task_type="")
+    waiting = backlog(job, 10)
+
+    run = job_run_now(stage=job, worker_id="sched")
+
+    assert run is not None and run.status == JobRun.Status.SUCCEEDED and run.tasks_processed == 3
+    [digest] = Task.objects.filter(stage=world["ship"])
+    assert digest.payload["ids"] == [t.pk for t in waiting[:3]]  # the oldest three, in claim order
+    assert Task.objects.filter(stage=job, status=Task.Status.COMPLETED).count() == 3
+    assert Task.objects.filter(stage=job, status=Task.Status.PENDING).count() == 7
+    assert throttled(job) == 1  # its claim of up to TASKS_JOB_MAX_TASKS was cut to 3 while 7 waited
 
 
 # -- the worker ------------------------------------------------------------------------------------
@@ -581,6 +613,43 @@ def test_opening_a_form_task_takes_a_slot_of_the_cap(db: None) -> None:
     form_task_cancel(task_id=first.pk, user=ann)  # she hands it back: the slot is free
     assert form_task_open(task=Task.objects.get(pk=second.pk), user=bob).locked_by == "user:bob"
     assert locked_at(form) == 1
+
+
+def test_opening_a_form_task_counts_against_the_rate_limit(db: None) -> None:
+    form = Stage.objects.create(slug="approve", name="Approve", kind=Stage.Kind.FORM, rate_limit="1/minute")
+    first, second = backlog(form, 2, now=T0 - timedelta(hours=1))
+    ann, bob = make_user("ann", superuser=True), make_user("bob", superuser=True)
+
+    form_task_open(task=first, user=ann, now=T0)
+    with pytest.raises(TaskStateError, match=r"Stage 'approve' is at its limit \(1/minute opened\)"):
+        form_task_open(task=Task.objects.get(pk=second.pk), user=bob, now=T0 + timedelta(seconds=30))
+    assert Task.objects.get(pk=second.pk).status == Task.Status.PENDING
+    assert StageGate.objects.get(stage=form).window_count == 1
+
+    # The next minute's window: bob may open it, though ann still has hers open (no cap, only a rate).
+    opened = form_task_open(task=Task.objects.get(pk=second.pk), user=bob, now=T0 + timedelta(seconds=50))
+    assert opened.locked_by == "user:bob" and locked_at(form) == 2
+
+
+def test_a_one_click_mail_decision_at_a_full_capped_stage_is_refused_and_the_link_still_works(db: None) -> None:
+    world = form_world()
+    Stage.objects.filter(pk=world.review.pk).update(max_concurrency=1)
+    order = {"order_id": 42, "customer": {"email": "c@example.com"}}
+    held, linked = sent_order(world, order), sent_order(world, {**order, "order_id": 43})
+    form_task_open(task=held, user=world.bob)  # the one slot
+    path = urlsplit(link_url(task_id=linked.pk, user_id=world.alice.pk, type="approved")).path
+    token = path.rstrip("/").rpartition("/")[2]
+
+    with pytest.raises(LinkRefused, match=r"Stage 'review' is at its limit \(1 open at once\)") as refused:
+        decision_link_use(token=token, user=world.alice)
+
+    assert refused.value.status == 409
+    assert Task.objects.get(pk=linked.pk).status == Task.Status.PENDING and locked_at(world.review) == 1
+    assert not DecisionLinkUse.objects.exists()  # the use went with the refused decision
+    form_task_cancel(task_id=held.pk, user=world.bob)  # bob hands his back: the slot is free
+    decided = decision_link_use(token=token, user=world.alice)
+    assert [t.stage.slug for t in decided.successors] == ["invoice"]
+    assert Task.objects.get(pk=linked.pk).status == Task.Status.COMPLETED
 
 
 @pytest.mark.postgres
