@@ -157,6 +157,49 @@ def test_health_documents_its_body(schema: dict[str, Any]) -> None:
     assert "status" in body_schema(schema, "/api/health/", "get", "503")["properties"]
 
 
+# -- flow control (issue 15) ---------------------------------------------------------------
+
+
+def test_the_flow_control_fields_are_documented(schema: dict[str, Any]) -> None:
+    components = schema["components"]["schemas"]
+    stage = components["Stage"]["properties"]
+    assert stage["max_concurrency"]["type"] == "integer" and stage["max_concurrency"]["nullable"] is True
+    assert (stage["max_concurrency"]["minimum"], stage["max_concurrency"]["maximum"]) == (1, 10_000)
+    assert stage["rate_limit"]["type"] == "string" and "N/second" in stage["rate_limit"]["description"]
+    assert stage["dedupe_on"] == {**stage["dedupe_on"], "type": "array", "items": {"type": "string"}}
+    assert {"default_priority", "priority_from", "max_wait", "on_timeout"} <= set(stage)
+    rules = {value for choice in stage["join_rule"]["oneOf"] for value in resolve(schema, choice)["enum"]}
+    assert rules == {"siblings", "count", ""}  # blank: not a join stage
+    for field in ("join_key", "join_count", "join_timeout", "join_type"):
+        assert field in stage, field
+    assert set(components["PatchedStage"]["properties"]) == set(stage)
+    task = components["Task"]["properties"]
+    for field in ("fanout_id", "fanout_size"):
+        assert task[field] == {"type": "integer", "readOnly": True, "nullable": True}, field
+    assert {"priority", "available_at", "dedupe_key", "deduplicated", "cancel_requested"} <= set(task)
+    for component in ("TaskCreate", "SendItem"):
+        sent = components[component]["properties"]
+        assert (sent["priority"]["minimum"], sent["priority"]["maximum"]) == (-1000, 1000), component
+        assert sent["available_at"]["format"] == "date-time", component
+        assert sent["delay"]["type"] == "number" and sent["delay"]["minimum"] == 0, component
+
+
+def test_the_claim_declares_its_retry_after_header(schema: dict[str, Any]) -> None:
+    answer = schema["paths"]["/api/stages/{slug}/claim/"]["post"]["responses"]["200"]
+    header = answer["headers"]["Retry-After"]
+    assert header["schema"] == {"type": "integer"}
+    assert "max_concurrency" in header["description"] and "rate_limit" in header["description"]
+    # A response header, not a request parameter.
+    assert "Retry-After" not in param_names(schema["paths"]["/api/stages/{slug}/claim/"]["post"])
+
+
+def test_bulk_complete_declares_which_sends_were_deduplicated(schema: dict[str, Any]) -> None:
+    results = body_schema(schema, "/api/tasks/bulk-complete/", "post", "200")["properties"]["results"]
+    item = resolve(schema, results["items"])["properties"]
+    assert item["sent"]["items"] == item["deduplicated"]["items"] == {"type": "integer"}
+    assert "dedupe key" in item["deduplicated"]["description"]
+
+
 # -- descriptions ------------------------------------------------------------------------
 
 

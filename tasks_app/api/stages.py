@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from drf_spectacular.utils import OpenApiExample, OpenApiResponse, extend_schema, extend_schema_view
+from drf_spectacular.utils import OpenApiExample, OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -98,6 +98,17 @@ class StageViewSet(viewsets.ModelViewSet):
         summary="Claim tasks of a stage",
         request=ClaimSerializer,
         responses={200: ClaimedTaskSerializer(many=True)},
+        parameters=[
+            # A response header: only on a claim the stage's cap or rate limit cut short (maybe to none).
+            OpenApiParameter(
+                "Retry-After",
+                int,
+                location=OpenApiParameter.HEADER,
+                response=[200],
+                description="Sent when the stage's `max_concurrency` or `rate_limit` cut this claim short "
+                "while tasks were waiting: whole seconds (at least 1) before a claim is worth trying again.",
+            )
+        ],
         # Swagger UI sends its example as is: a short lock, not the maximum (7 days).
         examples=[OpenApiExample("Claim one task for 30 s", value={"limit": 1, "lock_timeout": 30}, request_only=True)],
     )
