@@ -1,7 +1,7 @@
 """Deleting a stage: one policy (services.stages.stage_delete) for the REST API and the admin.
 
 Refused while the stage has pending or locked tasks; otherwise its finished
-tasks and their history go with it. The admin used to refuse any stage that
+(completed, failed, cancelled) tasks and their history go with it. The admin used to refuse any stage that
 ever had a task (Task.stage is PROTECT) while the API deleted it.
 """
 
@@ -14,7 +14,8 @@ from rest_framework.test import APIClient
 from tasks_app.models import Stage, Task, TaskEvent, Transition
 from tasks_app.services import TaskStateError, task_claim, task_complete, task_create, task_fail
 from tasks_app.services import stages as stage_services
-from tasks_app.services.stages import stage_delete
+from tasks_app.services.cancel import task_cancel
+from tasks_app.services.stages import stage_delete, stage_delete_refusal
 
 REFUSAL = "still has pending or locked tasks"
 
@@ -144,3 +145,47 @@ def test_admin_bulk_delete_is_all_or_nothing(world: dict[str, Stage], admin_clie
     assert response.status_code == 302
     assert not Stage.objects.filter(slug__in=["ship", "notify"]).exists()
     assert not Task.objects.filter(stage__slug__in=["ship", "notify"]).exists()
+
+
+# -- cancelled tasks are finished too ------------------------------------------------------------
+
+
+def cancelled_tasks(stage: Stage) -> list[int]:
+    """Two cancelled tasks at the stage (one at once, one by a request its completion obeyed): their ids."""
+    at_once = task_create(stage=stage, type="t", payload={})
+    task_cancel(task_id=at_once.pk, actor="user:ann")
+    task_create(stage=stage, type="t", payload={})
+    [held] = task_claim(stage=stage, worker_id="w")
+    task_cancel(task_id=held.pk, actor="user:ann")
+    task_complete(task_id=held.pk, lock_token=held.lock_token)
+    assert set(Task.objects.filter(stage=stage).values_list("status", flat=True)) == {"cancelled"}
+    return [at_once.pk, held.pk]
+
+
+def test_service_deletes_a_stage_whose_tasks_are_all_cancelled(world: dict[str, Stage]) -> None:
+    ids = cancelled_tasks(world["ship"])
+    assert stage_delete_refusal(world["ship"]) == ""
+    assert stage_delete(stage=world["ship"]) == 2
+    assert not Stage.objects.filter(slug="ship").exists()
+    assert not Task.objects.filter(pk__in=ids).exists()
+    assert not TaskEvent.objects.filter(task_id__in=ids).exists()
+
+
+def test_api_deletes_a_stage_whose_tasks_are_all_cancelled(world: dict[str, Stage], admin: APIClient) -> None:
+    ids = cancelled_tasks(world["ship"])
+    response = admin.delete("/api/stages/ship/")
+    assert response.status_code == 204, getattr(response, "data", None)
+    assert not Stage.objects.filter(slug="ship").exists()
+    assert not Task.objects.filter(pk__in=ids).exists()
+
+
+def test_admin_counts_and_deletes_a_stage_whose_tasks_are_all_cancelled(
+    world: dict[str, Stage], admin_client: Client
+) -> None:
+    ids = cancelled_tasks(world["ship"])
+    html = admin_client.get(admin_delete_url(world["ship"])).content.decode()
+    assert "Cannot delete" not in html and "2 finished tasks (with their history)" in html
+    response = admin_client.post(admin_delete_url(world["ship"]), {"post": "yes"})
+    assert response.status_code == 302
+    assert not Stage.objects.filter(slug="ship").exists()
+    assert not Task.objects.filter(pk__in=ids).exists()

@@ -17,12 +17,16 @@ from django.db.models.functions import Substr
 from django.utils import timezone
 
 from tasks_app.models import JobRun, Stage, Task, Transition
+from tasks_app.services.waiting import wait_start
+
+# What deleting a stage takes with it (services.stages.FINISHED, the same list): every status but pending and locked.
+FINISHED = [Task.Status.COMPLETED, Task.Status.FAILED, Task.Status.CANCELLED]
 
 
 def stage_delete_counts(stages: Iterable[Stage]) -> dict[str, int]:
     """Counts of what goes with the stages: finished tasks (with their history) and transitions, either way."""
     ids = [s.pk for s in stages]
-    finished = Task.objects.filter(stage_id__in=ids, status__in=[Task.Status.COMPLETED, Task.Status.FAILED])
+    finished = Task.objects.filter(stage_id__in=ids, status__in=FINISHED)
     transitions = Transition.objects.filter(Q(source_id__in=ids) | Q(target_id__in=ids))
     return {
         "finished tasks (with their history)": finished.aggregate(n=Count("id"))["n"],
@@ -96,12 +100,14 @@ def stage_recent_errors(
 
 
 def stage_live_counts(stage: Stage) -> dict[str, Any]:
-    """Pending and locked tasks at the stage (exact, claim index), how many of them are retries, the oldest pending."""
+    """Pending and locked tasks at the stage (exact, claim index), how many of them are retries, and when the
+    longest wait of a due pending task began (the overview's oldest pending: selectors.overview.live_counts)."""
     out: dict[str, Any] = {"pending": 0, "locked": 0, "retrying": 0, "oldest_pending": None}
+    due = Q(status=Task.Status.PENDING, available_at__lte=timezone.now())
     rows = (
         Task.objects.filter(stage=stage, status__in=LIVE)
         .values_list("status")
-        .annotate(n=Count("id"), retrying=Count("id", filter=Q(attempts__gt=0)), oldest=Min("created_at"))
+        .annotate(n=Count("id"), retrying=Count("id", filter=Q(attempts__gt=0)), oldest=Min(wait_start(), filter=due))
         .order_by()
     )
     for status, n, retrying, oldest in rows:

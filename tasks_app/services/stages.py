@@ -4,9 +4,9 @@ and pausing or resuming one from its page (stage_set_paused).
 A stage with pending or locked tasks is not deleted: those tasks would be
 lost half-way (a worker holding one would complete a task that no longer
 exists). Pause the stage and let them finish, or move them, first. A stage
-whose tasks are all finished goes with its finished tasks and their history,
-its transitions (both ways), job runs, hook receipts and counters; tasks
-elsewhere that it sent keep existing, without a source stage.
+whose tasks are all finished (completed, failed or cancelled) goes with them
+and their history, its transitions (both ways), job runs, hook receipts and
+counters; tasks elsewhere that it sent keep existing, without a source stage.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from tasks_app.services.notify import notify_stages
 logger = logging.getLogger("tasks_app")
 
 LIVE = [Task.Status.PENDING, Task.Status.LOCKED]
-FINISHED = [Task.Status.COMPLETED, Task.Status.FAILED]
+FINISHED = [Task.Status.COMPLETED, Task.Status.FAILED, Task.Status.CANCELLED]
 
 
 def _refusal(stage: Stage) -> str:
