@@ -566,14 +566,15 @@ class TaskQuerySet(models.QuerySet["Task"]):
         """What a claim may take: pending and due, or locked with an expired lock (no reaper delay) and attempts left.
 
         An expired lock on its stage's last attempt is the expiry sweep's to
-        fail, so a reclaim never runs a task beyond max_attempts. The claim's
+        fail, so a reclaim never runs a task beyond max_attempts; one whose
+        cancel was requested is the sweep's to cancel. The claim's
         SQL spelling is services.claim.CLAIMABLE_WHERE; tests/test_lifecycle_rules.py
         holds the two to the same rows on both databases.
         """
         attempts_left = Q(stage__max_attempts__isnull=True) | Q(attempts__lt=F("stage__max_attempts"))
         return self.filter(
             Q(status=Task.Status.PENDING, available_at__lte=now)
-            | (Q(status=Task.Status.LOCKED, locked_until__lt=now) & attempts_left)
+            | (Q(status=Task.Status.LOCKED, locked_until__lt=now, cancel_requested=False) & attempts_left)
         )
 
 

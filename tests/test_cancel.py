@@ -16,7 +16,7 @@ from django.test import Client
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from tasks_app.models import Stage, Task, TaskEvent
+from tasks_app.models import JobRun, Stage, Task, TaskEvent, Transition
 from tasks_app.services import (
     Completion,
     TaskLockLost,
@@ -24,18 +24,29 @@ from tasks_app.services import (
     task_claim,
     task_complete,
     task_fail,
+    task_force_release,
+    task_mark_completed,
     task_release,
+    task_retry,
+    task_unclaim,
     tasks_complete_each,
     tasks_expire_locks,
+    tasks_unclaim_orphans,
 )
 from tasks_app.services import counters as stage_counters
 from tasks_app.services.cancel import task_cancel
+from tasks_app.services.claim import CLAIMABLE_WHERE, claim_params, task_claim_rows
 from tasks_app.services.complete import task_extend_lock_reporting, tasks_extend_locks_reporting
+from tasks_app.services.form_stages import form_task_cancel, form_task_open
+from tasks_app.services.handlers import HandlerTask
+from tasks_app.services.jobs import job_run_now
 from tasks_app.services.pipeline import tasks_complete_and_claim
 from tasks_app.services.retention import tasks_prune
+from tasks_app.worker import Worker
 from tests.support.api import get, post
 from tests.support.pages import shown_messages
 from tests.support.users import all_view_codenames, logged_in, make_user
+from tests.support.work import form_world
 from tests.support.world import claim_one, create, kinds, nothing_written
 
 S = Task.Status
@@ -522,3 +533,393 @@ def test_api_bulk_cancel_by_filter(world: dict[str, Stage], operator: APIClient)
         ):
             answer = post(operator, "/api/tasks/bulk-cancel/", bad)
             assert answer.status_code == 400, (bad, answer.data)
+
+
+# -- a requested task is never run again (issue 15's audit) ------------------------------------------
+
+
+def expire(task: Task) -> None:
+    """Let the task's lock run out (as when its worker goes silent)."""
+    Task.objects.filter(pk=task.pk).update(locked_until=timezone.now() - timedelta(seconds=1))
+
+
+@pytest.mark.parametrize("capped", [False, True])  # a cap: the gate's claim and its takeover of expired locks
+def test_a_requested_task_whose_lock_expires_is_not_claimed_again_and_the_sweep_cancels_it(
+    world: dict[str, Stage], capped: bool
+) -> None:
+    if capped:
+        Stage.objects.filter(pk=world["review"].pk).update(max_concurrency=1)
+        world["review"].refresh_from_db()
+    create(world["review"], amount=5)
+    held = claim_one(world["review"], worker="gone")
+    task_cancel(task_id=held.pk, actor="user:ann", reason="stop")
+    expire(held)
+    assert not Task.objects.claimable(timezone.now()).filter(pk=held.pk).exists()
+    with nothing_written():
+        assert task_claim(stage=world["review"], worker_id="w2", limit=5) == []
+        assert task_claim_rows(stage=world["review"], worker_id="w2", limit=5) == []
+    assert tasks_expire_locks() == 1
+    task = Task.objects.get(pk=held.pk)
+    assert task.status == S.CANCELLED and task.attempts == 1
+    assert kinds(held.pk) == ["created", "cancel_requested", "lock_expired", "cancelled"]
+
+
+def test_an_expired_lock_without_a_request_is_still_taken_over(world: dict[str, Stage]) -> None:
+    """The other half of the rule: only the requested one is left to the sweep."""
+    create(world["review"], amount=5)
+    create(world["review"], amount=6)
+    requested, plain = task_claim(stage=world["review"], worker_id="gone", limit=2)
+    task_cancel(task_id=requested.pk, actor="user:ann")
+    expire(requested)
+    expire(plain)
+    assert [t.pk for t in task_claim(stage=world["review"], worker_id="w2", limit=5)] == [plain.pk]
+
+
+def test_the_claim_sql_and_the_queryset_agree_on_requested_expired_locks(world: dict[str, Stage]) -> None:
+    now = timezone.now()
+    stage = world["review"]
+    ids = {}
+    for requested in (False, True):
+        for until in (now - timedelta(minutes=1), now + timedelta(minutes=1)):
+            task = Task.objects.create(
+                stage=stage, type="t", status=S.LOCKED, lock_token="t" * 32, locked_by="w", attempts=1,
+                locked_until=until, cancel_requested=requested,
+            )  # fmt: skip
+            ids[(requested, until > now)] = task.pk
+    params = claim_params(stage=stage, worker_id="probe", limit=1, now=now, until=now)
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT id FROM {Task._meta.db_table} WHERE {CLAIMABLE_WHERE}", params)
+        sql = {row[0] for row in cursor.fetchall()}
+    orm = set(Task.objects.claimable(now).filter(stage=stage).values_list("id", flat=True))
+    assert sql == orm == {ids[(False, False)]}
+
+
+def record_cancel_flag(task: Any) -> None:
+    """A handler that writes what it sees of task.cancel_requested into its successor."""
+    task.send("approved", {"saw_cancel_requested": task.cancel_requested})
+
+
+def test_the_handler_sees_the_flag_the_claim_read(world: dict[str, Stage]) -> None:
+    """The worker builds the handler's task with the row's cancel_requested, not False until a heartbeat."""
+    Stage.objects.filter(pk=world["review"].pk).update(handler="tests.test_cancel.record_cancel_flag")
+    flagged = create(world["review"], amount=1)
+    Task.objects.filter(pk=flagged.pk).update(cancel_requested=True)  # as a row written before this rule
+    [row] = task_claim_rows(stage=world["review"], worker_id="probe", limit=1)
+    assert row.cancel_requested is True
+    task_unclaim(task_id=row.pk, lock_token=row.lock_token)  # handed back: ends cancelled (the request)
+    assert Task.objects.get(pk=flagged.pk).status == S.CANCELLED
+    plain = create(world["review"], amount=2)
+    Worker(stage_slugs=["review"], worker_id="w-flag").run(once=True)
+    [sent] = Task.objects.filter(parent_id=plain.pk, stage=world["ship"])
+    assert sent.payload == {"saw_cancel_requested": False}
+    flagged_again = create(world["review"], amount=3)
+    Task.objects.filter(pk=flagged_again.pk).update(cancel_requested=True)
+    seen: list[bool] = []
+    original = HandlerTask.__init__
+
+    def spy(self: HandlerTask, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        seen.append(self.cancel_requested)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(HandlerTask, "__init__", spy)
+        Worker(stage_slugs=["review"], worker_id="w-flag").run(once=True)
+    assert seen == [True]
+    # It ran knowing, and ended as the completion decides: cancelled, its send dropped.
+    assert Task.objects.get(pk=flagged_again.pk).status == S.CANCELLED
+    assert not Task.objects.filter(parent_id=flagged_again.pk).exists()
+
+
+# -- handing a requested task back ends it cancelled ---------------------------------------------------
+
+
+def test_unclaiming_a_requested_task_ends_it_cancelled(world: dict[str, Stage]) -> None:
+    create(world["review"], amount=5)
+    held = claim_one(world["review"], worker="w4")
+    task_cancel(task_id=held.pk, actor="user:ann")
+    assert task_unclaim(task_id=held.pk, lock_token=held.lock_token) == S.CANCELLED
+    task = Task.objects.get(pk=held.pk)
+    assert (task.status, task.attempts, task.lock_token, task.locked_until) == (S.CANCELLED, 0, "", None)
+    assert kinds(held.pk) == ["created", "cancel_requested", "cancelled"]
+    event = cancel_event(held.pk)
+    assert event.actor == "w4" and event.details["worker"] == "w4"
+    assert "a cancel was requested" in event.details["reason"]
+    assert task_claim(stage=world["review"], worker_id="w", limit=5) == []
+    # Without a request it goes back to the queue, as before.
+    create(world["ship"])
+    other = claim_one(world["ship"])
+    assert task_unclaim(task_id=other.pk, lock_token=other.lock_token) == S.PENDING
+    assert Task.objects.get(pk=other.pk).status == S.PENDING
+
+
+def test_unclaiming_orphans_ends_the_requested_ones_cancelled(world: dict[str, Stage]) -> None:
+    for amount in (1, 2, 3):
+        create(world["review"], amount=amount)
+    kept, requested, orphan = task_claim(stage=world["review"], worker_id="w5", limit=3)
+    task_cancel(task_id=requested.pk, actor="user:ann")
+    assert tasks_unclaim_orphans(worker_id="w5", keep=[kept.pk]) == 2
+    assert Task.objects.get(pk=requested.pk).status == S.CANCELLED
+    assert kinds(requested.pk) == ["created", "cancel_requested", "cancelled"]
+    assert Task.objects.get(pk=orphan.pk).status == S.PENDING
+    assert kinds(orphan.pk) == ["created", "released"]
+    assert Task.objects.get(pk=kept.pk).status == S.LOCKED
+    assert [t.pk for t in task_claim(stage=world["review"], worker_id="w", limit=5)] == [orphan.pk]
+
+
+def test_a_force_release_of_a_requested_task_ends_it_cancelled(world: dict[str, Stage]) -> None:
+    create(world["review"], amount=5)
+    held = claim_one(world["review"], worker="w6")
+    task_cancel(task_id=held.pk, actor="user:ann")
+    assert task_force_release(task_id=held.pk, actor="user:bob") == S.CANCELLED
+    task = Task.objects.get(pk=held.pk)
+    assert (task.status, task.lock_token) == (S.CANCELLED, "")
+    event = cancel_event(held.pk)
+    assert event.actor == "user:bob"
+    assert (event.details["previous_status"], event.details["worker"]) == ("locked", "w6")
+    assert "released by hand" in event.details["reason"]
+    with pytest.raises(TaskLockLost):  # the worker's token is spent
+        task_complete(task_id=held.pk, lock_token=held.lock_token, send=[("approved", {"amount": 5})])
+    assert not Task.objects.filter(parent_id=held.pk).exists()
+
+
+def test_the_task_page_release_of_a_requested_task_says_it_cancelled(
+    admin_client: Client, world: dict[str, Stage]
+) -> None:
+    create(world["audit"])
+    held = claim_one(world["audit"], worker="w9")
+    task_cancel(task_id=held.pk, actor="user:ann")
+    html = admin_client.get(f"/tasks/{held.pk}/").content.decode()
+    assert "Release lock (ends cancelled)" in html
+    response = admin_client.post(f"/tasks/{held.pk}/release/", follow=True)
+    assert shown_messages(response) == [
+        ("success", f"Cancelled task {held.pk}: a cancel was requested, so releasing it ended it.")
+    ]
+    assert Task.objects.get(pk=held.pk).status == S.CANCELLED
+
+
+def test_the_bulk_and_admin_release_of_a_requested_task_end_it_cancelled(
+    admin_client: Client, world: dict[str, Stage]
+) -> None:
+    create(world["audit"])
+    create(world["ship"])
+    by_bulk, by_admin = claim_one(world["audit"]), claim_one(world["ship"])
+    for held in (by_bulk, by_admin):
+        task_cancel(task_id=held.pk, actor="user:ann")
+    chosen = {"action": "release", "scope": "selected", "ids": [by_bulk.pk], "query": "", "confirm": "1"}
+    admin_client.post("/tasks/bulk/", chosen)
+    data = {"action": "release", "_selected_action": [by_admin.pk], "index": 0}
+    admin_client.post("/admin/tasks_app/task/", data)
+    for held in (by_bulk, by_admin):
+        assert Task.objects.get(pk=held.pk).status == S.CANCELLED
+        assert kinds(held.pk) == ["created", "cancel_requested", "cancelled"]
+
+
+def test_retrying_a_failed_task_clears_a_stale_request(world: dict[str, Stage]) -> None:
+    """A failed row still flagged (written before the rule): a retry means run it, not cancel it."""
+    create(world["notify"])
+    held = claim_one(world["notify"])
+    task_fail(task_id=held.pk, lock_token=held.lock_token, error="ValueError: no")
+    Task.objects.filter(pk=held.pk).update(cancel_requested=True)
+    task_retry(task_id=held.pk, actor="user:ann")
+    task = Task.objects.get(pk=held.pk)
+    assert (task.status, task.cancel_requested) == (S.PENDING, False)
+
+
+# -- a form task (My work) ---------------------------------------------------------------------------
+
+
+def test_closing_a_requested_form_task_ends_it_cancelled(db: None) -> None:
+    fw = form_world()
+    task = create(fw.review, amount=5)
+    form_task_open(task=task, user=fw.alice)
+    task_cancel(task_id=task.pk, actor="user:ann", reason="withdrawn")
+    response = logged_in(fw.alice).post(f"/work/{task.pk}/cancel/", follow=True)
+    assert shown_messages(response) == [
+        ("info", f"Task {task.pk} was cancelled (a cancel was requested while you held it).")
+    ]
+    assert Task.objects.get(pk=task.pk).status == S.CANCELLED
+    assert kinds(task.pk) == ["created", "cancel_requested", "cancelled"]
+    assert "closed by alice" in cancel_event(task.pk).details["reason"]
+    # The service says so too.
+    other = create(fw.review, amount=6)
+    form_task_open(task=other, user=fw.bob)
+    task_cancel(task_id=other.pk, actor="user:ann")
+    assert form_task_cancel(task_id=other.pk, user=fw.bob) == S.CANCELLED
+
+
+def test_submitting_a_requested_form_task_cancels_it_sends_nothing_and_says_so(db: None) -> None:
+    fw = form_world()
+    task = create(fw.review, amount=5)
+    form_task_open(task=task, user=fw.alice)
+    task_cancel(task_id=task.pk, actor="user:ann", reason="withdrawn")
+    response = logged_in(fw.alice).post(
+        f"/work/{task.pk}/submit/", {"type": "approved", "f-approved-note": "ok"}, follow=True
+    )
+    assert shown_messages(response) == [
+        ("warning", f"Task {task.pk} was cancelled (a cancel was requested); nothing was sent.")
+    ]
+    assert Task.objects.get(pk=task.pk).status == S.CANCELLED
+    assert not Task.objects.filter(parent_id=task.pk).exists()
+    assert cancel_event(task.pk).details["dropped"] == ["approved"]
+
+
+def test_a_requested_form_task_whose_lock_expired_is_not_opened_again(db: None) -> None:
+    fw = form_world()
+    task = create(fw.review, amount=5)
+    form_task_open(task=task, user=fw.alice)
+    task_cancel(task_id=task.pk, actor="user:ann")
+    expire(task)
+    with nothing_written(), pytest.raises(TaskStateError, match="a cancel was requested and its lock expired"):
+        form_task_open(task=Task.objects.get(pk=task.pk), user=fw.bob)
+
+
+# -- a job run ---------------------------------------------------------------------------------------
+
+
+def digest_cancelling(job: Any) -> None:
+    """A job handler: an operator cancels the run's tasks whose payload says so while it runs; then one
+    digest listing every task the run got."""
+    for task in job.tasks:
+        if task.payload.get("cancel"):
+            task_cancel(task_id=task.id, actor="user:ann", reason="mid-run")
+    job.send("digest", {"ids": [t.id for t in job.tasks]})
+
+
+def job_stage(world: dict[str, Stage]) -> Stage:
+    job = Stage.objects.create(
+        slug="nightly", name="Nightly", kind=Stage.Kind.JOB, schedule="0 3 * * *",
+        handler="tests.test_cancel.digest_cancelling",
+    )  # fmt: skip
+    Transition.objects.create(source=job, target=world["ship"], task_type="digest")
+    return job
+
+
+def test_a_job_run_whose_tasks_were_all_cancelled_sends_nothing(world: dict[str, Stage]) -> None:
+    job = job_stage(world)
+    tasks = [create(job, cancel=True), create(job, cancel=True)]
+    run = job_run_now(stage=job, worker_id="s")
+    assert run is not None and run.status == JobRun.Status.SUCCEEDED
+    assert (run.tasks_processed, run.tasks_sent) == (0, 0)
+    assert not Task.objects.filter(stage=world["ship"]).exists()
+    for task in tasks:
+        assert Task.objects.get(pk=task.pk).status == S.CANCELLED
+        details = cancel_event(task.pk).details
+        assert details["dropped"] == ["digest"] and "the run's sends were dropped" in details["reason"]
+
+
+def test_a_job_run_with_a_completed_task_sends_as_before(world: dict[str, Stage]) -> None:
+    job = job_stage(world)
+    cancelled, done = create(job, cancel=True), create(job, cancel=False)
+    run = job_run_now(stage=job, worker_id="s")
+    assert run is not None and (run.tasks_processed, run.tasks_sent) == (1, 1)
+    assert Task.objects.get(pk=cancelled.pk).status == S.CANCELLED
+    assert Task.objects.get(pk=done.pk).status == S.COMPLETED
+    [digest] = Task.objects.filter(stage=world["ship"])
+    assert digest.payload == {"ids": [cancelled.pk, done.pk]}
+    assert "dropped" not in cancel_event(cancelled.pk).details
+
+
+# -- a permanent failure, marking completed ------------------------------------------------------------
+
+
+def test_a_requested_task_that_fails_permanently_ends_cancelled(world: dict[str, Stage]) -> None:
+    create(world["review"], amount=5)
+    held = claim_one(world["review"], worker="w3")
+    task_cancel(task_id=held.pk, actor="user:ann")
+    task_fail(task_id=held.pk, lock_token=held.lock_token, error="SchemaError: bad")
+    task = Task.objects.get(pk=held.pk)
+    assert (task.status, task.last_error, task.lock_token) == (S.CANCELLED, "SchemaError: bad", "")
+    assert kinds(held.pk) == ["created", "cancel_requested", "cancelled"]
+    event = cancel_event(held.pk)
+    assert (event.actor, event.details["error"]) == ("w3", "SchemaError: bad")
+    assert "permanent error" in event.details["reason"]
+
+
+MARK_REFUSAL = "a cancel was requested"
+
+
+def test_marking_a_requested_task_completed_is_refused_on_every_path(
+    admin_client: Client, world: dict[str, Stage]
+) -> None:
+    create(world["review"], amount=5)
+    held = claim_one(world["review"])
+    task_cancel(task_id=held.pk, actor="user:ann")
+    with nothing_written():
+        with pytest.raises(TaskStateError, match=MARK_REFUSAL):
+            task_mark_completed(task_id=held.pk, actor="user:bob")
+        # The page offers no button; a post anyway is a message.
+        html = admin_client.get(f"/tasks/{held.pk}/").content.decode()
+        assert f"/tasks/{held.pk}/complete/" not in html
+        page = admin_client.post(f"/tasks/{held.pk}/complete/", follow=True)
+        [(level, text)] = shown_messages(page)
+        assert level == "warning" and MARK_REFUSAL in text and "Release it to cancel it now" in text
+        chosen = {"action": "complete", "scope": "selected", "ids": [held.pk], "query": "", "confirm": "1"}
+        bulk = admin_client.post("/tasks/bulk/", chosen, follow=True)
+        assert "Marked completed 0 task(s). 1 skipped" in shown_messages(bulk)[0][1]
+        data = {"action": "mark_completed", "_selected_action": [held.pk], "index": 0}
+        in_admin = admin_client.post("/admin/tasks_app/task/", data, follow=True)
+        assert any(MARK_REFUSAL in str(m) for m in in_admin.context["messages"])
+    assert Task.objects.get(pk=held.pk).status == S.LOCKED
+    # Without a request, marking a held task completed works as before.
+    create(world["ship"])
+    other = claim_one(world["ship"])
+    task_mark_completed(task_id=other.pk, actor="user:bob")
+    assert Task.objects.get(pk=other.pk).status == S.COMPLETED
+
+
+def test_a_cancelled_task_page_offers_no_mark_completed(admin_client: Client, world: dict[str, Stage]) -> None:
+    task = create(world["review"], amount=5)
+    task_cancel(task_id=task.pk, actor="user:ann")
+    assert f"/tasks/{task.pk}/complete/" not in admin_client.get(f"/tasks/{task.pk}/").content.decode()
+
+
+# -- cascade through the page and the API ----------------------------------------------------------
+
+
+def family(world: dict[str, Stage]) -> tuple[Task, list[Task]]:
+    """A failed root whose completion sent two pending children (ship, audit), one with a pending grandchild."""
+    create(world["review"], amount=5)
+    parent = claim_one(world["review"])
+    kids = task_complete(task_id=parent.pk, lock_token=parent.lock_token, send=[("approved", {"a": 1})])
+    grandchild = Task.objects.create(stage=world["notify"], type="x", payload={}, parent_id=kids[1].pk)
+    Task.objects.filter(pk=parent.pk).update(status=S.FAILED)
+    return parent, [*kids, grandchild]
+
+
+def test_the_task_page_cascades(admin_client: Client, world: dict[str, Stage]) -> None:
+    parent, descendants = family(world)
+    response = admin_client.post(f"/tasks/{parent.pk}/cancel/", {"reason": "all", "cascade": "1"}, follow=True)
+    assert shown_messages(response) == [
+        ("success", f"Cancelled task {parent.pk}. Also cancelled 3 pending descendant(s).")
+    ]
+    assert set(Task.objects.filter(status=S.CANCELLED).values_list("id", flat=True)) == {
+        parent.pk,
+        *(t.pk for t in descendants),
+    }
+    assert cancel_event(descendants[2].pk).details["cascade_from"] == parent.pk
+
+
+def test_the_task_page_without_cascade_leaves_descendants(admin_client: Client, world: dict[str, Stage]) -> None:
+    parent, descendants = family(world)
+    admin_client.post(f"/tasks/{parent.pk}/cancel/", {"reason": "just it"})
+    assert Task.objects.filter(pk__in=[t.pk for t in descendants], status=S.PENDING).count() == 3
+
+
+def test_api_cancel_cascades(world: dict[str, Stage], operator: APIClient) -> None:
+    parent, descendants = family(world)
+    response = post(operator, f"/api/tasks/{parent.pk}/cancel/", {"reason": "all", "cascade": True})
+    assert response.status_code == 200, response.data
+    assert response.data["outcome"] == "cancelled"
+    assert sorted(response.data["cascaded"]) == sorted(t.pk for t in descendants)
+    assert Task.objects.filter(status=S.CANCELLED).count() == 4
+
+
+def test_api_bulk_cancel_cascades(world: dict[str, Stage], operator: APIClient) -> None:
+    parent, descendants = family(world)
+    lone = create(world["ship"])
+    response = post(operator, "/api/tasks/bulk-cancel/", {"ids": [parent.pk, lone.pk], "reason": "x", "cascade": True})
+    assert response.status_code == 200, response.data
+    results = {r["id"]: r for r in response.data["results"]}
+    assert sorted(results[parent.pk]["cascaded"]) == sorted(t.pk for t in descendants)
+    assert results[lone.pk]["outcome"] == "cancelled" and results[lone.pk]["cascaded"] == []
+    assert Task.objects.filter(status=S.CANCELLED).count() == 5

@@ -73,11 +73,14 @@ def lock_token(block: bytes, n: int) -> str:
 # OR itself, and a redundant status filter makes it underestimate the matching
 # rows and pick a backlog-sized sort instead of the index (see the EXPLAIN test).
 # An expired lock whose task has used up its attempts is left for the expiry
-# sweep, which fails it, so a reclaim never runs a task beyond max_attempts.
+# sweep, which fails it, so a reclaim never runs a task beyond max_attempts; so
+# is one whose cancel was requested (services.cancel): the sweep cancels it, and
+# a reclaim would run its handler again. (Pending tasks never carry the flag:
+# every way back to pending ends a requested task cancelled instead.)
 CLAIMABLE_WHERE = """
     stage_id = %(stage_id)s
     AND ((status = 'pending' AND available_at <= %(now)s)
-         OR (status = 'locked' AND locked_until < %(now)s
+         OR (status = 'locked' AND locked_until < %(now)s AND NOT cancel_requested
              AND (CAST(%(max_attempts)s AS integer) IS NULL OR attempts < CAST(%(max_attempts)s AS integer))))
 """
 
@@ -85,7 +88,7 @@ CLAIMABLE_WHERE = """
 # through task_locked_idx (every locked task, a few thousand at most); `stage_id + 0` keeps the planner off
 # task_claim_idx, whose stage range holds the whole backlog.
 RECLAIMABLE_WHERE = """
-    status = 'locked' AND stage_id + 0 = %(stage_id)s AND locked_until < %(now)s
+    status = 'locked' AND stage_id + 0 = %(stage_id)s AND locked_until < %(now)s AND NOT cancel_requested
     AND (CAST(%(max_attempts)s AS integer) IS NULL OR attempts < CAST(%(max_attempts)s AS integer))
 """
 
@@ -229,6 +232,9 @@ class ClaimedRow:
     parent_id: int | None
     stage: Stage
     priority: int = 0
+    # The row's flag as claimed (services.cancel), for the handler's task.cancel_requested from the start;
+    # heartbeats report a request made later.
+    cancel_requested: bool = False
 
     @property
     def pk(self) -> int:
@@ -367,7 +373,7 @@ def _pg_rows(cursor: Any, params: dict[str, Any], *, stage: Stage, until: dateti
     i = _PG_INDEX
     id_, stage_id, type_, payload = i["id"], i["stage_id"], i["type"], i["payload"]
     attempts, token, created, parent = i["attempts"], i["lock_token"], i["created_at"], i["parent_id"]
-    priority = i["priority"]
+    priority, cancel = i["priority"], i["cancel_requested"]
     worker_id = params["worker_id"]
     out = []
     for row in cursor.fetchall():
@@ -386,6 +392,7 @@ def _pg_rows(cursor: Any, params: dict[str, Any], *, stage: Stage, until: dateti
                 parent_id=row[parent],
                 stage=stage,
                 priority=row[priority],
+                cancel_requested=bool(row[cancel]),
             )
         )
     return out
@@ -478,6 +485,7 @@ def _sqlite_rows(sql: str, params: dict[str, Any], *, stage: Stage, until: datet
             parent_id=r["parent_id"],
             stage=stage,
             priority=r["priority"],
+            cancel_requested=bool(r["cancel_requested"]),
         )
         for r in fetched
     ]

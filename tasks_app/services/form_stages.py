@@ -96,7 +96,11 @@ def form_task_open(*, task: Task, user: Any, now: datetime | None = None) -> Tas
         )
         current.refresh_from_db()
         if updated != 1:
-            if current.status == Task.Status.LOCKED and current.locked_until and current.locked_until < now:
+            expired = current.status == Task.Status.LOCKED and current.locked_until and current.locked_until < now
+            if expired and current.cancel_requested:
+                # An expired lock whose cancel was requested is the expiry sweep's to cancel (services.claim).
+                raise TaskStateError(f"Task {task.pk}: a cancel was requested and its lock expired; it ends cancelled.")
+            if expired:
                 # Only an expired lock on its last attempt gets here: the
                 # expiry sweep fails it; nobody is working on it any more.
                 raise TaskStateError(
@@ -135,10 +139,11 @@ def form_task_submit(*, task_id: int, user: Any, type: str, fields: dict[str, An
     return task_complete(task_id=task.pk, lock_token=task.lock_token, send=[(type, payload)])
 
 
-def form_task_cancel(*, task_id: int, user: Any) -> None:
-    """Hand the user's task back to the queue; the attempt is not counted."""
+def form_task_cancel(*, task_id: int, user: Any) -> str:
+    """Hand the user's task back to the queue; the attempt is not counted. Returns the status it is now:
+    pending, or cancelled when a cancel was requested while they held it (services.lifecycle.task_unclaim)."""
     task = _held_by(task_id, user)
-    task_unclaim(task_id=task.pk, lock_token=task.lock_token, reason=f"closed by {user.get_username()}")
+    return task_unclaim(task_id=task.pk, lock_token=task.lock_token, reason=f"closed by {user.get_username()}")
 
 
 def outgoing_types(stage: Stage, task_type: str) -> list[str]:

@@ -153,15 +153,46 @@ def _context(run: JobRun, claimed: list[Task]) -> JobContext:
     )
 
 
+# Why a run's sends were dropped (in its tasks' cancelled events).
+RUN_CANCELLED = "a cancel was requested for every task the run held, so the run's sends were dropped"
+
+
+def _cancel_flags(claimed: list[Task]) -> dict[int, bool]:
+    """Whether a cancel was requested, for each claimed task the run still holds (its lock, its token).
+
+    Read under the row locks, which the completion then keeps: a request can't land between.
+    """
+    if not claimed:
+        return {}
+    tokens = {t.pk: t.lock_token for t in claimed}
+    rows = (
+        Task.objects.select_for_update(of=("self",))
+        .filter(pk__in=list(tokens), status=Task.Status.LOCKED)
+        .values_list("id", "lock_token", "cancel_requested")
+    )
+    return {task_id: bool(requested) for task_id, token, requested in rows if tokens[task_id] == token}
+
+
 def _succeed(run: JobRun, claimed: list[Task], context: JobContext) -> None:
     """Complete the claimed tasks, send the job's tasks and mark the run succeeded: all, or nothing.
 
     A script's run (context.completed set) completes the tasks it completed and hands the others back.
+    A run whose tasks (those it still holds) all had a cancel requested sends nothing: they end cancelled.
     """
     stage = run.stage
     sends = context.sent
-    details = {"output": context.output} if context.output else None
+    details: dict[str, Any] | None = {"output": context.output} if context.output else None
     with transaction.atomic():
+        flags = _cancel_flags(claimed)
+        if flags and all(flags.values()):
+            # A cancel was requested for every task the run still holds: they all end cancelled, and the
+            # run's sends, made for them, are dropped with theirs (services.cancel). Their events say so.
+            if sends:
+                logger.info(
+                    "job %s: every task of run %s was cancelled; its %d send(s) dropped", stage.slug, run.pk, len(sends)
+                )
+                details = {**(details or {}), "dropped": [send[0] for send in sends], "reason": RUN_CANCELLED}
+            sends = []
         if context.completed is not None:
             kept = [t for t in claimed if t.pk not in context.completed]
             claimed = [t for t in claimed if t.pk in context.completed]

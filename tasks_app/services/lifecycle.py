@@ -126,57 +126,99 @@ def task_release(
     return task
 
 
+# Handing back a task whose cancel was requested (services.cancel) ends it cancelled, not pending: back in
+# the queue it would run again, with the request hidden in a pending row. The event says why.
+CANCELLED_ON_HAND_BACK = "a cancel was requested, so it ends cancelled instead of going back to the queue"
+# The columns a task that ends cancelled here gets (as a completion after a request leaves them).
+ENDED: dict[str, Any] = {"lock_token": "", "locked_until": None}
+
+
 def task_unclaim(
     *,
     task_id: int,
     lock_token: str,
     reason: str = "worker stopped before the handler started",
     now: datetime | None = None,
-) -> None:
-    """Hand back a claimed task whose handler never started (shutdown): pending at once, attempt not counted."""
+) -> str:
+    """Hand back a claimed task whose handler never started (shutdown): pending at once, attempt not counted.
+
+    A task whose cancel was requested ends cancelled instead. Returns the status it is now.
+    """
     now = now or timezone.now()
     with transaction.atomic():
-        row = _locked(task_id, lock_token).values("stage_id", *CLAIM_COLUMNS).first()
+        # Read under the row lock: a cancel request waits for it, so the flag read is the one acted on.
+        row = (
+            _locked(task_id, lock_token)
+            .select_for_update(of=("self",))
+            .values("stage_id", "cancel_requested", *CLAIM_COLUMNS)
+            .first()
+        )
+        if row is None:
+            raise lock_lost(task_id)
+        cancel = bool(row["cancel_requested"])
+        status = Task.Status.CANCELLED if cancel else Task.Status.PENDING
+        # available_at stays: it has passed (the task was claimed), and a never-tried task's wait began then
+        # (services.waiting.wait_start): a hand-back must not restart its max_wait clock.
+        changes = ENDED if cancel else UNLOCKED
         # A locked task has attempts >= 1 (the claim added it), so this stays >= 0.
         updated = _locked(task_id, lock_token).update(
-            status=Task.Status.PENDING, updated_at=now, available_at=now, attempts=F("attempts") - 1, **UNLOCKED
+            status=status, updated_at=now, attempts=F("attempts") - 1, **changes
         )
-        if updated != 1 or row is None:
+        if updated != 1:
             raise lock_lost(task_id)
         event_record(
             task_id=task_id,
-            kind=TaskEvent.Kind.RELEASED,
+            kind=TaskEvent.Kind.CANCELLED if cancel else TaskEvent.Kind.RELEASED,
             at=now,
             actor=row["locked_by"],
-            details=unclaimed_details(**claim_facts(row), reason=reason),
+            details=unclaimed_details(
+                **claim_facts(row), reason=f"{reason}; {CANCELLED_ON_HAND_BACK}" if cancel else reason
+            ),
         )
-        notify_stages([row["stage_id"]])
+        if not cancel:
+            notify_stages([row["stage_id"]])
+    return status
 
 
 def tasks_unclaim_orphans(*, worker_id: str, keep: Sequence[int], now: datetime | None = None) -> int:
-    """Hand back tasks locked by `worker_id` other than `keep` (claims whose reply was lost); returns the count."""
+    """Hand back tasks locked by `worker_id` other than `keep` (claims whose reply was lost); returns the count.
+
+    Those whose cancel was requested end cancelled instead (counted too).
+    """
     now = now or timezone.now()
+    reason = "claimed as the connection dropped; never started"
     with transaction.atomic():
         orphans = Task.objects.filter(status=Task.Status.LOCKED, locked_by=worker_id).exclude(pk__in=keep)
-        rows = list(orphans.select_for_update(of=("self",)).values("id", "stage_id", *CLAIM_COLUMNS))
+        rows = list(
+            orphans.select_for_update(of=("self",)).values("id", "stage_id", "cancel_requested", *CLAIM_COLUMNS)
+        )
         if not rows:
             return 0
-        Task.objects.filter(pk__in=[r["id"] for r in rows], status=Task.Status.LOCKED, locked_by=worker_id).update(
-            status=Task.Status.PENDING, updated_at=now, available_at=now, attempts=F("attempts") - 1, **UNLOCKED
-        )
+        cancelling = {r["id"] for r in rows if r["cancel_requested"]}
+        held = Task.objects.filter(status=Task.Status.LOCKED, locked_by=worker_id)
+        if len(cancelling) < len(rows):
+            # available_at stays, as in task_unclaim
+            held.filter(pk__in=[r["id"] for r in rows if r["id"] not in cancelling]).update(
+                status=Task.Status.PENDING, updated_at=now, attempts=F("attempts") - 1, **UNLOCKED
+            )
+        if cancelling:
+            held.filter(pk__in=cancelling).update(
+                status=Task.Status.CANCELLED, updated_at=now, attempts=F("attempts") - 1, **ENDED
+            )
         TaskEvent.objects.bulk_create(
             TaskEvent(
                 task_id=row["id"],
-                kind=TaskEvent.Kind.RELEASED,
+                kind=TaskEvent.Kind.CANCELLED if row["id"] in cancelling else TaskEvent.Kind.RELEASED,
                 at=now,
                 actor=worker_id,
                 details=unclaimed_details(
-                    **claim_facts(row), reason="claimed as the connection dropped; never started"
+                    **claim_facts(row),
+                    reason=f"{reason}; {CANCELLED_ON_HAND_BACK}" if row["id"] in cancelling else reason,
                 ),
             )
             for row in rows
         )
-        notify_stages({row["stage_id"] for row in rows})
+        notify_stages({row["stage_id"] for row in rows if row["id"] not in cancelling})
     return len(rows)
 
 
@@ -189,21 +231,37 @@ def task_fail(
     now: datetime | None = None,
     details: dict[str, Any] | None = None,
 ) -> None:
-    """Fail a locked task at once, without retries (a fault retrying cannot fix); `details` as task_release's."""
+    """Fail a locked task at once, without retries (a fault retrying cannot fix); `details` as task_release's.
+
+    A task whose cancel was requested ends cancelled instead, with the error (as in task_release).
+    """
     now = now or timezone.now()
     with transaction.atomic():
-        row = _locked(task_id, lock_token).values(*CLAIM_COLUMNS).first()
-        updated = _locked(task_id, lock_token).update(
-            status=Task.Status.FAILED, updated_at=now, last_error=error, lock_token="", locked_until=None
+        # Read under the row lock: a cancel request waits for it, so the flag read is the one acted on.
+        row = (
+            _locked(task_id, lock_token)
+            .select_for_update(of=("self",))
+            .values("cancel_requested", *CLAIM_COLUMNS)
+            .first()
         )
-        if updated != 1 or row is None:
+        if row is None:
             raise lock_lost(task_id)
+        cancel = bool(row["cancel_requested"])
+        updated = _locked(task_id, lock_token).update(
+            status=Task.Status.CANCELLED if cancel else Task.Status.FAILED, updated_at=now, last_error=error, **ENDED
+        )
+        if updated != 1:
+            raise lock_lost(task_id)
+        reason = "a cancel was requested; the attempt ended with a permanent error" if cancel else None
         event_record(
             task_id=task_id,
-            kind=TaskEvent.Kind.FAILED,
+            kind=TaskEvent.Kind.CANCELLED if cancel else TaskEvent.Kind.FAILED,
             at=now,
             actor=row["locked_by"],
-            details={**(details or {}), **failed_details(**claim_facts(row), error=error, traceback=traceback)},
+            details={
+                **(details or {}),
+                **failed_details(**claim_facts(row), error=error, traceback=traceback, reason=reason),
+            },
         )
 
 

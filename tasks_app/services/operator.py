@@ -14,7 +14,7 @@ from tasks_app.models import Task, TaskEvent
 from tasks_app.services.dedupe import DedupeConflict, key_for, tasks_insert
 from tasks_app.services.errors import TaskStateError
 from tasks_app.services.events import CLAIM_COLUMNS, by_person_details, claim_facts, event_record
-from tasks_app.services.lifecycle import UNLOCKED
+from tasks_app.services.lifecycle import CANCELLED_ON_HAND_BACK, UNLOCKED
 from tasks_app.services.notify import notify_stages
 from tasks_app.services.routing import validate_task_input
 from tasks_app.services.schemas import validate_arrival
@@ -79,29 +79,64 @@ def task_retry(*, task_id: int, actor: str, now: datetime | None = None) -> None
     try:
         _transition(
             task_id=task_id, action="retry", allowed=[S.COMPLETED, S.FAILED], kind=TaskEvent.Kind.RETRIED,
-            actor=actor, now=now, status=S.PENDING, available_at=now, completed_at=None, **UNLOCKED,
+            actor=actor, now=now, status=S.PENDING, available_at=now, completed_at=None, cancel_requested=False,
+            **UNLOCKED,
         )  # fmt: skip
     except IntegrityError as exc:  # task_dedupe_live: the only unique index a status change can break
         raise _dedupe_refusal(task_id, "retry") from exc
 
 
-def task_force_release(*, task_id: int, actor: str, now: datetime | None = None) -> None:
-    """Take a locked task away from its worker and make it pending now; its old token stops working."""
+def _cancel_requested(task_id: int) -> dict[str, Any] | None:
+    """The claim of a locked task whose cancel was requested (services.cancel), read under its row lock; else None."""
+    return (
+        Task.objects.select_for_update(of=("self",))
+        .filter(pk=task_id, status=S.LOCKED, cancel_requested=True)
+        .values(*CLAIM_COLUMNS)
+        .first()
+    )
+
+
+def task_force_release(*, task_id: int, actor: str, now: datetime | None = None) -> str:
+    """Take a locked task away from its worker and make it pending now; its old token stops working.
+
+    A task whose cancel was requested ends cancelled instead (pending, it would run again). Returns the
+    status it is now.
+    """
     now = now or timezone.now()
-    _transition(
-        task_id=task_id, action="release", allowed=[S.LOCKED], kind=TaskEvent.Kind.FORCE_RELEASED,
-        actor=actor, now=now, status=S.PENDING, available_at=now, **UNLOCKED,
-    )  # fmt: skip
+    with transaction.atomic():
+        claim = _cancel_requested(task_id)
+        if claim is None:
+            _transition(
+                task_id=task_id, action="release", allowed=[S.LOCKED], kind=TaskEvent.Kind.FORCE_RELEASED,
+                actor=actor, now=now, status=S.PENDING, available_at=now, **UNLOCKED,
+            )  # fmt: skip
+            return S.PENDING
+        Task.objects.filter(pk=task_id, status=S.LOCKED).update(
+            status=S.CANCELLED, updated_at=now, lock_token="", locked_until=None
+        )
+        details = by_person_details(previous_status=S.LOCKED, claim=claim_facts(claim))
+        details["reason"] = f"released by hand; {CANCELLED_ON_HAND_BACK}"
+        event_record(task_id=task_id, kind=TaskEvent.Kind.CANCELLED, at=now, actor=actor, details=details)
+    return S.CANCELLED
 
 
 def task_mark_completed(*, task_id: int, actor: str, now: datetime | None = None) -> None:
-    """Mark a pending, locked or failed task completed by hand (sends no successors)."""
+    """Mark a pending, locked or failed task completed by hand (sends no successors).
+
+    Refused for a locked task whose cancel was requested: it ends cancelled, not completed.
+    """
     now = now or timezone.now()
-    _transition(
-        task_id=task_id, action="mark completed", allowed=[S.PENDING, S.LOCKED, S.FAILED],
-        kind=TaskEvent.Kind.MARKED_COMPLETED, actor=actor, now=now,
-        status=S.COMPLETED, completed_at=now, lock_token="", locked_until=None,
-    )  # fmt: skip
+    with transaction.atomic():
+        if _cancel_requested(task_id) is not None:
+            raise TaskStateError(
+                f"Cannot mark task {task_id} completed: a cancel was requested. Release it to cancel it now, "
+                "or let its run end (it then ends cancelled)."
+            )
+        _transition(
+            task_id=task_id, action="mark completed", allowed=[S.PENDING, S.LOCKED, S.FAILED],
+            kind=TaskEvent.Kind.MARKED_COMPLETED, actor=actor, now=now,
+            status=S.COMPLETED, completed_at=now, lock_token="", locked_until=None,
+        )  # fmt: skip
 
 
 def task_duplicate(*, task_id: int, actor: str, now: datetime | None = None) -> Task:

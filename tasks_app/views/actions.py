@@ -60,8 +60,11 @@ def task_action(request: HttpRequest, task_id: int, action: str) -> HttpResponse
         return HttpResponse("Unknown action", status=404)
     verb, service = SINGLE_ACTIONS[action]
     try:
-        service(task_id=task_id, actor=actor_for(request.user))
-        messages.success(request, f"{verb} task {task_id}.")
+        if service(task_id=task_id, actor=actor_for(request.user)) == Task.Status.CANCELLED:
+            # A release after a cancel request ends the task cancelled (services.operator.task_force_release).
+            messages.success(request, f"Cancelled task {task_id}: a cancel was requested, so releasing it ended it.")
+        else:
+            messages.success(request, f"{verb} task {task_id}.")
     except services.TaskError as exc:
         # A lost race (a worker got there first) is a message, not an error page.
         messages.warning(request, str(exc))

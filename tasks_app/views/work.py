@@ -184,6 +184,10 @@ def work_submit(request: HttpRequest, task_id: int) -> HttpResponse:
     except TaskError as exc:
         messages.warning(request, refusal(exc, task.pk))
         return redirect("tasks_app:work-task", task_id=task.pk)
+    if not successors and Task.objects.filter(pk=task.pk, status=Task.Status.CANCELLED).exists():
+        # A cancel was requested while they held it: the submit ended it cancelled and sent nothing (services.cancel).
+        messages.warning(request, f"Task {task.pk} was cancelled (a cancel was requested); nothing was sent.")
+        return redirect("tasks_app:my-work")
     sent = ", ".join(f"{t.stage.slug} (task {t.pk})" for t in successors) or "no stage"
     messages.success(request, f"Task {task.pk}: {chosen['label'].lower()}, sent to {sent}.")
     return redirect("tasks_app:my-work")
@@ -194,8 +198,10 @@ def work_submit(request: HttpRequest, task_id: int) -> HttpResponse:
 def work_cancel(request: HttpRequest, task_id: int) -> HttpResponse:
     task = _task_for(request, task_id)
     try:
-        form_task_cancel(task_id=task.pk, user=request.user)
-        messages.info(request, f"Task {task.pk} is back in the queue.")
+        if form_task_cancel(task_id=task.pk, user=request.user) == Task.Status.CANCELLED:
+            messages.info(request, f"Task {task.pk} was cancelled (a cancel was requested while you held it).")
+        else:
+            messages.info(request, f"Task {task.pk} is back in the queue.")
     except TaskError as exc:
         messages.warning(request, refusal(exc, task.pk))
     return redirect("tasks_app:my-work")

@@ -347,6 +347,7 @@ class Worker:
                 parent_id=task.parent_id,
                 _stage=task.stage,
                 _routes=self.served.routes.get(task.stage_id),
+                cancel_requested=task.cancel_requested,  # as claimed; a heartbeat reports a later request
             )
             h.view = view
             self.in_flight.add(task.pk)
