@@ -11,7 +11,14 @@
   completion (the worker's, an API client's, pipelined or not) ends it as
   `cancelled` and sends nothing: services.complete decides that in the
   completing statement itself, under the row lock, so a request that lands
-  between the handler's return and the commit is obeyed too.
+  between the handler's return and the commit is obeyed too. Whatever else ends
+  the claim ends it cancelled as well, never back in the queue: a handler error
+  or a permanent failure (lifecycle.task_release, task_fail), a hand-back
+  (task_unclaim at shutdown, tasks_unclaim_orphans, a person closing a form,
+  operator.task_force_release), an expired lock (the expiry sweep: no claim
+  takes over a requested task's expired lock, services.claim). Marking it
+  completed by hand is refused (operator.task_mark_completed). A job run whose
+  held tasks were all requested drops the run's sends (services.jobs).
 - A completed or cancelled task is refused (TaskStateError), as is an unknown id.
 
 `cascade` also cancels the pending descendants (children, their children, ...)

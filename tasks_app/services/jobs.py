@@ -17,6 +17,10 @@ A script file's run (services.scripts, an Abstra job) completes only the tasks
 the script completed (task.complete(), `with task:`); the others go back to
 pending at once, their attempt not counted, in the same transaction. Its print
 output goes into the completed events (or the failed run's error).
+
+A cancel requested while the run holds a task (services.cancel) ends that task
+cancelled; if it was requested for every task the run holds, the run's sends
+(made for those tasks) are dropped too, and their cancelled events list them.
 """
 
 from __future__ import annotations
