@@ -24,10 +24,11 @@ from rest_framework.test import APIClient
 from tasks_app.limits import MAX_WAIT
 from tasks_app.models import Stage, Task, TaskEvent
 from tasks_app.services import counters as stage_counters
-from tasks_app.services import task_claim, task_create, task_release
+from tasks_app.services import task_claim, task_create, task_release, task_unclaim
 from tasks_app.services.locks import LockKey, advisory_xact_lock
 from tasks_app.services.waiting import (
     WAIT_ACTOR,
+    WaitSweep,
     overdue_by,
     overdue_q,
     stage_overdue,
@@ -147,6 +148,54 @@ def test_a_retry_keeps_its_arrival_time_and_its_backoff_counts(world: dict[str, 
     assert kinds(task) == ["created", "released", WAIT]
 
 
+def test_a_scheduled_tasks_wait_begins_at_its_run_at_time_not_its_arrival(world: dict[str, Stage]) -> None:
+    # Issue 15: a run-at time is a decision, not a wait. Scheduled 2 h ahead at a stage with a 1 h limit, a task
+    # that has just become due is not overdue (the sweep used to send it on as on_timeout at once).
+    review = limit(world["review"], 3600, on_timeout="declined")
+    now = timezone.now()
+    task = task_create(
+        stage=review, type="order", payload={}, now=now - timedelta(hours=2), available_at=now - timedelta(seconds=1)
+    )
+
+    assert tasks_wait_sweep(now=now) == WaitSweep(flagged=0, timed_out=0)
+    assert overdue_by(Task.objects.select_related("stage").get(pk=task.pk), now) is None
+    swept = tasks_wait_sweep(now=now + timedelta(hours=1, seconds=1))  # an hour after it became due
+
+    assert swept is not None and (swept.flagged, swept.timed_out) == (1, 1)
+    event = task.events.get(kind=WAIT)
+    assert 3600 < event.details["waited"] < 3610  # since its run-at time, not the 3 h since its arrival
+
+
+def test_handing_a_scheduled_task_back_does_not_restart_its_wait(world: dict[str, Stage]) -> None:
+    # task_unclaim (a person closing the form, a worker stopping before the handler ran) gives the attempt back
+    # and leaves available_at as it was, so the wait still began at the run-at time.
+    review = limit(world["review"], 3600)
+    now = timezone.now()
+    task = task_create(
+        stage=review, type="order", payload={}, now=now - timedelta(hours=3), available_at=now - timedelta(hours=2)
+    )
+    [claim] = task_claim(stage=review, worker_id="w1", limit=1)
+    task_unclaim(task_id=claim.pk, lock_token=claim.lock_token)
+    task.refresh_from_db()
+    assert (task.attempts, task.available_at) == (0, now - timedelta(hours=2))
+
+    assert tasks_wait_sweep() == WaitSweep(flagged=1, timed_out=0)
+    assert 7190 < task.events.get(kind=WAIT).details["waited"] < 7300
+
+
+def test_a_retried_scheduled_task_waits_from_its_arrival_as_any_retry(world: dict[str, Stage]) -> None:
+    # The rule's other half: once tried, a task's wait is counted from its arrival (its backoff counts).
+    review = limit(world["review"], 3600)
+    now = timezone.now()
+    task_create(
+        stage=review, type="order", payload={}, now=now - timedelta(hours=2), available_at=now - timedelta(seconds=5)
+    )
+    [claim] = task_claim(stage=review, worker_id="w1", limit=1)
+    task_release(task_id=claim.pk, lock_token=claim.lock_token, error="boom", retry_in=0)
+
+    assert tasks_wait_sweep() == WaitSweep(flagged=1, timed_out=0)
+
+
 def test_a_refused_send_is_said_in_the_event_and_the_task_stays_pending_once(world: dict[str, Stage]) -> None:
     review = limit(world["review"], 60, on_timeout="escalate")  # no transition passes it (set past the checks)
     task = arrived(review, 120)
@@ -204,13 +253,21 @@ def test_the_query_rule_and_the_one_task_rule_agree(world: dict[str, Stage]) -> 
     for seconds in (0, 30, 59, 61, 120):
         arrived(review, seconds)
     task_create(stage=review, type="order", payload={}, now=now - timedelta(hours=2), available_at=now + timedelta(1))
+    for due_ago in (30, 61):  # scheduled, arrived 2 h ago, due since: only the one due 61 s ago waited too long
+        task_create(
+            stage=review,
+            type="order",
+            payload={},
+            now=now - timedelta(hours=2),
+            available_at=now - timedelta(seconds=due_ago),
+        )
 
     by_query = set(
         Task.objects.filter(stage=review).filter(overdue_q(max_wait=60, now=now)).values_list("id", flat=True)
     )
     by_task = {t.pk for t in Task.objects.select_related("stage").filter(stage=review) if overdue_by(t, now)}
 
-    assert by_query == by_task and len(by_query) == 2  # 120 s and 61 s
+    assert by_query == by_task and len(by_query) == 3  # 120 s and 61 s since arrival, 61 s since its run-at time
 
 
 def test_the_worker_upkeep_runs_the_sweep(world: dict[str, Stage]) -> None:

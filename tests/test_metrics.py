@@ -19,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tasks_app.logcontext import ContextFilter, log_context
 from tasks_app.models import CounterCursor, Stage, StageCounter, Task, TaskEvent, WorkerProcess
+from tasks_app.selectors.overview import live_counts
 from tasks_app.services import counters as stage_counters
 from tasks_app.services import (
     histograms,
@@ -333,6 +334,35 @@ def test_pending_locked_and_oldest_pending_age_per_stage(world: dict[str, Stage]
     assert 7190 < value(samples, "tasks_oldest_pending_age_seconds", stage="ship") < 7300
     assert 0 <= value(samples, "tasks_oldest_pending_age_seconds", stage="review") < 60
     assert value(samples, "tasks_oldest_pending_age_seconds", stage="notify") == 0
+
+
+def test_scheduled_tasks_are_a_gauge_of_their_own_and_no_ones_oldest_wait(world: dict[str, Stage], token: None) -> None:
+    # Issue 15's run-at in /metrics: a task held back for later waits for nobody, so it is counted in
+    # tasks_scheduled (and tasks_pending), never in the oldest pending age; once due, it has waited since then.
+    now = timezone.now()
+    day = timedelta(days=1)
+    task_create(stage=world["ship"], type="t", payload={}, now=now - day, available_at=now + 5 * day)
+    task_create(stage=world["review"], type="t", payload={}, now=now - 2 * day, available_at=now - timedelta(hours=1))
+    retry = task_create(stage=world["notify"], type="t", payload={}, now=now - day)
+    [claim] = task_claim(stage=world["notify"], worker_id="w1")
+    task_release(task_id=retry.pk, lock_token=claim.lock_token, error="boom", retry_in=600)  # a retry, not scheduled
+
+    samples = scrape()
+    assert {s: value(samples, "tasks_scheduled", stage=s) for s in EXPECTED} == {
+        "intake": 0,
+        "review": 0,
+        "ship": 1,
+        "notify": 0,
+        "audit": 0,
+    }
+    assert value(samples, "tasks_pending", stage="ship") == 1  # tasks_scheduled is a part of it
+    assert value(samples, "tasks_oldest_pending_age_seconds", stage="ship") == 0  # not due: no wait (was 86,400)
+    assert 3590 < value(samples, "tasks_oldest_pending_age_seconds", stage="review") < 3700  # since its run-at time
+    assert value(samples, "tasks_oldest_pending_age_seconds", stage="notify") == 0  # waiting out its backoff
+    # The overview reads the same counts: capped (PostgreSQL's per-stage statement) and exact agree.
+    capped = {k: {n: v for n, v in c.items() if n != "capped"} for k, c in live_counts(cap=1000, now=now).items()}
+    assert capped == live_counts(now=now)
+    assert live_counts(now=now)[world["ship"].pk]["oldest_pending"] is None
 
 
 def test_live_workers_counts_running_workers_heard_from_lately(db: None, token: None) -> None:

@@ -332,6 +332,28 @@ def test_the_lists_filter_form_has_the_scheduled_choice_its_chip_and_the_bulk_se
     assert "1 task (scheduled for later: Yes)" in asked.text  # the bulk confirmation names the filter
 
 
+def test_the_overview_and_the_stage_page_count_no_wait_for_a_task_scheduled_for_later(
+    world: dict[str, Stage], admin_client: Client
+) -> None:
+    # Created a day ago, due in five: nobody keeps it waiting (the oldest pending age was a day).
+    now = timezone.now()
+    task_create(
+        stage=world["ship"], type="order", payload={}, now=now - timedelta(days=1), available_at=now + timedelta(5)
+    )
+    due = now - timedelta(minutes=70)  # created 3 days ago, due 70 min ago: waiting since then
+    task_create(stage=world["review"], type="order", payload={}, now=now - timedelta(days=3), available_at=due)
+
+    stages = json.loads(admin_client.get("/overview/counts.json").content)["stages"]
+    assert stages["ship"]["pending"] == 1 and stages["ship"]["text"]["waiting"].startswith("nothing waiting")
+    assert stages["review"]["text"]["waiting"].startswith("oldest pending 70 min")
+    assert oldest_on_stage_page(admin_client, "ship") == "—"
+    assert oldest_on_stage_page(admin_client, "review") == "70 min"  # not 3 days
+
+
+def oldest_on_stage_page(client: Client, slug: str) -> str:
+    return page(client.get(f"/stages/{slug}/")).text.split("Oldest pending", 1)[1].split(" Attempts", 1)[0]
+
+
 def chip_links(html: str) -> dict[str, str]:
     """The active-filter chips: their text -> the query string of their link (none: {})."""
     box = re.search(r'<ul class="active-filters".*?</ul>', html, re.DOTALL)

@@ -2,16 +2,23 @@
 
 The rule, in one place (`overdue_q` for queries, `overdue_by` for one task;
 tests/test_max_wait.py holds the two to the same tasks on both databases):
-a task is overdue when it is pending, due (available_at has passed), and
-arrived at its stage (created_at) more than max_wait seconds ago.
+a task is overdue when it is pending, due (available_at has passed), and its
+wait began more than max_wait seconds ago. The wait begins when the task
+first became due (`wait_start`): for a task never tried (attempts 0) the later
+of its arrival (created_at) and its run-at time (available_at); for a retry,
+its arrival.
 
-- The clock starts at arrival and never restarts: the backoff of a retry, a
-  release, a worker handing a task back or a person closing a form without
-  deciding all count toward the limit (a person can't reset it by opening and
-  closing the task).
+- A run-at time in the future is a decision, not a wait: a task scheduled two
+  hours ahead at a stage with a max_wait of one hour is overdue an hour after
+  it became due, not at once.
+- Otherwise the clock never restarts: the backoff of a retry, a release, a
+  worker handing a task back or a person closing a form without deciding all
+  count toward the limit (a person can't reset it by opening and closing the
+  task: a hand-back that doesn't count the attempt, services.lifecycle's
+  task_unclaim, leaves available_at as it was, so a never-tried task's wait
+  still begins when it first became due).
 - A task that is not due yet (scheduled for later, or waiting out a retry's
-  backoff) is not overdue until it is due: a run-at time in the future is a
-  decision, not a wait.
+  backoff) is not overdue until it is due.
 - Locked tasks (a worker or a person on them) are never overdue.
 
 The worker's upkeep runs `tasks_wait_sweep` under the expiry sweep's advisory
@@ -37,7 +44,7 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import BooleanField, Q, QuerySet
+from django.db.models import BooleanField, Case, DateTimeField, F, Q, QuerySet, When
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
@@ -55,9 +62,39 @@ WAIT_ACTOR = "wait limit"
 BATCH_SIZE = 200
 
 
+# When a task's wait began (the module's docstring), as SQL over a row alias ({t}) and as an expression; the
+# overview's oldest pending task (selectors.overview.live_counts) is the earliest wait_start of a due one.
+WAIT_START_SQL = (
+    "CASE WHEN {t}.attempts = 0 AND {t}.available_at > {t}.created_at THEN {t}.available_at ELSE {t}.created_at END"
+)
+
+
+def wait_start() -> Case:
+    """When a task's wait began: the later of arrival and run-at time for a task never tried, else arrival."""
+    never_tried_later = Q(attempts=0, available_at__gt=F("created_at"))
+    return Case(When(never_tried_later, then=F("available_at")), default=F("created_at"), output_field=DateTimeField())
+
+
+def task_wait_start(task: Task) -> datetime:
+    """wait_start() for one task."""
+    return max(task.created_at, task.available_at) if task.attempts == 0 else task.created_at
+
+
+def scheduled_q(now: datetime) -> Q:
+    """Held back for a run-at time at `now`: pending, never tried, available_at ahead (the list's ?scheduled=
+    filter; a retry waiting out its backoff is "retrying", not scheduled)."""
+    return Q(status=Task.Status.PENDING, attempts=0, available_at__gt=now)
+
+
 def overdue_q(*, max_wait: int, now: datetime) -> Q:
-    """Tasks of a stage with this max_wait that are overdue at `now` (add the stage filter)."""
-    return Q(status=Task.Status.PENDING, created_at__lt=now - timedelta(seconds=max_wait), available_at__lte=now)
+    """Tasks of a stage with this max_wait that are overdue at `now` (add the stage filter).
+
+    wait_start() < cut, spelled on plain columns (the sweep's scan of task_claim_idx filters each entry with no
+    expression): arrival before the cut, and for a task never tried its run-at time too.
+    """
+    cut = now - timedelta(seconds=max_wait)
+    began = Q(attempts__gt=0) | Q(available_at__lt=cut)
+    return Q(status=Task.Status.PENDING, created_at__lt=cut, available_at__lte=now) & began
 
 
 def overdue_by(task: Task, now: datetime) -> tuple[timedelta, int] | None:
@@ -65,7 +102,7 @@ def overdue_by(task: Task, now: datetime) -> tuple[timedelta, int] | None:
     limit = task.stage.max_wait
     if limit is None or task.status != Task.Status.PENDING or task.available_at > now:
         return None
-    waited = now - task.created_at
+    waited = now - task_wait_start(task)
     return (waited, limit) if waited > timedelta(seconds=limit) else None
 
 
@@ -99,7 +136,7 @@ def wait_candidates(stage: Stage, *, now: datetime, limit: int) -> QuerySet[Task
     stage's tasks) serves that order; the EXPLAIN test holds it to that index.
     """
     assert stage.max_wait is not None
-    fields = ("id", "stage_id", "type", "payload", "priority", "created_at", "available_at", "status")
+    fields = ("id", "stage_id", "type", "payload", "priority", "created_at", "available_at", "attempts", "status")
     return claim_order_locked(stage_overdue(stage, now=now).filter(not_flagged()), fields, limit=limit)
 
 
@@ -160,7 +197,7 @@ def sweep_stages(stages: Iterable[Stage], batch: Callable[[Stage], int], *, batc
 def _act(stage: Stage, task: Task, now: datetime) -> int:
     """One overdue task (locked by the caller): its event, and with on_timeout its completion and send; 1 if sent."""
     assert stage.max_wait is not None
-    waited = round((now - task.created_at).total_seconds(), 3)
+    waited = round((now - task_wait_start(task)).total_seconds(), 3)
     details: dict[str, Any] = {"waited": waited, "max_wait": stage.max_wait, "on_timeout": stage.on_timeout or None}
     sent: list[int] | None = None
     if stage.on_timeout:

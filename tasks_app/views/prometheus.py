@@ -159,24 +159,34 @@ class TasksCollector:
 
     def _backlog(self, slugs: dict[int, str]) -> Iterator[Metric]:
         # The overview's query: exact, through the claim index's partial predicate.
-        live = live_counts()
         now = timezone.now()
+        live = live_counts(now=now)
         pending = GaugeMetricFamily(
-            "tasks_pending", "Pending tasks at the stage (due or waiting to retry).", labels=["stage"]
+            "tasks_pending",
+            "Pending tasks at the stage (due, waiting to retry, or scheduled for later: tasks_scheduled).",
+            labels=["stage"],
+        )
+        scheduled = GaugeMetricFamily(
+            "tasks_scheduled",
+            "Pending tasks at the stage held back for a run-at time (never tried, available_at ahead; the task "
+            "list's scheduled filter). Part of tasks_pending.",
+            labels=["stage"],
         )
         locked = GaugeMetricFamily("tasks_locked", "Locked tasks at the stage (expired locks too).", labels=["stage"])
         age = GaugeMetricFamily(
             "tasks_oldest_pending_age_seconds",
-            "Age (since creation) of the oldest pending task at the stage; 0 when none is pending.",
+            "How long the longest-waiting due pending task at the stage has waited (since it became due: its "
+            "arrival, or its run-at time if later and never tried; as max_wait counts); 0 when none is due.",
             labels=["stage"],
         )
         for stage_id, slug in sorted(slugs.items(), key=lambda item: item[1]):
             counts = live.get(stage_id, {})
             oldest = counts.get("oldest_pending")
             pending.add_metric([slug], counts.get("pending", 0))
+            scheduled.add_metric([slug], counts.get("scheduled", 0))
             locked.add_metric([slug], counts.get("locked", 0))
             age.add_metric([slug], max((now - oldest).total_seconds(), 0.0) if oldest else 0.0)
-        yield from (pending, locked, age)
+        yield from (pending, scheduled, locked, age)
         yield self._overdue(slugs)
         yield self._join_groups()
 
