@@ -2,7 +2,8 @@
 
 The request is stored; the worker's next heartbeat reports it; the handler sees
 `task.cancel_requested` and returns early; the completion ends the task cancelled,
-and what the handler sent is dropped.
+and what the handler sent is dropped. A requested task whose worker goes silent is
+never taken over by another worker's claim: the expiry sweep cancels it.
 """
 
 from __future__ import annotations
@@ -10,10 +11,12 @@ from __future__ import annotations
 import signal
 import subprocess
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from django.utils import timezone
 
 from tasks_app.models import Stage, Task, TaskEvent, Transition
 from tasks_app.services import task_create
@@ -83,3 +86,51 @@ def test_a_held_task_is_cancelled_when_its_handler_returns_and_sends_nothing(
     # The heartbeat that reported the request came after it.
     requested = TaskEvent.objects.get(task_id=task.pk, kind=TaskEvent.Kind.CANCEL_REQUESTED)
     assert TaskEvent.objects.filter(task_id=task.pk, kind="lock_extended", id__gt=requested.pk).exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_worker_never_takes_over_the_expired_lock_of_a_requested_task(workers: Workers, tmp_path: Path) -> None:
+    """A requested task whose worker went silent is the expiry sweep's to cancel: a live worker's claim, which
+    takes over the other expired lock beside it, leaves it alone, and its handler never runs again."""
+    stage = Stage.objects.create(
+        slug="slow", name="Slow", kind=Stage.Kind.SCRIPT, handler="tests.test_cancel_worker.slow_until_cancelled"
+    )
+    after = Stage.objects.create(slug="after", name="After", kind=Stage.Kind.SCRIPT, handler="tests.handlers.noop")
+    Transition.objects.create(source=stage, target=after, task_type="next")
+
+    def arrive() -> Task:
+        return task_create(stage=stage, type="t", payload={"seconds": 0, "dir": str(tmp_path)})
+
+    # No sweep but the one at start: only the worker's claim can touch the expired locks below.
+    env = {"TASKS_EXPIRE_INTERVAL": "600"}
+    proc = start_worker("--stage", "slow", "--poll-interval", "0.1", "--worker-id", "w-live", env=env)
+    workers.append(proc)
+    warmup = arrive()
+    assert wait_for(lambda: Task.objects.filter(pk=warmup.pk, status=S.COMPLETED).exists(), timeout=30)
+    # Two tasks a silent worker holds, their locks about to run out; a cancel is requested for one.
+    until = timezone.now() + timedelta(seconds=1)
+    requested, plain = (
+        Task.objects.create(
+            stage=stage, type="t", payload={"seconds": 0, "dir": str(tmp_path)}, status=S.LOCKED,
+            lock_token=f"{n}" * 32, locked_by="w-gone", locked_at=timezone.now(), locked_until=until, attempts=1,
+        )
+        for n in (1, 2)
+    )  # fmt: skip
+    task_cancel(task_id=requested.pk, actor="user:ann", reason="stop")
+    # Both locks run out; the live worker takes over the plain one (and runs it) ...
+    assert wait_for(lambda: Task.objects.filter(pk=plain.pk, status=S.COMPLETED).exists(), timeout=30)
+    reclaimed = TaskEvent.objects.get(task_id=plain.pk, kind=TaskEvent.Kind.LOCK_EXPIRED)
+    assert (reclaimed.actor, reclaimed.details["now"]) == ("w-live", "reclaimed")
+    time.sleep(1)  # ... and more claim passes (every 0.1 s) leave the requested one alone
+    row = Task.objects.get(pk=requested.pk)
+    assert (row.status, row.locked_by, row.attempts) == (S.LOCKED, "w-gone", 1)
+    assert not list(tmp_path.glob(f"{requested.pk}.*"))  # its handler never ran again
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 0
+    # The sweep of the next worker that starts cancels it.
+    workers.append(start_worker("--stage", "slow", "--poll-interval", "0.1", "--worker-id", "w-next"))
+    assert wait_for(lambda: Task.objects.filter(pk=requested.pk, status=S.CANCELLED).exists(), timeout=30)
+    history = TaskEvent.objects.filter(task_id=requested.pk).order_by("id").values_list("kind", flat=True)
+    assert list(history) == ["cancel_requested", "lock_expired", "cancelled"]
+    assert not list(tmp_path.glob(f"{requested.pk}.*"))
+    assert not Task.objects.filter(parent_id=requested.pk).exists()
