@@ -35,6 +35,7 @@ from tasks_app.services.cancel import task_cancel
 from tasks_app.services.events import actor_for
 from tasks_app.services.schemas import validate_arrival
 from tasks_app.services.stages import stage_delete, stage_delete_refusal
+from tasks_app.services.waiting import SEND_ON_FIELDS, send_on_route_problems
 
 HISTORY_LIMIT = 50  # events shown under a task (a task retried forever has an endless history)
 PAYLOAD_PREVIEW_CHARS = 120  # the changelist's payload column: one line, cut with an ellipsis
@@ -54,10 +55,36 @@ def hook_secret_help(stage: Stage) -> SafeString:
     )
 
 
+class OutgoingTransitionFormSet(forms.BaseInlineFormSet):
+    """The stage's outgoing transitions as this submit saves them: an on_timeout or on_overdue type set or
+    changed on the stage must pass one of them (services.waiting.send_on_route_problems, as a workflow file)."""
+
+    def clean(self) -> None:
+        super().clean()
+        stage, before = self.instance, self._saved_values()
+        changed = {
+            n: getattr(stage, n) for n in SEND_ON_FIELDS if getattr(stage, n) and getattr(stage, n) != before.get(n)
+        }
+        kept = [
+            f.cleaned_data.get("task_type") or ""
+            for f in self.forms
+            if f.cleaned_data and f.cleaned_data.get("target") and not f.cleaned_data.get("DELETE")
+        ]
+        problems = send_on_route_problems(stage.slug, changed, kept)
+        if problems:
+            raise ValidationError(list(problems.values()))
+
+    def _saved_values(self) -> dict[str, str]:
+        if self.instance.pk is None:
+            return {}
+        return Stage.objects.filter(pk=self.instance.pk).values(*SEND_ON_FIELDS).first() or {}
+
+
 class OutgoingTransitionInline(admin.TabularInline):
     model = Transition
     fk_name = "source"
     extra = 1
+    formset = OutgoingTransitionFormSet
     autocomplete_fields = ["target"]
     verbose_name = "outgoing transition"
 

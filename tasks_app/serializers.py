@@ -18,6 +18,7 @@ from tasks_app.dedupe_keys import validate_dedupe_on
 from tasks_app.limits import MAX_DELAY, MAX_LOCK_TIMEOUT, MAX_PRIORITY, MIN_PRIORITY, NUL
 from tasks_app.models import JOIN_FIELDS, NO_NUL, TYPE_MAX_LENGTH, Stage, Task, TaskEvent, Transition, json_kind
 from tasks_app.services import MAX_CLAIM_BATCH, validate_task_input
+from tasks_app.services.waiting import SEND_ON_FIELDS, send_on_route_problems
 from tasks_app.values import DB_INT_MAX
 
 # -- output -----------------------------------------------------------------
@@ -79,6 +80,19 @@ class StageSerializer(ModelSerializer):
             stage.clean()
         except DjangoValidationError as exc:
             raise serializers.ValidationError(exc.message_dict) from exc
+        # An on_timeout or on_overdue type set or changed here must pass one of the stage's transitions (as in a
+        # workflow file); one already set is left alone (a PATCH of the name doesn't trip on a route deleted since).
+        changed = {
+            name: attrs[name]
+            for name in SEND_ON_FIELDS
+            if attrs.get(name) and (self.instance is None or attrs[name] != getattr(self.instance, name))
+        }
+        if changed:
+            types = Transition.objects.filter(source=self.instance).values_list("task_type", flat=True)
+            slug = attrs.get("slug") or (self.instance.slug if self.instance is not None else "")
+            problems = send_on_route_problems(slug, changed, types if self.instance is not None else [])
+            if problems:
+                raise serializers.ValidationError(problems)
         return attrs
 
     def _current(self) -> dict[str, Any]:

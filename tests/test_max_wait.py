@@ -22,7 +22,7 @@ from drf_spectacular.generators import SchemaGenerator
 from rest_framework.test import APIClient
 
 from tasks_app.limits import MAX_WAIT
-from tasks_app.models import Stage, Task, TaskEvent
+from tasks_app.models import Stage, Task, TaskEvent, Transition
 from tasks_app.services import counters as stage_counters
 from tasks_app.services import task_claim, task_create, task_release, task_unclaim
 from tasks_app.services.locks import LockKey, advisory_xact_lock
@@ -362,6 +362,60 @@ def test_the_api_shows_and_sets_the_limit(world: dict[str, Stage], admin: APICli
     assert response.status_code == 200
     assert (response.json()["max_wait"], response.json()["on_timeout"]) == (120, "declined")
     assert admin.get("/api/stages/review/").json()["max_wait"] == 120
+
+
+def test_the_api_refuses_an_on_timeout_no_transition_passes(world: dict[str, Stage], admin: APIClient) -> None:
+    # As a workflow file does (services.workflow): an on_timeout with no route could never send anything on.
+    refused = admin.patch("/api/stages/review/", {"max_wait": 120, "on_timeout": "lost"}, format="json")
+    assert refused.status_code == 400
+    assert refused.json()["on_timeout"] == [
+        "on_timeout 'lost' has no route: no transition out of 'review' passes that type. "
+        "Add a transition out of 'review' with task type 'lost' (or blank) first."
+    ]
+    assert Stage.objects.get(slug="review").on_timeout == ""
+    assert (
+        admin.patch("/api/stages/review/", {"max_wait": 120, "on_timeout": "approved"}, format="json").status_code
+        == 200
+    )
+    # A new stage has no transitions yet: its on_timeout comes after them.
+    new = {"slug": "fresh", "name": "Fresh", "max_wait": 60, "on_timeout": "approved"}
+    created = admin.post("/api/stages/", new, format="json")
+    assert created.status_code == 400 and "has no route" in created.json()["on_timeout"][0]
+    # A blank transition passes every type; an unchanged on_timeout is not checked again.
+    Transition.objects.create(source=world["ship"], target=world["notify"], task_type="")
+    assert (
+        admin.patch("/api/stages/ship/", {"max_wait": 60, "on_timeout": "anything"}, format="json").status_code == 200
+    )
+    Transition.objects.filter(source=world["ship"]).delete()
+    assert admin.patch("/api/stages/ship/", {"name": "Shipping"}, format="json").status_code == 200
+
+
+def test_the_api_refuses_an_on_overdue_no_transition_passes(world: dict[str, Stage], admin: APIClient) -> None:
+    Stage.objects.filter(slug="review").update(kind=Stage.Kind.FORM, handler="")
+    refused = admin.patch("/api/stages/review/", {"due_after": 3600, "on_overdue": "lost"}, format="json")
+    assert refused.status_code == 400 and "on_overdue 'lost' has no route" in refused.json()["on_overdue"][0]
+    saved = admin.patch("/api/stages/review/", {"due_after": 3600, "on_overdue": "declined"}, format="json")
+    assert saved.status_code == 200
+
+
+def test_the_admin_refuses_an_on_timeout_no_transition_passes(world: dict[str, Stage]) -> None:
+    client = logged_in(make_user("boss", superuser=True))
+    url = f"{STAGE_URL}{world['review'].pk}/change/"
+    data = form_fields(client, url, form_id="stage_form")
+
+    refused = client.post(url, {**data, "max_wait": "900", "on_timeout": "lost", "_save": "Save"})
+    assert refused.status_code == 200
+    assert "on_timeout &#x27;lost&#x27; has no route" in refused.content.decode()
+    assert Stage.objects.get(slug="review").on_timeout == ""
+
+    # The route added in the same submit (the inline's empty row) counts.
+    extra = next(k for k in data if k.endswith("-task_type") and not data[k])
+    prefix = extra.removesuffix("-task_type")
+    with_route = {**data, f"{prefix}-target": str(world["notify"].pk), f"{prefix}-task_type": "lost"}
+    saved = client.post(url, {**with_route, "max_wait": "900", "on_timeout": "lost", "_save": "Save"})
+    assert saved.status_code == 302, saved.content.decode()[:2000]
+    assert Stage.objects.get(slug="review").on_timeout == "lost"
+    assert Transition.objects.filter(source=world["review"], task_type="lost").exists()
 
 
 def test_the_stage_page_counts_overdue_tasks(world: dict[str, Stage]) -> None:

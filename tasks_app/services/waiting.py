@@ -106,6 +106,29 @@ def overdue_by(task: Task, now: datetime) -> tuple[timedelta, int] | None:
     return (waited, limit) if waited > timedelta(seconds=limit) else None
 
 
+# The stage fields that name a type the sweeps send an overdue task on as (services.due: on_overdue).
+SEND_ON_FIELDS = ("on_timeout", "on_overdue")
+
+
+def send_on_route_problems(slug: str, values: dict[str, str], task_types: Iterable[str]) -> dict[str, str]:
+    """{field: message} for each on_timeout/on_overdue in `values` naming a type that none of the stage's
+    transitions (their task_type: `task_types`, blank passes every type) passes: no overdue task could go on.
+
+    The workflow file's rule (services.workflow._timeout_route_problems), for the API and the admin, which
+    read the stage's transitions as they will be saved.
+    """
+    types = set(task_types)
+    problems = {}
+    for name in SEND_ON_FIELDS:
+        wanted = values.get(name) or ""
+        if wanted and not types & {"", wanted}:
+            problems[name] = (
+                f"{name} '{wanted}' has no route: no transition out of '{slug}' passes that type. "
+                f"Add a transition out of '{slug}' with task type '{wanted}' (or blank) first."
+            )
+    return problems
+
+
 def stage_overdue(stage: Stage, *, now: datetime | None = None) -> QuerySet[Task]:
     """The stage's overdue tasks (none without a max_wait): through task_claim_idx, the stage's live tasks."""
     if stage.max_wait is None:
