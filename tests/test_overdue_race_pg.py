@@ -4,7 +4,9 @@ Four processes, each with its own connection, run the upkeep's sweeps (services.
 services.reminders.tasks_remind, in small batches) at the same moment over and over until a pass finds
 nothing left: 200 overdue tasks with an on_overdue type are each completed and sent on exactly once, 20
 overdue tasks open in a person's hands are flagged once and never sent, and 60 waiting tasks at a second
-stage each get exactly remind_max reminders.
+stage each get exactly remind_max reminders. The waiting-time sweep (issue 15: services.waiting.tasks_wait_sweep)
+runs in the same passes: 200 tasks past a third stage's max_wait each get one wait_exceeded event and are sent on
+as its on_timeout type exactly once.
 """
 
 from __future__ import annotations
@@ -34,26 +36,31 @@ import django
 django.setup()
 from tasks_app.services.due import tasks_due_sweep
 from tasks_app.services.reminders import tasks_remind
+from tasks_app.services.waiting import tasks_wait_sweep
 print("ready", flush=True)
 start = float(sys.stdin.readline())
 while time.time() < start:
     time.sleep(0.0005)
-done = {"flagged": 0, "escalated": 0, "reminded": 0, "refused": 0}
+done = {"flagged": 0, "escalated": 0, "reminded": 0, "refused": 0, "waited": 0, "timed_out": 0}
 quiet, deadline = 0, time.monotonic() + 30
 while quiet < 3 and time.monotonic() < deadline:  # three passes in a row with nothing to do: all done
     swept, reminded = tasks_due_sweep(batch_size=25), tasks_remind(batch_size=25)
+    waited = tasks_wait_sweep(batch_size=25)
     done["flagged"] += swept.flagged if swept else 0
     done["escalated"] += swept.escalated if swept else 0
     done["reminded"] += reminded.reminded if reminded else 0
-    if swept is None or reminded is None:
+    done["waited"] += waited.flagged if waited else 0
+    done["timed_out"] += waited.timed_out if waited else 0
+    if swept is None or reminded is None or waited is None:
         done["refused"] += 1  # another process held the sweep lock
         time.sleep(0.02)
         continue
-    quiet = quiet + 1 if not (swept.flagged or reminded.reminded) else 0
+    quiet = quiet + 1 if not (swept.flagged or reminded.reminded or waited.flagged) else 0
 print(json.dumps(done))
 """
 
 OVERDUE, HELD, WAITING, PROCESSES, REMIND_MAX = 200, 20, 60, 4, 2
+TIMED_OUT = 200  # past the third stage's max_wait
 
 
 def start() -> subprocess.Popen[str]:
@@ -98,6 +105,13 @@ def test_four_processes_sweeping_at_once_escalate_each_task_once_and_remind_each
     past = timezone.now() - timedelta(seconds=400)
     rows = [Task(stage=review, type="order", payload={"n": n}, created_at=past) for n in range(OVERDUE + HELD)]
     rows += [Task(stage=second, type="order", payload={"n": n}, created_at=past) for n in range(WAITING)]
+    # Issue 15's waiting-time limit: arrived and due 400 s ago at a stage with a max_wait of 60 s.
+    queue = Stage.objects.create(slug="queue", name="Queue", max_wait=60, on_timeout="late")
+    late_desk = Stage.objects.create(slug="late-desk", name="Late desk", kind=Stage.Kind.FORM)
+    Transition.objects.create(source=queue, target=late_desk, task_type="late")
+    rows += [
+        Task(stage=queue, type="order", payload={"n": n}, created_at=past, available_at=past) for n in range(TIMED_OUT)
+    ]
     Task.objects.bulk_create(rows)
     held = list(Task.objects.filter(stage=review).order_by("id")[:HELD])
     for task in held:
@@ -132,5 +146,14 @@ def test_four_processes_sweeping_at_once_escalate_each_task_once_and_remind_each
     reminded = per_task(TaskEvent.Kind.REMINDED, second)
     assert len(reminded) == WAITING and set(reminded.values()) == {REMIND_MAX}
     assert Notification.objects.filter(kind=Notification.Kind.REMINDER).count() == WAITING * REMIND_MAX
+    # The waiting-time limit: one wait_exceeded event, one completion and one successor per task.
+    assert sum(r["waited"] for r in results) == sum(r["timed_out"] for r in results) == TIMED_OUT, results
+    waits, ends = per_task(TaskEvent.Kind.WAIT_EXCEEDED, queue), per_task(TaskEvent.Kind.COMPLETED, queue)
+    assert len(waits) == len(ends) == TIMED_OUT and set(waits.values()) == set(ends.values()) == {1}
+    assert set(Task.objects.filter(stage=queue).values_list("status", flat=True)) == {Task.Status.COMPLETED}
+    late = Task.objects.filter(stage=late_desk, type="late")
+    assert late.count() == TIMED_OUT and set(late.values_list("parent_id", flat=True)) == set(waits)
     # They did race: more than one process held the sweep lock at some point, or was refused it.
-    assert sum(1 for r in results if r["flagged"] or r["reminded"]) >= 2 or any(r["refused"] for r in results), results
+    assert sum(1 for r in results if r["flagged"] or r["reminded"] or r["waited"]) >= 2 or any(
+        r["refused"] for r in results
+    ), results
