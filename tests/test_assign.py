@@ -424,7 +424,11 @@ def test_my_work_lists_the_tasks_assigned_to_me_first_and_others_as_assigned() -
 
     ann = page(logged_in(world["ann"]).get(reverse("tasks_app:my-work")))
     text = ann.text
-    assert text.index("Assigned to me") < text.index("Open by you") < text.index("Waiting oldest first")
+    assert (
+        text.index("Assigned to me")
+        < text.index("Open by you")
+        < text.index("Waiting highest priority first, then oldest")
+    )
     assert f"/work/{mine.pk}/open/" in ann.post_actions()
     assert f"/work/{older.pk}/open/" in ann.post_actions()
     assert f"/work/{bobs.pk}/open/" not in ann.post_actions()  # bob's, not overdue: no Open

@@ -43,6 +43,7 @@ from tasks_app.services.jobs import job_run_now
 from tasks_app.services.pipeline import tasks_complete_and_claim
 from tasks_app.services.retention import tasks_prune
 from tasks_app.worker import Worker
+from tasks_app.worker.handlers import run_handler
 from tests.support.api import get, post
 from tests.support.pages import shown_messages
 from tests.support.users import all_view_codenames, logged_in, make_user
@@ -625,7 +626,8 @@ def test_the_handler_sees_the_flag_the_claim_read(world: dict[str, Stage]) -> No
         patch.setattr(HandlerTask, "__init__", spy)
         Worker(stage_slugs=["review"], worker_id="w-flag").run(once=True)
     assert seen == [True]
-    # It ran knowing, and ended as the completion decides: cancelled, its send dropped.
+    # Requested before it started: its handler is not run (worker.handlers.run_handler), and the completion
+    # ends it cancelled with nothing sent.
     assert Task.objects.get(pk=flagged_again.pk).status == S.CANCELLED
     assert not Task.objects.filter(parent_id=flagged_again.pk).exists()
 
@@ -923,3 +925,35 @@ def test_api_bulk_cancel_cascades(world: dict[str, Stage], operator: APIClient) 
     assert sorted(results[parent.pk]["cascaded"]) == sorted(t.pk for t in descendants)
     assert results[lone.pk]["outcome"] == "cancelled" and results[lone.pk]["cascaded"] == []
     assert Task.objects.filter(status=S.CANCELLED).count() == 5
+
+
+def test_a_handler_whose_task_was_requested_before_it_started_is_not_run(world: dict[str, Stage]) -> None:
+    """A heartbeat reports a request while the task waits for a slot: the slot doesn't run its handler."""
+    calls: list[int] = []
+
+    def handler(task: HandlerTask) -> None:
+        calls.append(task.id)
+        task.send("approved", {"ran": True})
+
+    waiting = create(world["review"], amount=4)
+    [row] = task_claim_rows(stage=world["review"], worker_id="probe", limit=1)
+    view = HandlerTask(
+        id=row.pk,
+        type=row.type,
+        payload=row.payload,
+        stage=world["review"].slug,
+        attempts=row.attempts,
+        created_at=row.created_at,
+        parent_id=None,
+        _stage=world["review"],
+        cancel_requested=False,
+    )
+    task_cancel(task_id=waiting.pk, actor="test")  # a request: the task is locked
+    renewal = tasks_extend_locks_reporting(items=[(row.pk, row.lock_token)], lock_timeout=60)
+    view.cancel_requested = waiting.pk in renewal.cancel_requested  # what the worker's heartbeat does
+
+    outcome = run_handler(handler, view)
+
+    assert view.cancel_requested is True
+    assert calls == []
+    assert outcome.kind == "ok" and outcome.sent == []

@@ -147,7 +147,7 @@ def test_the_list_is_no_longer_capped_at_the_oldest_200() -> None:
     text = page(logged_in(world.alice).get(WORK_URL)).text
 
     assert "Showing the oldest" not in text
-    assert "oldest first" in text
+    assert "highest priority first, then oldest" in text
 
 
 def test_the_queries_of_a_page_do_not_grow_with_its_rows(monkeypatch: pytest.MonkeyPatch) -> None:

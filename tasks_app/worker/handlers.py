@@ -76,6 +76,10 @@ def run_handler(handler: Handler, view: HandlerTask, *, tidy: Callable[[], None]
     thread's by Django's rules (close_old_connections); the coordinator's, when
     it runs handlers itself, only if the handler broke it (see the worker loop).
     """
+    if view.cancel_requested:
+        # Requested before its handler started (at the claim, or reported by a heartbeat while the task waited
+        # for a slot): not run. The completion of a requested task ends it cancelled and sends nothing.
+        return Outcome("ok")
     try:
         call_handler(handler, view)
     except Exception as exc:

@@ -50,7 +50,8 @@ def prunable_status(raw: str) -> str:
 class Command(BaseCommand):
     help = (
         "Delete completed, failed and cancelled tasks older than --older-than, with their history, in batches: "
-        "prune_tasks --older-than 30d [--status completed --status failed] [--batch-size 10000] [--dry-run]. "
+        "prune_tasks --older-than 30d [--status completed --status failed --status cancelled] [--batch-size 10000] "
+        "[--dry-run]. "
         "Pending and locked tasks are never deleted."
     )
 
@@ -61,14 +62,14 @@ class Command(BaseCommand):
             required=True,
             metavar="AGE",
             help="Finished longer ago than this: 30d, 12h, 90m, 45s, 2w (a bare number is days). "
-            "Completed tasks count from completed_at, failed ones from updated_at.",
+            "Completed tasks count from completed_at, failed and cancelled ones from updated_at.",
         )
         parser.add_argument(
             "--status",
             type=prunable_status,
             action="append",
             metavar="STATUS",
-            help="completed or failed; repeat for both (default: both).",
+            help="completed, failed or cancelled; repeat for several (default: all three).",
         )
         parser.add_argument(
             "--batch-size", type=positive_int, default=10_000, help="Tasks deleted per transaction (default 10000)."
