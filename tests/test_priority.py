@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from datetime import timedelta
+from html import unescape
 from pathlib import Path
 from typing import Any
 
@@ -203,6 +205,22 @@ def test_my_work_orders_by_priority_then_age_across_pages(world: dict[str, Stage
     # Back from the last page (its cursor holds a negative priority).
     back = work_selectors.work_page(queue, before=page.previous_cursor or "")
     assert [t.pk for t in back.tasks] == expected_order(tasks)[3:6]
+
+
+def test_the_my_work_page_lists_waiting_tasks_by_priority_then_age_across_pages(
+    world: dict[str, Stage], admin_client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(work_selectors, "PAGE_SIZE", 3)
+    form = Stage.objects.create(slug="desk", name="Desk", kind=Stage.Kind.FORM)
+    tasks = make_mixed(form)
+    seen: list[int] = []
+    url: str | None = "/work/"
+    while url:
+        html = admin_client.get(url).content.decode()
+        seen += [int(pk) for pk in re.findall(r'<tr id="waiting-(\d+)"', html)]
+        found = re.search(r'<a rel="next" href="([^"]+)"', html)
+        url = "/work/" + unescape(found.group(1)) if found else None
+    assert seen == expected_order(tasks)
 
 
 # -- the workflow file, the admin, the API's stage fields ------------------------------------------

@@ -12,6 +12,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from html import unescape
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.core.cache import cache
@@ -208,6 +209,41 @@ def test_api_stage_send_and_completion_sends_take_priority_and_delay(
     assert got == [("audit", 9, False), ("notify", -2, True), ("ship", 9, False)]  # inherited unless given
 
 
+def test_api_bulk_complete_sends_take_priority_delay_and_available_at(
+    world: dict[str, Stage], operator: APIClient
+) -> None:
+    first = task_create(stage=world["review"], type="order", payload={"n": 1}, priority=3)
+    second = task_create(stage=world["review"], type="order", payload={"n": 2}, priority=6)
+    claims = {t.pk: t for t in task_claim(stage=world["review"], worker_id="api", limit=2)}
+    when = timezone.now() + timedelta(days=2)
+    response = post(
+        operator,
+        "/api/tasks/bulk-complete/",
+        {
+            "tasks": [
+                {
+                    "id": first.pk,
+                    "lock_token": claims[first.pk].lock_token,
+                    "send": [{"type": "declined", "priority": 8, "delay": 600}],
+                },
+                {
+                    "id": second.pk,
+                    "lock_token": claims[second.pk].lock_token,
+                    "send": [{"type": "declined", "available_at": when.isoformat()}, {"type": "declined"}],
+                },
+            ]
+        },
+    )
+    assert response.status_code == 200, response.data
+    results = {r["id"]: r for r in response.data["results"]}
+    assert results[first.pk]["status"] == results[second.pk]["status"] == "completed"
+    [delayed] = Task.objects.filter(pk__in=results[first.pk]["sent"])
+    assert delayed.priority == 8 and near(delayed.available_at, timezone.now() + timedelta(minutes=10))
+    later, now_ = Task.objects.filter(pk__in=results[second.pk]["sent"]).order_by("id")
+    assert (later.priority, later.available_at) == (6, when)  # the sender's priority, the time kept
+    assert now_.priority == 6 and near(now_.available_at, timezone.now())
+
+
 # -- a hook's ?delay= -----------------------------------------------------------------------------
 
 
@@ -246,6 +282,32 @@ def test_the_new_task_page_takes_a_priority_and_a_run_at_time(world: dict[str, S
     assert response.status_code == 302
     task = Task.objects.get()
     assert (task.priority, task.available_at) == (7, when)
+
+
+def test_the_new_task_pages_run_at_and_the_lists_scheduled_time_are_in_the_viewers_zone(
+    world: dict[str, Stage], admin_client: Client
+) -> None:
+    # tz.js's cookie: a viewer in Tokyo (UTC+9, no summer time) types 10:00 and means 10:00 in Tokyo.
+    tokyo = ZoneInfo("Asia/Tokyo")
+    admin_client.cookies["tz"] = "Asia/Tokyo"
+    when = (timezone.now().astimezone(tokyo) + timedelta(days=3)).replace(hour=10, minute=0, second=0, microsecond=0)
+    response = admin_client.post(
+        "/tasks/new/",
+        {"stage": "ship", "type": "order", "payload": "{}", "run_at": when.strftime("%Y-%m-%dT%H:%M")},
+    )
+    assert response.status_code == 302
+    task = Task.objects.get()
+    assert task.available_at == when and task.available_at.astimezone(UTC).hour == 1  # 10:00 JST is 01:00 UTC
+
+    row = page(admin_client.get(LIST_URL)).rows[task.pk]
+    assert row["Status"].startswith(f"Scheduled for {when.day} {when:%b} 10:00 (in ")
+    admin_client.cookies["tz"] = "UTC"
+    utc = when.astimezone(UTC)
+    assert (
+        page(admin_client.get(LIST_URL))
+        .rows[task.pk]["Status"]
+        .startswith(f"Scheduled for {utc.day} {utc:%b} 01:00 (in ")
+    )
 
 
 @pytest.mark.parametrize(
