@@ -10,6 +10,15 @@ purpose: max_wait bounds the wait before someone picks a task up (pending
 only), due_after is a deadline for the decision, so opening the task does not
 stop its clock, and a task in someone's hands is shown overdue too.
 
+The deadline counts from arrival even for a task scheduled for later (a
+run-at time), where max_wait's clock starts when the task became due: that
+start is only known for a task never tried (attempts 0, services.waiting.
+wait_start), and a person opening a form task is an attempt, so the same rule
+here would move a deadline back to the arrival the moment someone opened the
+task, and forward again when they closed it. A deadline must not move while
+a person holds the task; give a scheduled form stage a due_after that covers
+the delay.
+
 The worker's upkeep runs `tasks_due_sweep` under the expiry sweep's advisory
 lock (LockKey.SWEEP, one worker at a time), one bounded batch per stage and
 call, the candidates locked FOR UPDATE SKIP LOCKED:
