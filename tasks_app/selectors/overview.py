@@ -2,9 +2,11 @@
 
 Pending and locked are counted exactly (they are the small, indexed part of
 the table: the claim index's partial predicate, which INCLUDEs status,
-attempts and created_at so that the count is an index-only scan); the
-overview caps each stage's count at LIVE_CAP on PostgreSQL, so a backlog of
-millions costs what LIVE_CAP index entries cost, and shows "50,000+".
+attempts and created_at; the locked count is an index-only scan, the pending
+one reads available_at from each row too, for the scheduled count and the
+oldest due task, as the claim does); the overview caps each stage's count at
+LIVE_CAP on PostgreSQL, so a backlog of millions costs what LIVE_CAP index
+entries (and their rows) cost, and shows "50,000+".
 Completed and failed come from one GROUP BY (a 1% block sample on big
 PostgreSQL tables, shown as estimates) cached for FINISHED_TTL seconds;
 throughput reads the last hour through the completed_at index, cached for
