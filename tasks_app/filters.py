@@ -6,7 +6,7 @@ from typing import Any
 
 from django import forms
 from django.contrib.auth import get_user_model
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.utils import timezone
 from django_filters import rest_framework as filters
 from django_filters.fields import IsoDateTimeField
@@ -15,6 +15,7 @@ from drf_spectacular.utils import extend_schema_field
 
 from tasks_app import payload_query
 from tasks_app.models import Stage, Task
+from tasks_app.services.waiting import scheduled_q
 from tasks_app.values import DB_INT_MAX, DB_INT_MIN, to_utc
 
 
@@ -147,7 +148,7 @@ class TaskFilter(filters.FilterSet):
     def filter_scheduled(self, queryset: QuerySet[Task], name: str, value: str) -> QuerySet[Task]:
         if not value:
             return queryset
-        scheduled = Q(status=Task.Status.PENDING, attempts=0, available_at__gt=timezone.now())
+        scheduled = scheduled_q(timezone.now())  # the one rule: /metrics' tasks_scheduled reads it too
         return queryset.filter(scheduled) if value == "true" else queryset.exclude(scheduled)
 
     class Meta:

@@ -290,6 +290,7 @@ def test_the_new_task_pages_run_at_and_the_lists_scheduled_time_are_in_the_viewe
     # tz.js's cookie: a viewer in Tokyo (UTC+9, no summer time) types 10:00 and means 10:00 in Tokyo.
     tokyo = ZoneInfo("Asia/Tokyo")
     admin_client.cookies["tz"] = "Asia/Tokyo"
+    assert "Run at (optional; blank: now; in Asia/Tokyo)" in admin_client.get("/tasks/new/").content.decode()
     when = (timezone.now().astimezone(tokyo) + timedelta(days=3)).replace(hour=10, minute=0, second=0, microsecond=0)
     response = admin_client.post(
         "/tasks/new/",
