@@ -272,15 +272,18 @@ def _run_action(
     modeladmin: admin.ModelAdmin, request: HttpRequest, queryset: QuerySet[Task], verb: str, action: Callable[..., Any]
 ) -> None:
     actor = actor_for(request.user)
-    done, refused = 0, []
+    done, refused, ended_cancelled = 0, [], 0
     for task_id in queryset.values_list("id", flat=True):
         try:
-            action(task_id=task_id, actor=actor)
+            outcome = action(task_id=task_id, actor=actor)
             done += 1
+            # A release after a cancel request ends the task cancelled (services.operator.task_force_release).
+            ended_cancelled += action is services.task_force_release and outcome == Task.Status.CANCELLED
         except services.TaskError as exc:
             refused.append(str(exc))
     if done:
-        modeladmin.message_user(request, f"{verb} {done} task(s).", messages.SUCCESS)
+        cancelled = f" {ended_cancelled} of them ended cancelled: a cancel was requested." if ended_cancelled else ""
+        modeladmin.message_user(request, f"{verb} {done} task(s).{cancelled}", messages.SUCCESS)
     if refused:
         more = f" (and {len(refused) - 3} more)" if len(refused) > 3 else ""
         modeladmin.message_user(request, " ".join(refused[:3]) + more, messages.WARNING)

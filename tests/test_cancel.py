@@ -708,9 +708,11 @@ def test_the_bulk_and_admin_release_of_a_requested_task_end_it_cancelled(
     for held in (by_bulk, by_admin):
         task_cancel(task_id=held.pk, actor="user:ann")
     chosen = {"action": "release", "scope": "selected", "ids": [by_bulk.pk], "query": "", "confirm": "1"}
-    admin_client.post("/tasks/bulk/", chosen)
+    said = shown_messages(admin_client.post("/tasks/bulk/", chosen, follow=True))
+    assert ("success", "Released 1 task(s). 1 of them ended cancelled: a cancel was requested.") in said
     data = {"action": "release", "_selected_action": [by_admin.pk], "index": 0}
-    admin_client.post("/admin/tasks_app/task/", data)
+    said = shown_messages(admin_client.post("/admin/tasks_app/task/", data, follow=True))
+    assert ("success", "Released 1 task(s). 1 of them ended cancelled: a cancel was requested.") in said
     for held in (by_bulk, by_admin):
         assert Task.objects.get(pk=held.pk).status == S.CANCELLED
         assert kinds(held.pk) == ["created", "cancel_requested", "cancelled"]

@@ -337,15 +337,19 @@ def task_bulk(request: HttpRequest) -> HttpResponse:
             messages.warning(request, "A reason is required to cancel tasks. Nothing was changed.")
             return HttpResponseRedirect(list_url)
         extra["reason"] = reason
-    done, refused, held = 0, 0, 0
+    done, refused, held, ended_cancelled = 0, 0, 0, 0
     for task_id in choice.ids:
         try:
-            service(task_id=task_id, actor=actor_for(request.user), **extra)
+            outcome = service(task_id=task_id, actor=actor_for(request.user), **extra)
             done += 1
+            # A release after a cancel request ends the task cancelled (services.operator.task_force_release).
+            ended_cancelled += action == "release" and outcome == Task.Status.CANCELLED
         except services.TaskError as exc:
             refused += 1  # not in a state this action applies to (or a worker got there first)
             held += isinstance(exc, DedupeConflict)  # or a live task holds its dedupe key (issue 15)
     text = f"{verb} {done} task(s)."
+    if ended_cancelled:
+        text += f" {ended_cancelled} of them ended cancelled: a cancel was requested."
     if refused:
         text += f" {refused} skipped: not in a state this action applies to."
     if held:
