@@ -786,6 +786,12 @@ class Task(models.Model):
         return self.status == self.Status.LOCKED and self.locked_until is not None and self.locked_until < now
 
 
+# The statuses a task waits or runs in, and those it ends in, spelled once: a stage delete that kept its
+# own copy (completed and failed) refused stages whose tasks had been cancelled.
+LIVE = (Task.Status.PENDING, Task.Status.LOCKED)
+FINISHED = (Task.Status.COMPLETED, Task.Status.FAILED, Task.Status.CANCELLED)
+
+
 class TaskEvent(models.Model):
     class Kind(models.TextChoices):
         CREATED = "created", "Created"

@@ -27,7 +27,7 @@ from django.db.models import Count, Min, Q, QuerySet
 from django.db.models.functions import TruncMinute
 from django.utils import timezone
 
-from tasks_app.models import CounterCursor, Stage, StageCounter, StageGate, Task
+from tasks_app.models import LIVE, CounterCursor, Stage, StageCounter, StageGate, Task
 from tasks_app.services.counters import CURSOR_PK, EXPIRED_FAILED
 from tasks_app.services.flow_limits import stage_rate, window_start
 from tasks_app.services.waiting import WAIT_START_SQL, scheduled_q, wait_start
@@ -46,8 +46,6 @@ LIVE_CAP = 50_000
 ESTIMATE_ABOVE = 200_000
 SAMPLE_PERCENT = 1.0
 SAMPLE_PAGES = 1000
-
-LIVE = [Task.Status.PENDING, Task.Status.LOCKED]
 
 
 def _table_estimate() -> tuple[int, int]:

@@ -16,11 +16,8 @@ from django.db.models import Count, Max, Min, Q
 from django.db.models.functions import Substr
 from django.utils import timezone
 
-from tasks_app.models import JobRun, Stage, Task, Transition
+from tasks_app.models import FINISHED, LIVE, JobRun, Stage, Task, Transition
 from tasks_app.services.waiting import wait_start
-
-# What deleting a stage takes with it (services.stages.FINISHED, the same list): every status but pending and locked.
-FINISHED = [Task.Status.COMPLETED, Task.Status.FAILED, Task.Status.CANCELLED]
 
 
 def stage_delete_counts(stages: Iterable[Stage]) -> dict[str, int]:
@@ -36,7 +33,6 @@ def stage_delete_counts(stages: Iterable[Stage]) -> dict[str, int]:
 
 # -- the stage page (views/stages.py) -----------------------------------------------------------
 
-LIVE = [Task.Status.PENDING, Task.Status.LOCKED]
 # "Recent" errors come from at most this many tasks: the stage's latest live (pending or locked)
 # tasks, through the claim index, and the stage's latest failed tasks, through the failed index.
 # Bounded reads whatever the table holds; a stage's older failures drop out of the window. (2,000 and

@@ -15,7 +15,7 @@ from django.http import QueryDict
 
 from tasks_app.filters import TaskFilter
 from tasks_app.limits import NUL
-from tasks_app.models import Task
+from tasks_app.models import FINISHED, LIVE, Task
 from tasks_app.payload_query import split_shorthand
 from tasks_app.values import parse_db_datetime, parse_db_int
 
@@ -38,8 +38,6 @@ SEARCH_RANGE = 40_000
 TASK_ID = re.compile(r"#?\s*(\d+)")
 # Sorted by updated_at, finished and live tasks are read apart, each side walking its own partial index
 # (task_finished_updated_idx, task_live_updated_idx), and merged.
-FINISHED = (Task.Status.COMPLETED, Task.Status.FAILED, Task.Status.CANCELLED)
-LIVE = (Task.Status.PENDING, Task.Status.LOCKED)
 
 
 @dataclass(frozen=True)

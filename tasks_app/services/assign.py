@@ -43,12 +43,11 @@ from django.db.models import Q, QuerySet, prefetch_related_objects
 from django.utils import timezone
 
 from tasks_app.dedupe_keys import MISSING, resolve
-from tasks_app.models import Notification, Stage, Task, TaskEvent
+from tasks_app.models import LIVE, Notification, Stage, Task, TaskEvent
 from tasks_app.selectors.work import may_work_on
 from tasks_app.services.errors import TaskStateError
 from tasks_app.services.events import actor_for, event_record
 
-LIVE = (Task.Status.PENDING, Task.Status.LOCKED)
 ARRIVAL_ACTOR = "arrival"  # the actor of an arrival's `assigned` event
 CHANGE_TASK = "tasks_app.change_task"
 MAX_VALUE = 254  # characters of a payload's assignee value (the longest email address)

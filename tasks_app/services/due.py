@@ -54,7 +54,7 @@ from django.db.models import BooleanField, Q, QuerySet
 from django.db.models.expressions import RawSQL
 from django.utils import timezone
 
-from tasks_app.models import Stage, Task, TaskEvent
+from tasks_app.models import LIVE, Stage, Task, TaskEvent
 from tasks_app.services.events import event_record
 from tasks_app.services.waiting import (
     claim_order_locked,
@@ -69,7 +69,6 @@ from tasks_app.services.waiting import (
 DUE_ACTOR = "due time"
 # Tasks acted on per stage per sweep: one transaction each, a few queries per task when it sends.
 BATCH_SIZE = 200
-LIVE = (Task.Status.PENDING, Task.Status.LOCKED)
 # The events that hand a person's task back to pending: a deferred escalation is due after one of them.
 HANDED_BACK = (TaskEvent.Kind.RELEASED, TaskEvent.Kind.LOCK_EXPIRED, TaskEvent.Kind.FORCE_RELEASED)
 # The overview and /metrics count at most this many overdue tasks per stage (as selectors.overview.LIVE_CAP).

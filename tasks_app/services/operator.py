@@ -14,7 +14,7 @@ from tasks_app.models import Task, TaskEvent
 from tasks_app.services.dedupe import DedupeConflict, key_for, tasks_insert
 from tasks_app.services.errors import TaskStateError
 from tasks_app.services.events import CLAIM_COLUMNS, by_person_details, claim_facts, event_record
-from tasks_app.services.lifecycle import CANCELLED_ON_HAND_BACK, UNLOCKED
+from tasks_app.services.lifecycle import CANCELLED_ON_HAND_BACK, ENDED, UNLOCKED
 from tasks_app.services.notify import notify_stages
 from tasks_app.services.routing import validate_task_input
 from tasks_app.services.schemas import validate_arrival
@@ -111,9 +111,7 @@ def task_force_release(*, task_id: int, actor: str, now: datetime | None = None)
                 actor=actor, now=now, status=S.PENDING, available_at=now, **UNLOCKED,
             )  # fmt: skip
             return S.PENDING
-        Task.objects.filter(pk=task_id, status=S.LOCKED).update(
-            status=S.CANCELLED, updated_at=now, lock_token="", locked_until=None
-        )
+        Task.objects.filter(pk=task_id, status=S.LOCKED).update(status=S.CANCELLED, updated_at=now, **ENDED)
         details = by_person_details(previous_status=S.LOCKED, claim=claim_facts(claim))
         details["reason"] = f"released by hand; {CANCELLED_ON_HAND_BACK}"
         event_record(task_id=task_id, kind=TaskEvent.Kind.CANCELLED, at=now, actor=actor, details=details)

@@ -58,14 +58,14 @@ from django.db import connection, transaction
 from django.db.models import OuterRef, Subquery
 from django.utils import timezone
 
-from tasks_app.models import JobRun, Task, TaskEvent
+from tasks_app.models import FINISHED, JobRun, Task, TaskEvent
 from tasks_app.services.locks import LockKey, advisory_xact_lock
 
 logger = logging.getLogger("tasks_app.retention")
 
 TASK = connection.ops.quote_name(Task._meta.db_table)
 TASK_EVENT = connection.ops.quote_name(TaskEvent._meta.db_table)
-PRUNABLE = (Task.Status.COMPLETED, Task.Status.FAILED, Task.Status.CANCELLED)
+PRUNABLE = FINISHED
 # The column that says how long ago a task finished, per status.
 # str keys: statuses arrive as plain strings (TextChoices members are equal to them).
 AGE_COLUMN: dict[str, str] = {

@@ -18,14 +18,11 @@ from django.db import IntegrityError, transaction
 from django.db.models import ProtectedError
 from django.utils import timezone
 
-from tasks_app.models import Stage, Task
+from tasks_app.models import FINISHED, LIVE, Stage, Task
 from tasks_app.services.errors import TaskStateError
 from tasks_app.services.notify import notify_stages
 
 logger = logging.getLogger("tasks_app")
-
-LIVE = [Task.Status.PENDING, Task.Status.LOCKED]
-FINISHED = [Task.Status.COMPLETED, Task.Status.FAILED, Task.Status.CANCELLED]
 
 
 def _refusal(stage: Stage) -> str:

@@ -110,23 +110,23 @@ def overdue_by(task: Task, now: datetime) -> tuple[timedelta, int] | None:
 SEND_ON_FIELDS = ("on_timeout", "on_overdue")
 
 
-def send_on_route_problems(slug: str, values: dict[str, str], task_types: Iterable[str]) -> dict[str, str]:
-    """{field: message} for each on_timeout/on_overdue in `values` naming a type that none of the stage's
+def unrouted_send_ons(values: dict[str, Any], task_types: Iterable[str]) -> list[tuple[str, str]]:
+    """(field, type) for each on_timeout/on_overdue in `values` naming a type that none of the stage's
     transitions (their task_type: `task_types`, blank passes every type) passes: no overdue task could go on.
-
-    The workflow file's rule (services.workflow._timeout_route_problems), for the API and the admin, which
-    read the stage's transitions as they will be saved.
-    """
+    The one rule of the workflow file (services.workflow), the API and the admin."""
     types = set(task_types)
-    problems = {}
-    for name in SEND_ON_FIELDS:
-        wanted = values.get(name) or ""
-        if wanted and not types & {"", wanted}:
-            problems[name] = (
-                f"{name} '{wanted}' has no route: no transition out of '{slug}' passes that type. "
-                f"Add a transition out of '{slug}' with task type '{wanted}' (or blank) first."
-            )
-    return problems
+    named = [(name, values.get(name)) for name in SEND_ON_FIELDS]
+    return [(name, wanted) for name, wanted in named if isinstance(wanted, str) and wanted and not types & {"", wanted}]
+
+
+def send_on_route_problems(slug: str, values: dict[str, str], task_types: Iterable[str]) -> dict[str, str]:
+    """{field: message} of unrouted_send_ons, for the API and the admin, which read the stage's transitions as
+    they will be saved."""
+    return {
+        name: f"{name} '{wanted}' has no route: no transition out of '{slug}' passes that type. "
+        f"Add a transition out of '{slug}' with task type '{wanted}' (or blank) first."
+        for name, wanted in unrouted_send_ons(values, task_types)
+    }
 
 
 def stage_overdue(stage: Stage, *, now: datetime | None = None) -> QuerySet[Task]:

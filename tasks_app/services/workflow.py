@@ -66,6 +66,7 @@ from django.db.models import Prefetch
 from tasks_app.limits import MAX_DOCUMENT_DEPTH, NUL, json_depth_exceeds
 from tasks_app.models import JOIN_FIELDS, JOIN_TIMEOUT_TYPE, Stage, Transition, json_kind
 from tasks_app.services.handlers import HANDLER_ERROR_CODE, stage_handler_problems
+from tasks_app.services.waiting import unrouted_send_ons
 
 FORMAT_VERSION = 1
 TOP_LEVEL_FIELDS = ("version", "stages", "transitions")
@@ -473,15 +474,15 @@ def _timeout_route_problems(stages: list[Any], transitions: list[Any]) -> list[s
     routes = [_route(e) for e in transitions if isinstance(e, dict) and _is_str(e.get("source")) and "target" in e]
     problems = []
     for i, entry in enumerate(stages):
-        for name in ("on_timeout", "on_overdue"):
-            if not isinstance(entry, dict) or not _is_str(entry.get("slug")) or not _is_str(entry.get(name)):
-                continue
-            slug, type = entry["slug"], entry[name]
-            if type and not any(source == slug and t in ("", type) for source, _, t in routes):
-                problems.append(
-                    f"stages[{i}] (slug '{slug}'): {name} '{type}' has no route: no transition out of '{slug}' "
-                    "passes that type"
-                )
+        if not isinstance(entry, dict) or not _is_str(entry.get("slug")):
+            continue
+        slug = entry["slug"]
+        types = [t for source, _, t in routes if source == slug and isinstance(t, str)]
+        for name, type in unrouted_send_ons(entry, types):
+            problems.append(
+                f"stages[{i}] (slug '{slug}'): {name} '{type}' has no route: no transition out of '{slug}' "
+                "passes that type"
+            )
     return problems
 
 
